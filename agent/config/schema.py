@@ -1,0 +1,408 @@
+"""The config model technicians edit: site, key-stage profiles, rooms, device bootstrap.
+
+One pydantic model per file kind.  Field descriptions double as the config reference
+(docs/config.md is generated from this module and a test keeps it in step), and
+``classroom-server config schema`` exports the JSON Schema editors use to autocomplete.
+Validators give messages a technician can act on; cross-file checks live in tree.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import date, time
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# --------------------------------------------------------------------------- values
+
+_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_TLD_RE = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
+_HHMM_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_USER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+# Resolvers a device must never forward to: DESIGN.md rule 4 (the school's filtered
+# upstream stays the filter of record).
+PUBLIC_RESOLVERS = frozenset({
+    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
+    "208.67.222.222", "208.67.220.220", "94.140.14.14", "94.140.15.15",
+    "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111",
+    "2606:4700:4700::1001", "2620:fe::fe", "2620:fe::9",
+})
+
+
+def check_id(value: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid id (use lowercase letters, digits and '-')")
+    return value
+
+
+def is_domain(value: str) -> bool:
+    if not isinstance(value, str) or not value or len(value) > 253 or value != value.lower():
+        return False
+    labels = value.split(".")
+    return len(labels) >= 2 and all(_LABEL_RE.match(label) for label in labels) and bool(_TLD_RE.match(labels[-1]))
+
+
+def check_domain(value: str) -> str:
+    if isinstance(value, str):
+        if value.startswith("*."):
+            raise ValueError(f"{value!r} is not a domain (write {value[2:]!r}: subdomains are always included)")
+        if value != value.lower() and is_domain(value.lower()):
+            raise ValueError(f"{value!r} is not a domain (write it in lowercase: {value.lower()!r})")
+        if "://" in value or "/" in value:
+            raise ValueError(f"{value!r} is not a domain (put addresses with a path under allow_urls)")
+    if not is_domain(value):
+        raise ValueError(f"{value!r} is not a domain")
+    return value
+
+
+def check_url_pattern(value: str) -> str:
+    """Chromium URLAllowlist-style pattern: [scheme://]host[:port][/path]."""
+    if not isinstance(value, str) or not value or value == "*" or " " in value:
+        raise ValueError(f"{value!r} is not a URL pattern (like 'https://www.bbc.co.uk/bitesize')")
+    text = value if "://" in value else "https://" + value
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{value!r} is not a URL pattern") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} is not a URL pattern (only http and https addresses)")
+    host = (parts.hostname or "").lstrip(".")
+    if not is_domain(host):
+        raise ValueError(f"{value!r} is not a URL pattern ({host or 'no host'!r} is not a domain)")
+    return value
+
+
+def check_hhmm(value: str) -> str:
+    if isinstance(value, str) and _HHMM_RE.match(value):
+        hours, minutes = value.split(":")
+        return f"{int(hours):02d}:{minutes}"
+    raise ValueError(f"{value!r} is not a time of day (write it like '08:30')")
+
+
+def check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        import difflib
+
+        close = difflib.get_close_matches(value if isinstance(value, str) else "", sorted(available_timezones()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown timezone {value!r}{hint}") from None
+    return value
+
+
+def check_resolver(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    if str(address) in PUBLIC_RESOLVERS:
+        raise ValueError(f"{value} is a public resolver; forward only to the school's filtered resolver")
+    return str(address)
+
+
+def check_url(schemes: tuple[str, ...]):
+    def check(value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018
+        except (ValueError, AttributeError, TypeError):
+            raise ValueError(f"{value!r} is not a URL") from None
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"{value!r} is not a URL (expected {' or '.join(s + '://host' for s in schemes)})")
+        return value
+    return check
+
+
+def check_username(value: str) -> str:
+    if not isinstance(value, str) or not _USER_RE.match(value):
+        raise ValueError(f"{value!r} is not a staff username (lowercase letters, digits, '.', '_', '-')")
+    return value
+
+
+Id = Annotated[str, AfterValidator(check_id)]
+Domain = Annotated[str, AfterValidator(check_domain)]
+UrlPattern = Annotated[str, AfterValidator(check_url_pattern)]
+HHMM = Annotated[str, AfterValidator(check_hhmm)]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Username = Annotated[str, AfterValidator(check_username)]
+Resolver = Annotated[str, AfterValidator(check_resolver)]
+MqttUrl = Annotated[str, AfterValidator(check_url(("mqtt", "mqtts")))]
+HttpUrl = Annotated[str, AfterValidator(check_url(("http", "https")))]
+# GPIO pins as gpiozero accepts them: a BCM number, or a name like "GPIO17" / "BOARD11".
+Pin = Annotated[int | str, AfterValidator(lambda v: _check_pin(v))]
+
+
+def _check_pin(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a GPIO pin")
+    if isinstance(value, int):
+        if not 0 <= value <= 27:
+            raise ValueError(f"{value} is not a GPIO pin (BCM numbers run 0-27)")
+        return value
+    if not re.match(r"^(GPIO\d{1,2}|BCM\d{1,2}|BOARD\d{1,2}|J8:\d{1,2})$", value):
+        raise ValueError(f"{value!r} is not a GPIO pin (use a BCM number like 17, or 'BOARD11')")
+    return value
+
+
+def hhmm_to_time(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+class Model(BaseModel):
+    """Base: unknown keys are errors (with a did-you-mean), nothing is coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- site.yaml
+
+
+class SchoolHours(Model):
+    days: list[Weekday] = Field(default=["mon", "tue", "wed", "thu", "fri"],
+                                description="School days. Devices lock outside these (out-of-hours lock).")
+    start: HHMM = Field(default="08:00", description="When devices unlock, local time ('08:00').")
+    end: HHMM = Field(default="16:00", description="When devices lock again, local time ('16:00').")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if hhmm_to_time(self.start) >= hhmm_to_time(self.end):
+            raise ValueError(f"start {self.start} is not before end {self.end}")
+        return self
+
+
+class DateRange(Model):
+    name: str = Field(description="What it is ('Autumn 2026', 'October half term', 'INSET day').")
+    start: date = Field(description="First day, YYYY-MM-DD.")
+    end: date = Field(description="Last day (inclusive), YYYY-MM-DD.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        return self
+
+
+class Broker(Model):
+    url: MqttUrl = Field(description="MQTT broker, 'mqtts://host:8883' (TLS) or 'mqtt://host:1883'.")
+    prefix: str = Field(default="classroom/v1", pattern=r"^[a-z0-9][a-z0-9/_-]*[a-z0-9]$",
+                        description="Topic prefix for every message.")
+
+
+class Collector(Model):
+    url: HttpUrl = Field(description="classroom-server base URL, 'https://classroom.school.lan'.")
+
+
+class Contact(Model):
+    name: str = Field(description="Person or desk, as staff know them.")
+    role: Literal["dsl", "deputy-dsl", "headteacher", "office", "technician"] = Field(
+        description="Why they are contacted.")
+    staff: Username | None = Field(default=None, description="Their classroom-server username (receives escalations).")
+    email: str | None = Field(default=None, description="Optional e-mail for the weekly digest and escalations.")
+    phone: str | None = Field(default=None, description="Optional phone, shown to staff on escalation.")
+
+
+class Escalation(Model):
+    timeout_seconds: int = Field(default=60, ge=10, le=3600,
+                                 description="Escalate a report nobody has acknowledged after this long.")
+    contacts: list[Contact] = Field(min_length=1, description="Who an escalation goes to (DSL, office, ...).")
+
+
+class Retention(Model):
+    heartbeats_days: int = Field(default=14, ge=1, le=366, description="Keep device heartbeats this long.")
+    blocked_days: int = Field(default=90, ge=7, le=3660, description="Keep blocked-attempt logs this long.")
+    events_days: int = Field(default=365, ge=30, le=3660, description="Keep other device events (logins, locks, config) this long.")
+    incidents_days: int | None = Field(default=None, ge=365,
+                                       description="Keep closed incidents this long; empty = until the DSL deletes them.")
+    audit_days: int = Field(default=2555, ge=365, description="Keep the audit log this long (default 7 years).")
+
+
+class Filtering(Model):
+    upstream_dns: list[Resolver] = Field(min_length=1,
+                                         description="The school's filtered resolver(s). Never a public resolver.")
+    evidence_minutes: int = Field(default=10, ge=1, le=60,
+                                  description="Domains resolved this long before a report are kept as evidence.")
+    coalesce_seconds: int = Field(default=60, ge=1, le=3600,
+                                  description="Repeats of one blocked domain within this window are one event.")
+    override_default_minutes: int = Field(default=60, ge=1, le=480,
+                                          description="Teacher 'allow for this lesson' lasts this long by default.")
+    override_max_minutes: int = Field(default=240, ge=1, le=1440, description="Longest a teacher override may last.")
+    block_quic: bool = Field(default=True, description="Also block QUIC (UDP 443) so browsers fall back to filtered TCP.")
+
+
+class Guard(Model):
+    bypass_processes: list[str] = Field(
+        default=["tor", "openvpn", "wireguard-go", "psiphon", "ultrasurf", "hotspotshield", "windscribe",
+                 "protonvpn", "nordvpn", "expressvpn", "shadowsocks", "ss-local", "v2ray", "xray",
+                 "privoxy", "squid", "opera", "brave", "vivaldi", "microsoft-edge", "google-chrome"],
+        description="Process names treated as filtering bypass tools or unapproved browsers.")
+    end_bypass_processes: bool = Field(default=True, description="End them as well as reporting them.")
+    watch_mounts: list[str] = Field(default=["/media", "/run/media"], description="Removable media mount points to watch.")
+
+
+class Site(Model):
+    """site.yaml: one per school."""
+
+    site: Id = Field(description="Short id for the school, used in MQTT topics ('penny-acres').")
+    school: str = Field(description="The school's name as staff know it.")
+    timezone: Annotated[str, AfterValidator(check_timezone)] = Field(
+        default="Europe/London", description="IANA timezone; clock changes are handled.")
+    school_hours: SchoolHours = Field(default_factory=SchoolHours)
+    out_of_hours_lock: bool = Field(default=True, description="Lock pupil devices outside school hours and terms.")
+    terms: list[DateRange] = Field(min_length=1, description="Term dates. Devices lock outside terms.")
+    closures: list[DateRange] = Field(default=[], description="Half terms, INSET days and bank holidays inside terms.")
+    broker: Broker
+    collector: Collector
+    escalation: Escalation
+    retention: Retention = Field(default_factory=Retention)
+    filtering: Filtering
+    guard: Guard = Field(default_factory=Guard)
+    heartbeat_seconds: int = Field(default=30, ge=5, le=3600, description="How often devices send a heartbeat.")
+    dark_after_minutes: int = Field(default=5, ge=1, le=1440,
+                                    description="Tell technicians when a device is silent this long in school hours.")
+
+
+# --------------------------------------------------------------------------- keystages/*.yaml
+
+
+class Messages(Model):
+    """Pupil-facing words. Short, kind, readable by a five-year-old."""
+
+    report_raised: str | None = Field(default=None, max_length=120,
+                                      description="Shown on the blank screen after a report.")
+    report_acknowledged: str | None = Field(default=None, max_length=120,
+                                            description="Shown once a teacher has seen the report.")
+    locked: str | None = Field(default=None, max_length=120, description="Shown on an idle or staff lock.")
+    out_of_hours: str | None = Field(default=None, max_length=120, description="Shown when locked outside school hours.")
+    blocked: str | None = Field(default=None, max_length=160, description="Shown for a page that is not allowed.")
+    monitoring_notice: str | None = Field(default=None, max_length=160,
+                                          description="Small notice that the device is monitored (always on screen).")
+    acceptable_use: str | None = Field(default=None, max_length=2000,
+                                       description="Acceptable use rules, shown at first login each term.")
+
+
+DEFAULT_MESSAGES = {
+    "report_raised": "Well done for telling. A grown-up is coming.",
+    "report_acknowledged": "A grown-up has seen your message.",
+    "locked": "This computer is having a rest. Ask a grown-up.",
+    "out_of_hours": "School computers are asleep now. See you soon!",
+    "blocked": "This page is not for school. Ask a grown-up if you need it.",
+    "monitoring_notice": "Grown-ups at school can see which websites this computer visits. This keeps you safe.",
+    "acceptable_use": ("I will ask a grown-up before I use the internet.\n"
+                       "I will only click on things I know are OK.\n"
+                       "If I see something that upsets me, I will press the button or tell a grown-up.\n"
+                       "I will be kind online."),
+}
+
+
+class CheckDomains(Model):
+    allowed: list[Domain] = Field(default=[], description="Must resolve on this profile (curriculum sites).")
+    blocked: list[Domain] = Field(default=[], description="Must be blocked (social media, adult, gambling, test lists).")
+
+
+class Profile(Model):
+    """keystages/<id>.yaml: what a key stage may reach and how devices behave."""
+
+    name: str = Field(description="Shown to staff ('Key Stage 1').")
+    extends: Id | None = Field(default=None, description="Start from another profile and add to it.")
+    allow_domains: list[Domain] = Field(default=[], description="Domains (with their subdomains) that may be resolved.")
+    allow_urls: list[UrlPattern] = Field(default=[], description="Browser-level allowlist (Chromium URLAllowlist syntax).")
+    safe_search: bool | None = Field(default=None, description="Force Google/Bing/DuckDuckGo safe search (default on).")
+    youtube_restrict: Literal["strict", "moderate", "off"] | None = Field(
+        default=None, description="YouTube restricted mode (default strict).")
+    idle_lock_minutes: int | None = Field(default=None, ge=1, le=240, description="Lock after this long without input.")
+    shared_login_allowed: bool | None = Field(default=None,
+                                              description="Whether a shared class login is allowed (youngest only).")
+    shared_accounts: list[Username] = Field(default=[], description="Account names that count as shared/generic.")
+    messages: Messages = Field(default_factory=Messages)
+    check: CheckDomains = Field(default_factory=CheckDomains, description="Domains for `classroom-agent filter check`.")
+
+
+# --------------------------------------------------------------------------- rooms/*.yaml
+
+
+class Hardware(Model):
+    button_pin: Pin | None = Field(default=None, description="GPIO pin of the report button (BCM number).")
+    led_pin: Pin | None = Field(default=None, description="GPIO pin of the button's LED, if fitted.")
+    report_key: str | None = Field(default="ctrl+alt+r", description="Keyboard/switch key that also reports.")
+    button_bounce_ms: int = Field(default=30, ge=20, le=50, description="Button debounce time.")
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if self.button_pin is not None and self.button_pin == self.led_pin:
+            raise ValueError(f"button_pin and led_pin are both {self.button_pin}")
+        return self
+
+
+class Device(Model):
+    id: Id = Field(description="Device id, unique across the school ('5b-pi-01').")
+    seat: str = Field(default="", max_length=40, description="Where it sits, as the teacher says it ('Table 2').")
+    kind: Literal["pi", "pc"] = Field(default="pi", description="Raspberry Pi kiosk or classroom PC.")
+    key_stage: Id | None = Field(default=None, description="Override the room's key stage for this device.")
+    hardware: Hardware = Field(default_factory=Hardware)
+
+
+class ScheduleEntry(Model):
+    name: str = Field(description="What happens ('After-school coding club').")
+    days: list[Weekday] = Field(min_length=1)
+    start: HHMM
+    end: HHMM
+    mode: Literal["open", "locked"] = Field(description="open: unlocked even out of hours; locked: locked even in hours.")
+    key_stage: Id | None = Field(default=None, description="Profile during this slot, if different.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if hhmm_to_time(self.start) >= hhmm_to_time(self.end):
+            raise ValueError(f"start {self.start} is not before end {self.end}")
+        return self
+
+
+class Room(Model):
+    """rooms/<room>.yaml: one classroom and its devices."""
+
+    room: Id = Field(description="Room id; must match the file name.")
+    name: str = Field(description="Shown to staff ('Year 5 Blue').")
+    key_stage: Id = Field(description="Profile id from keystages/ ('ks2').")
+    alert_staff: list[Username] = Field(min_length=1, description="Staff who get this room's report alerts.")
+    escalation_timeout_seconds: int | None = Field(default=None, ge=10, le=3600,
+                                                   description="Override the site's escalation timeout.")
+    devices: list[Device] = Field(default=[])
+    schedule: list[ScheduleEntry] = Field(default=[], description="Room exceptions to school hours.")
+
+
+# --------------------------------------------------------------------------- agent.yaml (on the device)
+
+
+class AgentBootstrap(Model):
+    """The small per-device file (/etc/classroom-safety/agent.yaml)."""
+
+    device: Id = Field(description="This device's id, as in its room file.")
+    site: Id = Field(description="The school's site id.")
+    broker_url: MqttUrl = Field(description="MQTT broker URL.")
+    collector_url: HttpUrl = Field(description="classroom-server URL.")
+    credentials: str = Field(default="/etc/classroom-safety/credentials.yaml",
+                             description="File (mode 0600) holding username/password for broker and server.")
+    ca_file: str | None = Field(default=None, description="CA certificate for TLS, if not the system store.")
+    state_dir: str = Field(default="/var/lib/classroom-agent", description="Outbox and cached config live here.")
+    control_socket: str = Field(default="/run/classroom-agent/control.sock",
+                                description="Local socket for `classroom-agent press` and status.")
+    config_dir: str | None = Field(default=None, description="Use a local config tree instead of the collector (demo/offline).")
+    pin_factory: str | None = Field(default=None,
+                                    description="gpiozero pin factory (lgpio, rpigpio, mock); default from GPIOZERO_PIN_FACTORY.")
+    screen_backend: Literal["auto", "wayland", "x11", "headless"] = Field(default="auto")
+    session_user: str | None = Field(default=None, description="Desktop user whose screen is blanked; default: detected.")
+    staff_pin_hash: str | None = Field(default=None, description="Hashed staff PIN that clears the screen on the device.")
+    chromium_policy_dir: str = Field(default="/etc/chromium/policies/managed")
+    firefox_policy_dir: str = Field(default="/etc/firefox-esr/policies")
+    dnsmasq_dir: str = Field(default="/run/classroom-agent/dnsmasq", description="Where the compiled dnsmasq config goes.")
+    apply_nftables: bool = Field(default=True, description="Load the DNS-bypass nftables table when permitted.")

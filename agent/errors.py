@@ -1,0 +1,43 @@
+"""User-facing errors and the one-line CLI error convention shared by every command.
+
+Like gpiozero's tools: a problem the user can fix prints one line,
+``classroom-agent: error: ...`` and exits 1.  ``DEBUG=1`` in the environment shows the
+full traceback instead, for developers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, bad file, unreachable service).
+
+    The message is shown as is, on one line, without a traceback.
+    """
+
+
+def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
+            argv: Sequence[str] | None = None) -> int:
+    """Run *main* and turn exceptions into the one-line error convention."""
+    try:
+        return int(main(argv) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - this is the top-level handler
+        if os.environ.get("DEBUG") == "1":
+            traceback.print_exc()
+        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        # One line, always: multi-line messages are joined so scripts can grep them.
+        message = " | ".join(line for line in message.splitlines() if line.strip()) or type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        if os.environ.get("DEBUG") != "1" and not isinstance(exc, UserError):
+            print(f"{prog}: (set DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,247 @@
+"""The MQTT wire contract (DESIGN.md "Wire contract"): topics, payload shapes, validation.
+
+Agent, collector, teacher client and broker ACLs all build and parse topics here, so
+there is exactly one definition of the protocol.  Validation returns a one-line reason
+naming the field, which callers log before dropping the message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+DEFAULT_PREFIX = "classroom/v1"
+ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
+KINDS = ("status", "alert", "event", "heartbeat", "cmd")
+QOS = {"status": 1, "alert": 1, "event": 1, "heartbeat": 0, "cmd": 1}
+RETAIN = {"status": True}
+ALERT_STATES = ("raised", "acknowledged", "cleared", "escalated")
+EVENT_TYPES = (
+    "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
+    "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
+    "bypass_process", "removable_media", "press_repeated",
+)
+COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config")
+MAX_PAYLOAD = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the contract; str() is a one-line reason."""
+
+
+@dataclass(frozen=True)
+class Topic:
+    prefix: str
+    site: str
+    room: str
+    device: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.prefix}/{self.site}/{self.room}/{self.device}/{self.kind}"
+
+
+def topic(prefix: str, site: str, room: str, device: str, kind: str) -> str:
+    for name, value in (("site", site), ("room", room), ("device", device)):
+        if not ID_RE.match(value or ""):
+            raise ProtocolError(f"{name}: {value!r} is not a valid id")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown topic kind {kind!r}")
+    return f"{prefix}/{site}/{room}/{device}/{kind}"
+
+
+def parse_topic(text: str, prefix: str = DEFAULT_PREFIX) -> Topic:
+    if not text.startswith(prefix + "/"):
+        raise ProtocolError(f"topic {text!r} is not under {prefix!r}")
+    parts = text[len(prefix) + 1:].split("/")
+    if len(parts) != 4:
+        raise ProtocolError(f"topic {text!r} is not {prefix}/SITE/ROOM/DEVICE/KIND")
+    site, room, device, kind = parts
+    for name, value in (("site", site), ("room", room), ("device", device)):
+        if not ID_RE.match(value):
+            raise ProtocolError(f"topic {text!r}: {name} {value!r} is not a valid id")
+    if kind not in KINDS:
+        raise ProtocolError(f"topic {text!r}: unknown kind {kind!r}")
+    return Topic(prefix, site, room, device, kind)
+
+
+def now_ts(moment: datetime | None = None) -> str:
+    """RFC 3339 UTC with milliseconds and a Z, as every payload's ts."""
+    moment = (moment or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_ts(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ProtocolError(f"ts: {value!r} is not an RFC 3339 time")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ProtocolError(f"ts: {value!r} is not an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise ProtocolError(f"ts: {value!r} has no timezone")
+    return moment.astimezone(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode(raw: bytes | str) -> dict[str, Any]:
+    if isinstance(raw, (bytes, bytearray)):
+        if len(raw) > MAX_PAYLOAD:
+            raise ProtocolError(f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD}")
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("payload is not UTF-8") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"payload must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _need(data: dict, key: str, kind: type | tuple, *, optional: bool = False):
+    if key not in data or data[key] is None:
+        if optional:
+            return None
+        raise ProtocolError(f"{key}: is required")
+    value = data[key]
+    if isinstance(value, bool) and kind is not bool and (kind is int or kind == (int, float)):
+        raise ProtocolError(f"{key}: {value!r} is not a number")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ProtocolError(f"{key}: {value!r} is not a {names}")
+    return value
+
+
+def _need_id(data: dict, key: str, *, optional: bool = False):
+    value = _need(data, key, str, optional=optional)
+    if value is not None and not ID_RE.match(value):
+        raise ProtocolError(f"{key}: {value!r} is not a valid id")
+    return value
+
+
+def _need_uuid(data: dict, key: str = "id") -> str:
+    value = _need(data, key, str)
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ProtocolError(f"{key}: {value!r} is not a UUID") from None
+    return value
+
+
+def _same_place(data: dict, where: Topic | None) -> None:
+    """A device may only speak about itself: payload ids must match its topic."""
+    if where is None:
+        return
+    for key in ("site", "room", "device"):
+        if key in data and data[key] != getattr(where, key):
+            raise ProtocolError(f"{key}: {data[key]!r} does not match the topic ({getattr(where, key)!r})")
+
+
+def validate_status(data: dict, where: Topic | None = None) -> dict:
+    state = _need(data, "state", str)
+    if state not in ("online", "offline"):
+        raise ProtocolError(f"state: {state!r} is not 'online' or 'offline'")
+    parse_ts(_need(data, "ts", str))
+    _need(data, "agent_version", str, optional=True)
+    _need(data, "config_version", str, optional=True)
+    return data
+
+
+def validate_alert(data: dict, where: Topic | None = None) -> dict:
+    _need_uuid(data)
+    state = _need(data, "state", str)
+    if state not in ALERT_STATES:
+        raise ProtocolError(f"state: {state!r} is not one of {', '.join(ALERT_STATES)}")
+    for key in ("site", "room", "device"):
+        _need_id(data, key)
+    _same_place(data, where)
+    _need(data, "seat", str, optional=True)
+    parse_ts(_need(data, "ts", str))
+    _need(data, "by", str, optional=True)
+    return data
+
+
+def validate_event(data: dict, where: Topic | None = None) -> dict:
+    _need_uuid(data)
+    kind = _need(data, "type", str)
+    if kind not in EVENT_TYPES:
+        raise ProtocolError(f"type: {kind!r} is not a known event type")
+    for key in ("site", "room", "device"):
+        _need_id(data, key)
+    _same_place(data, where)
+    parse_ts(_need(data, "ts", str))
+    if kind == "blocked":
+        _need(data, "domain", str)
+        _need(data, "profile", str)
+        _need(data, "count", int, optional=True)
+    if kind == "report_evidence":
+        _need(data, "alert_id", str)
+        domains = _need(data, "domains", list)
+        for i, item in enumerate(domains):
+            if not isinstance(item, dict) or not isinstance(item.get("domain"), str):
+                raise ProtocolError(f"domains[{i}]: must be an object with a domain")
+    return data
+
+
+def validate_heartbeat(data: dict, where: Topic | None = None) -> dict:
+    parse_ts(_need(data, "ts", str))
+    for key in ("cpu", "mem", "temp", "uptime", "disk"):
+        _need(data, key, (int, float), optional=True)
+    _need(data, "user", str, optional=True)
+    _need(data, "config_version", str, optional=True)
+    return data
+
+
+def validate_cmd(data: dict, where: Topic | None = None) -> dict:
+    cmd = _need(data, "cmd", str)
+    if cmd not in COMMANDS:
+        raise ProtocolError(f"cmd: {cmd!r} is not one of {', '.join(COMMANDS)}")
+    _need(data, "by", str)
+    if cmd in ("ack", "clear"):
+        _need_uuid(data, "alert_id")
+    if cmd == "allow":
+        domain = _need(data, "domain", str)
+        from .config.schema import is_domain
+
+        if not is_domain(domain):
+            raise ProtocolError(f"domain: {domain!r} is not a domain")
+        minutes = _need(data, "minutes", int, optional=True)
+        if minutes is not None and not 1 <= minutes <= 1440:
+            raise ProtocolError(f"minutes: {minutes} is not between 1 and 1440")
+        _need(data, "reason", str, optional=True)
+    return data
+
+
+VALIDATORS = {
+    "status": validate_status, "alert": validate_alert, "event": validate_event,
+    "heartbeat": validate_heartbeat, "cmd": validate_cmd,
+}
+
+
+def validate(kind: str, data: dict, where: Topic | None = None) -> dict:
+    """Validate a decoded payload of topic kind *kind*; raise ProtocolError."""
+    return VALIDATORS[kind](data, where)
+
+
+def parse_message(topic_text: str, raw: bytes, prefix: str = DEFAULT_PREFIX) -> tuple[Topic, dict]:
+    """Topic + payload in, validated (Topic, dict) out, or ProtocolError."""
+    where = parse_topic(topic_text, prefix)
+    data = decode(raw)
+    return where, validate(where.kind, data, where)

@@ -166,6 +166,59 @@ _PR_SET_PDEATHSIG = 1
 _live: "set[subprocess.Popen]" = set()
 _live_lock = threading.Lock()
 
+# A tiny guardian process per test process: it is told the process group of every
+# service we start and signals the groups that are still registered when its stdin
+# reaches EOF, i.e. when this (pytest) process dies, even by SIGKILL.  PDEATHSIG alone
+# is not enough: it is cleared when a daemon such as dnsmasq changes credentials.
+_GUARDIAN_CODE = r"""
+import os, signal, sys, time
+groups = {}
+for line in sys.stdin:
+    parts = line.split()
+    if len(parts) == 3 and parts[0] == "add":
+        groups[int(parts[1])] = int(parts[2])
+    elif len(parts) == 2 and parts[0] == "del":
+        groups.pop(int(parts[1]), None)
+for pgid, sig in groups.items():
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+deadline = time.monotonic() + 5
+while groups and time.monotonic() < deadline:
+    for pgid in list(groups):
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            groups.pop(pgid)
+    time.sleep(0.1)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+_guardian: "subprocess.Popen | None" = None
+_guardian_pid_owner: int | None = None
+
+
+def _guard(cmd: str) -> None:
+    global _guardian, _guardian_pid_owner
+    try:
+        if _guardian is None or _guardian_pid_owner != os.getpid() or _guardian.poll() is not None:
+            import sys
+
+            _guardian = subprocess.Popen(
+                [sys.executable, "-c", _GUARDIAN_CODE],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, text=True, bufsize=1,
+            )
+            _guardian_pid_owner = os.getpid()
+        _guardian.stdin.write(cmd + "\n")
+        _guardian.stdin.flush()
+    except (OSError, ValueError):
+        pass
+
 
 def _preexec(death_signal: int) -> Callable[[], None]:
     def fn() -> None:
@@ -199,6 +252,7 @@ def spawn(
         fh.close()
     with _live_lock:
         _live.add(proc)
+        _guard(f"add {proc.pid} {int(death_signal)}")  # start_new_session: pgid == pid
     return proc
 
 
@@ -216,7 +270,9 @@ def terminate(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout:
         except ProcessLookupError:
             pass
     with _live_lock:
-        _live.discard(proc)
+        if proc in _live:
+            _live.discard(proc)
+            _guard(f"del {proc.pid}")
     return proc.returncode
 
 
@@ -576,7 +632,7 @@ class Postgres:
 
     def __init__(self) -> None:
         self.initdb = require_binary("initdb")
-        bindir = os.path.dirname(self.initdb)
+        bindir = os.path.dirname(os.path.realpath(self.initdb))
         self.postgres_bin = os.path.join(bindir, "postgres")
         self.pg_ctl = os.path.join(bindir, "pg_ctl")
         if os.geteuid() == 0:

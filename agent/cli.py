@@ -14,7 +14,7 @@ from typing import Sequence
 
 from . import __version__
 from .config import ConfigInvalid, ConfigTree, effective_policy, load_bootstrap, load_tree
-from .errors import UserError, run_cli
+from .errors import CliParser, UserError, run_cli
 
 PROG = "classroom-agent"
 
@@ -49,7 +49,10 @@ def cmd_check_config(args) -> int:
         try:
             tree.find_device(bootstrap.device)
         except KeyError as exc:
-            problems.append(f"{args.file}: device: {exc.args[0]} in {args.tree}")
+            from .config.yamlsrc import load_yaml
+
+            line = load_yaml(args.file)[0].line_of(("device",))
+            problems.append(f"{args.file}:{line}: device: {exc.args[0]} in {args.tree}")
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
@@ -87,7 +90,7 @@ def cmd_policy(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="The classroom-safety agent for a classroom device.")
+    parser = CliParser(prog=PROG, description="The classroom-safety agent for a classroom device.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

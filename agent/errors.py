@@ -41,3 +41,21 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
         if os.environ.get("DEBUG") != "1" and not isinstance(exc, UserError):
             print(f"{prog}: (set DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+class CliParser(__import__("argparse").ArgumentParser):
+    """argparse, but a bad flag is a one-line ``prog: error: ...`` with exit 1 like any other
+    user error (argparse's own default prints the whole usage and exits 2)."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        # Python 3.11's argparse has no suggestions of its own; add a did-you-mean.
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1)
+            if close:
+                message = f"{message} (did you mean {close[0]!r}?)"
+        raise UserError(f"{message} (see {self.prog} --help)")

@@ -16,7 +16,7 @@ from typing import Sequence
 from agent import __version__
 from agent.config import ConfigInvalid, load_tree
 from agent.config.reference import json_schema, render_markdown
-from agent.errors import UserError, run_cli
+from agent.errors import CliParser, UserError, run_cli
 
 PROG = "classroom-server"
 STARTER = Path(__file__).resolve().parent.parent / "agent" / "config" / "starter"
@@ -62,7 +62,7 @@ def cmd_docs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="The classroom-safety collector and config tools.")
+    parser = CliParser(prog=PROG, description="The classroom-safety collector and config tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -241,10 +241,13 @@ def load_tree(root: str | Path) -> ConfigTree:
 
 def _merge_profiles(raw, errors) -> dict[str, Profile]:
     merged: dict[str, Profile] = {}
+    failed: set[str] = set()
 
     def resolve(name: str, chain: tuple[str, ...]) -> Profile | None:
         if name in merged:
             return merged[name]
+        if name in failed:
+            return None
         entry = raw.get(name)
         if entry is None:
             return None
@@ -253,15 +256,20 @@ def _merge_profiles(raw, errors) -> dict[str, Profile]:
             merged[name] = profile
             return profile
         if profile.extends in chain + (name,):
+            loop = chain[chain.index(profile.extends):] + (name, profile.extends) if profile.extends in chain \
+                else (name, name)
             errors.append(SourceError(src.file, src.line_of(("extends",)), "extends",
-                                      f"profiles extend each other in a loop: {' -> '.join(chain + (name, profile.extends))}"))
+                                      f"profiles extend each other in a loop: {' -> '.join(loop)}"))
+            failed.update(loop)
             return None
         if profile.extends not in raw:
             errors.append(SourceError(src.file, src.line_of(("extends",)), "extends",
                                       f"unknown key stage {profile.extends!r}{did_you_mean(profile.extends, raw)}"))
+            failed.add(name)
             return None
         parent = resolve(profile.extends, chain + (name,))
         if parent is None:
+            failed.add(name)
             return None
         set_fields = profile.model_fields_set
         data = parent.model_dump()

@@ -1,0 +1,147 @@
+"""The durable outbox: every message the agent sends is on disk before it is sent.
+
+DESIGN rule 5 (at-least-once).  A row is written (and, for alerts and events, fsynced)
+before the MQTT publish and deleted only when the broker's PUBACK arrives, so a broker
+restart, a Wi-Fi drop, ``kill -9`` or a power cut loses nothing: on the next connection
+every remaining row is sent again, in order, with its original payload (same event id;
+the server de-duplicates by id).
+
+The table is bounded.  When it is full the oldest heartbeat goes first, then the oldest
+ordinary event; alerts and report evidence are never evicted, even if that means the
+table grows past its bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Eviction classes: higher is evicted first; PROTECTED rows are never evicted.
+PROTECTED = 0      # alerts, report_evidence
+EVENT = 1          # ordinary events (blocked, login, config_applied, ...)
+HEARTBEAT = 2      # heartbeats: stale after a minute anyway
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic    TEXT    NOT NULL,
+    payload  BLOB    NOT NULL,
+    qos      INTEGER NOT NULL,
+    retain   INTEGER NOT NULL DEFAULT 0,
+    kind     TEXT    NOT NULL,
+    priority INTEGER NOT NULL,
+    created  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_evict ON outbox (priority, id);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+    priority: int
+    created: str
+
+
+def priority_for(kind: str, event_type: str | None = None) -> int:
+    if kind == "alert" or event_type == "report_evidence":
+        return PROTECTED
+    if kind == "heartbeat":
+        return HEARTBEAT
+    return EVENT
+
+
+class Outbox:
+    """SQLite outbox at *path*.  Thread-safe: one connection behind one lock (single writer)."""
+
+    def __init__(self, path: str | Path, max_rows: int = 10_000):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._sync = ""
+        self.evicted = 0
+
+    def _synchronous(self, level: str) -> None:
+        # FULL fsyncs the WAL on every commit: an alert must survive a power cut.
+        # Heartbeats only need NORMAL (safe against a crash, may lose the last one on power loss).
+        if self._sync != level:
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._sync = level
+
+    def put(self, topic: str, payload: bytes, qos: int, kind: str, *, priority: int | None = None,
+            retain: bool = False) -> int:
+        """Store one message; return its row id.  Evicts per the bound before inserting."""
+        if priority is None:
+            priority = priority_for(kind)
+        created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        with self._lock:
+            self._synchronous("NORMAL" if priority == HEARTBEAT else "FULL")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._evict_locked(priority)
+                cur = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (topic, bytes(payload), qos, int(retain), kind, priority, created))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(cur.lastrowid)
+
+    def _evict_locked(self, incoming_priority: int) -> None:
+        (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+        while count >= self.max_rows:
+            row = self._db.execute(
+                "SELECT id, kind, priority FROM outbox WHERE priority > ? ORDER BY priority DESC, id LIMIT 1",
+                (PROTECTED,)).fetchone()
+            if row is None:
+                # Only protected rows left: keep them all (and the new one) rather than lose a report.
+                return
+            if incoming_priority > row[2]:
+                # The newcomer is less important than anything we would evict; the
+                # caller still gets its row (it will simply be the next to go).
+                pass
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+            self.evicted += 1
+            log.warning("outbox full (%d rows): dropped oldest %s", self.max_rows, row[1])
+            count -= 1
+
+    def delete(self, row_id: int) -> bool:
+        """Forget a row once the broker has it (PUBACK).  Returns whether it existed."""
+        with self._lock:
+            self._synchronous("NORMAL")
+            cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            return cur.rowcount > 0
+
+    def pending(self) -> list[Pending]:
+        """Every stored row, oldest first (send order)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain, kind, priority, created FROM outbox ORDER BY id").fetchall()
+        return [Pending(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    def count(self, kind: str | None = None) -> int:
+        with self._lock:
+            if kind is None:
+                return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            return self._db.execute("SELECT count(*) FROM outbox WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

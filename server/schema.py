@@ -1,0 +1,206 @@
+"""The collector's database schema: one idempotent SQL string, valid on SQLite and PostgreSQL.
+
+datasette idiom: the whole schema is ``SCHEMA`` (every statement ``CREATE ... IF NOT
+EXISTS``) and is run on every start; later changes go in ``MIGRATIONS`` (numbered,
+each run once, recorded in ``schema_version``).  Only portable types are used:
+TEXT (ids, JSON, RFC 3339 UTC timestamps, which sort correctly as text), INTEGER,
+BIGINT, REAL.  Row ids are UUID text (no SERIAL/AUTOINCREMENT, which differ per
+engine); ordering uses the microsecond timestamp then the id.
+
+Every column is described for the DPIA in docs/data-protection.md; keep it in step.
+"""
+
+from __future__ import annotations
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    applied_at TEXT NOT NULL
+);
+
+-- Every device event (blocked, report_evidence, login, lock, config_applied, ...).
+-- id is the agent's UUID: the primary key is the de-duplication (DESIGN rule 5).
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT NOT NULL PRIMARY KEY,
+    type TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT NOT NULL,
+    user_name TEXT,
+    domain TEXT,
+    profile TEXT,
+    alert_id TEXT,
+    data TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_type_ts ON events (type, ts);
+CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts);
+CREATE INDEX IF NOT EXISTS events_alert ON events (alert_id);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+
+-- One row per alert transition; (alert_id, state) de-duplicates agent resends.
+CREATE TABLE IF NOT EXISTS alert_transitions (
+    alert_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    by_whom TEXT,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seat TEXT,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (alert_id, state)
+);
+CREATE INDEX IF NOT EXISTS alert_transitions_ts ON alert_transitions (ts);
+
+-- One incident per alert (id = alert id), the DSL's record.
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seat TEXT,
+    raised_at TEXT NOT NULL,
+    alert_state TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open',
+    category TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    outcome TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    closed_at TEXT
+);
+CREATE INDEX IF NOT EXISTS incidents_raised ON incidents (raised_at);
+CREATE INDEX IF NOT EXISTS incidents_room ON incidents (room);
+
+-- Staff actions on an incident: notes, category/status changes, checklist ticks.
+CREATE TABLE IF NOT EXISTS incident_actions (
+    id TEXT NOT NULL PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    item TEXT,
+    text TEXT
+);
+CREATE INDEX IF NOT EXISTS incident_actions_incident ON incident_actions (incident_id, ts);
+
+-- Device registry: enrolment credentials, retained status / Last Will, last heartbeat.
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT,
+    room TEXT,
+    password_hash TEXT,
+    enrolled_at TEXT,
+    enrolled_by TEXT,
+    status TEXT NOT NULL DEFAULT 'unknown',
+    status_ts TEXT,
+    agent_version TEXT,
+    config_version TEXT,
+    last_seen TEXT,
+    last_heartbeat TEXT
+);
+
+CREATE TABLE IF NOT EXISTS heartbeats (
+    device TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    cpu REAL,
+    mem REAL,
+    temp REAL,
+    uptime REAL,
+    user_name TEXT,
+    config_version TEXT,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (device, ts)
+);
+CREATE INDEX IF NOT EXISTS heartbeats_ts ON heartbeats (ts);
+
+-- One-time enrolment tokens; only a SHA-256 of the token is stored.
+CREATE TABLE IF NOT EXISTS enrol_tokens (
+    token_hash TEXT NOT NULL PRIMARY KEY,
+    device TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+);
+
+-- Alerts for technicians (dark devices), shown on the dashboard/API.
+CREATE TABLE IF NOT EXISTS device_alerts (
+    id TEXT NOT NULL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    device TEXT NOT NULL,
+    room TEXT,
+    message TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    cleared_at TEXT
+);
+CREATE INDEX IF NOT EXISTS device_alerts_device ON device_alerts (device, cleared_at);
+
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT NOT NULL PRIMARY KEY,
+    role TEXT NOT NULL,
+    display_name TEXT,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
+
+-- Sessions: only a SHA-256 of the token is stored.
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT NOT NULL PRIMARY KEY,
+    username TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    id TEXT NOT NULL PRIMARY KEY,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+
+-- rollout / reports tables (server-web)
+-- Every distinct config tree ever published, content-addressed by ConfigTree.version.
+-- tree = ConfigTree.to_dict() JSON (what devices are compiled from); files = {path: YAML text}
+-- as the technician published it (for the audit diffs).
+CREATE TABLE IF NOT EXISTS config_versions (
+    version TEXT NOT NULL PRIMARY KEY,
+    tree TEXT NOT NULL,
+    files TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+
+-- Each publish or rollback (who, when, why); the highest seq is the live version.
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT NOT NULL PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    ts TEXT NOT NULL,
+    version TEXT NOT NULL,
+    previous TEXT,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    why TEXT NOT NULL,
+    devices INTEGER NOT NULL
+);
+
+-- Weekly digests already written, so a restart does not write/send one twice.
+CREATE TABLE IF NOT EXISTS report_runs (
+    week TEXT NOT NULL PRIMARY KEY,
+    ts TEXT NOT NULL,
+    path TEXT NOT NULL,
+    emailed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+# (version, sql) pairs, applied in order once each; SCHEMA above is version 1.
+# Statements must be portable; one statement per list entry.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, []),
+]

@@ -93,7 +93,7 @@ class Outbox:
             self._synchronous("NORMAL" if priority == HEARTBEAT else "FULL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._evict_locked(priority)
+                self._evict_locked()
                 cur = self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, created)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -104,7 +104,7 @@ class Outbox:
                 raise
             return int(cur.lastrowid)
 
-    def _evict_locked(self, incoming_priority: int) -> None:
+    def _evict_locked(self) -> None:
         (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
         while count >= self.max_rows:
             row = self._db.execute(
@@ -113,10 +113,6 @@ class Outbox:
             if row is None:
                 # Only protected rows left: keep them all (and the new one) rather than lose a report.
                 return
-            if incoming_priority > row[2]:
-                # The newcomer is less important than anything we would evict; the
-                # caller still gets its row (it will simply be the next to go).
-                pass
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
             self.evicted += 1
             log.warning("outbox full (%d rows): dropped oldest %s", self.max_rows, row[1])

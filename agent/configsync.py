@@ -1,0 +1,299 @@
+"""Config sync on the device: fetch the compiled config from the collector, keep last-known-good.
+
+Owns ``state_dir/config.json`` (the cached compiled config and its ETag).  The collector
+tells a device that a new version exists with a ``reload-config`` cmd; this component
+then fetches ``GET {collector}/api/v1/devices/{id}/config`` with ``If-None-Match`` (a 304
+costs nothing), validates the body with ``ConfigTree.from_dict`` and hands it to
+``runtime.apply_config``.  Anything wrong (network, HTTP error, bad JSON, invalid tree,
+a config for another device) leaves the cached config untouched, so a bad rollout can
+never brick a room (DESIGN rule 7), and is reported as a ``config_rejected`` event.
+
+HTTP runs on a worker thread, never on the runtime's queue thread: a slow collector must
+not delay a button press.  Several triggers while a fetch is running collapse into one
+more fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from .config import ConfigInvalid, ConfigTree
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "config.json"
+
+
+class FetchResult:
+    """What one fetch did: ``status`` is applied | unchanged | rejected | failed."""
+
+    __slots__ = ("status", "version", "reason", "tree", "data")
+
+    def __init__(self, status: str, version: str | None = None, reason: str = "",
+                 tree: ConfigTree | None = None, data: dict | None = None):
+        self.status, self.version, self.reason, self.tree, self.data = status, version, reason, tree, data
+
+    def __repr__(self) -> str:
+        return f"FetchResult({self.status!r}, version={self.version!r}, reason={self.reason!r})"
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / CACHE_FILE
+
+
+def load_cached(state_dir: str | Path) -> tuple[dict | None, str | None]:
+    """The last-known-good compiled config and its ETag, or (None, None).
+
+    A damaged cache file is treated as absent (and logged): the device then waits for
+    the collector rather than crashing at boot."""
+    path = cache_path(state_dir)
+    try:
+        wrapper = json.loads(path.read_text(encoding="utf-8"))
+        data = wrapper["config"]
+        ConfigTree.from_dict(data)
+        return data, wrapper.get("etag")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, KeyError, TypeError, ConfigInvalid) as exc:
+        log.warning("%s: ignoring damaged cached config (%s)", path, str(exc).splitlines()[0] if str(exc) else exc)
+        return None, None
+
+
+def save_cached(state_dir: str | Path, data: dict, etag: str | None) -> Path:
+    """Write the cache atomically: a power cut leaves either the old or the new file."""
+    path = cache_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"etag": etag, "config": data}, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def config_url(collector_url: str, device: str) -> str:
+    return f"{collector_url.rstrip('/')}/api/v1/devices/{device}/config"
+
+
+def check_compiled(data: Any, device: str) -> ConfigTree:
+    """Validate a compiled config body; raise ConfigInvalid with a one-line reason."""
+    from .config.yamlsrc import SourceError
+
+    def bad(msg: str):
+        return ConfigInvalid([SourceError("<compiled config>", 0, "", msg)])
+
+    if not isinstance(data, dict):
+        raise bad(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("device") != device:
+        raise bad(f"config is for device {data.get('device')!r}, not {device!r}")
+    tree = ConfigTree.from_dict(data)
+    if data.get("version") != tree.version:
+        raise bad(f"version {data.get('version')!r} does not match its content ({tree.version})")
+    try:
+        tree.find_device(device)
+    except KeyError as exc:
+        raise bad(str(exc.args[0])) from None
+    return tree
+
+
+class ConfigSync:
+    """Runtime component: fetch, validate, cache and apply the compiled config.
+
+    ``on_apply(tree, data)`` defaults to ``runtime.apply_config(tree)`` when the runtime
+    has one; it may raise to reject the config (the cache is then left as it was).
+    """
+
+    name = "configsync"
+
+    def __init__(self, collector_url: str, device: str, state_dir: str | Path, *,
+                 auth: tuple[str, str] | None = None, verify: bool | str = True, timeout: float = 10.0,
+                 session: requests.Session | None = None,
+                 on_apply: Callable[[ConfigTree, dict], Any] | None = None):
+        self.url = config_url(collector_url, device)
+        self.device = device
+        self.state_dir = Path(state_dir)
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        if auth is not None:
+            self.session.auth = auth
+        self.session.verify = verify
+        self.on_apply = on_apply
+        self.runtime = None
+        self.last_result: FetchResult | None = None
+        self._lock = threading.Lock()
+        self._busy = False
+        self._again = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopped = False
+        data, etag = load_cached(self.state_dir)
+        self.cached = data
+        self.etag = etag
+
+    # -------------------------------------------------------------- properties
+    @property
+    def version(self) -> str | None:
+        """The version of the last-known-good config, or None before the first one."""
+        return self.cached.get("version") if self.cached else None
+
+    @property
+    def is_fetching(self) -> bool:
+        return not self._idle.is_set()
+
+    # -------------------------------------------------------------- component API
+    def start(self, runtime) -> None:
+        self.runtime = runtime
+        self.trigger()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def on_policy(self, policy) -> None:
+        pass
+
+    def on_command(self, cmd: dict) -> bool:
+        if cmd.get("cmd") != "reload-config":
+            return False
+        log.info("reload-config requested by %s", cmd.get("by", "?"))
+        self.trigger()
+        return True
+
+    # -------------------------------------------------------------- fetching
+    def trigger(self) -> None:
+        """Fetch on a worker thread; a trigger during a fetch queues exactly one more."""
+        with self._lock:
+            if self._busy:
+                self._again = True
+                return
+            self._busy = True
+            self._idle.clear()
+        threading.Thread(target=self._worker, name="configsync", daemon=True).start()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return self._idle.wait(timeout)
+
+    def _worker(self) -> None:
+        while True:
+            try:
+                if not self._stopped:
+                    self.fetch()
+            except Exception:  # noqa: BLE001 - a bug here must not kill the agent
+                log.exception("config fetch failed")
+            with self._lock:
+                if self._again and not self._stopped:
+                    self._again = False
+                    continue
+                self._busy = False
+                self._idle.set()
+                return
+
+    def fetch(self) -> FetchResult:
+        """One synchronous fetch-validate-apply round (the worker calls this)."""
+        headers = {"Accept": "application/json"}
+        if self.etag and self.cached is not None:
+            headers["If-None-Match"] = self.etag
+        try:
+            resp = self.session.get(self.url, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            # The network being down is normal on a Pi; keep running on the cache.
+            return self._done(FetchResult("failed", reason=f"cannot reach the collector: {type(exc).__name__}"))
+        if resp.status_code == 304:
+            return self._done(FetchResult("unchanged", version=self.version))
+        if resp.status_code != 200:
+            return self._done(FetchResult("failed", reason=f"collector answered HTTP {resp.status_code}"))
+        try:
+            data = resp.json()
+        except ValueError:
+            return self._reject(None, "the collector sent a body that is not JSON")
+        version = data.get("version") if isinstance(data, dict) else None
+        try:
+            tree = check_compiled(data, self.device)
+        except ConfigInvalid as exc:
+            return self._reject(version, str(exc.errors[0]) if exc.errors else str(exc))
+        try:
+            self._apply(tree, data)
+        except Exception as exc:  # noqa: BLE001 - whatever apply refuses is a rejection
+            return self._reject(version, f"could not apply: {exc}")
+        save_cached(self.state_dir, data, resp.headers.get("ETag"))
+        self.cached, self.etag = data, resp.headers.get("ETag")
+        self._emit("config_applied", version=tree.version)
+        return self._done(FetchResult("applied", version=tree.version, tree=tree, data=data))
+
+    def _apply(self, tree: ConfigTree, data: dict) -> None:
+        if self.on_apply is not None:
+            self.on_apply(tree, data)
+            return
+        apply = getattr(self.runtime, "apply_config", None)
+        if apply is None:
+            return
+        # apply_config must run on the queue thread (it re-derives the policy every
+        # component sees); wait for its verdict so a refusal becomes config_rejected.
+        post = getattr(self.runtime, "post", None)
+        if post is None:
+            apply(tree)
+            return
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                apply(tree)
+            except Exception as exc:  # noqa: BLE001
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        post(run)
+        if not done.wait(self.timeout * 3):
+            raise RuntimeError("the agent did not apply the config in time")
+        if "error" in outcome:
+            raise outcome["error"]
+
+    def _reject(self, version: str | None, reason: str) -> FetchResult:
+        log.warning("config %s rejected: %s (keeping %s)", version or "?", reason, self.version or "nothing")
+        self._emit("config_rejected", version=version or "unknown", reason=reason[:500], kept=self.version)
+        return self._done(FetchResult("rejected", version=version, reason=reason))
+
+    def _emit(self, kind: str, **fields) -> None:
+        emit = getattr(self.runtime, "emit_event", None)
+        if emit is not None:
+            try:
+                emit(kind, **fields)
+            except Exception:  # noqa: BLE001
+                log.exception("could not emit %s", kind)
+
+    def _done(self, result: FetchResult) -> FetchResult:
+        if result.status == "failed":
+            log.warning("config fetch: %s", result.reason)
+        self.last_result = result
+        return result

@@ -1,0 +1,369 @@
+"""Broker security: mosquitto.conf, the password file and the ACL, generated from the config tree.
+
+``classroom-server broker-config --config DIR --out OUT [--users FILE]`` writes:
+
+* ``OUT/mosquitto.conf``: listener (TLS when certificates are given), ``allow_anonymous false``,
+  ``password_file`` and ``acl_file`` pointing at the two files below, persistence.
+* ``OUT/passwd``: mosquitto 2 password file (PBKDF2-SHA512, ``$7$``), made by ``mosquitto_passwd -U``
+  when installed, else hashed here in the same format.
+* ``OUT/acl``: one ``user`` block per account, derived from the device registry (DESIGN.md
+  "Broker ACLs"): a device writes only under its own ``{device}`` level and reads only its own
+  ``cmd``; a teacher reads ``alert``/``status`` of the rooms where they are in ``alert_staff`` and
+  writes ``cmd`` there; escalation contacts read every room's alerts; only the server reads ``event``.
+* ``OUT/credentials/<user>.yaml`` (0600): ``username`` + ``password`` per account, to copy onto a
+  device (agent ``credentials``) or hand to a member of staff (``classroom-alerts --password-file``).
+
+Passwords come from ``--users`` (YAML ``username: password``) or are generated once and kept in
+``OUT/credentials/`` so re-running after adding a device does not change anyone else's password.
+Passwords are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from agent.config import ConfigTree, did_you_mean
+from agent.errors import UserError
+
+DEFAULT_SERVER_USER = "classroom-server"
+DEVICE_WRITES = ("status", "alert", "event", "heartbeat")
+# mosquitto 2.x's own parameters for "$7$" hashes (see mosquitto_passwd.c): 101 rounds, 12-byte salt.
+PBKDF2_ROUNDS = 101
+SALT_BYTES = 12
+
+
+@dataclass
+class Account:
+    """One broker user and what it may do; ``rules`` are (access, topic filter) pairs."""
+
+    username: str
+    roles: list[str] = field(default_factory=list)
+    rules: list[tuple[str, str]] = field(default_factory=list)
+
+    def allow(self, access: str, topic_filter: str) -> None:
+        if (access, topic_filter) not in self.rules:
+            self.rules.append((access, topic_filter))
+
+
+def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER) -> dict[str, Account]:
+    """Every broker account the config tree implies, with its ACL rules."""
+    site = tree.site.site
+    prefix = tree.site.broker.prefix
+    accounts: dict[str, Account] = {}
+
+    def account(name: str, role: str) -> Account:
+        acc = accounts.setdefault(name, Account(name))
+        if role not in acc.roles:
+            acc.roles.append(role)
+        return acc
+
+    # Devices first, so a staff username that collides with a device id is caught below.
+    for room in tree.rooms.values():
+        for device in room.devices:
+            acc = account(device.id, "device")
+            base = f"{prefix}/{site}/{room.room}/{device.id}"
+            for kind in DEVICE_WRITES:
+                acc.allow("write", f"{base}/{kind}")
+            acc.allow("read", f"{base}/cmd")
+    devices = set(accounts)
+
+    def staff(name: str, role: str) -> Account:
+        if name in devices or name == server_user:
+            raise UserError(f"staff username {name!r} is also a device id or the server user; "
+                            "broker usernames must be unique")
+        return account(name, role)
+
+    for room in tree.rooms.values():
+        base = f"{prefix}/{site}/{room.room}/+"
+        for name in room.alert_staff:
+            acc = staff(name, "teacher")
+            acc.allow("read", f"{base}/alert")
+            acc.allow("read", f"{base}/status")
+            acc.allow("write", f"{base}/cmd")
+    for contact in tree.site.escalation.contacts:
+        if contact.staff:
+            acc = staff(contact.staff, f"escalation:{contact.role}")
+            # Escalation contacts answer reports from any room, so they may also ack/clear anywhere.
+            acc.allow("read", f"{prefix}/{site}/+/+/alert")
+            acc.allow("read", f"{prefix}/{site}/+/+/status")
+            acc.allow("write", f"{prefix}/{site}/+/+/cmd")
+    if server_user in devices:
+        raise UserError(f"server user {server_user!r} is also a device id; choose another --server-user")
+    srv = account(server_user, "server")
+    # "$share/<group>/classroom/v1/#" is checked by mosquitto against the topic after the
+    # $share/<group>/ part, so this one rule also covers the collector's shared subscription.
+    srv.allow("read", f"{prefix}/#")
+    srv.allow("write", f"{prefix}/+/+/+/cmd")
+    return accounts
+
+
+def render_acl(accounts: dict[str, Account], header: str = "") -> str:
+    lines = [
+        "# mosquitto ACL written by `classroom-server broker-config`; re-run it, do not edit by hand.",
+        *(f"# {h}" for h in header.splitlines() if h),
+        "# No rules before the first `user` line: anonymous clients get nothing (and are refused anyway).",
+        "",
+    ]
+    for acc in accounts.values():
+        lines.append(f"# {', '.join(acc.roles)}")
+        lines.append(f"user {acc.username}")
+        lines.extend(f"topic {access} {topic_filter}" for access, topic_filter in acc.rules)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """The ``$7$`` PBKDF2-SHA512 hash mosquitto 2 writes and checks."""
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, PBKDF2_ROUNDS)
+    return f"$7${PBKDF2_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def write_password_file(path: Path, passwords: dict[str, str], *, tool: str | None = "auto") -> str:
+    """Write a hashed mosquitto password file (0600); return how it was hashed."""
+    if tool == "auto":
+        tool = shutil.which("mosquitto_passwd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            if tool:
+                # Plain text in a 0600 file, hashed in place by -U: the passwords never
+                # appear on a command line (visible in `ps`).
+                fh.writelines(f"{user}:{pw}\n" for user, pw in passwords.items())
+            else:
+                fh.writelines(f"{user}:{hash_password(pw)}\n" for user, pw in passwords.items())
+        if tool:
+            result = subprocess.run([tool, "-U", tmp], capture_output=True, text=True, timeout=60)
+            if result.returncode != 0:
+                raise UserError(f"mosquitto_passwd -U failed: {(result.stderr or result.stdout).strip()}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return "mosquitto_passwd" if tool else "builtin"
+
+
+def load_users(path: str | Path) -> dict[str, str]:
+    """Read a users file: YAML mapping ``username: password``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read users file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping of username: password, not {type(data).__name__}")
+    users: dict[str, str] = {}
+    for name, password in data.items():
+        if not isinstance(name, str):
+            raise UserError(f"{path}: {name!r}: usernames must be strings")
+        if not isinstance(password, str) or not password:
+            # Never echo the value: it may be a real password with a typo.
+            raise UserError(f"{path}: {name}: password must be a non-empty string")
+        if ":" in name or any(c.isspace() for c in name):
+            raise UserError(f"{path}: {name!r}: usernames may not contain ':' or spaces")
+        users[name] = password
+    return users
+
+
+def read_credentials(path: Path) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("password"), str) and data["password"]:
+        return data
+    return None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically (created 0600, never briefly world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- mosquitto.conf
+
+
+@dataclass
+class ListenerOptions:
+    port: int | None = None
+    bind: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    persistence_dir: str | None = None
+    run_as: str | None = None
+    log_file: str | None = None
+
+
+def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str, list[str]]:
+    """mosquitto.conf text plus warnings for the technician."""
+    warnings: list[str] = []
+    url = urlsplit(tree.site.broker.url)
+    tls = bool(opts.certfile)
+    if bool(opts.certfile) != bool(opts.keyfile):
+        raise UserError("--certfile and --keyfile go together")
+    if url.scheme == "mqtts" and not tls:
+        warnings.append(f"site broker url {tree.site.broker.url} is mqtts:// but no --certfile/--keyfile "
+                        "was given; writing a plain-text listener")
+    port = opts.port or url.port or (8883 if tls else 1883)
+    lines = [
+        "# mosquitto.conf written by `classroom-server broker-config`; re-run it, do not edit by hand.",
+        f"# site {tree.site.site}, config version {tree.version}",
+        "per_listener_settings false",
+        f"listener {port}" + (f" {opts.bind}" if opts.bind else ""),
+    ]
+    if tls:
+        lines += [f"certfile {Path(opts.certfile).resolve()}", f"keyfile {Path(opts.keyfile).resolve()}",
+                  "tls_version tlsv1.2"]
+        if opts.cafile:
+            lines.append(f"cafile {Path(opts.cafile).resolve()}")
+    lines += [
+        "allow_anonymous false",
+        f"password_file {(out / 'passwd').resolve()}",
+        f"acl_file {(out / 'acl').resolve()}",
+        "persistence true",
+        f"persistence_location {Path(opts.persistence_dir or out / 'data').resolve()}/",
+        "autosave_interval 60",
+        # A school is hundreds of devices; a trust thousands. The OS limit applies, not ours.
+        "max_connections -1",
+        # Alerts are tiny; Nagle's delay would dominate the press -> teacher latency.
+        "set_tcp_nodelay true",
+        "max_queued_messages 1000",
+    ]
+    if opts.run_as:
+        lines.append(f"user {opts.run_as}")
+    if opts.log_file:
+        lines += [f"log_dest file {Path(opts.log_file).resolve()}", "log_timestamp true",
+                  "connection_messages true"]
+    return "\n".join(lines) + "\n", warnings
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Result:
+    accounts: dict[str, Account]
+    generated: list[str]
+    hashed_by: str
+    warnings: list[str]
+
+
+def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None = None,
+             users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
+             opts: ListenerOptions | None = None, passwd_tool: str | None = "auto") -> Result:
+    out = Path(out)
+    opts = opts or ListenerOptions()
+    users = dict(users or {})
+    accounts = build_accounts(tree, server_user)
+    for name in users:
+        if name not in accounts:
+            raise UserError(f"{users_path}: {name!r} is not a device, a staff member in alert_staff or "
+                            f"escalation contacts, or the server user{did_you_mean(name, list(accounts))}")
+    out.mkdir(parents=True, exist_ok=True)
+    cred_dir = out / "credentials"
+    passwords: dict[str, str] = {}
+    generated: list[str] = []
+    for name in accounts:
+        if name in users:
+            passwords[name] = users[name]
+            continue
+        kept = read_credentials(cred_dir / f"{name}.yaml")
+        if kept is not None:
+            passwords[name] = kept["password"]
+        else:
+            passwords[name] = secrets.token_urlsafe(18)
+            generated.append(name)
+    for name, acc in accounts.items():
+        write_private(cred_dir / f"{name}.yaml",
+                      f"# broker credentials for {name} ({', '.join(acc.roles)}); keep this file 0600\n"
+                      + yaml.safe_dump({"username": name, "password": passwords[name]}, sort_keys=False))
+    hashed_by = write_password_file(out / "passwd", passwords, tool=passwd_tool)
+    acl = render_acl(accounts, header=f"site {tree.site.site}, config version {tree.version}")
+    write_private(out / "acl", acl)
+    conf, warnings = render_conf(tree, out, opts)
+    (out / "mosquitto.conf").write_text(conf)
+    return Result(accounts, generated, hashed_by, warnings)
+
+
+def add_parser(sub) -> None:
+    """Register ``broker-config`` on classroom-server's subcommands."""
+    p = sub.add_parser("broker-config", help="write mosquitto.conf, password file and ACL from the config tree")
+    p.add_argument("--config", required=True, metavar="DIR", help="the config tree (site.yaml, rooms/...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write mosquitto.conf, passwd, acl")
+    p.add_argument("--users", metavar="FILE", help="YAML username: password; others are generated")
+    p.add_argument("--server-user", default=DEFAULT_SERVER_USER, help="broker username of classroom-server")
+    p.add_argument("--port", type=int, help="listener port (default: from site broker url)")
+    p.add_argument("--bind", metavar="ADDRESS", help="listen address (default: all)")
+    p.add_argument("--certfile", help="TLS certificate (PEM)")
+    p.add_argument("--keyfile", help="TLS private key (PEM)")
+    p.add_argument("--cafile", help="CA bundle for client certificates, if used")
+    p.add_argument("--persistence-dir", metavar="DIR", help="mosquitto persistence (default OUT/data)")
+    p.add_argument("--run-as", metavar="USER", help="user mosquitto runs as (must be able to read OUT)")
+    p.add_argument("--log-file", metavar="FILE", help="mosquitto log file (default: mosquitto's own)")
+    p.set_defaults(func=cmd_broker_config)
+
+
+def cmd_broker_config(args) -> int:
+    import sys
+
+    from agent.config import ConfigInvalid, load_tree
+
+    try:
+        tree = load_tree(args.config)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        raise UserError(f"{args.config}: {len(exc.errors)} problem(s); fix them first "
+                        f"(`classroom-server config validate {args.config}`)") from None
+    users = load_users(args.users) if args.users else {}
+    opts = ListenerOptions(port=args.port, bind=args.bind, certfile=args.certfile, keyfile=args.keyfile,
+                           cafile=args.cafile, persistence_dir=args.persistence_dir, run_as=args.run_as,
+                           log_file=args.log_file)
+    result = generate(tree, args.out, users=users, users_path=args.users or "users file",
+                      server_user=args.server_user, opts=opts)
+    for warning in result.warnings:
+        print(f"classroom-server: warning: {warning}", file=sys.stderr)
+    roles: dict[str, int] = {}
+    for acc in result.accounts.values():
+        key = "staff" if acc.roles[0] in ("teacher",) or acc.roles[0].startswith("escalation") else acc.roles[0]
+        roles[key] = roles.get(key, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in roles.items())
+    out = Path(args.out)
+    print(f"{out}: wrote mosquitto.conf, passwd ({result.hashed_by}), acl for {summary}")
+    if result.generated:
+        print(f"{out / 'credentials'}: generated new passwords for {len(result.generated)} account(s): "
+              f"{', '.join(result.generated)} (files are 0600; copy each device's file to its "
+              "/etc/classroom-safety/credentials.yaml)")
+    return 0

@@ -1,0 +1,104 @@
+"""In-process pub/sub that feeds the dashboard's server-sent events.
+
+Ingest (any thread) calls ``broadcaster.publish(kind, data)`` once per alert transition
+or device status change; every open SSE connection holds a small asyncio queue and is
+woken directly, so an alert reaches the browser without anyone polling the database.
+A slow or stuck browser only loses its own oldest messages (bounded queue); it never
+blocks ingest.
+
+One broadcaster per app (``app.state.live``); ``get_broadcaster(app)`` creates it on
+first use so ingest and the web routes agree on the same object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+
+
+@dataclass(eq=False)
+class Subscription:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    accept: Callable[[str, dict], bool]
+    id: int = 0
+    dropped: int = field(default=0)
+
+    async def get(self, timeout: float | None = None):
+        """Next (kind, data), or None after *timeout* seconds (for keep-alives)."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+
+class Broadcaster:
+    """Thread-safe fan-out from ingest threads to asyncio subscribers."""
+
+    def __init__(self) -> None:
+        self._subs: dict[int, Subscription] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.published = 0
+
+    def subscribe(self, accept: Callable[[str, dict], bool] | None = None) -> Subscription:
+        """Call from the event loop that will read the subscription."""
+        sub = Subscription(asyncio.get_running_loop(), asyncio.Queue(QUEUE_SIZE), accept or (lambda k, d: True))
+        with self._lock:
+            sub.id = next(self._ids)
+            self._subs[sub.id] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.pop(sub.id, None)
+
+    @property
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def publish(self, kind: str, data: dict[str, Any]) -> int:
+        """Hand (kind, data) to every interested subscriber; returns how many. Never raises."""
+        self.published += 1
+        with self._lock:
+            subs = list(self._subs.values())
+        delivered = 0
+        for sub in subs:
+            try:
+                if not sub.accept(kind, data):
+                    continue
+                sub.loop.call_soon_threadsafe(_put, sub, (kind, data))
+                delivered += 1
+            except RuntimeError:  # loop closed: the connection is gone
+                self.unsubscribe(sub)
+            except Exception:  # noqa: BLE001 - a bad filter must not hurt ingest
+                log.exception("live subscriber %s failed", sub.id)
+        return delivered
+
+
+def _put(sub: Subscription, item) -> None:
+    if sub.queue.full():
+        # Keep the newest: an old "raised" is less useful than the latest state.
+        try:
+            sub.queue.get_nowait()
+            sub.dropped += 1
+        except asyncio.QueueEmpty:
+            pass
+    sub.queue.put_nowait(item)
+
+
+def get_broadcaster(app) -> Broadcaster:
+    """The app's broadcaster, created on first use."""
+    live = getattr(app.state, "live", None)
+    if live is None:
+        live = app.state.live = Broadcaster()
+    return live

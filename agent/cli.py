@@ -89,6 +89,98 @@ def cmd_policy(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- the running agent (report button)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _bootstrap(path: str):
+    try:
+        return load_bootstrap(path)
+    except ConfigInvalid as exc:
+        more = f" (+{len(exc.errors) - 1} more; run `classroom-agent check-config {path}`)" if len(exc.errors) > 1 else ""
+        raise UserError(f"{exc.errors[0]}{more}") from None
+
+
+def cmd_run(args) -> int:
+    """Run the agent in the foreground until SIGTERM/SIGINT (systemd runs exactly this)."""
+    import signal
+    import threading
+
+    from .runtime import Runtime
+
+    _setup_logging(args.verbose)
+    bootstrap = _bootstrap(args.config)
+    overrides = {}
+    if args.simulate:
+        overrides.update(pin_factory="mock", screen_backend="headless")
+    if args.pin_factory:
+        overrides["pin_factory"] = args.pin_factory
+    if args.screen:
+        overrides["screen_backend"] = args.screen
+    if overrides:
+        bootstrap = bootstrap.model_copy(update=overrides)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # A simulated device (demo, bench) runs only the report path: no dnsmasq, browser
+    # policies, locks or process guard touching the machine it runs on.
+    from .runtime import default_components
+
+    runtime = Runtime(bootstrap, components=[] if args.simulate else default_components()).start()
+    try:
+        stop.wait()
+    finally:
+        runtime.stop()  # publishes the retained offline status
+    return 0
+
+
+def _control_request(args, req: dict) -> dict:
+    from .control import request
+
+    path = args.socket
+    if path is None:
+        path = _bootstrap(args.config).control_socket if args.config else "/run/classroom-agent/control.sock"
+    try:
+        reply = request(path, req)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach the agent at {path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
+    if not reply.get("ok"):
+        raise UserError(f"agent refused: {reply.get('error', 'no reason given')}")
+    return reply
+
+
+def cmd_press(args) -> int:
+    _control_request(args, {"op": "press", "source": args.source})
+    print("pressed")
+    return 0
+
+
+def cmd_status(args) -> int:
+    reply = _control_request(args, {"op": "status"})
+    print(json.dumps(reply.get("status"), indent=2, default=str))
+    return 0
+
+
+def cmd_hash_pin(args) -> int:
+    import getpass
+
+    from .screen import hash_pin
+
+    pin = args.pin if args.pin is not None else getpass.getpass("Staff PIN (4-12 digits): ")
+    try:
+        print(hash_pin(pin))
+    except ValueError as exc:
+        raise UserError(f"PIN: {exc}") from None
+    return 0
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog=PROG, description="The classroom-safety agent for a classroom device.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -105,6 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, metavar="ID")
     p.add_argument("--at", metavar="ISO8601", help="moment to evaluate (default: now)")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("run", help="run the agent in the foreground (SIGTERM stops it cleanly)")
+    p.add_argument("--config", required=True, metavar="FILE", help="the device's agent.yaml")
+    p.add_argument("--pin-factory", metavar="NAME", help="gpiozero pin factory (mock for a simulated device)")
+    p.add_argument("--screen", choices=("auto", "wayland", "x11", "headless"), help="override screen_backend")
+    p.add_argument("--simulate", action="store_true",
+                   help="a simulated device: mock pins, headless screen, report path only (demo, bench)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_run)
+
+    for name, func, text in (("press", cmd_press, "press the report button on the running agent"),
+                             ("status", cmd_status, "show the running agent's state")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--socket", metavar="PATH", help="control socket (default: from --config, else "
+                                                         "/run/classroom-agent/control.sock)")
+        p.add_argument("--config", metavar="FILE", help="agent.yaml to take control_socket from")
+        if name == "press":
+            p.add_argument("--source", choices=("control", "key"), default="control",
+                           help="what pressed it ('key' for the desktop's report key binding)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("hash-pin", help="print the staff_pin_hash for agent.yaml")
+    p.add_argument("--pin", metavar="DIGITS", help="the PIN (default: ask without echo)")
+    p.set_defaults(func=cmd_hash_pin)
+
+    from .filter.commands import add_parser as add_filter_parser  # filter show / filter check
+    add_filter_parser(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from .config import ConfigInvalid, ConfigTree
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "config.json"
+ETAG_FILE = "config.etag"
 
 
 class FetchResult:
@@ -52,32 +53,43 @@ def cache_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / CACHE_FILE
 
 
-def load_cached(state_dir: str | Path) -> tuple[dict | None, str | None]:
-    """The last-known-good compiled config and its ETag, or (None, None).
+def etag_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / ETAG_FILE
 
-    A damaged cache file is treated as absent (and logged): the device then waits for
-    the collector rather than crashing at boot."""
+
+def load_cached(state_dir: str | Path) -> tuple[dict | None, str | None]:
+    """The last-known-good compiled config and the ETag it came with, or (None, None).
+
+    config.json is the plain compiled config (the runtime reads the same file at boot).
+    A damaged file is treated as absent (and logged): the device then waits for the
+    collector rather than crashing.  The ETag is only trusted if it belongs to the
+    cached version; otherwise the fetch is unconditional."""
     path = cache_path(state_dir)
     try:
-        wrapper = json.loads(path.read_text(encoding="utf-8"))
-        data = wrapper["config"]
+        data = json.loads(path.read_text(encoding="utf-8"))
         ConfigTree.from_dict(data)
-        return data, wrapper.get("etag")
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, KeyError, TypeError, ConfigInvalid) as exc:
         log.warning("%s: ignoring damaged cached config (%s)", path, str(exc).splitlines()[0] if str(exc) else exc)
         return None, None
+    etag = None
+    try:
+        meta = json.loads(etag_path(state_dir).read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and meta.get("version") == data.get("version") and isinstance(meta.get("etag"), str):
+            etag = meta["etag"]
+    except (OSError, ValueError):
+        pass
+    return data, etag
 
 
-def save_cached(state_dir: str | Path, data: dict, etag: str | None) -> Path:
-    """Write the cache atomically: a power cut leaves either the old or the new file."""
-    path = cache_path(state_dir)
+def _atomic_write(path: Path, text: str) -> None:
+    """Write-then-rename with fsync: a power cut leaves either the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"etag": etag, "config": data}, fh, separators=(",", ":"))
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -95,6 +107,12 @@ def save_cached(state_dir: str | Path, data: dict, etag: str | None) -> Path:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def save_cached(state_dir: str | Path, data: dict, etag: str | None) -> Path:
+    path = cache_path(state_dir)
+    _atomic_write(path, json.dumps(data, separators=(",", ":")))
+    _atomic_write(etag_path(state_dir), json.dumps({"version": data.get("version"), "etag": etag}))
     return path
 
 
@@ -116,9 +134,10 @@ def check_compiled(data: Any, device: str) -> ConfigTree:
         raise bad(f"expected a JSON object, got {type(data).__name__}")
     if data.get("device") != device:
         raise bad(f"config is for device {data.get('device')!r}, not {device!r}")
+    version = data.get("version")
+    if not isinstance(version, str) or not version:
+        raise bad("version: is required")
     tree = ConfigTree.from_dict(data)
-    if data.get("version") != tree.version:
-        raise bad(f"version {data.get('version')!r} does not match its content ({tree.version})")
     try:
         tree.find_device(device)
     except KeyError as exc:
@@ -129,8 +148,11 @@ def check_compiled(data: Any, device: str) -> ConfigTree:
 class ConfigSync:
     """Runtime component: fetch, validate, cache and apply the compiled config.
 
-    ``on_apply(tree, data)`` defaults to ``runtime.apply_config(tree)`` when the runtime
-    has one; it may raise to reject the config (the cache is then left as it was).
+    Applying: ``on_apply(tree, data)`` if given (it may raise to refuse), else
+    ``runtime.apply_config(data)``, which validates again, switches policy, keeps the
+    last-known-good config if it returns False, and emits ``config_applied`` /
+    ``config_rejected`` itself.  This component emits those events only for what the
+    runtime never sees (a body that fails validation here) or when ``on_apply`` is used.
     """
 
     name = "configsync"
@@ -138,8 +160,15 @@ class ConfigSync:
     def __init__(self, collector_url: str, device: str, state_dir: str | Path, *,
                  auth: tuple[str, str] | None = None, verify: bool | str = True, timeout: float = 10.0,
                  session: requests.Session | None = None,
-                 on_apply: Callable[[ConfigTree, dict], Any] | None = None):
+                 on_apply: Callable[[ConfigTree, dict], Any] | None = None,
+                 retry_initial: float = 5.0, retry_max: float = 300.0):
         self.url = config_url(collector_url, device)
+        # After a failed fetch (collector or network down) try again, backing off: at
+        # first boot there is no MQTT link yet to bring a reload-config.
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._retry_delay = retry_initial
+        self._retry_timer: threading.Timer | None = None
         self.device = device
         self.state_dir = Path(state_dir)
         self.timeout = timeout
@@ -150,6 +179,7 @@ class ConfigSync:
         self.on_apply = on_apply
         self.runtime = None
         self.last_result: FetchResult | None = None
+        self.fetches = 0
         self._lock = threading.Lock()
         self._busy = False
         self._again = False
@@ -159,6 +189,16 @@ class ConfigSync:
         data, etag = load_cached(self.state_dir)
         self.cached = data
         self.etag = etag
+
+    @classmethod
+    def from_bootstrap(cls, bootstrap) -> "ConfigSync":
+        """Built from agent.yaml: collector URL, device id, state dir, credentials file, CA."""
+        from .link import load_credentials
+
+        username, password = load_credentials(bootstrap.credentials)
+        auth = (username, password) if username and password else None
+        return cls(str(bootstrap.collector_url), bootstrap.device, bootstrap.state_dir, auth=auth,
+                   verify=bootstrap.ca_file or True)
 
     # -------------------------------------------------------------- properties
     @property
@@ -177,6 +217,9 @@ class ConfigSync:
 
     def stop(self) -> None:
         self._stopped = True
+        timer = self._retry_timer
+        if timer is not None:
+            timer.cancel()
 
     def on_policy(self, policy) -> None:
         pass
@@ -213,15 +256,31 @@ class ConfigSync:
                 if self._again and not self._stopped:
                     self._again = False
                     continue
+                self._schedule_retry()
                 self._busy = False
                 self._idle.set()
                 return
 
+    def _schedule_retry(self) -> None:
+        result = self.last_result
+        if self._stopped or result is None:
+            return
+        if result.status != "failed":
+            self._retry_delay = self.retry_initial
+            return
+        if self._retry_timer is not None and self._retry_timer.is_alive():
+            return
+        delay, self._retry_delay = self._retry_delay, min(self._retry_delay * 2, self.retry_max)
+        self._retry_timer = threading.Timer(delay, self.trigger)
+        self._retry_timer.daemon = True
+        self._retry_timer.start()
+
     def fetch(self) -> FetchResult:
         """One synchronous fetch-validate-apply round (the worker calls this)."""
+        self.fetches += 1
         headers = {"Accept": "application/json"}
-        if self.etag and self.cached is not None:
-            headers["If-None-Match"] = self.etag
+        if self.cached is not None:
+            headers["If-None-Match"] = self.etag or f'"{self.version}"'
         try:
             resp = self.session.get(self.url, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
@@ -234,54 +293,39 @@ class ConfigSync:
         try:
             data = resp.json()
         except ValueError:
-            return self._reject(None, "the collector sent a body that is not JSON")
+            return self._reject(None, "the collector sent a body that is not JSON", emit=True)
         version = data.get("version") if isinstance(data, dict) else None
         try:
             tree = check_compiled(data, self.device)
         except ConfigInvalid as exc:
-            return self._reject(version, str(exc.errors[0]) if exc.errors else str(exc))
+            return self._reject(version, str(exc.errors[0]) if exc.errors else str(exc), emit=True)
+        emit = self.on_apply is not None or getattr(self.runtime, "apply_config", None) is None
         try:
-            self._apply(tree, data)
+            ok = self._apply(tree, data)
         except Exception as exc:  # noqa: BLE001 - whatever apply refuses is a rejection
-            return self._reject(version, f"could not apply: {exc}")
+            return self._reject(version, f"could not apply: {exc}", emit=True)
+        if ok is False:
+            return self._reject(version, "the agent refused it", emit=emit)
         save_cached(self.state_dir, data, resp.headers.get("ETag"))
         self.cached, self.etag = data, resp.headers.get("ETag")
-        self._emit("config_applied", version=tree.version)
+        if emit:
+            self._emit("config_applied", version=tree.version)
         return self._done(FetchResult("applied", version=tree.version, tree=tree, data=data))
 
-    def _apply(self, tree: ConfigTree, data: dict) -> None:
+    def _apply(self, tree: ConfigTree, data: dict):
         if self.on_apply is not None:
-            self.on_apply(tree, data)
-            return
+            return self.on_apply(tree, data)
         apply = getattr(self.runtime, "apply_config", None)
         if apply is None:
-            return
-        # apply_config must run on the queue thread (it re-derives the policy every
-        # component sees); wait for its verdict so a refusal becomes config_rejected.
-        post = getattr(self.runtime, "post", None)
-        if post is None:
-            apply(tree)
-            return
-        outcome: dict[str, Any] = {}
-        done = threading.Event()
+            return True
+        # Runtime.apply_config hops onto the queue thread and returns its verdict.
+        return apply(data)
 
-        def run() -> None:
-            try:
-                apply(tree)
-            except Exception as exc:  # noqa: BLE001
-                outcome["error"] = exc
-            finally:
-                done.set()
-
-        post(run)
-        if not done.wait(self.timeout * 3):
-            raise RuntimeError("the agent did not apply the config in time")
-        if "error" in outcome:
-            raise outcome["error"]
-
-    def _reject(self, version: str | None, reason: str) -> FetchResult:
+    def _reject(self, version: str | None, reason: str, *, emit: bool) -> FetchResult:
         log.warning("config %s rejected: %s (keeping %s)", version or "?", reason, self.version or "nothing")
-        self._emit("config_rejected", version=version or "unknown", reason=reason[:500], kept=self.version)
+        if emit:
+            self._emit("config_rejected", version=version if isinstance(version, str) else None,
+                       errors=[reason[:500]], kept=self.version)
         return self._done(FetchResult("rejected", version=version, reason=reason))
 
     def _emit(self, kind: str, **fields) -> None:

@@ -1,10 +1,15 @@
 """The durable outbox: every message the agent sends is on disk before it is sent.
 
-DESIGN rule 5 (at-least-once).  A row is written (and, for alerts and events, fsynced)
-before the MQTT publish and deleted only when the broker's PUBACK arrives, so a broker
-restart, a Wi-Fi drop, ``kill -9`` or a power cut loses nothing: on the next connection
-every remaining row is sent again, in order, with its original payload (same event id;
-the server de-duplicates by id).
+DESIGN rule 5 (at-least-once).  A row is committed before the MQTT publish and deleted
+only when the broker's PUBACK arrives, so a broker restart, a Wi-Fi drop, ``kill -9`` or
+a power cut loses nothing: on the next connection every remaining row is sent again, in
+order, with its original payload (same event id; the server de-duplicates by id).
+
+Power loss: alerts and events are fsynced.  The link commits the row (safe against a
+crash: it is in the OS), publishes, and only then fsyncs (``put(sync=False)`` +
+``sync()``): an fsync on an SD card can take 10-20 ms, and the report must not wait for
+it.  This is never less safe than fsync-then-publish: a power cut before the fsync
+completes loses the row either way, and here the message may already be at the broker.
 
 The table is bounded.  When it is full the oldest heartbeat goes first, then the oldest
 ordinary event; alerts and report evidence are never evicted, even if that means the
@@ -14,6 +19,7 @@ table grows past its bound.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -72,6 +78,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # No automatic checkpoints: one would fsync inside whichever commit crossed the
+        # threshold, possibly an alert's.  ``checkpoint()`` runs from the heartbeat timer.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(SCHEMA)
         self._sync = ""
         self.evicted = 0
@@ -84,13 +93,14 @@ class Outbox:
             self._sync = level
 
     def put(self, topic: str, payload: bytes, qos: int, kind: str, *, priority: int | None = None,
-            retain: bool = False) -> int:
-        """Store one message; return its row id.  Evicts per the bound before inserting."""
+            retain: bool = False, sync: bool = True) -> int:
+        """Store one message; return its row id.  Evicts per the bound before inserting.
+        ``sync=False``: commit without fsync; call ``sync()`` after publishing."""
         if priority is None:
             priority = priority_for(kind)
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         with self._lock:
-            self._synchronous("NORMAL" if priority == HEARTBEAT else "FULL")
+            self._synchronous("FULL" if sync and priority != HEARTBEAT else "NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._evict_locked()
@@ -117,6 +127,22 @@ class Outbox:
             self.evicted += 1
             log.warning("outbox full (%d rows): dropped oldest %s", self.max_rows, row[1])
             count -= 1
+
+    def sync(self) -> None:
+        """Make every committed row durable against power loss (fsync the WAL)."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing in the WAL: everything is in the main file already
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database file (off the press path)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def delete(self, row_id: int) -> bool:
         """Forget a row once the broker has it (PUBACK).  Returns whether it existed."""

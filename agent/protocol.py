@@ -23,7 +23,7 @@ ALERT_STATES = ("raised", "acknowledged", "cleared", "escalated")
 EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
-    "bypass_process", "removable_media", "press_repeated",
+    "bypass_process", "removable_media", "press_repeated", "override_rejected",
 )
 COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config")
 MAX_PAYLOAD = 64 * 1024

@@ -20,10 +20,12 @@ APT_PACKAGES=(
   xvfb xdotool x11-utils libnotify-bin
   chromium chromium-driver
   python3-tk
+  sway swayidle swaylock openssl systemd
 )
 NEEDED_COMMANDS=(
   python3 mosquitto mosquitto_sub mosquitto_pub dnsmasq dig nft dnsperf ip
   chromium chromedriver Xvfb xdotool xdpyinfo notify-send
+  sway swayidle swaylock openssl systemd-analyze
 )
 
 # Run as root directly, otherwise through sudo if it exists.

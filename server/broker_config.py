@@ -15,7 +15,9 @@
 
 Passwords come from ``--users`` (YAML ``username: password``) or are generated once and kept in
 ``OUT/credentials/`` so re-running after adding a device does not change anyone else's password.
-Passwords are never printed or logged.
+With ``--db`` (the collector's store), devices that enrolled through ``/api/v1/enrol`` keep the
+password they were given there: the store holds only its ``$7$`` hash, which goes into ``passwd``
+as it is.  Passwords are never printed or logged.
 """
 
 from __future__ import annotations
@@ -56,6 +58,17 @@ class Account:
             self.rules.append((access, topic_filter))
 
 
+def device_rules(prefix: str, site: str, room: str, device: str) -> list[tuple[str, str]]:
+    """A device writes only under its own {device} level and reads only its own cmd."""
+    base = f"{prefix}/{site}/{room}/{device}"
+    return [("write", f"{base}/{kind}") for kind in DEVICE_WRITES] + [("read", f"{base}/cmd")]
+
+
+def teacher_rules(prefix: str, site: str, room: str) -> list[tuple[str, str]]:
+    base = f"{prefix}/{site}/{room}/+"
+    return [("read", f"{base}/alert"), ("read", f"{base}/status"), ("write", f"{base}/cmd")]
+
+
 def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER) -> dict[str, Account]:
     """Every broker account the config tree implies, with its ACL rules."""
     site = tree.site.site
@@ -72,10 +85,8 @@ def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER) -> 
     for room in tree.rooms.values():
         for device in room.devices:
             acc = account(device.id, "device")
-            base = f"{prefix}/{site}/{room.room}/{device.id}"
-            for kind in DEVICE_WRITES:
-                acc.allow("write", f"{base}/{kind}")
-            acc.allow("read", f"{base}/cmd")
+            for rule in device_rules(prefix, site, room.room, device.id):
+                acc.allow(*rule)
     devices = set(accounts)
 
     def staff(name: str, role: str) -> Account:
@@ -85,12 +96,10 @@ def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER) -> 
         return account(name, role)
 
     for room in tree.rooms.values():
-        base = f"{prefix}/{site}/{room.room}/+"
         for name in room.alert_staff:
             acc = staff(name, "teacher")
-            acc.allow("read", f"{base}/alert")
-            acc.allow("read", f"{base}/status")
-            acc.allow("write", f"{base}/cmd")
+            for rule in teacher_rules(prefix, site, room.room):
+                acc.allow(*rule)
     for contact in tree.site.escalation.contacts:
         if contact.staff:
             acc = staff(contact.staff, f"escalation:{contact.role}")
@@ -133,8 +142,11 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     return f"$7${PBKDF2_ROUNDS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def write_password_file(path: Path, passwords: dict[str, str], *, tool: str | None = "auto") -> str:
-    """Write a hashed mosquitto password file (0600); return how it was hashed."""
+def write_password_file(path: Path, passwords: dict[str, str], *, tool: str | None = "auto",
+                        hashed: dict[str, str] | None = None) -> str:
+    """Write a hashed mosquitto password file (0600); return how it was hashed.
+
+    *hashed* entries are already ``$7$`` hashes (enrolled devices) and are copied as they are."""
     if tool == "auto":
         tool = shutil.which("mosquitto_passwd")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +164,10 @@ def write_password_file(path: Path, passwords: dict[str, str], *, tool: str | No
             result = subprocess.run([tool, "-U", tmp], capture_output=True, text=True, timeout=60)
             if result.returncode != 0:
                 raise UserError(f"mosquitto_passwd -U failed: {(result.stderr or result.stdout).strip()}")
+        if hashed:
+            # After -U, which would otherwise hash the hashes again.
+            with open(tmp, "a") as fh:
+                fh.writelines(f"{user}:{h}\n" for user, h in hashed.items())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -181,10 +197,36 @@ def load_users(path: str | Path) -> dict[str, str]:
         if not isinstance(password, str) or not password:
             # Never echo the value: it may be a real password with a typo.
             raise UserError(f"{path}: {name}: password must be a non-empty string")
+        if any(c in password for c in "\r\n\0"):
+            raise UserError(f"{path}: {name}: password may not contain line breaks")
         if ":" in name or any(c.isspace() for c in name):
             raise UserError(f"{path}: {name!r}: usernames may not contain ':' or spaces")
         users[name] = password
     return users
+
+
+def enrolled_hashes(db_url: str) -> dict[str, str]:
+    """{device: $7$ hash} for devices that enrolled with the collector (server/devices.py)."""
+    from .store import Store, StoreError
+
+    if db_url.startswith("sqlite:///"):
+        # Same path rule as server/store.py; never create an empty database by mistake.
+        db_path = db_url[len("sqlite:///"):]
+        if db_url.startswith("sqlite:////") and not db_path.startswith("/"):
+            db_path = "/" + db_path
+        if not Path(db_path).exists():
+            raise UserError(f"--db: {db_path}: no such database (give the collector's --db)")
+    try:
+        store = Store.open(db_url)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a DSN may carry a password: do not echo it
+        raise UserError(f"--db: cannot open the collector's store ({type(exc).__name__})") from None
+    try:
+        rows = store.query("SELECT id, mqtt_hash FROM devices WHERE mqtt_hash IS NOT NULL")
+    finally:
+        store.close()
+    return {r["id"]: r["mqtt_hash"] for r in rows if str(r["mqtt_hash"]).startswith("$7$")}
 
 
 def read_credentials(path: Path) -> dict | None:
@@ -276,13 +318,15 @@ def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str
 class Result:
     accounts: dict[str, Account]
     generated: list[str]
+    enrolled: list[str]
     hashed_by: str
     warnings: list[str]
 
 
 def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None = None,
              users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
-             opts: ListenerOptions | None = None, passwd_tool: str | None = "auto") -> Result:
+             opts: ListenerOptions | None = None, passwd_tool: str | None = "auto",
+             enrolled: dict[str, str] | None = None) -> Result:
     out = Path(out)
     opts = opts or ListenerOptions()
     users = dict(users or {})
@@ -293,11 +337,19 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
                             f"escalation contacts, or the server user{did_you_mean(name, list(accounts))}")
     out.mkdir(parents=True, exist_ok=True)
     cred_dir = out / "credentials"
+    cred_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(cred_dir, 0o700)
     passwords: dict[str, str] = {}
+    hashed: dict[str, str] = {}
     generated: list[str] = []
-    for name in accounts:
+    for name, acc in accounts.items():
         if name in users:
             passwords[name] = users[name]
+            continue
+        if enrolled and name in enrolled and "device" in acc.roles:
+            hashed[name] = enrolled[name]
+            # The device has its enrolment password now; an old generated file would mislead.
+            (cred_dir / f"{name}.yaml").unlink(missing_ok=True)
             continue
         kept = read_credentials(cred_dir / f"{name}.yaml")
         if kept is not None:
@@ -306,15 +358,18 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
             passwords[name] = secrets.token_urlsafe(18)
             generated.append(name)
     for name, acc in accounts.items():
+        if name in hashed:
+            continue
         write_private(cred_dir / f"{name}.yaml",
                       f"# broker credentials for {name} ({', '.join(acc.roles)}); keep this file 0600\n"
                       + yaml.safe_dump({"username": name, "password": passwords[name]}, sort_keys=False))
-    hashed_by = write_password_file(out / "passwd", passwords, tool=passwd_tool)
+    hashed_by = write_password_file(out / "passwd", passwords, tool=passwd_tool, hashed=hashed)
     acl = render_acl(accounts, header=f"site {tree.site.site}, config version {tree.version}")
     write_private(out / "acl", acl)
     conf, warnings = render_conf(tree, out, opts)
+    Path(opts.persistence_dir or out / "data").mkdir(parents=True, exist_ok=True)
     (out / "mosquitto.conf").write_text(conf)
-    return Result(accounts, generated, hashed_by, warnings)
+    return Result(accounts, generated, sorted(hashed), hashed_by, warnings)
 
 
 def add_parser(sub) -> None:
@@ -323,6 +378,8 @@ def add_parser(sub) -> None:
     p.add_argument("--config", required=True, metavar="DIR", help="the config tree (site.yaml, rooms/...)")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write mosquitto.conf, passwd, acl")
     p.add_argument("--users", metavar="FILE", help="YAML username: password; others are generated")
+    p.add_argument("--db", metavar="URL", help="the collector's store (as serve --db): enrolled devices keep "
+                   "their enrolment password")
     p.add_argument("--server-user", default=DEFAULT_SERVER_USER, help="broker username of classroom-server")
     p.add_argument("--port", type=int, help="listener port (default: from site broker url)")
     p.add_argument("--bind", metavar="ADDRESS", help="listen address (default: all)")
@@ -351,8 +408,9 @@ def cmd_broker_config(args) -> int:
     opts = ListenerOptions(port=args.port, bind=args.bind, certfile=args.certfile, keyfile=args.keyfile,
                            cafile=args.cafile, persistence_dir=args.persistence_dir, run_as=args.run_as,
                            log_file=args.log_file)
+    enrolled = enrolled_hashes(args.db) if args.db else None
     result = generate(tree, args.out, users=users, users_path=args.users or "users file",
-                      server_user=args.server_user, opts=opts)
+                      server_user=args.server_user, opts=opts, enrolled=enrolled)
     for warning in result.warnings:
         print(f"classroom-server: warning: {warning}", file=sys.stderr)
     roles: dict[str, int] = {}
@@ -362,6 +420,8 @@ def cmd_broker_config(args) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in roles.items())
     out = Path(args.out)
     print(f"{out}: wrote mosquitto.conf, passwd ({result.hashed_by}), acl for {summary}")
+    if result.enrolled:
+        print(f"{len(result.enrolled)} enrolled device(s) keep their enrolment password: {', '.join(result.enrolled)}")
     if result.generated:
         print(f"{out / 'credentials'}: generated new passwords for {len(result.generated)} account(s): "
               f"{', '.join(result.generated)} (files are 0600; copy each device's file to its "

@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
     p = csub.add_parser("docs", help="print the config reference (docs/config.md)")
     p.set_defaults(func=cmd_docs)
+    from .rollout import add_cli as add_rollout_commands  # config publish / rollback (docs/rollout.md)
+
+    add_rollout_commands(csub)
+
+    from .broker_config import add_parser as add_broker_config  # broker security (docs/broker.md)
+
+    add_broker_config(sub)
+
+    from .serve import add_commands as add_serve_commands  # serve, user add, enrol-token (docs/server.md)
+
+    add_serve_commands(sub)
+
+    from .demo import add_commands as add_demo_commands  # the two-command demo (README)
+
+    add_demo_commands(sub)
     return parser
 
 

@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS devices (
     site TEXT,
     room TEXT,
     password_hash TEXT,
+    mqtt_hash TEXT,
     enrolled_at TEXT,
     enrolled_by TEXT,
     status TEXT NOT NULL DEFAULT 'unknown',

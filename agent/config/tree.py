@@ -44,6 +44,9 @@ class ConfigTree:
     rooms: dict[str, Room]
     # Where things came from, for messages; not part of the content hash.
     origin: dict[str, str] = field(default_factory=dict, compare=False)
+    # A compiled per-device config holds only part of the tree, so its own hash differs
+    # from the published tree's: from_dict() keeps the version it was compiled from.
+    compiled_from: str | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------- lookups
     def find_device(self, device_id: str):
@@ -69,6 +72,8 @@ class ConfigTree:
     @property
     def version(self) -> str:
         """Content hash: the same tree always gets the same version, on every machine."""
+        if self.compiled_from:
+            return self.compiled_from
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -94,6 +99,7 @@ class ConfigTree:
                 site=Site.model_validate(data["site"]),
                 profiles={k: Profile.model_validate(v) for k, v in data["profiles"].items()},
                 rooms={k: Room.model_validate(v) for k, v in data["rooms"].items()},
+                compiled_from=data["version"] if isinstance(data.get("version"), str) else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigInvalid([SourceError("<compiled config>", 0, "", f"missing or malformed part: {exc}")]) from None

@@ -1,0 +1,126 @@
+"""Browser-level allowlist: Chromium managed policy and Firefox ESR policies.json.
+
+DNS decides which names resolve (``allow_domains``: sites and the CDNs they load from);
+the browser decides which pages may be opened: ``allow_urls`` (paths included, e.g. only
+/bitesize on bbc.co.uk) plus any domain a teacher opened.  It also adds what DNS cannot:
+no incognito / guest / extra profiles / developer tools, no DNS over
+HTTPS, safe search and YouTube restrict inside the browser, downloads blocked.
+
+Files are written atomically: the temp file is created OUTSIDE the watched directory
+(Chromium reads every *.json in its managed directory, and would see a half-written or
+temporary file) and then moved in with ``os.replace``.  Only the agent's own file is
+touched: ``classroom-safety.json`` for Chromium; for Firefox, which reads exactly one
+``policies.json``, the agent replaces only the keys it owns and keeps any others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import urlsplit
+
+CHROMIUM_FILE = "classroom-safety.json"
+FIREFOX_FILE = "policies.json"
+YOUTUBE_RESTRICT = {"off": 0, "moderate": 1, "strict": 2}
+FIREFOX_KEYS = ("WebsiteFilter", "DNSOverHTTPS", "DisablePrivateBrowsing", "DisableDeveloperTools",
+                "ExtensionSettings", "DisableFirefoxAccounts")
+
+
+def _domains(policy, overrides: Iterable[str]) -> list[str]:
+    """Whole domains the browser may open: teacher overrides, plus the profile's domains
+    when it lists no ``allow_urls`` at all (so a domain-only profile is not over-blocked)."""
+    base = set() if policy.allow_urls else set(policy.allow_domains)
+    return sorted(base | set(overrides))
+
+
+def chromium_policy(policy, overrides: Iterable[str] = (), *, block_quic: bool = True) -> dict:
+    """Chromium/Chrome managed policy (policy names from chromeenterprise.google/policies)."""
+    allow = list(dict.fromkeys([*policy.allow_urls, *_domains(policy, overrides)]))
+    return {
+        # Everything is blocked except the allowlist; a bare domain pattern covers its subdomains.
+        "URLBlocklist": ["*"],
+        "URLAllowlist": allow,
+        "IncognitoModeAvailability": 1,           # disabled
+        "BrowserGuestModeEnabled": False,
+        "BrowserAddPersonEnabled": False,
+        "DeveloperToolsAvailability": 2,          # disallowed everywhere
+        "DnsOverHttpsMode": "off",                # DNS must go through the device's dnsmasq
+        "ForceGoogleSafeSearch": bool(policy.safe_search),
+        "ForceYouTubeRestrict": YOUTUBE_RESTRICT.get(policy.youtube_restrict, 2),
+        "DownloadRestrictions": 3,                # block all downloads
+        "ExtensionInstallBlocklist": ["*"],       # no proxy / VPN extensions
+        "BrowserSignin": 0,
+        "SyncDisabled": True,
+        "QuicAllowed": not block_quic,
+    }
+
+
+def _firefox_patterns(policy, overrides: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for d in _domains(policy, overrides):
+        out += [f"*://{d}/*", f"*://*.{d}/*"]
+    for url in policy.allow_urls:
+        text = url if "://" in url else "https://" + url
+        parts = urlsplit(text)
+        path = parts.path.rstrip("/")
+        out.append(f"{parts.scheme}://{parts.netloc}{path}/*")
+        if path:
+            out.append(f"{parts.scheme}://{parts.netloc}{path}")
+    return list(dict.fromkeys(out))
+
+
+def firefox_policy(policy, overrides: Iterable[str] = ()) -> dict:
+    """The keys the agent owns inside Firefox's ``{"policies": {...}}``."""
+    return {
+        "WebsiteFilter": {"Block": ["<all_urls>"], "Exceptions": _firefox_patterns(policy, overrides)},
+        "DNSOverHTTPS": {"Enabled": False, "Locked": True},
+        "DisablePrivateBrowsing": True,
+        "DisableDeveloperTools": True,
+        "ExtensionSettings": {"*": {"installation_mode": "blocked"}},
+        "DisableFirefoxAccounts": True,
+    }
+
+
+def write_outside(target: Path, text: str) -> bool:
+    """Atomically replace *target*: temp file in the PARENT of its directory, then os.replace.
+
+    Returns False (and writes nothing) if the content is already current."""
+    target = Path(target)
+    try:
+        if target.read_text() == text:
+            return False
+    except OSError:
+        pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def write_chromium(directory: str | Path, data: dict) -> bool:
+    return write_outside(Path(directory) / CHROMIUM_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_firefox(directory: str | Path, ours: dict) -> bool:
+    """Merge our keys into policies.json, keeping any policies someone else set."""
+    path = Path(directory) / FIREFOX_FILE
+    try:
+        existing = json.loads(path.read_text())
+        if not isinstance(existing, dict) or not isinstance(existing.get("policies"), dict):
+            existing = {"policies": {}}
+    except (OSError, ValueError):
+        existing = {"policies": {}}
+    existing["policies"].update(ours)
+    return write_outside(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,484 @@
+"""The filter component: keeps dnsmasq, the browser policies and nftables in step with policy.
+
+Runtime contract (COMMON.md): ``start(runtime)``, ``stop()``, ``on_policy(policy)``,
+``on_command(cmd) -> bool``; everything that changes state runs on the runtime's queue
+thread.  Three helper threads only feed the queue: the query-log follower (parses
+dnsmasq's log), a ticker (flushes coalesced ``blocked`` events, closes expired
+overrides) and short-lived workers for network look-ups (safe-search endpoints, checks),
+so a slow upstream never delays a button press.
+
+Failure rules:
+- a bad allowlist or an invalid override changes nothing: the files on disk, dnsmasq and
+  the open overrides stay exactly as they were; the problem is logged on one line and
+  reported as a ``config_rejected`` / ``override_rejected`` event;
+- dnsmasq missing or failing to start disables DNS filtering with a clear log line;
+  the rest of the agent (report button, screen, lock) keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+from ..protocol import now_ts
+from . import browser, nftables
+from .blocked import Batch, BlockedCoalescer
+from .check import check_domains, event_fields
+from .dnsmasq import (DnsmasqPaths, DnsmasqProcess, FilterError, FilterSpec, build_spec, dnsmasq_user,
+                      find_dnsmasq, render_conf, render_front_conf, render_hosts, render_servers, resolve_targets,
+                      write_atomic)
+from .evidence import Evidence
+from .overrides import Override, OverrideError, OverrideStore, parse_allow
+from .querylog import QueryLogFollower, Record
+
+log = logging.getLogger(__name__)
+
+# Safe-search endpoints are re-resolved this often (their addresses rarely change).
+TARGET_REFRESH_SECONDS = 3600
+
+
+class FilterComponent:
+    name = "filter"
+
+    def __init__(self, *, filtering=None, dnsmasq_dir: str | None = None, port: int = 53,
+                 listen: str = "127.0.0.1", upstream_port: int = 53, manage_dnsmasq: bool = True,
+                 dnsmasq_binary: str | None = None, argv_prefix: Sequence[str] = (),
+                 chromium_dir: str | None = None, firefox_dir: str | None = None, write_browser: bool = True,
+                 apply_nftables: bool | None = None, settle_seconds: float = 1.0, tick_seconds: float = 0.2,
+                 log_async: int | None = 50, state_dir: str | None = None, front: bool = True,
+                 filter_port: int = 5391):
+        self._filtering = filtering
+        self._dnsmasq_dir = dnsmasq_dir
+        self.port = port
+        self.listen = listen
+        self.upstream_port = upstream_port
+        self.manage_dnsmasq = manage_dnsmasq
+        self._binary = dnsmasq_binary
+        self.argv_prefix = list(argv_prefix)
+        self._chromium_dir = chromium_dir
+        self._firefox_dir = firefox_dir
+        self.write_browser = write_browser
+        self._apply_nft = apply_nftables
+        self.settle_seconds = settle_seconds
+        self.tick_seconds = tick_seconds
+        self.log_async = log_async
+        self._state_dir = state_dir
+        # front: a caching, non-logging dnsmasq on `port` in front of the logging filter
+        # on 127.0.0.1:filter_port (see dnsmasq.py for why).
+        self.front = front
+        self.filter_port = filter_port if front else port
+
+        self.runtime = None
+        self.dns_enabled = False
+        self.policy = None
+        self.spec: FilterSpec | None = None
+        self.evidence = Evidence()
+        self.coalescer = BlockedCoalescer(60, settle_seconds)
+        self.overrides: OverrideStore | None = None
+        self.dnsmasq: DnsmasqProcess | None = None        # the logging filter
+        self.front_proc: DnsmasqProcess | None = None     # the caching front
+        self.follower: QueryLogFollower | None = None
+        self.device_ip = ""
+        self.last_error: str | None = None
+        self.nft_applied = False
+        self._targets: dict[str, list[str]] = {}
+        self._targets_at = 0.0
+        self._resolving = False
+        self._expected: dict[str, float] = {}   # domains our own checks query: not pupil attempts
+        self._expected_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, runtime) -> None:
+        self.runtime = runtime
+        boot = runtime.bootstrap
+        self.paths = DnsmasqPaths(Path(self._dnsmasq_dir or boot.dnsmasq_dir))
+        self.chromium_dir = Path(self._chromium_dir or boot.chromium_policy_dir)
+        self.firefox_dir = Path(self._firefox_dir or boot.firefox_policy_dir)
+        self.overrides = OverrideStore(self._state_dir or runtime.state_dir)
+        if self.overrides.all():
+            log.info("filter: %d teacher override(s) still open from before the restart", len(self.overrides))
+        runtime.evidence_source = self.evidence_for
+        self._stop.clear()
+        if self.manage_dnsmasq:
+            self._start_dnsmasq()
+        else:
+            self.dns_enabled = True  # someone else runs dnsmasq with our files (e.g. a system unit)
+        if self.dns_enabled:
+            self.follower = QueryLogFollower(self.paths.querylog, self._on_records,
+                                             on_rotate=self.dnsmasq.reopen_log if self.dnsmasq else None)
+            self.follower.start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="filter-ticker", daemon=True)
+        self._ticker.start()
+
+    def _start_dnsmasq(self) -> None:
+        binary = self._binary or find_dnsmasq()
+        if binary is None:
+            log.error("filter: dnsmasq is not installed: DNS filtering is OFF on this device "
+                      "(apt install dnsmasq-base); browser policy still applies")
+            return
+        try:
+            self.paths.dir.mkdir(parents=True, exist_ok=True)
+            # dnsmasq re-reads the servers-file as its own unprivileged user after SIGHUP.
+            os.chmod(self.paths.dir, 0o755)
+            user = dnsmasq_user()
+            write_atomic(self.paths.conf, render_conf(self.paths, port=self.filter_port, listen=(self.listen,),
+                                                      user=user, log_async=self.log_async))
+            if self.front:
+                write_atomic(self.paths.front_conf, render_front_conf(
+                    port=self.port, listen=(self.listen,), filter_port=self.filter_port, user=user))
+            # Until the first policy arrives nothing resolves: fail closed, never open.
+            if not self.paths.servers.exists():
+                write_atomic(self.paths.servers, render_servers(FilterSpec("none", (), ())))
+            if not self.paths.hosts.exists():
+                write_atomic(self.paths.hosts, "")
+            self.paths.querylog.touch()
+            if user:
+                import pwd
+
+                pw = pwd.getpwnam(user)
+                os.chown(self.paths.querylog, pw.pw_uid, pw.pw_gid)
+            self.dnsmasq = DnsmasqProcess(self.paths.conf, self.paths.stderr, port=self.filter_port,
+                                          binary=binary, argv_prefix=self.argv_prefix, listen=self.listen)
+            self.dnsmasq.start()
+            if self.front:
+                self.front_proc = DnsmasqProcess(self.paths.front_conf, self.paths.front_stderr, port=self.port,
+                                                 binary=binary, argv_prefix=self.argv_prefix, listen=self.listen)
+                self.front_proc.start()
+        except (FilterError, OSError) as exc:
+            log.error("filter: cannot start dnsmasq: %s: DNS filtering is OFF on this device", exc)
+            for proc in (self.front_proc, self.dnsmasq):
+                if proc is not None:
+                    proc.stop()
+            self.dnsmasq = self.front_proc = None
+            return
+        self.dns_enabled = True
+        self.dns_user = user
+        log.info("filter: dnsmasq serving %s:%d (filter pid %s on :%d%s)", self.listen, self.port, self.dnsmasq.pid,
+                 self.filter_port, f", front pid {self.front_proc.pid}" if self.front_proc else "")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5)
+            self._ticker = None
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+        if self.runtime is not None and self.policy is not None:
+            for batch in self.coalescer.flush_all():
+                self._emit_blocked(batch)
+        for proc in (self.front_proc, self.dnsmasq):
+            if proc is not None:
+                proc.stop()
+        self.dnsmasq = self.front_proc = None
+        self.dns_enabled = False
+
+    # ------------------------------------------------------------------ settings
+    def filtering(self):
+        """site.filtering from the runtime's config tree (or the one given to the constructor)."""
+        if self._filtering is not None:
+            return self._filtering
+        tree = getattr(self.runtime, "tree", None)
+        return tree.site.filtering if tree is not None else None
+
+    # ------------------------------------------------------------------ policy
+    def on_policy(self, policy) -> None:
+        filtering = self.filtering()
+        if filtering is None:
+            log.error("filter: no site filtering settings yet; keeping the filter as it was")
+            return
+        self.coalescer.window = timedelta(seconds=filtering.coalesce_seconds)
+        self.coalescer.settle = timedelta(seconds=min(self.settle_seconds, filtering.coalesce_seconds))
+        first = self.policy is None
+        if self._apply(policy, filtering):
+            self.policy = policy
+            if first:
+                self._apply_nftables(filtering)
+        else:
+            self.runtime.emit_event("config_rejected", version=policy.config_version, errors=[self.last_error],
+                                    kept=self.policy.config_version if self.policy else None, part="filter")
+
+    def _apply(self, policy, filtering) -> bool:
+        """Compile and install; on any problem leave everything as it was and return False."""
+        try:
+            spec = build_spec(policy, filtering.upstream_dns, self.overrides.domains(),
+                              upstream_port=self.upstream_port)
+        except FilterError as exc:
+            self.last_error = str(exc)
+            log.error("filter: %s; keeping the filter as it was", exc)
+            return False
+        if self.dns_enabled:
+            try:
+                write_atomic(self.paths.servers, render_servers(spec))
+                write_atomic(self.paths.hosts, render_hosts(spec, self._targets))
+            except OSError as exc:
+                self.last_error = f"{self.paths.dir}: {exc}"
+                log.error("filter: cannot write dnsmasq files: %s", exc)
+                return False
+            self._reload()
+        self.spec = spec
+        if not self.device_ip:
+            self.device_ip = _device_ip(filtering.upstream_dns)
+        self._write_browser(policy, spec, filtering)
+        missing = [t for t in spec.targets if not self._targets.get(t)]
+        if missing:
+            self._resolve_targets(spec.targets)
+        return True
+
+    def _write_browser(self, policy, spec: FilterSpec, filtering) -> None:
+        if not self.write_browser:
+            return
+        try:
+            browser.write_chromium(self.chromium_dir,
+                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic))
+        except OSError as exc:
+            log.error("filter: cannot write Chromium policy in %s: %s", self.chromium_dir, exc)
+        try:
+            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides))
+        except OSError as exc:
+            log.error("filter: cannot write Firefox policy in %s: %s", self.firefox_dir, exc)
+
+    def _apply_nftables(self, filtering) -> None:
+        permitted = self._apply_nft
+        if permitted is None:
+            permitted = bool(self.runtime.bootstrap.apply_nftables) and os.geteuid() == 0
+        if not permitted or not self.dns_enabled:
+            return
+        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=getattr(self, "dns_user", None) or "dnsmasq",
+                                  block_quic=filtering.block_quic)
+        try:
+            nftables.apply(ruleset, argv_prefix=self.argv_prefix)
+            self.nft_applied = True
+            log.info("filter: nftables table inet %s loaded (DNS redirected to :%d)", nftables.TABLE, self.port)
+        except (RuntimeError, OSError) as exc:
+            log.error("filter: %s: DNS bypass is NOT blocked on this device", exc)
+
+    def _reload(self) -> None:
+        """SIGHUP the filter (re-read servers-file and hosts) and clear the front's cache.
+
+        The front is cleared twice: a query racing the filter's re-read could otherwise
+        leave an answer of the old filter in the front's cache for up to a minute."""
+        if self.dnsmasq is not None:
+            self.dnsmasq.reload()
+        if self.front_proc is not None:
+            self.front_proc.reload()
+            timer = threading.Timer(0.25, self.front_proc.reload)
+            timer.daemon = True
+            timer.start()
+
+    # ------------------------------------------------------------------ safe search targets
+    def _resolve_targets(self, targets) -> None:
+        """Look the safe endpoints up through our dnsmasq on a worker thread."""
+        if self._resolving or not self.dns_enabled:
+            return
+        self._resolving = True
+        targets = list(targets)
+
+        def work():
+            found: dict[str, list[str]] = {}
+            deadline = time.monotonic() + 3
+            # dnsmasq applies the SIGHUP asynchronously: retry briefly until it knows the target.
+            while time.monotonic() < deadline and not self._stop.is_set():
+                found = resolve_targets(targets, server=self.listen, port=self.port, timeout=1)
+                if all(found.values()):
+                    break
+                self._stop.wait(0.05)
+            self.runtime.post(self._targets_resolved, found)
+
+        threading.Thread(target=work, name="filter-resolve", daemon=True).start()
+
+    def _targets_resolved(self, found: dict[str, list[str]]) -> None:
+        self._resolving = False
+        self._targets.update({t: a for t, a in found.items() if a})
+        self._targets_at = time.monotonic()
+        if self.spec is not None and self.dns_enabled:
+            if write_atomic(self.paths.hosts, render_hosts(self.spec, self._targets)):
+                self._reload()
+
+    # ------------------------------------------------------------------ commands
+    def on_command(self, cmd: dict) -> bool:
+        if not isinstance(cmd, dict) or cmd.get("cmd") != "allow":
+            return False
+        filtering = self.filtering()
+        if filtering is None or self.policy is None:
+            self._reject_override(cmd, "no filter policy on this device yet")
+            return True
+        now = self.runtime.clock()
+        lesson_end = self.policy.next_change if self.policy.in_school_hours else None
+        try:
+            ov = parse_allow(cmd, now, default_minutes=filtering.override_default_minutes,
+                             max_minutes=filtering.override_max_minutes, lesson_end=lesson_end)
+        except OverrideError as exc:
+            self._reject_override(cmd, str(exc))
+            return True
+        previous = self.overrides.put(ov)
+        if not self._apply(self.policy, filtering):
+            # Put the store back exactly as it was: the filter did not change.
+            if previous is not None:
+                self.overrides.put(previous)
+            else:
+                self.overrides.remove(ov.domain)
+            self._reject_override(cmd, self.last_error or "filter could not be updated")
+            return True
+        log.info("filter: %s opened %s until %s (%s)", ov.by, ov.domain, now_ts(ov.expires), ov.reason or "no reason")
+        self.runtime.emit_event("override_opened", **self._override_fields(ov),
+                                replaces=previous.id if previous else None)
+        return True
+
+    def _override_fields(self, ov: Override) -> dict:
+        return {"override_id": ov.id, "domain": ov.domain, "by": ov.by, "reason": ov.reason,
+                "opened": now_ts(ov.opened), "expires": now_ts(ov.expires),
+                "profile": self.policy.key_stage if self.policy else None}
+
+    def _reject_override(self, cmd, reason: str) -> None:
+        domain = cmd.get("domain") if isinstance(cmd, dict) else None
+        by = cmd.get("by") if isinstance(cmd, dict) else None
+        domain = domain if isinstance(domain, str) else repr(domain)
+        by = by if isinstance(by, str) else repr(by)
+        # %r: a hostile payload must not forge extra log lines.
+        log.warning("filter: allow %r from %r refused: %s", domain[:100], by[:64], " ".join(reason.split()))
+        if self.runtime is not None and self.runtime.policy is not None:
+            self.runtime.emit_event("override_rejected", domain=domain[:253], by=by[:64], error=reason)
+
+    # ------------------------------------------------------------------ ticking
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.tick_seconds):
+            self.runtime.post(self._tick)
+
+    def _tick(self) -> None:
+        control = getattr(self.runtime, "control", None)
+        if control is not None and "filter-check" not in getattr(control, "handlers", {"filter-check": 0}):
+            # `classroom-agent filter check` asks us here (the socket starts after the components).
+            control.handlers["filter-check"] = self._control_check
+        if self.policy is None or self._stop.is_set():
+            return
+        now = self.runtime.clock()
+        for batch in self.coalescer.due(now):
+            self._emit_blocked(batch)
+        gone = self.overrides.expired(now)
+        if gone:
+            filtering = self.filtering()
+            if filtering is None or not self._apply(self.policy, filtering):
+                log.error("filter: could not re-apply after closing overrides: %s", self.last_error)
+            for ov in gone:
+                log.info("filter: override for %s (by %s) expired", ov.domain, ov.by)
+                self.runtime.emit_event("override_closed", **self._override_fields(ov), closed=now_ts(now),
+                                        why="expired")
+        for proc in (self.dnsmasq, self.front_proc):
+            if proc is not None and not proc.is_running:
+                log.error("filter: dnsmasq (%s) exited (%s); restarting it", proc.conf.name,
+                          proc.proc.returncode if proc.proc else "?")
+                try:
+                    proc.proc = None
+                    proc.start()
+                except FilterError as exc:
+                    log.error("filter: dnsmasq restart failed: %s", exc)
+        if self.spec is not None and self.spec.targets and self._targets_at \
+                and time.monotonic() - self._targets_at > TARGET_REFRESH_SECONDS:
+            self._targets_at = time.monotonic()
+            self._resolve_targets(self.spec.targets)
+
+    # ------------------------------------------------------------------ query log
+    def _on_records(self, records: list[Record]) -> None:
+        """Follower thread: evidence is recorded here, blocked names go to the queue."""
+        now = self.runtime.clock()
+        blocked = []
+        for r in records:
+            if r.kind == "query":
+                self.evidence.add(r.name, now)
+            elif not self._is_expected(r.name):
+                self.evidence.mark_blocked(r.name)
+                blocked.append(r.name)
+        if blocked:
+            self.runtime.post(self._on_blocked, blocked, now)
+
+    def _on_blocked(self, names: list[str], now) -> None:
+        for name in names:
+            for batch in self.coalescer.add(name, now):
+                self._emit_blocked(batch)
+
+    def _emit_blocked(self, batch: Batch) -> None:
+        policy = self.policy
+        self.runtime.emit_event(
+            "blocked",
+            device_name=policy.seat or policy.device,
+            device_ip=self.device_ip,
+            user=self.runtime.current_user(),
+            domain=batch.domain,
+            profile=self.spec.profile if self.spec else policy.key_stage,
+            profile_name=policy.profile_name,
+            count=batch.count,
+            first_seen=now_ts(batch.first_seen),
+            last_seen=now_ts(batch.last_seen),
+        )
+
+    def _is_expected(self, name: str) -> bool:
+        with self._expected_lock:
+            until = self._expected.get(name)
+            return until is not None and until > time.monotonic()
+
+    # ------------------------------------------------------------------ evidence, checks
+    def evidence_for(self, minutes: int) -> list[dict]:
+        return self.evidence.recent(minutes, self.runtime.clock())
+
+    def run_check(self, by: str, allowed=None, blocked=None) -> dict:
+        """Resolve the profile's test domains through our dnsmasq; emit ``filter_check``.
+
+        Call from a worker thread or the CLI path; the event is posted to the queue."""
+        policy = self.policy
+        if policy is None:
+            raise FilterError("no filter policy on this device yet")
+        if allowed is None or blocked is None:
+            tree = getattr(self.runtime, "tree", None)
+            check = tree.profiles[policy.key_stage].check if tree is not None else None
+            allowed = list(check.allowed) if check else []
+            blocked = list(check.blocked) if check else []
+        with self._expected_lock:
+            until = time.monotonic() + 30
+            for d in blocked:
+                self._expected[d] = until
+        try:
+            results = check_domains(allowed, blocked, server=self.listen, port=self.port)
+        finally:
+            with self._expected_lock:
+                # The log follower may lag a little behind our queries.
+                until = time.monotonic() + 2
+                for d in blocked:
+                    self._expected[d] = until
+        fields = event_fields(results, policy.key_stage, by)
+        self.runtime.post(lambda: self.runtime.emit_event("filter_check", **fields))
+        return fields
+
+
+    def _control_check(self, req: dict) -> dict:
+        """Control socket op ``filter-check`` (runs on the control thread, not the queue)."""
+        by = req.get("by")
+        if not isinstance(by, str) or not by.strip() or len(by) > 64:
+            raise ValueError("by: who is checking is required")
+        if not self.dns_enabled:
+            raise ValueError("DNS filtering is off on this device (dnsmasq not running)")
+        try:
+            return {"check": self.run_check(by.strip())}
+        except FilterError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _device_ip(upstreams) -> str:
+    """The address this device uses towards the school network (no packet is sent)."""
+    for up in upstreams:
+        try:
+            family = socket.AF_INET6 if ":" in up else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((up, 53))
+                return s.getsockname()[0]
+        except OSError:
+            continue
+    return ""

@@ -1,0 +1,156 @@
+"""Follow dnsmasq's query log (``log-queries`` + ``log-facility=<file>``) and parse it.
+
+dnsmasq writes one line per step of every query::
+
+    Nov 24 09:06:14 dnsmasq[11388]: query[A] facebook.com from 127.0.0.1
+    Nov 24 09:06:14 dnsmasq[11388]: config facebook.com is NXDOMAIN
+    Nov 24 09:06:14 dnsmasq[11388]: forwarded bbc.co.uk to 10.20.0.1
+    Nov 24 09:06:14 dnsmasq[11388]: reply bbc.co.uk is 192.0.2.10
+
+Only two kinds matter to the agent: ``query[...]`` (a domain was looked up: evidence)
+and ``config NAME is NXDOMAIN`` (the allowlist refused it: a blocked attempt).  The
+follower is a plain tail thread (no inotify needed: it polls a few times a second,
+which costs nothing measurable) that survives rotation: when the file grows past
+``max_bytes`` it renames it to ``.1`` and asks dnsmasq (SIGUSR2) to reopen its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+_QUERY = re.compile(r"dnsmasq\[\d+\]: (?:\d+ \S+ )?query\[([A-Za-z0-9]+)\] (\S+) from (\S+)")
+_CONFIG = re.compile(r"dnsmasq\[\d+\]: (?:\d+ \S+ )?config (\S+) is (\S+)")
+
+# Names the device asks about by itself; never a pupil's attempt.
+_NOISE_SUFFIXES = (".arpa", ".local", ".lan", ".localdomain", ".internal", ".invalid", ".test")
+CANARY = "use-application-dns.net"
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: str           # "query" | "blocked"
+    name: str
+    qtype: str = ""
+    client: str = ""
+
+
+def is_noise(name: str) -> bool:
+    return "." not in name or name.endswith(_NOISE_SUFFIXES) or name == CANARY
+
+
+def parse_line(line: str) -> Record | None:
+    """One dnsmasq log line -> Record, or None for lines the agent does not use."""
+    # Cheap substring tests first: most lines are forwarded/reply/cached.
+    if "query[" in line:
+        m = _QUERY.search(line)
+        if m:
+            name = m.group(2).lower().rstrip(".")
+            return None if is_noise(name) else Record("query", name, m.group(1), m.group(3))
+    elif "config " in line and "NXDOMAIN" in line:
+        m = _CONFIG.search(line)
+        if m and m.group(2) == "NXDOMAIN":
+            name = m.group(1).lower().rstrip(".")
+            return None if is_noise(name) else Record("blocked", name)
+    return None
+
+
+class QueryLogFollower:
+    """Tail *path* on a thread and hand parsed records, in batches, to *on_records*."""
+
+    def __init__(self, path: str | Path, on_records: Callable[[list[Record]], None], *,
+                 poll_seconds: float = 0.1, max_bytes: int = 8 * 1024 * 1024,
+                 on_rotate: Callable[[], None] | None = None, from_end: bool = True):
+        self.path = Path(path)
+        self.on_records = on_records
+        self.poll_seconds = poll_seconds
+        self.max_bytes = max_bytes
+        self.on_rotate = on_rotate
+        self.from_end = from_end
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lines_read = 0
+
+    def start(self) -> None:
+        self._stop.clear()
+        # Position at the end now, not in the thread: lines written after start() count.
+        self._initial = self._open(self.from_end)
+        self._thread = threading.Thread(target=self._run, name="filter-querylog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _open(self, from_end: bool):
+        try:
+            fh = open(self.path, "r", errors="replace")
+        except OSError:
+            return None, None
+        if from_end:
+            fh.seek(0, os.SEEK_END)
+        return fh, os.fstat(fh.fileno()).st_ino
+
+    def _run(self) -> None:
+        fh, inode = self._initial
+        partial = ""
+        while not self._stop.is_set():
+            if fh is None:
+                fh, inode = self._open(False)
+                if fh is None:
+                    self._stop.wait(self.poll_seconds)
+                    continue
+            chunk = fh.read(1 << 16)
+            if chunk:
+                data = partial + chunk
+                lines = data.split("\n")
+                partial = lines.pop()
+                self._deliver(lines)
+                continue
+            # At EOF: was the file rotated or truncated under us?
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                st = None
+            if st is None or st.st_ino != inode:
+                # Whatever dnsmasq wrote to the old file before it reopened the new one.
+                self._deliver((partial + fh.read()).split("\n"))
+                fh.close()
+                fh, inode, partial = None, None, ""
+                continue
+            if st.st_size < fh.tell():
+                fh.seek(0)
+                partial = ""
+                continue
+            if self.on_rotate is not None and st.st_size > self.max_bytes:
+                self._rotate()
+                continue
+            self._stop.wait(self.poll_seconds)
+        if fh is not None:
+            fh.close()
+
+    def _deliver(self, lines: list[str]) -> None:
+        self.lines_read += len(lines)
+        records = [r for r in map(parse_line, lines) if r is not None]
+        if records:
+            try:
+                self.on_records(records)
+            except Exception:  # noqa: BLE001 - the follower must outlive a bad handler
+                log.exception("query log handler failed")
+
+    def _rotate(self) -> None:
+        """Keep one old file; dnsmasq reopens the log on SIGUSR2."""
+        try:
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self.on_rotate()
+        except OSError as exc:
+            log.warning("cannot rotate %s: %s", self.path, exc)

@@ -1,0 +1,448 @@
+"""Tamper and bypass guard: bypass tools, removable media, and the files the agent writes.
+
+* **Processes** -- known filtering bypass tools and unapproved browsers
+  (``site.guard.bypass_processes``: Tor, VPN clients, proxies, other browsers) are
+  reported as ``bypass_process`` and, where ``site.guard.end_bypass_processes``, ended
+  (SIGTERM, then SIGKILL; the unit grants CAP_KILL for exactly this).  Names come from
+  ``/proc/PID/comm``, re-read every scan because psutil caches a process's name and an
+  ``exec`` keeps the PID; a new PID's ``argv[0]`` is checked too.  psutil does the rest.
+* **Removable media** -- a mount appearing under ``site.guard.watch_mounts`` (``/media``,
+  ``/run/media``) is reported as ``removable_media``.  Triggers: watchdog on those
+  directories (udisks creates the mount point) and the kernel's mount-table change
+  notification (POLLPRI on /proc/self/mounts), with a slow scan as a backstop.
+* **Tamper** -- other components register the files they write (``guard.protect(path,
+  content)`` *before* writing, or ``guard.write(path, content)``); if anyone else changes
+  or deletes one, the guard puts the agent's version back and reports ``tamper``.
+
+Evidence is names, paths and times only: never file contents or full command lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Guard", "comm_names", "read_mounts"]
+
+COMM_LEN = 15  # the kernel truncates /proc/PID/comm to 15 characters
+
+
+def comm_names(proc_root: str = "/proc") -> dict[int, str]:
+    """{pid: comm} for every process, straight from /proc (cheap, and never stale)."""
+    names: dict[int, str] = {}
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return names
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        # os.open/os.read rather than open(): this runs every few seconds over every
+        # process, and the buffered file object costs more than the read itself.
+        try:
+            fd = os.open(f"{proc_root}/{entry}/comm", os.O_RDONLY)
+        except OSError:
+            continue  # exited between listdir and open
+        try:
+            names[int(entry)] = os.read(fd, 64).decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return names
+
+
+def read_mounts(roots: Iterable[str]) -> dict[str, dict]:
+    """{mountpoint: {block_device, fstype}} for mounts at or below any of *roots*."""
+    roots = [str(Path(r)) for r in roots]
+    found = {}
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint
+        for root in roots:
+            if mount == root or mount.startswith(root.rstrip("/") + "/"):
+                found[mount] = {"block_device": part.device, "fstype": part.fstype}
+                break
+    return found
+
+
+@dataclass
+class _Protected:
+    sha256: str
+    content: bytes
+    mode: int
+
+
+def _sha(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+class Guard:
+    """The guard component (``name = "guard"``); see the module docstring."""
+
+    name = "guard"
+
+    def __init__(self, bypass_processes: Iterable[str] | None = None, end_bypass_processes: bool | None = None,
+                 watch_mounts: Iterable[str] | None = None, poll_seconds: float = 5.0,
+                 proc_root: str = "/proc", mounts_fn: Callable[[Iterable[str]], dict] = read_mounts,
+                 use_watchdog: bool = True):
+        self._bypass_arg = bypass_processes
+        self._end_arg = end_bypass_processes
+        self._mounts_arg = watch_mounts
+        self.bypass: frozenset[str] = frozenset()
+        self.end_bypass = True
+        self.watch_mounts: tuple[str, ...] = ()
+        self.poll_seconds = poll_seconds
+        self.proc_root = proc_root
+        self.mounts_fn = mounts_fn
+        self.use_watchdog = use_watchdog
+        self.runtime = None
+        self._files: dict[str, _Protected] = {}
+        self._files_lock = threading.Lock()
+        self._check_lock = threading.Lock()  # the watchdog and scan threads both check files
+        self._seen: dict[int, str] = {}  # pid -> comm at the last scan
+        self._reported: set[tuple[int, str]] = set()
+        self._mounts: dict[str, dict] | None = None
+        self._observer = None
+        self._watched_dirs: set[str] = set()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._threads: list[threading.Thread] = []
+        self._configure(None)
+
+    # ------------------------------------------------------------------ configuration
+    def _configure(self, site_guard) -> None:
+        names = self._bypass_arg if self._bypass_arg is not None else getattr(site_guard, "bypass_processes", [])
+        self.bypass = frozenset(n.strip().lower()[:COMM_LEN] for n in names if n and n.strip())
+        end = self._end_arg if self._end_arg is not None else getattr(site_guard, "end_bypass_processes", True)
+        self.end_bypass = bool(end)
+        mounts = self._mounts_arg if self._mounts_arg is not None else getattr(site_guard, "watch_mounts", [])
+        self.watch_mounts = tuple(str(m) for m in mounts if m)
+
+    def _site_guard(self):
+        tree = getattr(self.runtime, "tree", None)
+        return getattr(getattr(tree, "site", None), "guard", None)
+
+    # ------------------------------------------------------------------ runtime contract
+    def start(self, runtime) -> None:
+        self.runtime = runtime
+        self._configure(self._site_guard())
+        if getattr(runtime, "policy", None) is not None:
+            self._first_policy()
+        if self.use_watchdog:
+            self._start_watchdog()
+        for target, name in ((self._scan_loop, "guard-scan"), (self._mount_table_loop, "guard-mounts")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+        for t in self._threads:
+            t.join(5)
+
+    def on_policy(self, policy) -> None:
+        before = self.watch_mounts
+        self._configure(self._site_guard())
+        if before != self.watch_mounts:
+            self._watch_roots()
+        if self._mounts is None:
+            self._first_policy()
+
+    def _first_policy(self) -> None:
+        # Components start before the first config is loaded; events need a room.
+        self._mounts = self.mounts_fn(self.watch_mounts)
+        for mount, info in sorted(self._mounts.items()):
+            # Already there when the agent started (a USB stick in before boot): still worth a line.
+            self._emit("removable_media", action="present", mountpoint=mount, **info)
+
+    def on_command(self, cmd: dict) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, kind: str, **fields) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if threading.current_thread() is getattr(runtime, "_thread", None):
+            runtime.emit_event(kind, **fields)
+        else:
+            # The guard's own threads hand events to the queue thread, like every edge does.
+            runtime.post(lambda: runtime.emit_event(kind, **fields))
+
+    # ------------------------------------------------------------------ processes
+    def _match(self, comm: str, pid: int, new: bool) -> str | None:
+        name = comm.lower()[:COMM_LEN]
+        if name in self.bypass:
+            return name
+        if new:
+            try:
+                with open(f"{self.proc_root}/{pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+            except OSError:
+                return None
+            base = os.path.basename(argv0).lower()[:COMM_LEN]
+            if base in self.bypass:
+                return base
+        return None
+
+    def check_processes(self) -> list[dict]:
+        """One scan: report (and maybe end) bypass tools; returns the events' fields."""
+        if not self.bypass:
+            return []
+        names = comm_names(self.proc_root)
+        found = []
+        me = os.getpid()
+        for pid, comm in names.items():
+            if pid == me:
+                continue
+            new = self._seen.get(pid) != comm
+            if not new:
+                continue  # same process, same program as last scan: already judged
+            match = self._match(comm, pid, new)
+            if match is None or (pid, match) in self._reported:
+                continue
+            found.append(self._handle_bypass(pid, match))
+        self._seen = names
+        return [f for f in found if f]
+
+    def _handle_bypass(self, pid: int, name: str) -> dict | None:
+        try:
+            proc = psutil.Process(pid)
+            user = proc.username()
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.Error:
+            user = None
+        action = "reported"
+        if self.end_bypass:
+            action = "ended" if self._end(proc) else "end_failed"
+        self._reported.add((pid, name))
+        fields = {"name": name, "pid": pid, "user": user, "action": action}
+        log.warning("bypass process %s (pid %s, user %s): %s", name, pid, user, action)
+        self._emit("bypass_process", **fields)
+        return fields
+
+    @staticmethod
+    def _end(proc: psutil.Process) -> bool:
+        try:
+            proc.terminate()
+            try:
+                proc.wait(timeout=2)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=2)
+            return True
+        except psutil.NoSuchProcess:
+            return True
+        except (psutil.Error, OSError) as exc:
+            log.error("cannot end pid %s: %s", proc.pid, exc)
+            return False
+
+    # ------------------------------------------------------------------ removable media
+    def check_mounts(self) -> list[dict]:
+        try:
+            now = self.mounts_fn(self.watch_mounts)
+        except Exception as exc:  # noqa: BLE001 - a bad read must not stop the guard
+            log.warning("cannot read mounts: %s", exc)
+            return []
+        if self._mounts is None:
+            return []  # no baseline before the first policy
+        before = self._mounts
+        changes = []
+        for mount in sorted(set(now) - set(before)):
+            changes.append({"action": "mounted", "mountpoint": mount, **now[mount]})
+        for mount in sorted(set(before) - set(now)):
+            changes.append({"action": "unmounted", "mountpoint": mount, **before[mount]})
+        self._mounts = now
+        for change in changes:
+            self._emit("removable_media", **change)
+        return changes
+
+    def _mount_table_loop(self) -> None:
+        """Wake on the kernel's mount-table change (POLLPRI on /proc/self/mounts)."""
+        try:
+            mounts = open("/proc/self/mounts", "rb")
+        except OSError:
+            return
+        with mounts:
+            poller = select.poll()
+            poller.register(mounts.fileno(), select.POLLPRI | select.POLLERR)
+            poller.register(self._wake_r, select.POLLIN)
+            mounts.read()
+            while not self._stop.is_set():
+                events = poller.poll()
+                if self._stop.is_set():
+                    return
+                if any(fd == mounts.fileno() for fd, _ in events):
+                    mounts.seek(0)
+                    mounts.read()
+                    self.check_mounts()
+
+    # ------------------------------------------------------------------ protected files
+    def protect(self, path: str | os.PathLike, content: bytes, mode: int | None = None) -> None:
+        """Register *content* as the only acceptable content of *path* (call before writing it)."""
+        path = os.path.abspath(path)
+        if mode is None:
+            try:
+                mode = os.stat(path).st_mode & 0o7777
+            except OSError:
+                mode = 0o644
+        with self._files_lock:
+            self._files[path] = _Protected(_sha(content), bytes(content), mode)
+        if self._observer is not None:
+            self._watch_dir(os.path.dirname(path))
+
+    def unprotect(self, path: str | os.PathLike) -> None:
+        with self._files_lock:
+            self._files.pop(os.path.abspath(path), None)
+
+    def write(self, path: str | os.PathLike, content: bytes, mode: int = 0o644) -> None:
+        """Write a file the agent owns: registered first, then replaced atomically."""
+        self.protect(path, content, mode)
+        _atomic_write(os.path.abspath(path), content, mode)
+        self._watch_dir(os.path.dirname(os.path.abspath(path)))  # the directory may be new
+
+    def expected_sha256(self, path: str | os.PathLike) -> str | None:
+        with self._files_lock:
+            entry = self._files.get(os.path.abspath(path))
+        return entry.sha256 if entry else None
+
+    def check_file(self, path: str | os.PathLike) -> dict | None:
+        """Restore *path* if it differs from what the agent wrote; return the tamper fields."""
+        path = os.path.abspath(path)
+        with self._check_lock:
+            return self._check_file_locked(path)
+
+    def _check_file_locked(self, path: str) -> dict | None:
+        with self._files_lock:
+            entry = self._files.get(path)
+        if entry is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                found = f.read()
+        except FileNotFoundError:
+            found = None
+        except OSError as exc:
+            log.warning("cannot read protected %s: %s", path, exc)
+            return None
+        found_sha = _sha(found)
+        if found_sha == entry.sha256:
+            return None
+        try:
+            _atomic_write(path, entry.content, entry.mode)
+            action = "restored"
+        except OSError as exc:
+            log.error("cannot restore %s: %s", path, exc)
+            action = "restore_failed"
+        fields = {"path": path, "action": action, "change": "deleted" if found is None else "modified",
+                  "expected_sha256": entry.sha256, "found_sha256": found_sha}
+        log.warning("tamper: %s was %s; %s", path, fields["change"], action)
+        self._emit("tamper", **fields)
+        return fields
+
+    def check_files(self) -> list[dict]:
+        with self._files_lock:
+            paths = list(self._files)
+        return [f for f in (self.check_file(p) for p in paths) if f]
+
+    # ------------------------------------------------------------------ watchdog
+    def _start_watchdog(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        guard = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
+                with guard._files_lock:
+                    hits = [p for p in paths if p in guard._files]
+                for p in hits:
+                    guard.check_file(p)
+                if any(p.startswith(root.rstrip("/") + "/") for p in paths for root in guard.watch_mounts):
+                    if event.is_directory and event.event_type == "created":
+                        guard._watch_dir(os.fsdecode(event.src_path))
+                    guard.check_mounts()
+
+        self._handler = Handler()
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        self._watch_roots()
+        with self._files_lock:
+            dirs = {os.path.dirname(p) for p in self._files}
+        for d in dirs:
+            self._watch_dir(d)
+
+    def _watch_roots(self) -> None:
+        for root in self.watch_mounts:
+            self._watch_dir(root)
+            # /media/<user>/<label>: udisks makes the per-user level first.
+            try:
+                for child in os.scandir(root):
+                    if child.is_dir(follow_symlinks=False) and not os.path.ismount(child.path):
+                        self._watch_dir(child.path)
+            except OSError:
+                pass
+
+    def _watch_dir(self, directory: str) -> None:
+        if self._observer is None or directory in self._watched_dirs or not os.path.isdir(directory):
+            return
+        try:
+            # Never recursive: a USB stick's own files are none of our business.
+            self._observer.schedule(self._handler, directory, recursive=False)
+            self._watched_dirs.add(directory)
+        except OSError as exc:
+            log.warning("cannot watch %s: %s", directory, exc)
+
+    # ------------------------------------------------------------------ the scan thread
+    def _scan_loop(self) -> None:
+        last_full = 0.0
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.check_processes()
+                if time.monotonic() - last_full >= 60:
+                    # Backstops for anything the event sources missed.
+                    last_full = time.monotonic()
+                    with self._files_lock:
+                        dirs = {os.path.dirname(p) for p in self._files}
+                    for d in dirs:
+                        self._watch_dir(d)  # directories created since they were registered
+                    self.check_files()
+                    self.check_mounts()
+            except Exception:  # noqa: BLE001 - the guard must keep guarding
+                log.exception("guard scan failed")
+
+
+def _atomic_write(path: str, content: bytes, mode: int) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.guard-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

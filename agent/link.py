@@ -1,0 +1,247 @@
+"""The agent's MQTT link: one paho-mqtt 2.x client (MQTT v5) to the school's broker.
+
+Owns the connection, never the meaning of messages (topics and payloads come from
+agent/protocol.py).  mqtt-io idioms: a retained ``status`` topic that says ``online``
+on connect, and the same topic as the Last Will saying ``offline`` so the server knows
+when a device drops without a goodbye.
+
+Sending goes through the durable outbox (agent/outbox.py): ``send()`` stores the
+message, then publishes it; the PUBACK (``on_publish``) deletes the row.  Rows that
+paho is not already carrying (written while offline, or left by a previous run of the
+agent) are published again, oldest first, each time the connection comes up.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import yaml
+
+from . import __version__
+from . import protocol
+from .errors import UserError
+from .outbox import HEARTBEAT, Outbox, priority_for
+
+log = logging.getLogger(__name__)
+
+
+def load_credentials(path: str | Path | None) -> tuple[str | None, str | None]:
+    """(username, password) from the credentials YAML; (None, None) if the file is absent."""
+    if not path:
+        return None, None
+    p = Path(path)
+    if not p.exists():
+        log.warning("%s: no credentials file; connecting without a username", p)
+        return None, None
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{p}: cannot read credentials: {type(exc).__name__}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("username"), str) \
+            or not isinstance(data.get("password"), str):
+        raise UserError(f"{p}: credentials must be a mapping with username and password strings")
+    return data["username"], data["password"]
+
+
+class Link:
+    """MQTT connection for one device.
+
+    ``on_command(cmd: dict)`` receives validated ``cmd`` payloads (paho's thread; post
+    them to the runtime).  ``send(kind, payload)`` is thread-safe and returns the
+    outbox row id.  ``is_connected``; ``connected`` is a threading.Event for tests.
+    """
+
+    def __init__(self, *, broker_url: str, prefix: str, site: str, room: str, device: str,
+                 outbox: Outbox, on_command: Callable[[dict], None] | None = None,
+                 username: str | None = None, password: str | None = None, ca_file: str | None = None,
+                 config_version: Callable[[], str] | str = "", agent_version: str = __version__,
+                 keepalive: int = 30):
+        parts = urlsplit(broker_url)
+        self.host = parts.hostname or "localhost"
+        self.tls = parts.scheme == "mqtts"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.prefix, self.site, self.room, self.device = prefix, site, room, device
+        self.outbox = outbox
+        self.on_command = on_command or (lambda cmd: None)
+        self.agent_version = agent_version
+        self._config_version = config_version
+        self.keepalive = keepalive
+        self.connected = threading.Event()
+        # _send_lock orders outbox writes with publishes and the resend.  paho calls
+        # on_publish while holding its own locks, so on_publish must never wait for
+        # _send_lock (that deadlocks with a publish in progress): it only takes _map_lock,
+        # which is never held across a call into paho.
+        self._send_lock = threading.Lock()
+        self._map_lock = threading.Lock()
+        self._inflight: dict[int, int] = {}   # paho mid -> outbox row id
+        self._rows_inflight: set[int] = set()
+        self._early: dict[int, Any] = {}      # PUBACKs that beat the mapping of their mid
+        self._untracked: set[int] = set()     # mids of status messages (not in the outbox)
+        self.acked = 0
+        self._stopping = False
+        self.ignored_commands = 0
+
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=device, protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if self.tls:
+            self.client.tls_set(ca_certs=ca_file)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.will_set(self.topic("status"), protocol.encode(self._status("offline")),
+                             qos=protocol.QOS["status"], retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+
+    # ------------------------------------------------------------------ basics
+    def topic(self, kind: str) -> str:
+        return protocol.topic(self.prefix, self.site, self.room, self.device, kind)
+
+    @property
+    def config_version(self) -> str:
+        v = self._config_version
+        return v() if callable(v) else v
+
+    @property
+    def is_connected(self) -> bool:
+        return self.client.is_connected()
+
+    def _status(self, state: str) -> dict[str, Any]:
+        return {"state": state, "ts": protocol.now_ts(), "agent_version": self.agent_version,
+                "config_version": self.config_version}
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with 1..30 s backoff for ever."""
+        self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Say goodbye (retained offline status), then disconnect."""
+        try:
+            if self.is_connected:
+                info = self._publish_untracked(self.topic("status"), protocol.encode(self._status("offline")),
+                                               protocol.QOS["status"], True)
+                info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("could not publish offline status: %s", exc)
+        self._stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------------ sending
+    def send(self, kind: str, payload: dict[str, Any]) -> int:
+        """Store then publish one message on this device's *kind* topic; returns the outbox row id."""
+        topic = self.topic(kind)
+        raw = protocol.encode(payload)
+        qos = protocol.QOS[kind]
+        priority = priority_for(kind, payload.get("type") if kind == "event" else None)
+        with self._send_lock:
+            row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False)
+            if self.is_connected:
+                self._publish_locked(row, topic, raw, qos, False)
+        if priority != HEARTBEAT:
+            self.outbox.sync()  # after the publish: see agent/outbox.py on power loss
+        return row
+
+    def _publish_locked(self, row: int, topic: str, raw: bytes, qos: int, retain: bool) -> None:
+        info = self.client.publish(topic, raw, qos=qos, retain=retain)
+        if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return  # paho dropped it (not connected); the row stays for the next resend
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed (%s); will retry on reconnect", topic, mqtt.error_string(info.rc))
+            return
+        # QoS 1 with NO_CONN is queued inside paho and sent on reconnect: track it.
+        with self._map_lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._inflight[info.mid] = row
+                self._rows_inflight.add(row)
+        if early is not None:
+            self._acked(row, early)
+
+    def _publish_untracked(self, topic: str, raw: bytes, qos: int, retain: bool):
+        """Publish something that is not in the outbox (the retained status)."""
+        info = self.client.publish(topic, raw, qos=qos, retain=retain)
+        with self._map_lock:
+            if self._early.pop(info.mid, None) is None:
+                self._untracked.add(info.mid)
+        return info
+
+    def resend_pending(self) -> int:
+        """Publish every stored row paho is not already carrying, oldest first."""
+        n = 0
+        with self._send_lock:
+            for item in self.outbox.pending():
+                if item.id in self._rows_inflight:
+                    continue
+                self._publish_locked(item.id, item.topic, item.payload, item.qos, item.retain)
+                n += 1
+        if n:
+            log.info("resent %d stored message(s)", n)
+        return n
+
+    # ------------------------------------------------------------------ callbacks (paho's thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        try:
+            # Alerts are tiny and urgent: do not let Nagle hold them back for an ACK.
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        log.info("connected to %s:%d as %s", self.host, self.port, self.device)
+        client.subscribe(self.topic("cmd"), qos=protocol.QOS["cmd"])
+        # Stored messages first: an alert raised while offline is the most urgent thing we
+        # have, and a consumer that sees "online" can rely on the backlog before it.
+        self.resend_pending()
+        self._publish_untracked(self.topic("status"), protocol.encode(self._status("online")),
+                                protocol.QOS["status"], True)
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stopping:
+            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._map_lock:
+            if mid in self._untracked:
+                self._untracked.discard(mid)
+                return
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                # The PUBACK beat send() to the map (or a status one beat _publish_untracked).
+                self._early[mid] = reason_code
+                return
+            self._rows_inflight.discard(row)
+        self._acked(row, reason_code)
+
+    def _acked(self, row: int, reason_code) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.warning("broker refused message %d (%s); it stays in the outbox", row, reason_code)
+            return
+        self.outbox.delete(row)
+        self.acked += 1
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            where, cmd = protocol.parse_message(msg.topic, msg.payload, self.prefix)
+            if where.kind != "cmd" or where.device != self.device:
+                raise protocol.ProtocolError("not this device's cmd topic")
+        except protocol.ProtocolError as exc:
+            self.ignored_commands += 1
+            log.warning("ignored cmd on %s: %s", msg.topic, exc)
+            return
+        try:
+            self.on_command(cmd)
+        except Exception:  # noqa: BLE001 - a bad handler must not kill paho's thread
+            log.exception("cmd handler failed for %r", cmd.get("cmd"))

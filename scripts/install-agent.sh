@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# install-agent.sh: set up a fresh Raspberry Pi OS (Bookworm/Trixie) or Debian device as a
+# classroom-safety device, end to end.  Safe to run again: every step checks first and
+# only changes what differs (re-run it to change a setting).  --dry-run prints what it
+# would do and changes nothing.  Walkthrough: docs/deploy-pi.md.
+#
+#   sudo scripts/install-agent.sh --device 5b-pi-01 --site penny-acres \
+#       --broker mqtts://classroom.penny-acres.sch.uk:8883 \
+#       --collector https://classroom.penny-acres.sch.uk \
+#       --credentials /media/usb/5b-pi-01.yaml [--ca-file ca.pem] [--session-user pupil] \
+#       [--screen auto|wayland|x11|headless] [--staff-pin-hash HASH] [--dry-run]
+#
+# Steps: apt packages; the `classroom-agent` system user (gpio group); the venv in
+# /opt/classroom-safety; /etc/classroom-safety/agent.yaml (root:classroom-agent 0640) and
+# credentials.yaml (classroom-agent 0600); browser policy folders; the X11 display grant;
+# the systemd unit, enabled and started.
+set -euo pipefail
+
+PROG=install-agent.sh
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SOURCE="$(cd "$HERE/.." && pwd)"
+PREFIX=/opt/classroom-safety
+VENV="$PREFIX/venv"
+ETC=/etc/classroom-safety
+STATE=/var/lib/classroom-agent
+UNIT_DIR=/etc/systemd/system
+SERVICE_USER=classroom-agent
+ROOT=""
+DRY=0
+DO_PACKAGES=1
+DO_SYSTEMD=1
+DEVICE="" SITE="" BROKER="" COLLECTOR="" CREDENTIALS="" CA_FILE="" SESSION_USER="" SCREEN=auto PIN_HASH=""
+CHANGED=0
+LAST=0
+
+PACKAGES=(python3 python3-venv python3-tk python3-lgpio dnsmasq-base nftables x11-xserver-utils xprintidle
+          swayidle swaylock)
+
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+say() { printf '%s\n' "$*"; }
+
+usage() {
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+Options:
+  --device ID            this device's id, as in its room file (required)
+  --site ID              the school's site id (required)
+  --broker URL           mqtts://host:8883 (required)
+  --collector URL        https://host (required)
+  --credentials FILE     the device's credentials YAML from `classroom-server broker-config` (required)
+  --ca-file FILE         CA certificate for the broker/collector, if not a public CA
+  --session-user USER    the desktop account whose screen is locked/blanked (default: detected)
+  --screen BACKEND       auto, wayland, x11 or headless (default auto)
+  --staff-pin-hash HASH  from `classroom-agent hash-pin`
+  --source DIR           the classroom-safety source to install (default: this checkout)
+  --service-user NAME    the service account (default classroom-agent)
+  --root DIR             install into DIR (an SD card image mounted there); implies
+                         --no-packages and --no-systemd
+  --no-packages          do not run apt-get
+  --no-systemd           do not install or start the systemd unit
+  --dry-run              print what would be done; change nothing
+EOF
+}
+
+# ------------------------------------------------------------------ arguments
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) need_value "$@"; DEVICE=$2; shift 2 ;;
+        --site) need_value "$@"; SITE=$2; shift 2 ;;
+        --broker) need_value "$@"; BROKER=$2; shift 2 ;;
+        --collector) need_value "$@"; COLLECTOR=$2; shift 2 ;;
+        --credentials) need_value "$@"; CREDENTIALS=$2; shift 2 ;;
+        --ca-file) need_value "$@"; CA_FILE=$2; shift 2 ;;
+        --session-user) need_value "$@"; SESSION_USER=$2; shift 2 ;;
+        --screen) need_value "$@"; SCREEN=$2; shift 2 ;;
+        --staff-pin-hash) need_value "$@"; PIN_HASH=$2; shift 2 ;;
+        --source) need_value "$@"; SOURCE=$2; shift 2 ;;
+        --service-user) need_value "$@"; SERVICE_USER=$2; shift 2 ;;
+        --root) need_value "$@"; ROOT=${2%/}; DO_PACKAGES=0; DO_SYSTEMD=0; shift 2 ;;
+        --no-packages) DO_PACKAGES=0; shift ;;
+        --no-systemd) DO_SYSTEMD=0; shift ;;
+        --dry-run) DRY=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+ID_RE='^[a-z0-9][a-z0-9-]{0,62}$'
+[ -n "$DEVICE" ] || die "--device is required (see --help)"
+[ -n "$SITE" ] || die "--site is required"
+[ -n "$BROKER" ] || die "--broker is required"
+[ -n "$COLLECTOR" ] || die "--collector is required"
+[ -n "$CREDENTIALS" ] || die "--credentials is required"
+[[ $DEVICE =~ $ID_RE ]] || die "--device: '$DEVICE' is not a valid id (lowercase letters, digits and '-')"
+[[ $SITE =~ $ID_RE ]] || die "--site: '$SITE' is not a valid id (lowercase letters, digits and '-')"
+[[ $BROKER =~ ^mqtts?://[^/[:space:]]+$ ]] || die "--broker: '$BROKER' is not mqtts://host:port or mqtt://host:port"
+[[ $COLLECTOR =~ ^https?://[^[:space:]]+$ ]] || die "--collector: '$COLLECTOR' is not an http(s) URL"
+case "$SCREEN" in auto|wayland|x11|headless) ;; *) die "--screen: '$SCREEN' is not auto, wayland, x11 or headless" ;; esac
+[ -z "$SESSION_USER" ] || [[ $SESSION_USER =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--session-user: '$SESSION_USER' is not a user name"
+[ -z "$PIN_HASH" ] || [[ $PIN_HASH =~ ^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$ ]] \
+    || die "--staff-pin-hash: not a hash from \`classroom-agent hash-pin\`"
+[ -r "$CREDENTIALS" ] || die "--credentials: cannot read '$CREDENTIALS'"
+grep -Eq '^username:[[:space:]]*[^[:space:]]' "$CREDENTIALS" && grep -Eq '^password:[[:space:]]*[^[:space:]]' "$CREDENTIALS" \
+    || die "--credentials: '$CREDENTIALS' has no username: and password: lines"
+[ -z "$CA_FILE" ] || grep -q 'BEGIN CERTIFICATE' "$CA_FILE" 2>/dev/null || die "--ca-file: '$CA_FILE' is not a PEM certificate"
+[ -f "$SOURCE/pyproject.toml" ] && [ -d "$SOURCE/agent" ] || die "--source: '$SOURCE' is not a classroom-safety checkout"
+if [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo), or add --dry-run"; fi
+
+# ------------------------------------------------------------------ helpers
+quote() { local out="" a; for a in "$@"; do out+="$(printf '%q' "$a") "; done; printf '%s' "${out% }"; }
+
+# Run a command that changes the system (printed instead under --dry-run).
+act() {
+    if [ "$DRY" = 1 ]; then say "would run: $(quote "$@")"; else say "run: $(quote "$@")"; "$@"; fi
+    CHANGED=1
+}
+
+# put MODE OWNER GROUP PATH [secret] < content: write only if content/mode/owner differ.
+put() {
+    local mode=$1 owner=$2 group=$3 path=$4 secret=${5:-} dest tmp
+    dest="$ROOT$path"
+    tmp="$(mktemp)"
+    cat >"$tmp"
+    LAST=0
+    if [ -f "$dest" ] && cmp -s "$tmp" "$dest" \
+        && [ "$(stat -c '%a %U %G' "$dest")" = "$mode $owner $group" ]; then
+        say "unchanged: $path"
+        rm -f "$tmp"
+        return
+    fi
+    CHANGED=1
+    LAST=1
+    if [ "$DRY" = 1 ]; then
+        say "would write: $path (mode $mode, $owner:$group)"
+        if [ -n "$secret" ]; then
+            say "    | (secret: contents not shown)"
+        elif [ "$(wc -l <"$tmp")" -le 20 ]; then
+            sed 's/^/    | /' "$tmp"
+        else
+            say "    | ($(wc -l <"$tmp") lines)"
+        fi
+        rm -f "$tmp"
+        return
+    fi
+    install -D -m "$mode" -o "$owner" -g "$group" "$tmp" "$dest"
+    rm -f "$tmp"
+    say "wrote: $path"
+}
+
+# dir MODE OWNER GROUP PATH: create or fix a directory.
+dir() {
+    local mode=$1 owner=$2 group=$3 path=$4 dest
+    dest="$ROOT$path"
+    if [ -d "$dest" ] && [ "$(stat -c '%a %U %G' "$dest")" = "$mode $owner $group" ]; then
+        say "unchanged: $path/"
+        return
+    fi
+    if [ "$DRY" = 1 ]; then say "would create: $path/ (mode $mode, $owner:$group)"; CHANGED=1; return; fi
+    install -d -m "$mode" -o "$owner" -g "$group" "$dest"
+    CHANGED=1
+    say "made: $path/"
+}
+
+# ------------------------------------------------------------------ 1. packages
+step() { say ""; say "== $*"; }
+
+step "packages"
+if [ "$DO_PACKAGES" = 1 ]; then
+    missing=()
+    for pkg in "${PACKAGES[@]}"; do
+        if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            continue
+        fi
+        if ! apt-cache show "$pkg" >/dev/null 2>&1; then
+            say "note: package $pkg is not available here (fine on a PC without GPIO or Wayland)"
+            continue
+        fi
+        missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "unchanged: all packages installed"
+    else
+        act apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+else
+    say "skipped (--no-packages)"
+fi
+
+# ------------------------------------------------------------------ 2. service user
+step "service user $SERVICE_USER"
+if [ -n "$ROOT" ]; then
+    say "skipped (--root): create it on the device with: useradd --system --user-group --home-dir $STATE --shell /usr/sbin/nologin $SERVICE_USER"
+    [ "$DRY" = 1 ] || id -u "$SERVICE_USER" >/dev/null 2>&1 || die "--root: user $SERVICE_USER must exist here to own the files (use --service-user)"
+elif id -u "$SERVICE_USER" >/dev/null 2>&1; then
+    say "unchanged: user $SERVICE_USER exists"
+else
+    act useradd --system --user-group --home-dir "$STATE" --no-create-home --shell /usr/sbin/nologin \
+        --comment "classroom-safety agent" "$SERVICE_USER"
+fi
+SERVICE_GROUP="$(id -gn "$SERVICE_USER" 2>/dev/null || echo "$SERVICE_USER")"
+if [ -z "$ROOT" ] && getent group gpio >/dev/null; then
+    if id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx gpio; then
+        say "unchanged: $SERVICE_USER is in group gpio"
+    else
+        # The report button and LED: /dev/gpiochip* belong to group gpio on Raspberry Pi OS.
+        act usermod -a -G gpio "$SERVICE_USER"
+    fi
+else
+    say "note: no gpio group here (not a Raspberry Pi); the report key still works"
+fi
+
+# ------------------------------------------------------------------ 3. the program
+step "program in $VENV"
+stamp_now="$(cd "$SOURCE" && find pyproject.toml agent server -type f \( -name '*.py' -o -name '*.toml' -o -name '*.yaml' -o -name '*.sql' -o -name '*.html' -o -name '*.css' -o -name '*.js' \) -print0 \
+    | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+stamp_file="$ROOT$VENV/.classroom-safety-source"
+if [ -x "$ROOT$VENV/bin/python" ]; then
+    say "unchanged: venv exists"
+else
+    # --system-site-packages: python3-lgpio and Tk come from apt, not from pip.
+    act python3 -m venv --system-site-packages "$ROOT$VENV"
+fi
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_now" ]; then
+    say "unchanged: classroom-safety ($stamp_now) already installed"
+else
+    act "$ROOT$VENV/bin/pip" install --quiet --upgrade "$SOURCE"
+    if [ "$DRY" = 1 ]; then say "would write: $VENV/.classroom-safety-source"; else printf '%s\n' "$stamp_now" >"$stamp_file"; fi
+fi
+if [ -f "$SOURCE/docs/deploy-pi.md" ]; then
+    put 644 root root "$PREFIX/docs/deploy-pi.md" <"$SOURCE/docs/deploy-pi.md"
+fi
+
+# ------------------------------------------------------------------ 4. configuration
+step "configuration in $ETC"
+dir 755 root root "$ETC"
+yaml="# /etc/classroom-safety/agent.yaml: written by scripts/install-agent.sh.
+# To change it, run the script again with new options (it only changes what differs).
+device: $DEVICE
+site: $SITE
+broker_url: $BROKER
+collector_url: $COLLECTOR
+credentials: $ETC/credentials.yaml"
+[ -z "$CA_FILE" ] || yaml+=$'\n'"ca_file: $ETC/ca.pem"
+yaml+=$'\n'"state_dir: $STATE"
+yaml+=$'\n'"control_socket: /run/classroom-agent/control.sock"
+yaml+=$'\n'"screen_backend: $SCREEN"
+[ -z "$SESSION_USER" ] || yaml+=$'\n'"session_user: $SESSION_USER"
+[ -z "$PIN_HASH" ] || yaml+=$'\n'"staff_pin_hash: '$PIN_HASH'"
+# (not `... | put`: a pipe would run put in a subshell and lose what it changed)
+put 640 root "$SERVICE_GROUP" "$ETC/agent.yaml" <<<"$yaml"
+# Only the agent reads its broker password: 0600, owned by the service user.
+put 600 "$SERVICE_USER" "$SERVICE_GROUP" "$ETC/credentials.yaml" secret <"$CREDENTIALS"
+[ -z "$CA_FILE" ] || put 644 root root "$ETC/ca.pem" <"$CA_FILE"
+if [ "$DRY" = 0 ] && [ -x "$ROOT$VENV/bin/classroom-agent" ]; then
+    "$ROOT$VENV/bin/classroom-agent" check-config "$ROOT$ETC/agent.yaml" >/dev/null \
+        || die "$ETC/agent.yaml does not pass classroom-agent check-config"
+    say "checked: $ETC/agent.yaml"
+fi
+
+# ------------------------------------------------------------------ 5. folders the agent writes
+step "folders the agent writes"
+dir 750 "$SERVICE_USER" "$SERVICE_GROUP" "$STATE"
+dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/chromium/policies/managed
+dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/firefox-esr/policies
+
+# ------------------------------------------------------------------ 6. the desktop
+step "desktop"
+# X11 sessions: let the agent's own user (not the pupil) draw the lock and blank overlays,
+# so the pupil cannot close them.  Wayland sessions use swaylock and need nothing here.
+put 644 root root /etc/X11/Xsession.d/90classroom-safety <<EOF
+# classroom-safety: the agent ($SERVICE_USER) may draw the lock and report overlays.
+if command -v xhost >/dev/null 2>&1; then xhost +SI:localuser:$SERVICE_USER >/dev/null 2>&1 || true; fi
+EOF
+
+# ------------------------------------------------------------------ 7. systemd
+step "systemd service"
+sed "s/^User=classroom-agent$/User=$SERVICE_USER/; s/^Group=classroom-agent$/Group=$SERVICE_GROUP/" \
+    "$SOURCE/systemd/classroom-agent.service" >"${TMPDIR:-/tmp}/classroom-agent.service.$$"
+put 644 root root "$UNIT_DIR/classroom-agent.service" <"${TMPDIR:-/tmp}/classroom-agent.service.$$"
+rm -f "${TMPDIR:-/tmp}/classroom-agent.service.$$"
+if [ "$DO_SYSTEMD" = 1 ]; then
+    if [ "$LAST" = 1 ]; then act systemctl daemon-reload; fi
+    if systemctl is-enabled --quiet classroom-agent 2>/dev/null; then
+        say "unchanged: classroom-agent enabled"
+    else
+        act systemctl enable classroom-agent
+    fi
+    if [ "$CHANGED" = 1 ]; then
+        act systemctl restart classroom-agent
+    elif systemctl is-active --quiet classroom-agent 2>/dev/null; then
+        say "unchanged: classroom-agent running"
+    else
+        act systemctl start classroom-agent
+    fi
+else
+    say "skipped (--no-systemd)"
+fi
+
+say ""
+if [ "$DRY" = 1 ]; then
+    say "dry run: nothing was changed"
+elif [ "$CHANGED" = 1 ]; then
+    say "done: $DEVICE is set up. Check it with: systemctl status classroom-agent; classroom-agent status"
+else
+    say "done: nothing needed changing"
+fi

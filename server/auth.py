@@ -1,0 +1,210 @@
+"""Staff and device authentication, and role checks as FastAPI dependencies.
+
+Staff (teacher, dsl, technician, admin) log in with a password hashed with argon2id
+(argon2-cffi).  A login creates a session: a random token given to the browser as an
+HttpOnly SameSite=Strict cookie and to API clients as a bearer token; only its SHA-256
+is stored, so a stolen database holds no usable session.  Devices authenticate with
+the credentials enrolment gave them (HTTP basic, username = device id), also argon2.
+
+Use in routes::
+
+    @router.get("/x")
+    def x(user: User = Depends(require("dsl", "admin"))): ...
+
+A teacher's rooms are the rooms whose ``alert_staff`` lists their username in the
+live config tree (``app.state.tree``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from fastapi import Depends, HTTPException, Request
+
+from .store import iso
+
+ROLES = ("teacher", "dsl", "technician", "admin")
+COOKIE = "classroom_session"
+SESSION_HOURS = 12
+
+_hasher = PasswordHasher()
+# A dummy hash so a login for an unknown user costs the same as a wrong password.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def mask(secret: str | None) -> str:
+    """For logs: never print a secret, only that there was one."""
+    return "***" if secret else ""
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: str
+    display_name: str | None = None
+    rooms: tuple[str, ...] = field(default=())
+
+    @property
+    def is_dsl(self) -> bool:
+        return self.role == "dsl"
+
+    def can_see_room(self, room: str) -> bool:
+        return self.role in ("dsl", "admin") or room in self.rooms
+
+    def to_dict(self) -> dict:
+        return {"username": self.username, "role": self.role, "display_name": self.display_name,
+                "rooms": list(self.rooms)}
+
+
+def staff_rooms(tree, username: str) -> tuple[str, ...]:
+    if tree is None:
+        return ()
+    return tuple(sorted(room_id for room_id, room in tree.rooms.items() if username in room.alert_staff))
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def login(store, username: str, password: str, hours: int = SESSION_HOURS) -> str | None:
+    """Check a password; on success create a session and return its token."""
+    row = store.get_user(username) if isinstance(username, str) else None
+    if not verify_password(row["password_hash"] if row else None, password if isinstance(password, str) else ""):
+        return None
+    if row["disabled"]:
+        return None
+    token = new_token()
+    expires = datetime.now(timezone.utc) + timedelta(hours=hours)
+    store.add_session(token_hash(token), username, iso(expires))
+    return token
+
+
+def _request_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.cookies.get(COOKIE) or None
+
+
+def current_user(request: Request) -> User | None:
+    """The logged-in staff member, or None."""
+    token = _request_token(request)
+    if not token:
+        return None
+    session = request.app.state.store.get_session(token_hash(token))
+    if session is None or session["disabled"]:
+        return None
+    rooms = staff_rooms(getattr(request.app.state, "tree", None), session["username"])
+    return User(session["username"], session["role"], session["display_name"], rooms)
+
+
+def require(*roles: str):
+    """Dependency: a logged-in user with one of *roles* (401 if not logged in, 403 if wrong role)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}")
+
+    def dependency(request: Request) -> User:
+        user = current_user(request)
+        if user is None:
+            raise HTTPException(401, "log in first", headers={"WWW-Authenticate": "Bearer"})
+        if user.role not in roles:
+            raise HTTPException(403, f"this needs the {' or '.join(roles)} role")
+        request.state.user = user
+        return user
+
+    dependency.roles = roles  # type: ignore[attr-defined]  # read by the route x role test
+    return dependency
+
+
+any_staff = require(*ROLES)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+class _DeviceCache:
+    """Remember successful device logins briefly: argon2 is deliberately slow and
+    devices fetch config often.  Keyed by a hash of the credentials, never the password."""
+
+    TTL = 300.0
+
+    def __init__(self) -> None:
+        self._ok: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> bool:
+        with self._lock:
+            expiry = self._ok.get(key)
+            return expiry is not None and expiry > time.monotonic()
+
+    def remember(self, key: str) -> None:
+        with self._lock:
+            if len(self._ok) > 10000:
+                self._ok.clear()
+            self._ok[key] = time.monotonic() + self.TTL
+
+    def forget_device(self, device: str) -> None:
+        with self._lock:
+            self._ok.clear()
+
+
+device_cache = _DeviceCache()
+
+
+def device_credentials(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    if header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    device, sep, password = decoded.partition(":")
+    return (device, password) if sep and device else None
+
+
+def current_device(request: Request) -> str:
+    """Dependency for device endpoints: the authenticated device id (HTTP basic)."""
+    creds = device_credentials(request)
+    if creds is None:
+        raise HTTPException(401, "device credentials required", headers={"WWW-Authenticate": "Basic"})
+    device, password = creds
+    key = hashlib.sha256(f"{device}\0{password}".encode()).hexdigest()
+    if device_cache.check(key):
+        return device
+    row = request.app.state.store.get_device(device)
+    if row is None or not verify_password(row.get("password_hash"), password):
+        raise HTTPException(401, "device credentials are not valid", headers={"WWW-Authenticate": "Basic"})
+    device_cache.remember(key)
+    return device
+
+
+current_device.roles = ("device",)  # type: ignore[attr-defined]

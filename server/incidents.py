@@ -1,0 +1,204 @@
+"""Incidents: the DSL's record of a report, built from the alert transitions.
+
+Each alert id becomes one incident (server/store.py creates it as the transitions are
+ingested).  Here lives what the school adds: the category from the policies' list, a
+4 Cs tag, notes, and the procedure checklist for the category -- written as data from
+the three school policies in shared/policies/, each item carrying its source -- with
+who ticked what and when, plus status and outcome.
+
+Who sees what (enforced in server/app.py with these helpers): teachers see their own
+rooms' incidents as a timeline only (no notes, outcome, checklist or evidence); the
+DSL sees everything; evidence (domains the device resolved before the press) is DSL
+only and every view of it is written to the audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CATEGORIES = {
+    "filtering-breach": "Filtering breach",
+    "cyberbullying": "Cyberbullying",
+    "nudes-semi-nudes": "Nudes and semi-nudes (youth produced sexual imagery)",
+    "child-sexual-abuse-exploitation": "Child sexual abuse and exploitation (including criminal exploitation)",
+    "indecent-images": "Indecent images of children",
+    "radicalisation-extremism": "Radicalisation and extremism",
+    "online-hate": "Online hate",
+    "cybercrime": "Cybercrime",
+    "other": "Other",
+}
+
+# The 4 Cs of online risk (KCSIE; policy 002 section 1): an incident may carry several.
+FOUR_CS = {
+    "content": "Content: exposure to illegal, inappropriate or harmful content",
+    "contact": "Contact: harmful online interaction with other users",
+    "conduct": "Conduct: personal online behaviour that increases the likelihood of, or causes, harm",
+    "commerce": "Commerce: online gambling, inappropriate advertising, phishing or financial scams",
+}
+
+STATUSES = ("open", "in-progress", "referred", "closed")
+
+# Policy files: 000 = Penny Acres and Wigley Federation, 001 = Calstock and Stoke
+# Climsland, 002 = Chilton (Viking Academy Trust); see shared/policies/README.md.
+_DSL = ("inform-dsl", "Inform the DSL (or deputy) and record in line with the child protection policy",
+        "000 §10.1; 001 §9")
+_PARENTS = ("inform-parents", "Inform parents/carers about the incident and how it is being managed",
+            "000 §7.3.2, §10.1, §11.2-11.4")
+_REVIEW = ("review", "Review the handling of the incident; update procedures if needed", "000 §11.1-11.3")
+_SUPPORT = ("support", "Provide support for the learners involved (pastoral support, counselling)",
+            "000 §11.1-11.3")
+
+CHECKLISTS: dict[str, list[tuple[str, str, str]]] = {
+    "filtering-breach": [
+        ("screen-off", "Screen turned off / blanked and reported to staff straight away", "000 §7.3.2; 002 §6.2"),
+        ("report-url", "Record the site (URL/domain) and tell the DSL and technical staff", "000 §7.3.2"),
+        ("fix-filter", "Technician checks and fixes the filtering (block the site)", "000 §7.3.2; 002 §6.3"),
+        ("report-iwf", "If the material may be illegal, report it to the IWF, police or CEOP", "000 §7.3.2"),
+        _PARENTS,
+        _REVIEW,
+    ],
+    "cyberbullying": [
+        _DSL,
+        ("anti-bullying", "Respond in line with the anti-bullying and behaviour policies", "000 §11.5; 001 §9.5"),
+        _SUPPORT,
+        ("police-if-crime", "Contact the police if a criminal offence is suspected", "000 §10; 001 §9.5"),
+        _PARENTS,
+        _REVIEW,
+    ],
+    "nudes-semi-nudes": [
+        _DSL,
+        ("do-not-view", "Do not view, copy, share or save the imagery (only the DSL, if unavoidable, with "
+                        "a documented reason)", "000 §11.2; 001 §9.1"),
+        ("store-device", "Store the device securely", "000 §11.2; 001 §9.1"),
+        ("block-isolate", "If shared on school network/devices, block access and isolate it", "000 §11.2"),
+        ("risk-assessment", "Carry out a risk assessment of the learners involved", "000 §11.2"),
+        _PARENTS,
+        ("refer-social-care", "Refer to children's social care and/or the police as appropriate (UKCIS guidance)",
+         "000 §11.2; 001 §9.1"),
+        _SUPPORT,
+        _REVIEW,
+    ],
+    "child-sexual-abuse-exploitation": [
+        _DSL,
+        ("store-device", "If appropriate, store any devices involved securely", "000 §11.3; 001 §9.2"),
+        ("refer-social-care", "Refer to children's social care if required", "000 §11.3; 001 §9.2"),
+        ("police", "Inform the police immediately (101, or 999 if a child is at immediate risk)",
+         "000 §11.3; 001 §9.2"),
+        ("ceop", "Consider a CEOP report (www.ceop.police.uk/safety-centre/)", "000 §11.3; 001 §9.2"),
+        ("risk-assessment", "Carry out a risk assessment of the learners involved", "000 §11.3"),
+        _PARENTS,
+        _SUPPORT,
+        _REVIEW,
+    ],
+    "indecent-images": [
+        _DSL,
+        ("store-device", "Store any devices involved securely", "000 §11.4; 001 §9.3"),
+        ("report-iwf", "Report the URLs to the Internet Watch Foundation (www.iwf.org.uk)", "000 §11.4; 001 §9.3"),
+        ("police", "Inform the police (101, or 999 if immediate risk) and children's services as appropriate",
+         "000 §11.4; 001 §9.3"),
+        ("delete-copies", "Make sure no copies exist (e.g. in e-mails); never keep copies unless the police ask",
+         "000 §11.4"),
+        ("lado", "If a member of staff is involved: inform the headteacher and the LADO", "000 §11.4"),
+        _PARENTS,
+    ],
+    "radicalisation-extremism": [
+        _DSL,
+        ("prevent", "Act in line with the child protection policy and the Prevent pathway (may include a "
+                    "Channel referral)", "000 §11.7; 001 §9.4"),
+        ("police-if-crime", "Contact the police if a criminal offence is suspected", "000 §10"),
+        _PARENTS,
+        _REVIEW,
+    ],
+    "online-hate": [
+        _DSL,
+        ("anti-bullying", "Respond in line with the anti-bullying and behaviour policies", "000 §11.6; 001 §9.6"),
+        ("police-if-crime", "Contact the police if a criminal offence is suspected", "000 §11.6; 001 §9.6"),
+        _PARENTS,
+        _REVIEW,
+    ],
+    "cybercrime": [
+        _DSL,
+        ("behaviour", "Respond in line with the behaviour policy", "000 §11.8"),
+        ("cyber-choices", "Consider a Cyber Choices referral for early intervention", "000 §10, §11.8"),
+        ("exploitation-check", "If a child may be exploited for their skills, follow the CRE procedure", "000 §11.8"),
+        _PARENTS,
+    ],
+    "other": [
+        _DSL,
+        _PARENTS,
+        _REVIEW,
+    ],
+}
+
+
+class IncidentError(ValueError):
+    """A bad incident change; str() names the field."""
+
+
+def checklist(category: str | None, actions: list[dict]) -> list[dict]:
+    """The category's checklist with who ticked each item and when (latest action wins)."""
+    state: dict[str, dict] = {}
+    for action in actions:
+        if action["kind"] in ("tick", "untick") and action.get("item"):
+            state[action["item"]] = action
+    items = []
+    for key, text, source in CHECKLISTS.get(category or "", []):
+        last = state.get(key)
+        ticked = last is not None and last["kind"] == "tick"
+        items.append({"item": key, "text": text, "source": f"shared/policies {source}", "done": ticked,
+                      "by": last["actor"] if last else None, "at": last["ts"] if last else None,
+                      "note": last.get("text") if last else None})
+    return items
+
+
+def validate_changes(body: Any) -> dict:
+    """Check a PATCH body: category, tags (4 Cs), status, outcome."""
+    if not isinstance(body, dict) or not body:
+        raise IncidentError("body: must be a JSON object with category, tags, status or outcome")
+    changes: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "category":
+            if value not in CATEGORIES:
+                raise IncidentError(f"category: {value!r} is not one of {', '.join(CATEGORIES)}")
+        elif key == "tags":
+            if not isinstance(value, list) or any(v not in FOUR_CS for v in value):
+                raise IncidentError(f"tags: must be a list of {', '.join(FOUR_CS)}")
+            value = sorted(set(value))
+        elif key == "status":
+            if value not in STATUSES:
+                raise IncidentError(f"status: {value!r} is not one of {', '.join(STATUSES)}")
+        elif key == "outcome":
+            if not isinstance(value, str) or len(value) > 4000:
+                raise IncidentError("outcome: must be text of at most 4000 characters")
+        else:
+            raise IncidentError(f"{key}: unknown field (use category, tags, status, outcome)")
+        changes[key] = value
+    return changes
+
+
+def validate_tick(category: str | None, body: Any) -> tuple[str, bool, str | None]:
+    if not isinstance(body, dict):
+        raise IncidentError("body: must be a JSON object with item and done")
+    item, done, note = body.get("item"), body.get("done", True), body.get("note")
+    keys = [k for k, _, _ in CHECKLISTS.get(category or "", [])]
+    if not category:
+        raise IncidentError("category: set the incident's category before ticking its checklist")
+    if item not in keys:
+        raise IncidentError(f"item: {item!r} is not on the {category} checklist ({', '.join(keys)})")
+    if not isinstance(done, bool):
+        raise IncidentError("done: must be true or false")
+    if note is not None and (not isinstance(note, str) or len(note) > 2000):
+        raise IncidentError("note: must be text of at most 2000 characters")
+    return item, done, note
+
+
+def for_user(incident: dict, user) -> dict:
+    """What *user* may see of an incident (teachers: the timeline, not the DSL's record)."""
+    out = dict(incident)
+    if user.role == "dsl":
+        out["checklist"] = checklist(out.get("category"), out.get("actions") or [])
+        out["notes"] = [a for a in out.get("actions") or [] if a["kind"] == "note"]
+        return out
+    for key in ("actions", "outcome", "notes", "checklist"):
+        out.pop(key, None)
+    return out

@@ -1,0 +1,98 @@
+"""Retention: delete stored data when its time is up (site.yaml ``retention``), and say so.
+
+Each table has a time to live from ``site.retention``: short for heartbeats and blocked
+attempts, longer for other device events, DSL-controlled for incidents (kept until the
+DSL deletes them unless ``incidents_days`` is set; only CLOSED incidents are ever
+purged, together with their timeline, notes and evidence), years for the audit log.
+Every purge that deletes something is written to the audit log (actor ``system``), so
+a DPIA reviewer can see data really goes.  ``Retention.run(now)`` is one pass; the
+server calls it daily.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from .store import Store, Tx, iso
+
+log = logging.getLogger(__name__)
+
+# Events kept with their incident, not by events_days: the DSL's evidence.
+INCIDENT_EVENT_TYPES = ("report_evidence",)
+SHORT_EVENT_TYPES = ("blocked", "filter_check")
+
+
+def _in(values) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+class Retention:
+    def __init__(self, store: Store, tree_source: Callable[[], object], interval: float = 86400.0) -> None:
+        self.store = store
+        self.tree_source = tree_source
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self, now: datetime | None = None) -> dict[str, int]:
+        """One purge pass; returns rows deleted per rule."""
+        tree = self.tree_source()
+        if tree is None:
+            return {}
+        r = tree.site.retention
+        now = now or datetime.now(timezone.utc)
+
+        def cutoff(days: int) -> str:
+            return iso(now - timedelta(days=days))
+
+        done: dict[str, int] = {}
+        done["heartbeats"] = self.store.purge("heartbeats", cutoff(r.heartbeats_days))
+        done["blocked_events"] = self.store.purge("events", cutoff(r.blocked_days),
+                                                  f"type IN {_in(SHORT_EVENT_TYPES)}")
+        done["events"] = self.store.purge("events", cutoff(r.events_days),
+                                          f"type NOT IN {_in(SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES)}")
+        done["device_alerts"] = self.store.purge("device_alerts", cutoff(r.events_days), "cleared_at IS NOT NULL")
+        done["sessions"] = self.store.purge("sessions", iso(now))
+        done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30))
+        done["audit"] = self.store.purge("audit", cutoff(r.audit_days))
+        if r.incidents_days:
+            done["incidents"] = self.store.write(lambda tx: self._purge_incidents(tx, cutoff(r.incidents_days)))
+        done = {k: v for k, v in done.items() if v}
+        for rule, count in done.items():
+            self.store.audit("system", "retention.purge", rule, {"rows": count})
+        if done:
+            log.info("retention: purged %s", ", ".join(f"{k}={v}" for k, v in done.items()))
+        return done
+
+    @staticmethod
+    def _purge_incidents(tx: Tx, before: str) -> int:
+        ids = [row["id"] for row in tx.query(
+            "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?", (before,))]
+        for incident_id in ids:
+            tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
+            tx.execute("DELETE FROM alert_transitions WHERE alert_id = ?", (incident_id,))
+            tx.execute(f"DELETE FROM events WHERE alert_id = ? AND type IN {_in(INCIDENT_EVENT_TYPES)}",
+                       (incident_id,))
+            tx.execute("DELETE FROM incidents WHERE id = ?", (incident_id,))
+        return len(ids)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.run()
+            except Exception:  # noqa: BLE001 - try again tomorrow
+                log.exception("retention pass failed")
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)

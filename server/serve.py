@@ -1,0 +1,194 @@
+"""``classroom-server serve``, ``user add`` and ``enrol-token``: running the collector.
+
+``serve`` runs, in one process: the HTTP API (uvicorn), one MQTT ingest worker, the
+daily retention pass and the dark-device checker.  Run several ``serve`` processes (or
+machines) against one PostgreSQL database and they share the ingest load through the
+MQTT 5 shared subscription.  Secrets come from files or stdin, never the command line
+(which other users can read in ``ps``), and are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from agent.errors import UserError
+
+DEFAULT_DB = "sqlite:///var/lib/classroom-server/server.db"
+
+
+def _read_secret(path: str | None, what: str) -> str | None:
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise UserError(f"{what} {path}: {exc.strerror}") from None
+    if not text:
+        raise UserError(f"{what} {path}: the file is empty")
+    return text
+
+
+def _open_store(url: str):
+    from .store import Store, StoreError
+
+    try:
+        return Store.open(url)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. sqlite cannot open the file
+        raise UserError(f"--db {url}: {str(exc).splitlines()[0]}") from None
+
+
+def _load_tree(config_dir: str | None):
+    if not config_dir:
+        return None
+    from agent.config import ConfigInvalid, load_tree
+
+    try:
+        return load_tree(Path(config_dir))
+    except ConfigInvalid as exc:
+        raise UserError(f"--config {config_dir}: {exc.errors[0]} (and {len(exc.errors) - 1} more; run "
+                        f"`classroom-server config validate {config_dir}`)") from None
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .app import Settings, create_app
+    from .devices import DarkChecker
+    from .ingest import Ingest, Metrics
+    from .retention import Retention
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # A broker-config credentials YAML or a one-line password file both work.
+    from .alerts_client import read_password
+
+    password = read_password(args.mqtt_password_file) if args.mqtt_password_file else None
+    tree = _load_tree(args.config)
+    prefix = args.prefix or (tree.site.broker.prefix if tree is not None else None)
+    settings = Settings(db_url=args.db, config_dir=args.config, broker_url=args.broker,
+                        mqtt_username=args.mqtt_username, prefix=prefix, cookie_secure=args.secure_cookies)
+    store = _open_store(args.db)
+    metrics = Metrics()
+    ingest = None
+    if args.broker:
+        try:
+            ingest = Ingest(store, args.broker, prefix=prefix or "classroom/v1", username=args.mqtt_username,
+                            password=password, ca_file=args.ca_file, metrics=metrics)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def publish(topic: str, payload: bytes, qos: int) -> None:
+        info = ingest.publish(topic, payload, qos)
+        if info.rc != 0:
+            raise RuntimeError(f"publish failed (rc={info.rc})")
+
+    app = create_app(settings, store=store, tree=tree, publisher=publish if ingest else None, metrics=metrics,
+                     ingest=ingest)
+    if ingest is not None:
+        def fan_out(kind, where, data):
+            for listener in list(app.state.listeners):
+                listener(kind, where, data)
+
+        ingest.listeners.append(fan_out)
+        ingest.start()
+    dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds)
+    retention = Retention(store, lambda: app.state.tree)
+    from .reports import DigestScheduler, SmtpSettings  # weekly digest (docs/dashboard.md)
+
+    digest = DigestScheduler(store, args.reports_dir, lambda: app.state.tree, smtp=SmtpSettings.from_env())
+    dark.start()
+    retention.start()
+    digest.start()
+    try:
+        uvicorn.run(app, host=args.bind, port=args.port, log_level="info", proxy_headers=True)
+    finally:
+        dark.stop()
+        retention.stop()
+        digest.stop()
+        if ingest is not None:
+            ingest.stop()
+        store.close()
+    return 0
+
+
+def cmd_user_add(args) -> int:
+    from agent.config.schema import check_username
+
+    from .auth import ROLES, hash_password
+
+    try:
+        check_username(args.name)
+    except ValueError as exc:
+        raise UserError(f"NAME: {exc}") from None
+    if args.role not in ROLES:
+        raise UserError(f"--role {args.role!r}: use one of {', '.join(ROLES)}")
+    password = _read_secret(args.password_file, "--password-file")
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 10:
+        raise UserError("password: use at least 10 characters (a passphrase of three words is good)")
+    store = _open_store(args.db)
+    try:
+        if store.get_user(args.name):
+            raise UserError(f"NAME: {args.name!r} already exists")
+        store.add_user(args.name, args.role, hash_password(password), args.display_name)
+        store.audit("cli", "user.add", args.name, {"role": args.role})
+    finally:
+        store.close()
+    print(f"{args.name}: added as {args.role}")
+    return 0
+
+
+def cmd_enrol_token(args) -> int:
+    from .devices import EnrolError, create_enrol_token
+
+    tree = _load_tree(args.config)
+    store = _open_store(args.db)
+    try:
+        result = create_enrol_token(store, args.device, "cli", tree, hours=args.hours)
+    except EnrolError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"{result['device']}: one-time enrolment token (expires {result['expires_at']}):")
+    print(result["token"])
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register serve, user and enrol-token on classroom-server's subparsers."""
+    p = sub.add_parser("serve", help="run the collector: HTTP API, MQTT ingest, retention, dark-device checks")
+    p.add_argument("--config", metavar="DIR", help="the config tree (site.yaml, rooms/, keystages/)")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL", help="sqlite:///PATH or postgresql://USER@HOST/DB")
+    p.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--prefix", help="topic prefix (default: site.yaml broker.prefix)")
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--mqtt-username", default="classroom-server")
+    p.add_argument("--mqtt-password-file", metavar="FILE")
+    p.add_argument("--ca-file", metavar="FILE", help="CA certificate for mqtts://")
+    p.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind HTTPS)")
+    p.add_argument("--reports-dir", default="/var/lib/classroom-server/reports", metavar="DIR",
+                   help="where the weekly digest (HTML + CSV) is written; e-mail via CLASSROOM_SMTP_* (optional)")
+    p.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="manage staff accounts")
+    usub = user.add_subparsers(dest="user_command", metavar="ACTION")
+    usub.required = True
+    p = usub.add_parser("add", help="add a staff account; the password is read from stdin or --password-file")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", required=True, help="teacher, dsl, technician or admin")
+    p.add_argument("--display-name")
+    p.add_argument("--password-file", metavar="FILE")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    p.set_defaults(func=cmd_user_add)
+
+    p = sub.add_parser("enrol-token", help="make a one-time token a device exchanges for its credentials")
+    p.add_argument("--device", required=True, metavar="ID")
+    p.add_argument("--hours", type=int, default=72)
+    p.add_argument("--config", metavar="DIR", help="check the device is in this config tree")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL")
+    p.set_defaults(func=cmd_enrol_token)

@@ -1,0 +1,256 @@
+"""The filter against real dnsmasq: allowlist, NXDOMAIN, safe search, blocked events, overrides."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import timedelta
+
+import pytest
+
+from agent.filter import dnsclient
+from filter_fixtures import (  # noqa: F401 - fixtures
+    SCHOOL_TIME, RecordingRuntime, filter_root, filtering_for, make_filter, stub_upstream, with_domains,
+)
+from services import require_binary, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+DFE_FIELDS = ("device", "device_name", "device_ip", "user", "ts", "domain", "profile", "count",
+              "first_seen", "last_seen")
+
+
+def ask(comp, name, qtype="A"):
+    return dnsclient.query(name, qtype, server="127.0.0.1", port=comp.port, timeout=2)
+
+
+def flood(port: int, name: str, times: int) -> None:
+    """Send *times* queries as fast as a retrying page would, and read every answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.connect(("127.0.0.1", port))
+        for i in range(times):
+            _, packet = dnsclient.build_query(name, "A", ident=i)
+            s.send(packet)
+            s.recv(512)
+
+
+def test_allowlist_nxdomain_and_canary(make_filter):
+    require_binary("dnsmasq")
+    comp, rt = make_filter()
+    assert ask(comp, "bbc.co.uk") == ("NOERROR", ["192.0.2.10"])
+    assert ask(comp, "www.bbc.co.uk") == ("NOERROR", ["192.0.2.10"])      # subdomains included
+    assert ask(comp, "dkfindout.com") == ("NOERROR", ["192.0.2.11"])      # ks2 profile
+    assert ask(comp, "facebook.com") == ("NXDOMAIN", [])                   # upstream knows it; we refuse
+    assert ask(comp, "nothing-here.example.com") == ("NXDOMAIN", [])
+    assert ask(comp, "use-application-dns.net") == ("NXDOMAIN", [])       # Firefox DoH canary
+    # Forwarding goes only to the configured upstream: the servers-file says so.
+    servers = comp.paths.servers.read_text()
+    assert f"server=/bbc.co.uk/127.0.0.1#{comp.upstream_port}" in servers
+    assert "8.8.8.8" not in servers and "1.1.1.1" not in servers
+    conf = comp.paths.conf.read_text()
+    assert "address=/#/" in conf and "no-resolv" in conf and "log-queries" in conf
+
+
+def test_safe_search_rewrites_only_allowed_engines(make_filter):
+    comp, rt = make_filter()
+    # ks2 does not allow google: it stays NXDOMAIN, no rewrite.
+    assert ask(comp, "www.google.com") == ("NXDOMAIN", [])
+    policy = with_domains(rt.policy, "google.com", "google.co.uk", "youtube.com", "bing.com", "duckduckgo.com",
+                          "googleapis.com")
+    rt.call(comp.on_policy, policy)
+    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["216.239.38.120"]), 5)
+    assert ask(comp, "www.google.co.uk") == ("NOERROR", ["216.239.38.120"])
+    assert ask(comp, "www.google.com", "AAAA") == ("NOERROR", ["2001:4860:4802:32::78"])
+    assert ask(comp, "mail.google.com") == ("NOERROR", ["192.0.2.20"])    # the rest of google.com is untouched
+    assert ask(comp, "www.youtube.com") == ("NOERROR", ["216.239.38.119"])  # strict
+    assert ask(comp, "m.youtube.com") == ("NOERROR", ["216.239.38.119"])
+    assert ask(comp, "youtubei.googleapis.com") == ("NOERROR", ["216.239.38.119"])
+    assert ask(comp, "www.bing.com") == ("NOERROR", ["204.79.197.220"])
+    assert ask(comp, "duckduckgo.com") == ("NOERROR", ["52.142.124.215"])
+    # A forced name must not leak the real address through another record type.
+    rcode, answers = ask(comp, "www.bing.com", "AAAA")
+    assert answers == [] and rcode in ("NOERROR", "NXDOMAIN")
+    # Moderate YouTube: the other endpoint.
+    rt.call(comp.on_policy, with_domains(policy, youtube_restrict="moderate"))
+    wait_until(lambda: ask(comp, "www.youtube.com") == ("NOERROR", ["216.239.38.118"]), 5)
+    # Safe search off for a profile: plain forwarding again.
+    rt.call(comp.on_policy, with_domains(policy, safe_search=False, youtube_restrict="off"))
+    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["192.0.2.20"]), 5)
+
+
+def test_blocked_query_is_one_event_with_dfe_fields(make_filter):
+    comp, rt = make_filter()
+    assert ask(comp, "tiktok.com") == ("NXDOMAIN", [])
+    wait_until(lambda: "tiktok.com" in comp.coalescer._open, 5)
+    assert rt.of_type("blocked") == []          # settling: repeats may still come
+    rt.clock.advance(1)                         # (the runtime clock drives the window)
+    event = wait_until(lambda: rt.of_type("blocked"), 5)[0]
+    for key in DFE_FIELDS:
+        assert event.get(key) not in (None, ""), key
+    assert event["device"] == "5b-pi-01" and event["device_name"] == rt.policy.seat
+    assert event["domain"] == "tiktok.com" and event["profile"] == "ks2" and event["count"] == 1
+    assert event["user"] == "pupil.5b.07" and event["device_ip"] == "127.0.0.1"
+    assert len(rt.of_type("blocked")) == 1
+
+
+def test_retried_blocked_domain_is_coalesced(make_filter):
+    comp, rt = make_filter(settle_seconds=1.0)
+    flood(comp.port, "facebook.com", 200)
+    wait_until(lambda: comp.coalescer._open["facebook.com"].count == 200, 10)
+    rt.clock.advance(1)
+    events = wait_until(lambda: rt.of_type("blocked"), 10)
+    assert len(events) == 1
+    assert events[0]["domain"] == "facebook.com" and events[0]["count"] == 200
+    # Later in the same window (clock still inside it): counted into one more event at window end.
+    flood(comp.port, "facebook.com", 3)
+    wait_until(lambda: comp.coalescer._open["facebook.com"].count == 3, 5)
+    rt.clock.advance(1)
+    rt.call(comp._tick)
+    assert len(rt.of_type("blocked")) == 1      # already reported in this window: wait for its end
+    rt.clock.advance(60)
+    events = wait_until(lambda: rt.of_type("blocked")[1:], 5)
+    assert events[0]["count"] == 3 and len(rt.of_type("blocked")) == 2
+
+
+def test_evidence_lists_recent_domains(make_filter):
+    comp, rt = make_filter()
+    ask(comp, "bbc.co.uk")
+    ask(comp, "facebook.com")
+    rows = wait_until(lambda: {r["domain"]: r for r in rt.evidence_source(10)}
+                      if {"bbc.co.uk", "facebook.com"} <= {r["domain"] for r in rt.evidence_source(10)} else None, 5)
+    assert rows["facebook.com"]["blocked"] is True and rows["bbc.co.uk"]["blocked"] is False
+    assert set(rows["bbc.co.uk"]) == {"domain", "ts", "first_seen", "count", "blocked"}  # domains and times only
+    rt.clock.advance(11 * 60)
+    assert rt.evidence_source(10) == []
+
+
+def test_override_opens_and_closes_on_expiry(make_filter):
+    comp, rt = make_filter()
+    assert ask(comp, "override-me.org") == ("NXDOMAIN", [])
+    handled = rt.call(comp.on_command, {"cmd": "allow", "domain": "override-me.org", "minutes": 20,
+                                        "by": "a.teacher", "reason": "Volcano video"})
+    assert handled is True
+    wait_until(lambda: ask(comp, "www.override-me.org") == ("NOERROR", ["192.0.2.77"]), 1.0)
+    opened = rt.of_type("override_opened")[0]
+    assert opened["domain"] == "override-me.org" and opened["by"] == "a.teacher"
+    assert opened["reason"] == "Volcano video"
+    assert opened["expires"] == "2026-11-24T10:20:00.000Z"
+    # Browser policy follows.
+    chromium = json.loads((comp.chromium_dir / "classroom-safety.json").read_text())
+    assert "override-me.org" in chromium["URLAllowlist"]
+    rt.clock.advance(19 * 60)
+    rt.call(comp._tick)
+    assert ask(comp, "override-me.org")[0] == "NOERROR"
+    rt.clock.advance(61)
+    wait_until(lambda: rt.of_type("override_closed"), 5)
+    closed = rt.of_type("override_closed")[0]
+    assert closed["domain"] == "override-me.org" and closed["by"] == "a.teacher" and closed["why"] == "expired"
+    assert ask(comp, "override-me.org") == ("NXDOMAIN", [])
+    chromium = json.loads((comp.chromium_dir / "classroom-safety.json").read_text())
+    assert "override-me.org" not in chromium["URLAllowlist"]
+
+
+def test_override_survives_restart(make_filter, filter_root):
+    comp, rt = make_filter()
+    rt.call(comp.on_command, {"cmd": "allow", "domain": "override-me.org", "minutes": 30, "by": "a.teacher"})
+    assert ask(comp, "override-me.org")[0] == "NOERROR"
+    rt.call(comp.stop)
+    rt.clock.advance(10 * 60)
+    # A new component (agent restart) on the same state dir.
+    comp2, _ = make_filter(runtime=rt)
+    assert ask(comp2, "override-me.org") == ("NOERROR", ["192.0.2.77"])
+    assert comp2.overrides.get("override-me.org").expires == SCHOOL_TIME + timedelta(minutes=30)
+    rt.clock.advance(21 * 60)
+    wait_until(lambda: rt.of_type("override_closed"), 5)
+    assert ask(comp2, "override-me.org") == ("NXDOMAIN", [])
+
+
+def test_override_default_ends_with_the_school_day(make_filter):
+    comp, rt = make_filter()
+    # 15:30 London: school ends at 16:00, sooner than the 60-minute default.
+    rt.clock.set(SCHOOL_TIME.replace(hour=15, minute=30))
+    from agent.config import effective_policy
+
+    rt.policy = effective_policy(rt.tree, "5b-pi-01", rt.clock())
+    rt.call(comp.on_policy, rt.policy)
+    rt.call(comp.on_command, {"cmd": "allow", "domain": "override-me.org", "by": "a.teacher"})
+    assert rt.of_type("override_opened")[0]["expires"] == "2026-11-24T16:00:00.000Z"
+
+
+BAD_COMMANDS = [
+    ({"cmd": "allow", "domain": "not a domain", "by": "a.teacher"}, "domain"),
+    ({"cmd": "allow", "domain": "*.evil.com", "by": "a.teacher"}, "domain"),
+    ({"cmd": "allow", "domain": "evil.com/\naddress=/#/1.2.3.4", "by": "a.teacher"}, "domain"),
+    ({"cmd": "allow", "domain": "co.uk", "by": "a.teacher"}, "public suffix"),
+    ({"cmd": "allow", "domain": "override-me.org", "by": "a.teacher", "minutes": 999}, "minutes"),
+    ({"cmd": "allow", "domain": "override-me.org", "by": "a.teacher", "minutes": "ten"}, "minutes"),
+    ({"cmd": "allow", "domain": "override-me.org", "by": "a.teacher", "minutes": 0}, "minutes"),
+    ({"cmd": "allow", "domain": "override-me.org"}, "by"),
+    ({"cmd": "allow", "domain": ["override-me.org"], "by": "a.teacher"}, "domain"),
+]
+
+
+def test_bad_override_commands_change_nothing(make_filter, caplog):
+    comp, rt = make_filter()
+    servers_before = comp.paths.servers.read_text()
+    chromium_before = (comp.chromium_dir / "classroom-safety.json").read_text()
+    for cmd, field in BAD_COMMANDS:
+        caplog.clear()
+        assert rt.call(comp.on_command, cmd) is True
+        lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(lines) == 1 and field in lines[0] and "\n" not in lines[0], (cmd, lines)
+    assert comp.paths.servers.read_text() == servers_before
+    assert (comp.chromium_dir / "classroom-safety.json").read_text() == chromium_before
+    assert len(comp.overrides) == 0 and not comp.overrides.path.exists()
+    assert ask(comp, "override-me.org") == ("NXDOMAIN", [])
+    rejected = rt.of_type("override_rejected")
+    assert len(rejected) == len(BAD_COMMANDS) and all(e["error"] for e in rejected)
+    assert rt.of_type("override_opened") == []
+    # Not ours: left for other components.
+    assert rt.call(comp.on_command, {"cmd": "lock", "by": "a.teacher"}) is False
+
+
+def test_bad_allowlist_keeps_the_current_filter(make_filter, caplog):
+    comp, rt = make_filter()
+    servers_before = comp.paths.servers.read_text()
+    hosts_before = comp.paths.hosts.read_text()
+    for bad in ("bad domain", "evil.com\nserver=/#/8.8.8.8", "*.wild.com", "UPPER.com"):
+        caplog.clear()
+        rt.call(comp.on_policy, with_domains(rt.policy, bad))
+        assert any("keeping the filter as it was" in r.getMessage() for r in caplog.records)
+        assert comp.paths.servers.read_text() == servers_before
+        assert comp.paths.hosts.read_text() == hosts_before
+    assert ask(comp, "bbc.co.uk") == ("NOERROR", ["192.0.2.10"])
+    assert ask(comp, "facebook.com") == ("NXDOMAIN", [])
+    rejected = rt.of_type("config_rejected")
+    assert len(rejected) == 4 and "allow_domains" in rejected[0]["errors"][0]
+    # A public resolver as upstream is refused too (the schema refuses it; the filter re-checks).
+    from agent.filter.dnsmasq import FilterError, upstream_addresses
+
+    with pytest.raises(FilterError, match="public resolver"):
+        upstream_addresses(["8.8.8.8"])
+
+
+def test_filter_disabled_without_dnsmasq(filter_root, caplog):
+    from agent.filter.component import FilterComponent
+
+    rt = RecordingRuntime(filter_root)
+    try:
+        comp = FilterComponent(filtering=filtering_for(), dnsmasq_binary=None, port=1)
+        import agent.filter.component as component_module
+
+        original = component_module.find_dnsmasq
+        component_module.find_dnsmasq = lambda: None
+        try:
+            rt.call(comp.start, rt)
+            rt.call(comp.on_policy, rt.policy)
+        finally:
+            component_module.find_dnsmasq = original
+        assert not comp.dns_enabled
+        assert any("dnsmasq is not installed" in r.getMessage() for r in caplog.records)
+        # Browser policy still applied.
+        assert (comp.chromium_dir / "classroom-safety.json").exists()
+        rt.call(comp.stop)
+    finally:
+        rt.close()

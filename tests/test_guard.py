@@ -1,0 +1,183 @@
+"""The guard against real processes, real files (watchdog) and real mounts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+
+from agent.guard import Guard, comm_names, read_mounts
+from lock_fixtures import FakeRuntime
+from services import spawn, terminate, wait_until
+
+pytestmark = pytest.mark.timeout(40)
+
+
+@pytest.fixture
+def rt(tmp_path):
+    return FakeRuntime(tmp_path, start=datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc))
+
+
+def fake_tool(tmp_path, name) -> str:
+    """A real program on disk named like a bypass tool (a copy of sleep)."""
+    path = tmp_path / name
+    shutil.copy("/bin/sleep", path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_a_running_bypass_tool_is_found_ended_and_reported(tmp_path, rt):
+    proc = spawn([fake_tool(tmp_path, "tor"), "300"])
+    bystander = spawn([fake_tool(tmp_path, "tortoise"), "300"])  # not "tor"
+    guard = Guard(bypass_processes=["tor", "openvpn"], end_bypass_processes=True, watch_mounts=[],
+                  use_watchdog=False)
+    guard.runtime = rt
+    try:
+        wait_until(lambda: comm_names().get(proc.pid) == "tor", timeout=5)
+        found = guard.check_processes()
+        assert proc.wait(timeout=10) is not None  # it really ended
+        assert [f["pid"] for f in found] == [proc.pid]
+        [ev] = rt.of_type("bypass_process")
+        assert (ev["name"], ev["pid"], ev["action"], ev["user"]) == ("tor", proc.pid, "ended", "root")
+        assert bystander.poll() is None
+        assert guard.check_processes() == []  # reported once
+    finally:
+        terminate(proc)
+        terminate(bystander)
+
+
+def test_report_only_when_the_site_says_not_to_end(tmp_path, rt):
+    proc = spawn([fake_tool(tmp_path, "openvpn"), "300"])
+    guard = Guard(bypass_processes=["OpenVPN"], end_bypass_processes=False, watch_mounts=[], use_watchdog=False)
+    guard.runtime = rt
+    try:
+        wait_until(lambda: comm_names().get(proc.pid) == "openvpn", timeout=5)
+        guard.check_processes()
+        [ev] = rt.of_type("bypass_process")
+        assert ev["action"] == "reported" and ev["name"] == "openvpn"
+        assert proc.poll() is None  # still running, as configured
+        guard.check_processes()
+        assert len(rt.of_type("bypass_process")) == 1
+    finally:
+        terminate(proc)
+
+
+def test_a_process_that_execs_into_a_bypass_tool_is_caught(tmp_path, rt):
+    tor = fake_tool(tmp_path, "tor")
+    # A shell that waits, then execs the tool under the same PID.
+    marker = tmp_path / "go"
+    proc = spawn(["/bin/sh", "-c", f'while [ ! -e "{marker}" ]; do sleep 0.05; done; exec "{tor}" 300'])
+    guard = Guard(bypass_processes=["tor"], end_bypass_processes=True, watch_mounts=[], use_watchdog=False)
+    guard.runtime = rt
+    try:
+        wait_until(lambda: comm_names().get(proc.pid) == "sh", timeout=5)
+        guard.check_processes()
+        assert rt.of_type("bypass_process") == []
+        marker.touch()
+        wait_until(lambda: comm_names().get(proc.pid) == "tor", timeout=5)
+        guard.check_processes()
+        assert proc.wait(timeout=10) is not None
+        assert rt.of_type("bypass_process")[0]["pid"] == proc.pid
+    finally:
+        terminate(proc)
+
+
+def test_site_guard_config_is_used_and_blank_names_ignored(rt):
+    guard = Guard()
+    guard.runtime = rt
+    guard._configure(rt.tree.site.guard)
+    assert "tor" in guard.bypass and "google-chrome" in guard.bypass and guard.end_bypass
+    assert guard.watch_mounts == ("/media", "/run/media")
+    guard = Guard(bypass_processes=["", "  ", "a-very-long-process-name"], watch_mounts=[])
+    assert guard.bypass == frozenset({"a-very-long-pro"})  # compared as the kernel truncates
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_protected_file_changed_by_someone_else_is_restored_and_reported(tmp_path, rt):
+    policy = tmp_path / "policies" / "managed" / "classroom.json"
+    guard = Guard(bypass_processes=[], watch_mounts=[], poll_seconds=3600)
+    guard.start(rt)
+    try:
+        good = b'{"URLBlocklist": ["*"]}'
+        guard.write(policy, good)
+        assert policy.read_bytes() == good and rt.of_type("tamper") == []
+        policy.write_bytes(b'{"URLBlocklist": []}')  # a pupil (or a script) edits it
+        wait_until(lambda: rt.posted.qsize() > 0, timeout=10, message="watchdog saw nothing")
+        rt.run_posted()
+        assert policy.read_bytes() == good
+        [ev] = rt.of_type("tamper")
+        assert ev["path"] == str(policy) and ev["action"] == "restored" and ev["change"] == "modified"
+        assert ev["found_sha256"] != ev["expected_sha256"]
+        policy.unlink()
+        wait_until(lambda: policy.exists(), timeout=10, message="deleted file not restored")
+        rt.run_posted()
+        assert rt.of_type("tamper")[-1]["change"] == "deleted"
+        assert policy.read_bytes() == good and oct(policy.stat().st_mode & 0o777) == oct(0o644)
+    finally:
+        guard.stop()
+
+
+def test_the_agents_own_updates_are_not_tamper(tmp_path, rt):
+    path = tmp_path / "dnsmasq.conf"
+    guard = Guard(bypass_processes=[], watch_mounts=[], use_watchdog=False)
+    guard.runtime = rt
+    guard.write(path, b"one\n")
+    guard.protect(path, b"two\n")  # the filter component registers, then writes
+    path.write_bytes(b"two\n")
+    assert guard.check_files() == [] and rt.events == []
+    guard.unprotect(path)
+    path.write_bytes(b"three\n")
+    assert guard.check_files() == []
+    assert guard.check_file(tmp_path / "never-registered") is None
+
+
+# --------------------------------------------------------------------------- mounts
+
+
+def test_mount_changes_are_reported(tmp_path, rt):
+    table = {}
+    guard = Guard(bypass_processes=[], watch_mounts=[str(tmp_path)], mounts_fn=lambda roots: dict(table),
+                  use_watchdog=False)
+    guard.start(rt)
+    try:
+        table[str(tmp_path / "pupil" / "USB")] = {"block_device": "/dev/sda1", "fstype": "vfat"}
+        guard.check_mounts()
+        [ev] = rt.of_type("removable_media")
+        assert (ev["action"], ev["block_device"], ev["fstype"]) == ("mounted", "/dev/sda1", "vfat")
+        table.clear()
+        guard.check_mounts()
+        assert rt.of_type("removable_media")[-1]["action"] == "unmounted"
+    finally:
+        guard.stop()
+
+
+@pytest.mark.integration
+def test_a_real_mount_under_a_watched_directory_is_reported(tmp_path, rt):
+    media = tmp_path / "media"
+    (media / "pupil").mkdir(parents=True)
+    guard = Guard(bypass_processes=[], watch_mounts=[str(media)], poll_seconds=3600)
+    guard.start(rt)
+    usb = media / "pupil" / "USBSTICK"
+    usb.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "classroom-test-usb", str(usb)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        guard.stop()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        def reported():
+            while rt.posted.qsize():
+                rt.run_posted()
+            return [e for e in rt.of_type("removable_media") if e["action"] == "mounted"]
+        [ev] = wait_until(reported, timeout=10, message="mount not reported")
+        assert ev["mountpoint"] == str(usb) and ev["block_device"] == "classroom-test-usb"
+    finally:
+        subprocess.run(["umount", str(usb)], check=False)
+        guard.stop()
+    assert str(usb) not in read_mounts([str(media)])

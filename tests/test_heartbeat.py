@@ -1,0 +1,57 @@
+"""Heartbeat payload: every field the contract names, valid per agent.protocol."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+from agent import heartbeat, protocol
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def test_collect_has_every_field_and_passes_the_wire_validator():
+    hb = heartbeat.collect("pupil1", "abc123def456")
+    assert set(hb) == {"ts", "cpu", "mem", "temp", "disk", "uptime", "user", "config_version"}
+    protocol.validate("heartbeat", hb)
+    assert hb["user"] == "pupil1" and hb["config_version"] == "abc123def456"
+    assert 0 <= hb["cpu"] <= 100 and 0 < hb["mem"] <= 100 and 0 <= hb["disk"] <= 100
+    assert abs(hb["uptime"] - (time.time() - psutil.boot_time())) < 5
+    assert abs(protocol.parse_ts(hb["ts"]).timestamp() - time.time()) < 5
+    # The payload must go over the wire as JSON.
+    assert protocol.decode(protocol.encode(hb)) == hb
+
+
+def test_no_user_and_no_config_is_allowed():
+    hb = heartbeat.collect(None, None)
+    protocol.validate("heartbeat", hb)
+    assert hb["user"] is None
+
+
+def test_temperature_prefers_the_cpu_thermal_zone(tmp_path):
+    for i, (kind, milli) in enumerate([("gpu-thermal", "61000"), ("cpu-thermal", "48312")]):
+        zone = tmp_path / f"thermal_zone{i}"
+        zone.mkdir()
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(milli + "\n")
+    assert heartbeat.temperature(tmp_path) == 48.3
+
+
+def test_temperature_ignores_broken_zones_and_returns_none_without_sensors(tmp_path, monkeypatch):
+    zone = tmp_path / "thermal_zone0"
+    zone.mkdir()
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("not a number\n")
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {}, raising=False)
+    assert heartbeat.temperature(tmp_path) is None
+    # And on this machine (real /sys) it is a number or None, never an exception.
+    real = heartbeat.temperature()
+    assert real is None or isinstance(real, float)
+
+
+def test_unreadable_disk_path_gives_none_not_a_crash():
+    hb = heartbeat.collect("x", "v", disk_path="/no/such/dir")
+    assert hb["disk"] is None
+    protocol.validate("heartbeat", hb)

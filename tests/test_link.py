@@ -1,0 +1,196 @@
+"""The MQTT link against a real mosquitto: status + Last Will, auth, TCP_NODELAY,
+store-then-publish with resend after a broker outage, and bad cmd payloads."""
+
+import json
+import logging
+import socket
+
+import pytest
+
+from agent.errors import UserError
+from agent.link import Link, load_credentials
+from agent.outbox import Outbox
+from runtime_fixtures import PREFIX, Subscriber, publish
+from services import mosquitto_passwd, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def make_link(tmp_path, broker, **kw):
+    box = Outbox(tmp_path / "outbox.db")
+    commands = []
+    link = Link(broker_url=f"mqtt://127.0.0.1:{broker.port}", prefix="classroom/v1", site="penny-acres",
+                room="1a", device="1a-pi-01", outbox=box, on_command=commands.append,
+                config_version="abc123abc123", **kw)
+    return link, box, commands
+
+
+def alert(n="00000000-0000-4000-8000-000000000001"):
+    return {"id": n, "state": "raised", "site": "penny-acres", "room": "1a", "device": "1a-pi-01",
+            "seat": "Table 1", "ts": "2026-11-24T10:00:00.000Z", "by": "pupil"}
+
+
+def test_credentials_file(tmp_path):
+    assert load_credentials(tmp_path / "absent.yaml") == (None, None)
+    good = tmp_path / "c.yaml"
+    good.write_text("username: 1a-pi-01\npassword: s3cret-value\n")
+    assert load_credentials(good) == ("1a-pi-01", "s3cret-value")
+    for text in ("username: [x\npassword: s3cret-value", "- s3cret-value", "username: x\npassword: 12345"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(UserError) as err:
+            load_credentials(bad)
+        assert str(bad) in str(err.value) and "s3cret" not in str(err.value) and "12345" not in str(err.value)
+
+
+@pytest.mark.timeout(30)
+def test_status_online_then_last_will_offline_then_goodbye(tmp_path, mosquitto):
+    sub = Subscriber(mosquitto, PREFIX + "/status")
+    link, box, _ = make_link(tmp_path, mosquitto)
+    try:
+        link.start()
+        online = sub.wait_for("status", state="online")
+        assert online["agent_version"] and online["config_version"] == "abc123abc123"
+        assert link.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        # Drop the TCP connection without an MQTT DISCONNECT: the broker sends the Will.
+        n_online = len([p for p in sub.payloads("status") if p["state"] == "online"])
+        link.client.socket().shutdown(socket.SHUT_RDWR)
+        sub.wait_for("status", state="offline")
+        wait_until(lambda: len([p for p in sub.payloads("status") if p["state"] == "online"]) > n_online, 15,
+                   message="link did not reconnect")
+    finally:
+        link.stop()
+    last = sub.payloads("status")[-1]
+    assert last["state"] == "offline"
+    late = Subscriber(mosquitto, PREFIX + "/status")          # retained: a late subscriber sees it too
+    assert late.wait_for("status")["state"] == "offline"
+    sub.close()
+    late.close()
+
+
+@pytest.mark.timeout(30)
+def test_password_auth(tmp_path, mosquitto_factory):
+    pw = mosquitto_passwd(tmp_path / "passwd", {"1a-pi-01": "right-pass", "watcher": "w"})
+    broker = mosquitto_factory(password_file=pw)
+    link, _, _ = make_link(tmp_path, broker, username="1a-pi-01", password="wrong-pass")
+    link.start()
+    wait_until(lambda: "not authorised" in broker.log_path.read_text() or
+               "not authorized" in broker.log_path.read_text(), 10)
+    assert not link.is_connected
+    link.stop()
+    good, _, _ = make_link(tmp_path / "g", broker, username="1a-pi-01", password="right-pass")
+    good.start()
+    try:
+        assert good.connected.wait(10)
+    finally:
+        good.stop()
+
+
+@pytest.mark.timeout(40)
+def test_send_is_stored_until_puback_and_resent_after_outage(tmp_path, mosquitto):
+    sub = Subscriber(mosquitto, PREFIX + "/alert", persistent=True)
+    link, box, _ = make_link(tmp_path, mosquitto)
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        link.send("alert", alert())
+        assert sub.wait_for("alert")["id"].endswith("1")
+        wait_until(lambda: box.count() == 0, 10, message="PUBACK did not delete the row")
+        mosquitto.stop()
+        wait_until(lambda: not link.is_connected, 10)
+        link.send("alert", alert("00000000-0000-4000-8000-000000000002"))
+        assert box.count("alert") == 1                        # on disk while the broker is away
+        mosquitto.start()
+        sub.wait_for("alert", id="00000000-0000-4000-8000-000000000002", timeout=30)
+        wait_until(lambda: box.count() == 0, 10)
+    finally:
+        link.stop()
+        sub.close()
+
+
+@pytest.mark.timeout(30)
+def test_rows_left_by_a_previous_run_are_sent_on_connect(tmp_path, mosquitto):
+    sub = Subscriber(mosquitto, PREFIX + "/#")
+    box = Outbox(tmp_path / "outbox.db")
+    box.put(PREFIX + "/alert", json.dumps(alert("00000000-0000-4000-8000-000000000003")).encode(), 1, "alert")
+    box.put(PREFIX + "/heartbeat", b'{"ts": "2026-11-24T10:00:00Z"}', 0, "heartbeat")
+    box.close()
+    link, box, _ = make_link(tmp_path, mosquitto)
+    link.start()
+    try:
+        assert sub.wait_for("alert")["id"] == "00000000-0000-4000-8000-000000000003"
+        sub.wait_for("heartbeat")
+        wait_until(lambda: box.count() == 0, 10)
+    finally:
+        link.stop()
+        sub.close()
+
+
+@pytest.mark.timeout(30)
+def test_malformed_cmd_is_ignored_with_one_log_line(tmp_path, mosquitto, caplog):
+    link, _, commands = make_link(tmp_path, mosquitto)
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        bad = [b"not json", b"[1, 2]", b'{"cmd": "explode", "by": "x"}', b'{"cmd": "ack", "by": "a.jones"}',
+               b'{"cmd": "clear", "alert_id": "nope", "by": "a.jones"}', b"\xff\xfe", b'{"cmd": "ack"}']
+        with caplog.at_level(logging.WARNING, logger="agent.link"):
+            for raw in bad:
+                publish(mosquitto, PREFIX + "/cmd", raw)
+            good = {"cmd": "ack", "alert_id": "00000000-0000-4000-8000-000000000001", "by": "a.jones"}
+            publish(mosquitto, PREFIX + "/cmd", good)
+            wait_until(lambda: commands, 10)
+        assert commands == [good]                              # the link kept running
+        lines = [r.getMessage() for r in caplog.records if r.name == "agent.link"]
+        assert len(lines) == len(bad) and link.ignored_commands == len(bad)
+        assert all(line.startswith(f"ignored cmd on {PREFIX}/cmd: ") and "\n" not in line for line in lines)
+        assert "cmd: 'explode' is not one of" in lines[2] and "alert_id: is required" in lines[3]
+        assert "alert_id: 'nope' is not a UUID" in lines[4]
+    finally:
+        link.stop()
+
+
+def _make_tls(tmp_path):
+    import subprocess
+
+    from services import require_binary
+
+    openssl = require_binary("openssl")
+    d = tmp_path / "tls"
+    d.mkdir()
+
+    def run(*argv):
+        subprocess.run([openssl, *argv], check=True, capture_output=True, timeout=30, cwd=d)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+        "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt")
+    return d
+
+
+@pytest.mark.timeout(30)
+def test_tls_with_ca_file(tmp_path, mosquitto_factory):
+    tls = _make_tls(tmp_path)
+    broker = mosquitto_factory(f"cafile {tls / 'ca.crt'}\ncertfile {tls / 'server.crt'}\nkeyfile {tls / 'server.key'}\n")
+    box = Outbox(tmp_path / "outbox.db")
+    link = Link(broker_url=f"mqtts://127.0.0.1:{broker.port}", prefix="classroom/v1", site="penny-acres",
+                room="1a", device="1a-pi-01", outbox=box, ca_file=str(tls / "ca.crt"))
+    link.start()
+    try:
+        assert link.connected.wait(10), "no TLS connection"
+        link.send("alert", alert())
+        wait_until(lambda: box.count() == 0, 10, message="alert not acknowledged over TLS")
+    finally:
+        link.stop()
+    # Without our CA the broker's certificate is not trusted: no connection, nothing lost.
+    wrong = Link(broker_url=f"mqtts://127.0.0.1:{broker.port}", prefix="classroom/v1", site="penny-acres",
+                 room="1a", device="1a-pi-02", outbox=Outbox(tmp_path / "o2.db"), ca_file=str(tls / "server.crt"))
+    wrong.start()
+    try:
+        wait_until(lambda: "alert unknown ca" in broker.log_path.read_text(), 10)
+        assert not wrong.is_connected and "as 1a-pi-02" not in broker.log_path.read_text()
+    finally:
+        wrong.stop()

@@ -1,0 +1,112 @@
+"""The lock, sessions and guard components inside the REAL agent runtime, against a real
+mosquitto: a teacher's lock/unlock commands over MQTT, the timetable lock firing from the
+runtime's own timer on a fake clock, a bypass tool ended, and the events arriving on the
+device's event topic as the server would see them."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from agent.clock import FakeClock
+from agent.guard import Guard
+from agent.idle import HeadlessIdle
+from agent.lock import HeadlessLock
+from agent.lockcomponent import LockComponent
+from agent.runtime import Runtime
+from agent.screen import Screen
+from agent.sessions import Session, SessionsComponent
+from runtime_fixtures import PREFIX, Subscriber, bootstrap, publish
+from services import spawn, terminate
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def _has(rt, name):
+    return any(getattr(c, "name", None) == name for c in rt.components)
+
+
+@pytest.fixture
+def device(tmp_path, mosquitto):
+    clock = FakeClock(datetime(2026, 11, 24, 15, 50, tzinfo=timezone.utc))  # 15:50 GMT, in school
+    pins = MockFactory()
+    rt = Runtime(bootstrap(tmp_path, mosquitto), clock=clock, screen=Screen(), pin_factory=pins)
+    backend = HeadlessLock()
+    idle = HeadlessIdle(clock)
+    table = [Session(id="c1", user="amira.k", uid=1001, type="x11", display=":0", seat="seat0")]
+    # Whatever the runtime registers itself (after integration), these are the instances
+    # under test; duplicates are not added.
+    if not _has(rt, "lock"):
+        rt.add_component(LockComponent(backend=backend, idle=idle, session_fn=lambda: None))
+    if not _has(rt, "sessions"):
+        rt.add_component(SessionsComponent(reader=lambda: list(table), poll_seconds=3600))
+    if not _has(rt, "guard"):
+        rt.add_component(Guard(bypass_processes=["tor"], end_bypass_processes=True, watch_mounts=[],
+                               poll_seconds=0.2))
+    sub = Subscriber(mosquitto)
+    rt.start()
+    yield rt, clock, sub
+    sub.close()
+    rt.stop()
+    pins.close()
+
+
+def component(rt, name):
+    return next(c for c in rt.components if getattr(c, "name", None) == name)
+
+
+def test_staff_lock_and_unlock_over_mqtt(device, mosquitto):
+    rt, clock, sub = device
+    lock = component(rt, "lock")
+    assert sub.wait_for("event", type="login", user="amira.k")["session"] == "c1"
+    publish(mosquitto, f"{PREFIX}/cmd", {"cmd": "lock", "by": "j.smith"})
+    ev = sub.wait_for("event", type="lock", by="j.smith")
+    assert ev["reason"] == "staff" and ev["mode"] == "staff" and ev["device"] == "1a-pi-01"
+    assert lock.is_locked
+    publish(mosquitto, f"{PREFIX}/cmd", {"cmd": "unlock", "by": "j.smith"})
+    ev = sub.wait_for("event", type="unlock", by="j.smith")
+    assert ev["reason"] == "staff" and ev["previous"] == "staff"
+    assert not lock.is_locked
+
+
+def test_the_timetable_lock_fires_from_the_runtime_clock(device):
+    rt, clock, sub = device
+    lock = component(rt, "lock")
+    assert not lock.is_locked and rt.policy.next_change == datetime(2026, 11, 24, 16, 0, tzinfo=timezone.utc)
+    if isinstance(lock.idle, HeadlessIdle):
+        lock.idle.touch()
+    clock.advance(10 * 60)  # 16:00: the runtime re-evaluates the policy by its own timer
+    ev = sub.wait_for("event", type="lock", reason="out_of_hours")
+    assert ev["by"] == "schedule" and ev["mode"] == "staff"
+
+
+def test_a_bypass_tool_is_ended_by_the_running_agent(device, tmp_path):
+    rt, clock, sub = device
+    guard = component(rt, "guard")
+    if "tor" not in guard.bypass:
+        pytest.skip("the runtime's guard is configured from site.yaml without tor")
+    tool = tmp_path / "tor"
+    shutil.copy("/bin/sleep", tool)
+    proc = spawn([str(tool), "300"])
+    try:
+        ev = sub.wait_for("event", type="bypass_process", pid=proc.pid, timeout=20)
+        assert ev["action"] == "ended" and ev["name"] == "tor"
+        assert proc.wait(timeout=10) is not None
+    finally:
+        terminate(proc)
+
+
+def test_malformed_lock_commands_change_nothing(device, mosquitto):
+    rt, clock, sub = device
+    lock = component(rt, "lock")
+    for bad in (b"not json", b'{"cmd": "lock"}', b'{"cmd": "lokc", "by": "x"}', b'["lock"]',
+                b'{"cmd": "lock", "by": 7}'):
+        publish(mosquitto, f"{PREFIX}/cmd", bad)
+    # A good command after the bad ones proves they were read (and dropped), in order.
+    publish(mosquitto, f"{PREFIX}/cmd", {"cmd": "lock", "by": "j.smith"})
+    sub.wait_for("event", type="lock", by="j.smith")
+    assert [e["by"] for e in sub.payloads("event") if e["type"] == "lock"] == ["j.smith"]
+    assert lock.is_locked

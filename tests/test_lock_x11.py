@@ -1,0 +1,83 @@
+"""The X11 lock for real: a full-screen overlay window on an Xvfb display, which Escape
+does not close and the staff PIN does, driven through the lock component."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+
+from agent.idle import HeadlessIdle
+from agent.lock import STAFF_MODE, X11Lock
+from agent.lockcomponent import LockComponent
+from agent.screen import hash_pin
+from lock_fixtures import FakeRuntime, xvfb  # noqa: F401 - fixture
+from services import require_binary, wait_until
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.integration]
+
+PIN = "2468"
+
+
+def visible_overlay(env) -> tuple[int, int] | None:
+    out = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "classroom-safety"], env=env,
+                         capture_output=True, text=True)
+    ids = out.stdout.split()
+    if not ids:
+        return None
+    info = subprocess.run(["xwininfo", "-id", ids[0]], env=env, capture_output=True, text=True).stdout
+    fields = dict(line.strip().split(":", 1) for line in info.splitlines() if ":" in line)
+    if fields.get("Map State", "").strip() != "IsViewable":
+        return None
+    return int(fields["Width"]), int(fields["Height"])
+
+
+def xdotool(env, *args):
+    subprocess.run(["xdotool", *args], env=env, check=True, capture_output=True)
+
+
+def test_staff_lock_shows_a_full_screen_window_only_the_pin_clears(xvfb, tmp_path):
+    require_binary("xdotool")
+    require_binary("xwininfo")
+    rt = FakeRuntime(tmp_path, start=datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc))
+    backend = X11Lock(lambda: None, staff_pin_hash=hash_pin(PIN), display=xvfb.display, dm_tool="")
+    comp = LockComponent(backend=backend, idle=HeadlessIdle(rt.clock), session_fn=lambda: None)
+    comp.start(rt)
+    try:
+        comp.on_command({"cmd": "lock", "by": "m.khan"})
+        size = wait_until(lambda: visible_overlay(xvfb.env), timeout=20, message="overlay never appeared")
+        assert size == (1024, 768)  # the whole screen
+        assert rt.of_type("lock")[-1]["by"] == "m.khan"
+
+        # Escape, Alt+F4 and a wrong PIN do nothing a pupil could use.
+        xdotool(xvfb.env, "key", "Escape")
+        xdotool(xvfb.env, "key", "alt+F4")
+        xdotool(xvfb.env, "type", "1111")
+        xdotool(xvfb.env, "key", "Return")
+        assert comp.is_locked and visible_overlay(xvfb.env) == (1024, 768)
+
+        # Staff type the PIN: the overlay tells the backend, which wakes the component.
+        xdotool(xvfb.env, "type", PIN)
+        xdotool(xvfb.env, "key", "Return")
+        rt.run_posted(timeout=20)
+        assert not comp.is_locked
+        ev = rt.of_type("unlock")[-1]
+        assert (ev["reason"], ev["by"]) == ("staff_pin", "staff-pin")
+        wait_until(lambda: visible_overlay(xvfb.env) is None, timeout=10, message="overlay still shown")
+    finally:
+        comp.stop()
+        backend.overlay.close()
+
+
+def test_remote_unlock_hides_the_window(xvfb):
+    require_binary("xdotool")
+    backend = X11Lock(lambda: None, staff_pin_hash=None, display=xvfb.display, dm_tool="")
+    try:
+        backend.lock(STAFF_MODE, "School computers are asleep now. See you soon!")
+        wait_until(lambda: visible_overlay(xvfb.env), timeout=20, message="overlay never appeared")
+        backend.unlock()
+        wait_until(lambda: visible_overlay(xvfb.env) is None, timeout=10, message="overlay still shown")
+        assert not backend.is_locked
+    finally:
+        backend.overlay.close()

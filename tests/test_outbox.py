@@ -1,0 +1,90 @@
+"""The durable outbox: order, delete-on-PUBACK, bounds, and survival of kill -9."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.outbox import EVENT, HEARTBEAT, PROTECTED, Outbox, priority_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_rows_come_back_in_order_and_delete_once(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    ids = [box.put(f"t/{i}", json.dumps({"n": i}).encode(), 1, "event") for i in range(3)]
+    assert [p.topic for p in box.pending()] == ["t/0", "t/1", "t/2"]
+    assert box.delete(ids[1]) is True
+    assert box.delete(ids[1]) is False  # a second PUBACK for the same row is harmless
+    assert [p.id for p in box.pending()] == [ids[0], ids[2]]
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert [json.loads(p.payload)["n"] for p in again.pending()] == [0, 2]
+
+
+def test_sync_and_checkpoint(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    box.sync()
+    box.put("t", b"{}", 1, "alert", sync=False)
+    box.sync()
+    box.checkpoint()                          # folds the WAL into the main file
+    assert (tmp_path / "o.db-wal").stat().st_size == 0
+    assert box.count("alert") == 1
+
+
+def test_priorities():
+    assert priority_for("alert") == PROTECTED
+    assert priority_for("event", "report_evidence") == PROTECTED
+    assert priority_for("event", "blocked") == EVENT
+    assert priority_for("heartbeat") == HEARTBEAT
+
+
+def test_full_outbox_evicts_heartbeats_then_events_never_alerts(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_rows=4)
+    box.put("a", b"{}", 1, "alert")
+    box.put("h1", b"{}", 0, "heartbeat")
+    box.put("e1", b"{}", 1, "event")
+    box.put("h2", b"{}", 0, "heartbeat")
+    box.put("e2", b"{}", 1, "event")            # full: oldest heartbeat goes
+    assert [p.topic for p in box.pending()] == ["a", "e1", "h2", "e2"]
+    box.put("ev", b"{}", 1, "event", priority=PROTECTED)  # report_evidence
+    assert [p.topic for p in box.pending()] == ["a", "e1", "e2", "ev"]
+    box.put("a2", b"{}", 1, "alert")            # no heartbeats left: oldest event goes
+    assert [p.topic for p in box.pending()] == ["a", "e2", "ev", "a2"]
+    box.put("a3", b"{}", 1, "alert")            # the last ordinary event goes
+    assert [p.topic for p in box.pending()] == ["a", "ev", "a2", "a3"]
+    box.put("a4", b"{}", 1, "alert")            # only protected rows left: grow, never drop an alert
+    assert [p.topic for p in box.pending()] == ["a", "ev", "a2", "a3", "a4"]
+    assert box.count("alert") == 4
+    assert box.evicted == 4
+
+
+@pytest.mark.timeout(30)
+def test_rows_survive_sigkill(tmp_path):
+    db = tmp_path / "o.db"
+    child = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from agent.outbox import Outbox
+        box = Outbox({str(db)!r})
+        for i in range(20):
+            # half as the link writes them: committed, fsync left for after the publish
+            box.put("classroom/v1/s/r/d/alert", ('{{"id": "%d"}}' % i).encode(), 1, "alert", sync=i % 2 == 0)
+        print("written", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = Outbox(db).pending()
+    assert [json.loads(r.payload)["id"] for r in rows] == [str(i) for i in range(20)]
+    assert all(r.kind == "alert" and r.qos == 1 for r in rows)

@@ -1,0 +1,71 @@
+"""Retention: each table's time to live from site.retention, purges audited, open incidents kept."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agent import protocol
+from server.retention import Retention
+from server.store import iso
+
+from server_fixtures import *  # noqa: F401,F403
+from server_fixtures import make_alert, make_event, topic_of
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+
+
+def ts(days_ago: float) -> str:
+    return protocol.now_ts(NOW - timedelta(days=days_ago))
+
+
+class _Tree:
+    """The example tree with a chosen retention block."""
+
+    def __init__(self, tree, **retention):
+        self.site = tree.site.model_copy(update={"retention": tree.site.retention.model_copy(update=retention)})
+
+
+def test_retention_purges_by_table_and_audits(store, tree):
+    r = tree.site.retention  # heartbeats 14, blocked 90, events 365, audit 2555, incidents until deleted
+    old_blocked, new_blocked = make_event(ts=ts(r.blocked_days + 1)), make_event(ts=ts(r.blocked_days - 1))
+    old_login = make_event(type="login", ts=ts(r.events_days + 1))
+    mid_login = make_event(type="login", ts=ts(r.blocked_days + 1))  # older than blocked_days, kept
+    alert = make_alert(ts=ts(4000))
+    store.record_alert(alert)
+    evidence = make_event(type="report_evidence", alert_id=alert["id"], domains=[], ts=ts(4000))
+    store.insert_events([old_blocked, new_blocked, old_login, mid_login, evidence])
+    where = protocol.parse_topic(topic_of("5b", "5b-pi-01", "heartbeat"))
+    store.ingest([(where, {"ts": ts(r.heartbeats_days + 1)}), (where, {"ts": ts(1)})])
+    store.execute("INSERT INTO audit (id, ts, actor, action) VALUES ('old', ?, 'x', 'y')", (ts(r.audit_days + 1),))
+
+    done = Retention(store, lambda: tree).run(NOW)
+    assert done == {"heartbeats": 1, "blocked_events": 1, "events": 1, "audit": 1}
+    remaining = {e["id"] for e in store.events(limit=100)}
+    assert remaining == {new_blocked["id"], mid_login["id"], evidence["id"]}  # evidence lives with its incident
+    assert store.count("heartbeats") == 1
+    assert store.get_incident(alert["id"]) is not None  # incidents: until the DSL deletes them
+    purges = {e["target"]: e for e in store.list_audit(action="retention.purge")}
+    assert set(purges) == {"heartbeats", "blocked_events", "events", "audit"}
+    assert purges["heartbeats"]["actor"] == "system" and '"rows": 1' in purges["heartbeats"]["details"]
+    assert Retention(store, lambda: tree).run(NOW) == {}  # nothing left to purge, nothing audited
+
+
+def test_closed_incidents_purged_with_their_records_when_configured(store, tree):
+    old_closed, old_open = make_alert(ts=ts(800)), make_alert(ts=ts(800))
+    for alert in (old_closed, old_open):
+        store.record_alert(alert)
+        store.insert_events([make_event(type="report_evidence", alert_id=alert["id"], domains=[], ts=ts(800))])
+    store.update_incident(old_closed["id"], "s.patel", {"status": "closed"})
+    store.add_incident_action(old_closed["id"], "s.patel", "note", text="done")
+    store.execute("UPDATE incidents SET closed_at = ? WHERE id = ?", (iso(NOW - timedelta(days=400)),
+                                                                      old_closed["id"]))
+    done = Retention(store, lambda: _Tree(tree, incidents_days=365)).run(NOW)
+    assert done.get("incidents") == 1
+    assert store.get_incident(old_closed["id"]) is None and store.get_incident(old_open["id"]) is not None
+    assert store.evidence(old_closed["id"]) == [] and len(store.evidence(old_open["id"])) == 1
+    assert store.count("incident_actions", "incident_id = ?", (old_closed["id"],)) == 0
+    assert store.count("alert_transitions", "alert_id = ?", (old_closed["id"],)) == 0

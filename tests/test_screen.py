@@ -1,0 +1,178 @@
+"""The blank screen: PIN hashing, the headless and Wayland backends, and the real X11
+overlay under Xvfb (Escape / Alt+F4 do not close it; the staff PIN does)."""
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+from agent.screen import (HeadlessBackend, Screen, WaylandBackend, X11Backend, detect_backend, hash_pin,
+                          make_screen, verify_pin)
+from services import require_binary, spawn, terminate, wait_until
+
+RAISED = "Well done for telling. A grown-up is coming."
+SEEN = "A grown-up has seen your message."
+
+
+@pytest.fixture(scope="module")
+def pin_hash():
+    return hash_pin("2468")
+
+
+def test_pin_hash_round_trip_and_bad_input(pin_hash):
+    assert pin_hash.startswith("scrypt$16384$8$1$")
+    assert verify_pin("2468", pin_hash)
+    assert not verify_pin("2469", pin_hash)
+    assert hash_pin("2468") != pin_hash                       # salted
+    for stored in (None, "", "2468", "md5$x", "scrypt$a$b$c$d$e", "scrypt$16384$8$1$!!$!!", pin_hash[:-6]):
+        assert not verify_pin("2468", stored)
+    for bad in ("12", "abcd", "1234567890123", ""):
+        with pytest.raises(ValueError, match="4 to 12 digits"):
+            hash_pin(bad)
+
+
+def test_headless_records_state_and_issue_time():
+    screen = Screen(HeadlessBackend())
+    assert not screen.is_blank and screen.blank_issued_at is None
+    screen.blank(RAISED)
+    assert screen.is_blank and screen.message == RAISED and screen.blank_issued_at > 0
+    screen.set_message(SEEN)
+    assert screen.message == SEEN
+    screen.unblank()
+    assert not screen.is_blank and screen.message is None
+    assert screen.history == [("blank", RAISED), ("message", SEEN), ("unblank", None)]
+
+
+def test_headless_staff_pin(pin_hash):
+    screen = Screen(HeadlessBackend())
+    cleared = []
+    screen.when_cleared = cleared.append
+    screen.blank(RAISED)
+    assert not screen.try_pin("1111", pin_hash)
+    assert screen.is_blank and cleared == []
+    assert not screen.try_pin("2468", None)                   # no PIN configured: only a clear command works
+    assert screen.try_pin("2468", pin_hash)
+    assert not screen.is_blank and cleared == ["staff-pin"]
+
+
+class RecordingRunner:
+    def __init__(self):
+        self.calls = []
+        self.procs = []
+
+    def start(self, argv, env=None):
+        proc = FakeProc()
+        self.calls.append((list(argv), dict(env or {})))
+        self.procs.append(proc)
+        return proc
+
+
+class FakeProc:
+    def __init__(self):
+        self.terminated = False
+
+    def poll(self):
+        return 0 if self.terminated else None
+
+    def terminate(self):
+        self.terminated = True
+
+
+def test_wayland_runs_swaylock_as_session_user():
+    runner = RecordingRunner()
+    screen = Screen(WaylandBackend("nobody", runner, wayland_display="wayland-1"))
+    screen.blank(RAISED)
+    screen.blank(RAISED)                                      # already locked: not a second swaylock
+    assert len(runner.calls) == 1
+    argv, env = runner.calls[0]
+    assert argv[-3:] == ["swaylock", "-c", "000000"]
+    assert env["WAYLAND_DISPLAY"] == "wayland-1"
+    assert env["XDG_RUNTIME_DIR"] == "/run/user/65534"
+    if os.geteuid() == 0:
+        assert argv[:4] == ["runuser", "-u", "nobody", "--"]
+        assert "WAYLAND_DISPLAY=wayland-1" in argv and "XDG_RUNTIME_DIR=/run/user/65534" in argv
+    screen.unblank()
+    assert runner.procs[0].terminated
+    screen.blank(RAISED)
+    assert len(runner.calls) == 2
+
+
+def test_backend_detection():
+    none = dict(x11_socket="", compositors=())
+    assert detect_backend({"WAYLAND_DISPLAY": "wayland-0"}, **none) == "wayland"
+    assert detect_backend({"DISPLAY": ":0"}, **none) == "x11"
+    assert detect_backend({}, **none) == "headless"
+    assert make_screen("headless").backend_name == "headless"
+    assert make_screen("wayland", runner=RecordingRunner()).backend_name == "wayland"
+
+
+# --------------------------------------------------------------------------- real X11 overlay
+
+
+@pytest.fixture
+def xvfb():
+    binary = require_binary("Xvfb")
+    require_binary("xdotool")
+    require_binary("xwininfo")
+    read, write = os.pipe()
+    proc = spawn([binary, "-displayfd", str(write), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                 pass_fds=(write,), stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        number = fh.readline().strip()
+    assert number.isdigit(), "Xvfb did not report its display"
+    yield f":{number}"
+    terminate(proc)
+
+
+def _x(display, *argv):
+    return subprocess.run(list(argv), env={**os.environ, "DISPLAY": display}, capture_output=True, text=True,
+                          timeout=10)
+
+
+def _visible(display) -> bool:
+    return _x(display, "xdotool", "search", "--onlyvisible", "--name", "classroom-safety").stdout.strip() != ""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_x11_overlay_ignores_escape_and_alt_f4_and_clears_with_pin(xvfb, pin_hash):
+    events = []
+    got = threading.Condition()
+    backend = X11Backend(display=xvfb, staff_pin_hash=pin_hash)
+    screen = Screen(backend)
+    inner = backend.on_event
+
+    def on_event(event):
+        inner(event)
+        with got:
+            events.append(event)
+            got.notify_all()
+    backend.on_event = on_event
+    cleared = []
+    screen.when_cleared = cleared.append
+    try:
+        screen.start()
+        assert backend.ready.wait(15), "overlay did not start"
+        assert not _visible(xvfb)                             # started hidden, ready for a press
+        screen.blank(RAISED)
+        wait_until(lambda: {"event": "shown"} in events, 10)
+        wait_until(lambda: _visible(xvfb), 10, message="overlay window not visible")
+        tree = _x(xvfb, "xwininfo", "-root", "-tree").stdout
+        assert '"classroom-safety"' in tree and "800x600+0+0" in tree   # covers the whole screen
+        screen.set_message(SEEN)
+        for key in ("Escape", "alt+F4", "ctrl+w", "alt+Tab"):
+            _x(xvfb, "xdotool", "key", key)
+        _x(xvfb, "xdotool", "type", "1357")                   # a wrong PIN...
+        _x(xvfb, "xdotool", "key", "Return")
+        # ...answered after the keys before it were handled: X delivers them in order.
+        wait_until(lambda: {"event": "pin_wrong"} in events, 10)
+        assert _visible(xvfb) and screen.is_blank and cleared == []
+        _x(xvfb, "xdotool", "type", "2468")
+        _x(xvfb, "xdotool", "key", "Return")
+        wait_until(lambda: cleared == ["staff-pin"], 10, message=lambda: f"events: {events}")
+        assert not screen.is_blank
+        wait_until(lambda: not _visible(xvfb), 10)
+    finally:
+        screen.close()

@@ -268,12 +268,17 @@ class ConfigSync:
         if result.status != "failed":
             self._retry_delay = self.retry_initial
             return
-        if self._retry_timer is not None and self._retry_timer.is_alive():
+        if self._retry_timer is not None:  # one already pending
             return
         delay, self._retry_delay = self._retry_delay, min(self._retry_delay * 2, self.retry_max)
-        self._retry_timer = threading.Timer(delay, self.trigger)
+        self._retry_timer = threading.Timer(delay, self._retry)
         self._retry_timer.daemon = True
         self._retry_timer.start()
+
+    def _retry(self) -> None:
+        with self._lock:
+            self._retry_timer = None
+        self.trigger()
 
     def fetch(self) -> FetchResult:
         """One synchronous fetch-validate-apply round (the worker calls this)."""

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Guard", "comm_names", "read_mounts"]
 
 COMM_LEN = 15  # the kernel truncates /proc/PID/comm to 15 characters
+SYSTEM_UID_MAX = 1000  # Debian's UID_MIN: below it are system accounts, not people
 
 
 def comm_names(proc_root: str = "/proc") -> dict[int, str]:
@@ -116,7 +117,7 @@ class Guard:
         self._observer = None
         self._watched_dirs: set[str] = set()
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = None  # a pipe that wakes the mount-table thread to stop
         self._threads: list[threading.Thread] = []
         self._configure(None)
 
@@ -141,6 +142,7 @@ class Guard:
             self._first_policy()
         if self.use_watchdog:
             self._start_watchdog()
+        self._wake_r, self._wake_w = os.pipe()
         for target, name in ((self._scan_loop, "guard-scan"), (self._mount_table_loop, "guard-mounts")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -148,16 +150,18 @@ class Guard:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
+        if self._wake_w is not None:
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(5)
             self._observer = None
         for t in self._threads:
             t.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
 
     def on_policy(self, policy) -> None:
         before = self.watch_mounts
@@ -222,18 +226,27 @@ class Guard:
                 continue
             found.append(self._handle_bypass(pid, match))
         self._seen = names
+        self._reported = {(pid, name) for pid, name in self._reported if pid in names}
         return [f for f in found if f]
 
     def _handle_bypass(self, pid: int, name: str) -> dict | None:
         try:
             proc = psutil.Process(pid)
-            user = proc.username()
+            uid = proc.uids().real
         except psutil.NoSuchProcess:
             return None
         except psutil.Error:
-            user = None
+            uid = None
+        try:
+            user = proc.username()
+        except (psutil.Error, KeyError):
+            user = str(uid) if uid is not None else None
         action = "reported"
-        if self.end_bypass:
+        if self.end_bypass and uid is not None and uid < SYSTEM_UID_MAX:
+            # A system account's process was installed by whoever has root (a technician),
+            # not a pupil: report it, but ending it would only fight systemd's restarts.
+            action = "reported_system"
+        elif self.end_bypass:
             action = "ended" if self._end(proc) else "end_failed"
         self._reported.add((pid, name))
         fields = {"name": name, "pid": pid, "user": user, "action": action}

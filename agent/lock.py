@@ -164,7 +164,6 @@ class WaylandLock:
         self.mode: str | None = None
         self._proc = None
         self._session = None
-        self._unlocking = False
         self.when_changed: Callable[[], None] = lambda: None
 
     def _spawn(self) -> None:
@@ -188,7 +187,7 @@ class WaylandLock:
             return
         self._session = self.session_fn()
         if self._session is None:
-            log.warning("no desktop session to lock")
+            log.info("no desktop session to lock yet; will lock it when one starts")
             return
         self.is_locked = True
         if self.swaylock:
@@ -209,23 +208,27 @@ class WaylandLock:
                 _wait_catches(getattr(target, "pid", None), signal.SIGUSR1, timeout=2.0)
                 # SIGUSR1 is swaylock's documented "unlock and exit"; killing it instead
                 # would leave an ext-session-lock compositor locked with no client.
-                self._unlocking = True
                 try:
                     target.send_signal(signal.SIGUSR1)
                 except Exception as exc:  # noqa: BLE001 - already gone
                     log.info("swaylock already gone: %s", exc)
-                self._unlocking = False
         elif self._session is not None:
             self.runner.run(["loginctl", "unlock-session", self._session.id])
 
     def poll(self) -> tuple[str, str] | None:
+        if self.mode is not None and not self.is_locked:
+            # Wanted locked but there was no desktop yet (boot, out of hours): try again now.
+            self.lock(self.mode, "")
+            return None
         proc = self._proc
         if not self.is_locked or proc is None or proc.poll() is None:
             return None
         if self.mode == STAFF_MODE or proc.returncode != 0:
-            # The pupil's password (or a crash) must not lift a staff/timetable lock.
+            # The pupil's password (or a crash) must not lift a staff/timetable lock.  The
+            # session is looked up again: if the user logged out, wait for the next one.
             log.info("lock client exited (%s) under a staff lock; locking again", proc.returncode)
-            self._spawn()
+            self.is_locked, self._proc = False, None
+            self.lock(self.mode, "")
             return None
         self.is_locked, self.mode, self._proc = False, None, None
         return ("login", self._session.user)
@@ -299,6 +302,7 @@ class X11Lock:
         self._greeter = False
         self._user: str | None = None
         self._pending: tuple[str, str] | None = None
+        self._message = ""
         self.when_changed: Callable[[], None] = lambda: None
 
     @property
@@ -331,6 +335,7 @@ class X11Lock:
             self._greeter = True
         else:
             self._greeter = False
+            self._message = message
             self.overlay.show(message)
         self.is_locked = True
 
@@ -345,6 +350,13 @@ class X11Lock:
         if pending is not None:
             self.is_locked, self.mode = False, None
             return pending
+        if self.is_locked and not self._greeter and self._overlay is not None:
+            proc = getattr(self._overlay, "_proc", None)
+            if proc is not None and proc.poll() is not None:
+                # The overlay died (X restarted, or it crashed): show it again.
+                log.warning("lock overlay exited (%s); showing it again", proc.returncode)
+                self.overlay.show(self._message)
+            return None
         if self.is_locked and self._greeter:
             idle = self.idle_fn()
             if idle is not None and idle < 10:

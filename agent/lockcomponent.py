@@ -149,6 +149,9 @@ class LockComponent:
         self._apply(unlock_reason=unlock_reason, unlock_by=unlock_by)
         if self.current is not None:
             delay = LOCKED_POLL
+        elif self.state.override_until is not None:
+            # A staff unlock of a timetable lock ends on the dot, not up to a minute late.
+            delay = max(0.0, min(delay, (self.state.override_until - self.runtime.clock()).total_seconds()))
         self._schedule(delay)
         return delay
 

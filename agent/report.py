@@ -253,11 +253,11 @@ class Report:
         self._alert["state"] = "cleared"
         if self.screen.is_blank:
             self.screen.unblank()
+        self._show_led()  # local feedback first (state is "cleared": off), network second
         self._publish("cleared", by)
         log.info("alert %s cleared by %s", self._alert["id"], by)
         self._alert = None
         self._save()
-        self._show_led()
 
     def _screen_cleared(self, by: str) -> None:
         """Staff typed the PIN on the device (overlay reader thread)."""

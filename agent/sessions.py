@@ -21,7 +21,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -236,11 +235,12 @@ class SessionsComponent:
 
     def __post_init__(self):
         self.runtime = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = None
+        self._stopped = False
         self._cache: dict[str, Session] = {}
         self._runner = CommandRunner()
         self._primed = False
+        self._aup_started: set[str] = set()  # sessions whose notice/AUP this run has shown
 
     # -- runtime contract
     def start(self, runtime) -> None:
@@ -249,14 +249,16 @@ class SessionsComponent:
             from .aup import AcceptableUse
 
             self.aup = AcceptableUse(runtime)
+        self._load_known()
         if runtime.policy is not None:
             self._primed = True
             self.refresh()
-        self._thread = threading.Thread(target=self._loop, name="sessions", daemon=True)
-        self._thread.start()
+        self._schedule()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self.aup is not None:
             self.aup.close()
 
@@ -284,12 +286,39 @@ class SessionsComponent:
             return self.reader()
         return read_sessions(self._runner, self._cache)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.runtime.post(self.refresh)
-            except Exception:  # noqa: BLE001 - the runtime is shutting down
-                return
+    def _schedule(self) -> None:
+        if not self._stopped:
+            self._timer = self.runtime.call_later(self.poll_seconds, self._poll)
+
+    def _poll(self) -> None:
+        self._schedule()
+        self.refresh()
+
+    # A restarted agent must not report everyone as logging in again: the sessions it
+    # has already reported are kept in state_dir (ids and users only).
+    def _known_path(self):
+        from pathlib import Path
+
+        return Path(self.runtime.state_dir) / "sessions.json"
+
+    def _load_known(self) -> None:
+        try:
+            data = json.loads(self._known_path().read_text())
+            self.sessions = {sid: Session(id=sid, user=str(v["user"]), type=str(v.get("type", "tty")))
+                             for sid, v in data.items() if isinstance(v, dict) and "user" in v}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("%s unreadable (%s); current sessions will be reported as new", self._known_path(), exc)
+
+    def _save_known(self) -> None:
+        path = self._known_path()
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({s.id: {"user": s.user, "type": s.type} for s in self.sessions.values()}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot save %s: %s", path, exc)
 
     def refresh(self) -> None:
         """Compare a fresh reading with the last one and report the difference (queue thread)."""
@@ -298,18 +327,28 @@ class SessionsComponent:
         except Exception as exc:  # noqa: BLE001 - a broken reading must not stop the agent
             log.warning("cannot read sessions: %s", exc)
             return
+        changed = set(now) != set(self.sessions)
         for sid, session in now.items():
             if sid not in self.sessions:
                 self._login(session)
+            elif self.aup is not None and session.is_graphical and not session.remote \
+                    and not self._primed_aup(sid):
+                self.aup.session_started(session)  # known from before a restart: notice again
         for sid, session in list(self.sessions.items()):
             if sid not in now:
                 self.runtime.emit_event("logout", user=session.user, session=sid, session_type=session.type)
                 if self.aup is not None:
                     self.aup.session_ended(session)
         self.sessions = now
+        self._aup_started.intersection_update(now)
+        if changed:
+            self._save_known()
         for sid in list(self._cache):
             if sid not in now:
                 del self._cache[sid]
+
+    def _primed_aup(self, sid: str) -> bool:
+        return sid in self._aup_started
 
     def _login(self, session: Session) -> None:
         policy = self.runtime.policy
@@ -321,4 +360,5 @@ class SessionsComponent:
                                     key_stage=getattr(policy, "key_stage", None),
                                     reason="shared accounts are not allowed on this key stage")
         if self.aup is not None and session.is_graphical and not session.remote:
+            self._aup_started.add(session.id)
             self.aup.session_started(session)

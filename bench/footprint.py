@@ -148,6 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="measuring window (default 60)")
     parser.add_argument("--warmup", type=float, default=10.0, help="settle time after online (default 10)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="measure `run --simulate` (report path only, no filter/lock/guard) for comparison")
     args = parser.parse_args()
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be > 0 and --warmup >= 0")
@@ -170,7 +172,8 @@ def main() -> int:
             agent_yaml = write_setup(work, port)
             log = open(work / "agent.log", "wb")
             env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
-            agent = subprocess.Popen([agent_binary(), "run", "--config", str(agent_yaml)],
+            agent = subprocess.Popen([agent_binary(), "run", "--config", str(agent_yaml),
+                                      *(["--simulate"] if args.simulate else [])],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
             procs.append(agent)
             bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1e6)"])
@@ -180,7 +183,7 @@ def main() -> int:
             except SystemExit:
                 sys.stderr.write((work / "agent.log").read_text()[-3000:])
                 raise
-            print(f"agent pid {agent.pid} online; settling {args.warmup:.0f} s, then measuring "
+            print(f"agent pid {agent.pid} ({'report path only' if args.simulate else 'all components'}) online; settling {args.warmup:.0f} s, then measuring "
                   f"{args.seconds:.0f} s", flush=True)
             time.sleep(args.warmup)
             a, b = Sampler(agent.pid), Sampler(bare.pid)

@@ -31,7 +31,8 @@ from agent.protocol import DEFAULT_PREFIX, encode, topic as make_topic
 
 from . import __version__
 from . import incidents as inc
-from .auth import COOKIE, ROLES, User, any_staff, current_device, hash_password, login, require, token_hash
+from .auth import (COOKIE, ROLES, LoginThrottle, User, any_staff, current_device, hash_password, login, require,
+                   token_hash)
 from .devices import EnrolError, create_enrol_token, device_view, enrol
 from .ingest import Metrics
 from .store import Store, StoreError
@@ -138,10 +139,16 @@ def auth_router() -> APIRouter:
     @r.post("/login")
     def do_login(body: LoginBody, request: Request, response: Response) -> dict:
         settings: Settings = request.app.state.settings
+        throttle: LoginThrottle = request.app.state.login_throttle
+        if throttle.is_blocked(body.username):
+            _store(request).audit(body.username[:64], "login.throttled", None, None)
+            raise HTTPException(429, "too many wrong passwords for this username; wait 15 minutes or ask an admin")
         token = login(_store(request), body.username, body.password, settings.session_hours)
         if token is None:
+            throttle.failed(body.username)
             _store(request).audit(body.username[:64], "login.failed", None, None)
             raise HTTPException(401, "username or password is not right")
+        throttle.succeeded(body.username)
         _store(request).audit(body.username, "login", None, None)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure,
                             max_age=settings.session_hours * 3600, path="/")
@@ -198,7 +205,9 @@ def incidents_router() -> APIRouter:
         except inc.IncidentError as exc:
             raise _bad(exc) from None
         updated = _store(request).update_incident(incident_id, user.username, changes)
-        _store(request).audit(user.username, "incident.update", incident_id, changes)
+        # The audit log is also read by admins: record what changed, not the DSL's outcome text.
+        _store(request).audit(user.username, "incident.update", incident_id,
+                              {k: ("(text)" if k == "outcome" else v) for k, v in changes.items()})
         return inc.for_user(updated, user)
 
     @r.post("/incidents/{incident_id}/notes")
@@ -385,7 +394,7 @@ def ops_router() -> APIRouter:
             "devices_known": (store.count("devices"), "devices in the registry"),
             "device_alerts_open": (store.count("device_alerts", "cleared_at IS NULL"), "open technician alerts"),
             "store_queue_depth": (store.queue_depth, "write tasks waiting for the store"),
-            "ingest_queue_depth": (len(ingest._pending) if ingest is not None else 0,
+            "ingest_queue_depth": (ingest.queue_depth if ingest is not None else 0,
                                    "MQTT messages waiting to be parsed"),
             "broker_connected": (int(bool(ingest and ingest.connected.is_set())), "1 if ingest is connected"),
         }
@@ -428,6 +437,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.state.metrics = metrics or (ingest.metrics if ingest is not None else Metrics())
     app.state.ingest = ingest
     app.state.listeners = []
+    app.state.login_throttle = LoginThrottle()
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:

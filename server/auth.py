@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException, Request
 
 from .store import iso
 
@@ -91,6 +91,40 @@ def staff_rooms(tree, username: str) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------- sessions
+
+
+class LoginThrottle:
+    """After ``limit`` failed logins for one username within ``window`` seconds, refuse
+    further attempts for that username until the window passes (slows password guessing;
+    argon2 alone makes each guess cost ~50 ms)."""
+
+    def __init__(self, limit: int = 10, window: float = 900.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, username: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(username, []) if now - t < self.window]
+        if times:
+            self._failures[username] = times
+        else:
+            self._failures.pop(username, None)
+        return times
+
+    def is_blocked(self, username: str) -> bool:
+        with self._lock:
+            return len(self._recent(username, time.monotonic())) >= self.limit
+
+    def failed(self, username: str) -> None:
+        with self._lock:
+            if len(self._failures) > 10000:
+                self._failures.clear()
+            self._failures.setdefault(username, []).append(time.monotonic())
+
+    def succeeded(self, username: str) -> None:
+        with self._lock:
+            self._failures.pop(username, None)
 
 
 def login(store, username: str, password: str, hours: int = SESSION_HOURS) -> str | None:

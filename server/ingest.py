@@ -7,6 +7,9 @@ session behind.  Shared subscriptions never deliver retained messages, so each w
 also subscribes (non-shared) to ``{prefix}/+/+/+/status`` to learn every device's
 retained status / Last Will at start; status is idempotent (newest ts wins).
 
+Each worker also subscribes, non-shared, to every ``alert`` topic, so the live dashboard of
+every process hears every alert whichever worker stored it.
+
 Why the shape: paho's network thread is the bottleneck at 20k msg/s, so ``on_message``
 only appends (topic, payload, mid) to a list.  A parser thread validates each payload
 with ``agent.protocol`` (parse_topic, decode, validate: what parse_message does) and hands whole batches to the store (one
@@ -25,6 +28,7 @@ import logging
 import struct
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -114,6 +118,7 @@ def _fast_client_class():
         _rbuf = b""
         _rpos = 0
         direct_on_message = None  # set to skip paho's callback dispatch (one handler, all topics)
+        direct_on_publish = None  # (topic bytes, payload, mid, qos): skips MQTTMessage as well
 
         def _sock_recv(self, bufsize: int) -> bytes:
             if self._rpos >= len(self._rbuf):
@@ -124,6 +129,39 @@ def _fast_client_class():
             chunk = self._rbuf[self._rpos:self._rpos + bufsize]
             self._rpos += len(chunk)
             return chunk
+
+        def _packet_read(self):
+            # Whole packet already in the buffer (the usual case at load): hand it to
+            # paho's packet handler directly instead of paho's byte-at-a-time reader.
+            buf, pos = self._rbuf, self._rpos
+            if self._in_packet["command"] == 0 and pos + 2 <= len(buf):
+                i, mult, length = pos + 1, 1, 0
+                while i < len(buf) and i - pos <= 4:
+                    byte = buf[i]
+                    length += (byte & 127) * mult
+                    mult *= 128
+                    i += 1
+                    if not byte & 128:
+                        if i + length <= len(buf):
+                            return self._handle_buffered(buf[pos], buf[i:i + length], length, i + length)
+                        break
+            return super()._packet_read()  # partial packet: paho reads the rest as usual
+
+        def _handle_buffered(self, command: int, packet: bytes, length: int, end: int):
+            from paho.mqtt.exception import MalformedPacket
+
+            self._rpos = end
+            self._in_packet.update(command=command, packet=packet, remaining_length=length, have_remaining=1,
+                                   to_process=0, pos=0)
+            try:
+                rc = self._packet_handle()
+            except MalformedPacket:
+                rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
+            self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                               "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()
+            return rc
 
         def loop_read(self, max_packets: int = 1):
             if self._sock is None:
@@ -157,6 +195,12 @@ def _fast_client_class():
                     return super()._handle_publish()
             except IndexError:
                 return super()._handle_publish()  # short packet: paho reports it as malformed
+            if self.direct_on_publish is not None:
+                # No MQTTMessage (it builds a Condition per message): raw fields straight through.
+                self.direct_on_publish(topic, bytes(packet[end + 1:]), mid, qos)
+                if qos == 1 and not self._manual_ack:
+                    return self._send_puback(mid)
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
             message = mqtt.MQTTMessage(mid=mid, topic=topic)
             message.dup = bool(header & 0x08)
             message.qos = qos
@@ -197,13 +241,13 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
 class Ingest:
     """One ingest worker.  ``start()`` connects and runs; ``stop()`` flushes and disconnects.
 
-    ``listeners``: callables ``(kind, topic, data)`` called after commit for every NEW alert
-    transition and every status message (the live dashboard subscribes here)."""
+    ``listeners``: callables ``(kind, topic, data)`` called after commit for each alert
+    transition (once per process) and every status message (the live dashboard subscribes here)."""
 
     def __init__(self, store: Store, broker_url: str, *, prefix: str = DEFAULT_PREFIX,
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
                  metrics: Metrics | None = None, batch_size: int = 5000, client_id: str | None = None,
-                 share_group: str = SHARE_GROUP, receive_maximum: int = 20000) -> None:
+                 share_group: str = SHARE_GROUP, receive_maximum: int = 20000, session_expiry: int = 0) -> None:
         self.store = store
         self.host, self.port, self.tls = parse_broker_url(broker_url)
         self.prefix = prefix
@@ -214,16 +258,23 @@ class Ingest:
         self.batch_size = batch_size
         self.share_group = share_group
         self.receive_maximum = receive_maximum
+        self.session_expiry = session_expiry
+        self._session = 0  # counts broker sessions (a reconnect without session_present is a new one)
         self.client_id = client_id or f"classroom-server-{id(self):x}"
         self.listeners: list[Callable[[str, Any, dict], None]] = []
-        self._pending: list[tuple[str, bytes, int, int]] = []
-        self._arrived = 0  # messages handed over by the network thread
+        # Network thread -> parser thread: a deque (append/popleft are atomic) and an
+        # Event, so the hot path takes no lock.
+        self._pending: deque = deque()
+        self._wake = threading.Event()
+        self._arrived = 0  # messages handed over by the network thread (written by it alone)
+        self.first_arrival: float | None = None  # perf_counter() of the first message (bench)
         self._done = 0  # messages whose batch is committed (or that were dropped)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._log_limit = _LogLimiter()
         self._topics: dict = {}
+        self._seen_alerts: dict = {}  # (alert id, state) already given to listeners (insertion-ordered)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.client = self._make_client()
@@ -244,6 +295,7 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.direct_on_message = self._on_message
+        client.direct_on_publish = self._on_publish_raw
         client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(1, 30)
         return client
@@ -255,9 +307,13 @@ class Ingest:
         self._thread = threading.Thread(target=self._run, name="ingest-parser", daemon=True)
         self._thread.start()
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
+        props.SessionExpiryInterval = self.session_expiry
         props.ReceiveMaximum = self.receive_maximum
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True, properties=props)
+        # Expiry 0 (default): clean start, nothing left behind by a dead worker.  Expiry > 0
+        # with a stable client id: the broker queues QoS 1 messages while this worker is
+        # restarting, so nothing published in that window is lost.
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=self.session_expiry == 0,
+                                  properties=props)
         self.client.loop_start()
         return self
 
@@ -265,8 +321,13 @@ class Ingest:
         if reason_code.is_failure:
             log.error("ingest: broker refused the connection: %s", reason_code)
             return
+        if not getattr(flags, "session_present", False):
+            self._session += 1
+        # Non-shared too: every worker sees every status (retained, so only a plain
+        # subscription gets it) and every alert (so each process's live dashboard shows all
+        # rooms, whichever worker stored it).  Both are idempotent in the store.
         client.subscribe([(f"$share/{self.share_group}/{self.prefix}/+/+/+/+", 1),
-                          (f"{self.prefix}/+/+/+/status", 1)])
+                          (f"{self.prefix}/+/+/+/status", 1), (f"{self.prefix}/+/+/+/alert", 1)])
         self.connected.set()
         log.info("ingest: connected to %s:%s", self.host, self.port)
 
@@ -282,14 +343,22 @@ class Ingest:
         if not self._stopping:
             log.warning("ingest: disconnected (%s); reconnecting", reason_code)
 
+    def _on_publish_raw(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        # Keep the network thread free: decoding and validation happen on the parser thread.
+        self._pending.append((topic, payload, mid, qos, self._session))
+        self._arrived += 1
+        if self.first_arrival is None:
+            self.first_arrival = time.perf_counter()
+        if not self._wake.is_set():
+            self._wake.set()
+
     def _on_message(self, client, userdata, message) -> None:
-        # Keep the network thread free: parsing happens on the parser thread.
-        item = (message.topic, message.payload, message.mid, message.qos)
-        with self._cond:
-            self._pending.append(item)
-            self._arrived += 1
-            if len(self._pending) == 1 or len(self._pending) >= self.batch_size:
-                self._cond.notify()
+        # paho's own path (packets with properties): same hand-over.
+        try:
+            topic = message.topic.encode("utf-8")
+        except UnicodeDecodeError:
+            topic = b"\xff"  # counted as malformed by the parser, in order
+        self._on_publish_raw(topic, message.payload, message.mid, message.qos)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
         """Publish with this worker's connection (commands to devices)."""
@@ -299,12 +368,17 @@ class Ingest:
 
     def _run(self) -> None:
         inflight = None  # (future, items, acks) of the batch the store is committing
+        pending = self._pending
         while True:
-            with self._cond:
-                while not self._pending and not self._stopping and inflight is None:
-                    self._cond.wait(0.5)
-                batch, self._pending = self._pending[:self.batch_size], self._pending[self.batch_size:]
-                stopping = self._stopping
+            if not pending and inflight is None:
+                if self._stopping:
+                    return
+                self._wake.wait(0.5)
+            # Clear before draining: a message appended after this sets it again.
+            self._wake.clear()
+            batch = []
+            while pending and len(batch) < self.batch_size:
+                batch.append(pending.popleft())
             prepared = self._prepare(batch) if batch else None
             if inflight is not None:
                 self._finish(*inflight)
@@ -312,23 +386,23 @@ class Ingest:
             if prepared is not None:
                 items, acks = prepared
                 inflight = (self._submit(items), items, acks)
-            if stopping and not batch and inflight is None:
-                with self._cond:
-                    if not self._pending:
-                        return
 
     def _prepare(self, batch: list[tuple[str, bytes, int, int]]):
         items = []
         acks = []
         malformed = ignored = 0
         topics = self._topics
-        for topic, payload, mid, qos in batch:
-            acks.append((mid, qos))
+        for topic, payload, mid, qos, session in batch:
+            acks.append((mid, qos, session))
             try:
                 # parse_message, with the topic parse cached (devices reuse few topics).
                 where = topics.get(topic)
                 if where is None:
-                    where = parse_topic(topic, self.prefix)
+                    try:
+                        text = topic.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtocolError("topic is not UTF-8") from None
+                    where = parse_topic(text, self.prefix)
                     if len(topics) < 100000:
                         topics[topic] = where
                 data = validate(where.kind, decode(payload), where)
@@ -338,12 +412,14 @@ class Ingest:
             except ProtocolError as exc:
                 malformed += 1
                 if self._log_limit.allow():
-                    log.warning("ingest: dropped malformed message on %.200s: %s", topic, str(exc)[:300])
+                    log.warning("ingest: dropped malformed message on %.200s: %s", topic.decode("utf-8", "replace"),
+                                str(exc)[:300])
                 continue
             except Exception as exc:  # noqa: BLE001 - a validator bug must not stop ingest
                 malformed += 1
                 if self._log_limit.allow():
-                    log.warning("ingest: dropped message on %.200s: %s", topic, repr(exc)[:300])
+                    log.warning("ingest: dropped message on %.200s: %s", topic.decode("utf-8", "replace"),
+                                repr(exc)[:300])
                 continue
             if where.kind not in INGEST_KINDS:
                 ignored += 1
@@ -379,10 +455,11 @@ class Ingest:
             except Exception as exc:  # noqa: BLE001 - never lose a batch: retry until the store is back
                 self.metrics.inc("ingest_store_errors_total")
                 log.error("ingest: store write failed (%s); retrying in %.1fs", str(exc).splitlines()[0], delay)
-                salvaged = self._one_by_one(items)
-                if salvaged is not None:
-                    result = salvaged
-                    break
+                if delay > 0.1:  # the batch failed twice: look for a message the store refuses
+                    salvaged = self._one_by_one(items)
+                    if salvaged is not None:
+                        result = salvaged
+                        break
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 if self._stopping and delay >= 10.0:
@@ -402,13 +479,21 @@ class Ingest:
             self._cond.notify_all()
         # Acknowledge only now: the batch is committed.
         try:
-            self.client.ack_many([mid for mid, qos in acks if qos == 1])
+            # A mid belongs to the broker session it came in on; after a new session
+            # it could name another, uncommitted message, so old ones are not acked.
+            self.client.ack_many([mid for mid, qos, session in acks if qos == 1 and session == self._session])
         except Exception:  # noqa: BLE001 - connection gone; the broker keeps nothing for us anyway
             pass
         if result is not None and self.listeners:
-            new_alerts = {a["id"] + a["state"] for a in result["alerts"]}
             for where, data, _ in items:
-                if where.kind == "status" or (where.kind == "alert" and data["id"] + data["state"] in new_alerts):
+                if where.kind == "alert":
+                    key = (data["id"], data["state"])
+                    if key in self._seen_alerts:
+                        continue
+                    self._seen_alerts[key] = None
+                    if len(self._seen_alerts) > 10000:
+                        self._seen_alerts.pop(next(iter(self._seen_alerts)))
+                if where.kind in ("status", "alert"):
                     for listener in list(self.listeners):
                         try:
                             listener(where.kind, where, data)
@@ -457,6 +542,11 @@ class Ingest:
         return True
 
     @property
+    def queue_depth(self) -> int:
+        """Messages received but not yet parsed."""
+        return len(self._pending)
+
+    @property
     def processed(self) -> int:
         """Messages received and fully handled (stored, duplicate, or dropped)."""
         with self._cond:
@@ -464,8 +554,7 @@ class Ingest:
 
     def stop(self) -> None:
         self._stopping = True
-        with self._cond:
-            self._cond.notify_all()
+        self._wake.set()
         if self._thread:
             self._thread.join(timeout=30)
         try:

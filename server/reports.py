@@ -164,17 +164,22 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
         room, ks, domain = row.get("room") or "?", row.get("profile") or "?", row.get("domain") or "?"
         n = _count(row)
         ts = row.get("ts") or ""
+        data = _data(row)
+        # A coalesced event spans first_seen..last_seen; fall back to its ts.
+        first = data.get("first_seen") if isinstance(data.get("first_seen"), str) else ts
+        last = data.get("last_seen") if isinstance(data.get("last_seen"), str) else ts
         agg = per_room.setdefault((room, ks), {"room": room, "key_stage": ks, "attempts": 0,
                                                "domains": set(), "devices": set()})
         agg["attempts"] += n
         agg["domains"].add(domain)
         agg["devices"].add(row.get("device"))
         item = per_domain.setdefault((room, ks, domain), {"room": room, "key_stage": ks, "domain": domain,
-                                                          "attempts": 0, "devices": set(), "first": ts, "last": ts})
+                                                          "attempts": 0, "devices": set(), "first": first,
+                                                          "last": last})
         item["attempts"] += n
         item["devices"].add(row.get("device"))
-        item["first"] = min(item["first"], ts)
-        item["last"] = max(item["last"], ts)
+        item["first"] = min(item["first"], first)
+        item["last"] = max(item["last"], last)
         o = overall.setdefault(domain, {"domain": domain, "attempts": 0, "devices": set(), "rooms": set(),
                                         "key_stages": set()})
         o["attempts"] += n
@@ -201,18 +206,37 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
         "by_status": sorted(Counter(i.get("status") or "open" for i in incidents).items()),
     }
 
-    checks = []
-    for row in sorted(check_rows, key=lambda r: r.get("ts") or ""):
-        data = _data(row)
-        what = row.get("domain") or data.get("domain") or data.get("url") or data.get("check") or "?"
-        result = data.get("result")
-        if result is None and "ok" in data:
-            result = "pass" if data.get("ok") else "fail"
-        checks.append({"ts": row.get("ts") or "", "who": row.get("user_name") or data.get("by") or data.get("user")
-                       or "?", "room": row.get("room") or "?", "device": row.get("device") or "?",
-                       "what": what, "expected": data.get("expected", ""), "result": result or "?"})
+    checks = [_check_row(row) for row in sorted(check_rows, key=lambda r: r.get("ts") or "")]
     return Report(week=week, site=site, by_room=by_room, blocked=blocked, overblocking=overblocking,
                   incidents=summary, checks=checks, generated_at=generated_at or now_ts())
+
+
+def _check_row(row: dict) -> dict:
+    """One line of the filtering check log from a ``filter_check`` event.
+
+    The agent's check (agent/filter/check.py) sends one event per run: ``by``, ``profile``,
+    ``ok``, ``passed``, ``failed`` and ``results`` (domain, expect, rcode, result); a
+    single-domain form (``domain``, ``expected``, ``result``) is read too."""
+    data = _data(row)
+    who = data.get("by") or row.get("user_name") or data.get("user") or "?"
+    results = data.get("results") if isinstance(data.get("results"), list) else None
+    if results is not None:
+        items = [r for r in results if isinstance(r, dict)]
+        failed = [str(r.get("domain")) for r in items if r.get("result") != "pass"]
+        what = f"{len(items)} test domains ({data.get('profile') or row.get('profile') or '?'})"
+        ok = data.get("ok") if isinstance(data.get("ok"), bool) else not failed
+        result = "pass" if ok else "fail"
+        details = ("not as expected: " + ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")) \
+            if failed else f"all {len(items)} as expected"
+    else:
+        what = row.get("domain") or data.get("domain") or data.get("url") or "?"
+        result = data.get("result")
+        if result is None and isinstance(data.get("ok"), bool):
+            result = "pass" if data["ok"] else "fail"
+        result = str(result or "?")
+        details = f"expected {data['expected']}" if data.get("expected") else ""
+    return {"ts": row.get("ts") or "", "who": who, "room": row.get("room") or "?", "device": row.get("device") or "?",
+            "what": what, "result": result, "details": details}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -327,7 +351,8 @@ class SmtpSettings:
         return bool(self.host and self.to)
 
     def __repr__(self) -> str:  # never show the password in logs
-        return f"SmtpSettings(host={self.host!r}, port={self.port}, to={self.to!r}, password={'***' if self.password else None})"
+        masked = "***" if self.password else None
+        return f"SmtpSettings(host={self.host!r}, port={self.port}, to={self.to!r}, password={masked})"
 
 
 def due_week(now: datetime, tz: str, done: set[str]) -> Week | None:

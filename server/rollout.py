@@ -516,7 +516,8 @@ def add_cli(csub) -> None:
 
     def common(p):
         p.add_argument("--why", required=True, help="the reason, for the audit log")
-        p.add_argument("--server", metavar="URL", help="collector URL (default $CLASSROOM_SERVER or http://127.0.0.1:8080)")
+        p.add_argument("--server", metavar="URL",
+                       help="collector URL (default $CLASSROOM_SERVER or http://127.0.0.1:8080)")
         p.add_argument("--user", help="your technician account (default $CLASSROOM_USER)")
         p.add_argument("--password-file", metavar="FILE", help="read the password from FILE (default: "
                        "$CLASSROOM_PASSWORD, else prompt / stdin)")

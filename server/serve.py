@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent.errors import UserError
 
-DEFAULT_DB = "sqlite:///var/lib/classroom-server/server.db"
+DEFAULT_DB = "sqlite:////var/lib/classroom-server/server.db"  # sqlite:/// + absolute path
 
 
 def _read_secret(path: str | None, what: str) -> str | None:
@@ -53,6 +53,33 @@ def _load_tree(config_dir: str | None):
                         f"`classroom-server config validate {config_dir}`)") from None
 
 
+def ingest_worker(db: str, broker: str, options: dict) -> None:
+    """An extra ingest-only process (``serve --ingest-workers N``): same store, same shared
+    subscription, so N processes split the MQTT load across CPU cores."""
+    import ctypes
+    import signal
+    import threading
+
+    from .ingest import Ingest
+
+    try:  # die with the serve process, even if it is killed
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    store = _open_store(db)
+    ingest = Ingest(store, broker, **options).start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        ingest.stop()
+        store.close()
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -76,9 +103,24 @@ def cmd_serve(args) -> int:
     if args.broker:
         try:
             ingest = Ingest(store, args.broker, prefix=prefix or "classroom/v1", username=args.mqtt_username,
-                            password=password, ca_file=args.ca_file, metrics=metrics)
+                            password=password, ca_file=args.ca_file, metrics=metrics,
+                            session_expiry=args.ingest_session_expiry, client_id=args.ingest_id)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+
+    helpers = []
+    if args.broker and args.ingest_workers > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        for i in range(1, args.ingest_workers):
+            options = dict(prefix=prefix or "classroom/v1", username=args.mqtt_username, password=password,
+                           ca_file=args.ca_file, session_expiry=args.ingest_session_expiry,
+                           client_id=f"{args.ingest_id}-{i}" if args.ingest_id else None)
+            proc = ctx.Process(target=ingest_worker, args=(args.db, args.broker, options), name=f"ingest-{i}",
+                               daemon=True)
+            proc.start()
+            helpers.append(proc)
 
     def publish(topic: str, payload: bytes, qos: int) -> None:
         info = ingest.publish(topic, payload, qos)
@@ -94,7 +136,11 @@ def cmd_serve(args) -> int:
 
         ingest.listeners.append(fan_out)
         ingest.start()
-    dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds)
+    def dark_alert(alert: dict) -> None:
+        for listener in list(app.state.listeners):
+            listener("device_alert", None, alert)
+
+    dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds, on_alert=dark_alert)
     retention = Retention(store, lambda: app.state.tree)
     from .reports import DigestScheduler, SmtpSettings  # weekly digest (docs/dashboard.md)
 
@@ -110,6 +156,10 @@ def cmd_serve(args) -> int:
         digest.stop()
         if ingest is not None:
             ingest.stop()
+        for proc in helpers:
+            proc.terminate()
+        for proc in helpers:
+            proc.join(10)
         store.close()
     return 0
 
@@ -162,7 +212,7 @@ def add_commands(sub) -> None:
     """Register serve, user and enrol-token on classroom-server's subparsers."""
     p = sub.add_parser("serve", help="run the collector: HTTP API, MQTT ingest, retention, dark-device checks")
     p.add_argument("--config", metavar="DIR", help="the config tree (site.yaml, rooms/, keystages/)")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="URL", help="sqlite:///PATH or postgresql://USER@HOST/DB")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="URL", help="sqlite:///PATH (sqlite:////var/... for an absolute path) or postgresql://USER@HOST/DB")
     p.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--prefix", help="topic prefix (default: site.yaml broker.prefix)")
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -170,6 +220,12 @@ def add_commands(sub) -> None:
     p.add_argument("--mqtt-username", default="classroom-server")
     p.add_argument("--mqtt-password-file", metavar="FILE")
     p.add_argument("--ca-file", metavar="FILE", help="CA certificate for mqtts://")
+    p.add_argument("--ingest-id", metavar="ID", help="MQTT client id of this ingest worker (unique per worker)")
+    p.add_argument("--ingest-workers", type=int, default=1, metavar="N",
+                   help="ingest processes sharing the MQTT subscription (one per CPU core helps; default 1)")
+    p.add_argument("--ingest-session-expiry", type=int, default=0, metavar="SECONDS",
+                   help="keep this worker's broker session (with --ingest-id) so messages published while "
+                        "it restarts are queued, not lost; 0 = clean start (default)")
     p.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind HTTPS)")
     p.add_argument("--reports-dir", default="/var/lib/classroom-server/reports", metavar="DIR",
                    help="where the weekly digest (HTML + CSV) is written; e-mail via CLASSROOM_SMTP_* (optional)")

@@ -1,13 +1,16 @@
 """The collector's store: one public API over SQLite (default) and PostgreSQL (trusts, LAs).
 
-``Store.open("sqlite:///var/lib/classroom/server.db")`` or
+``Store.open("sqlite:////var/lib/classroom/server.db")`` (SQLAlchemy's convention: three
+slashes then the path, so an absolute path shows four; ``sqlite:///server.db`` is relative) or
 ``Store.open("postgresql://user@host/db")``.  The schema (server/schema.py) is applied
 and migrations run on open.
 
 SQLite (datasette idiom): WAL, ONE writer thread fed by a queue; the writer runs every
 queued task in one transaction (a SAVEPOINT each, so one failing task does not undo the
-others) and commits the lot, which is what makes 20k events/s possible.  Readers use
-their own per-thread connections and never block on the writer.
+others) and commits the lot, which is what makes 20k events/s possible.  Big event
+batches go in as ONE ``INSERT ... SELECT ... FROM json_each(?)`` statement, because
+``executemany`` gives up and re-takes the GIL for every row, which stalls behind the busy
+ingest threads.  Readers use their own per-thread connections and never block on the writer.
 
 PostgreSQL: psycopg 3, one autocommit connection per thread; a write is one
 transaction on the calling thread (several ingest workers may write concurrently);
@@ -27,6 +30,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from datetime import datetime, timezone
@@ -186,6 +190,10 @@ class Store:
         statements = split_sql(SCHEMA)
 
         def run(tx: Tx) -> None:
+            if self.dialect == "postgresql":
+                # Several workers may start at once; CREATE ... IF NOT EXISTS is not safe
+                # against itself, so migrations take a transaction-scoped advisory lock.
+                tx.execute("SELECT pg_advisory_xact_lock(72430001)")
             for statement in statements:
                 tx.execute(statement)
             done = {r["version"] for r in tx.query("SELECT version FROM schema_version")}
@@ -281,7 +289,8 @@ class Store:
             "INSERT INTO devices (id, site, room, last_seen) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, site = excluded.site, "
             "room = excluded.room",
-            [(device, site, room, now) for device, (site, room) in unique.items()],
+            # Sorted: concurrent workers then lock device rows in the same order (no deadlock).
+            [(device, site, room, now) for device, (site, room) in sorted(unique.items())],
         )
 
     def record_alert(self, alert: dict) -> bool:
@@ -350,7 +359,7 @@ class Store:
         tx.executemany(
             "UPDATE devices SET last_heartbeat = ?, config_version = COALESCE(?, config_version) WHERE id = ?",
             [(json.dumps(d, separators=(",", ":")), _str_or_none(d.get("config_version")), dev)
-             for dev, d in latest.items()],
+             for dev, d in sorted(latest.items())],
         )
 
     # ------------------------------------------------------------------ events
@@ -665,9 +674,7 @@ class SQLiteStore(Store):
         super().__init__(url)
         self.path = url[len("sqlite:///"):]
         if not self.path or self.path == ":memory:":
-            raise StoreError("sqlite: give a file path (sqlite:///var/lib/classroom/server.db); readers need a file")
-        if not self.path.startswith("/"):
-            self.path = "/" + self.path if url.startswith("sqlite:////") else self.path
+            raise StoreError("sqlite: give a file path (sqlite:////var/lib/classroom/server.db); readers need a file")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -676,7 +683,16 @@ class SQLiteStore(Store):
             self._writer_conn = self._connect()
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from None
-        self._writer_conn.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL needs an exclusive lock and ignores the busy timeout; several
+        # workers opening a new database together must take turns.
+        for attempt in range(300):
+            try:
+                self._writer_conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 299:
+                    raise StoreError(f"sqlite {self.path}: {exc}") from None
+                time.sleep(0.1)
         self._writer_conn.execute("PRAGMA synchronous = NORMAL")
         self._writer_conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
         self._closed = False
@@ -838,6 +854,9 @@ class PostgresStore(Store):
         except psycopg.DataError as exc:
             # e.g. a NUL character, which PostgreSQL text cannot hold: bad input, not a crash.
             raise StoreError(f"postgresql: {str(exc).strip().splitlines()[0]}") from None
+        except psycopg.OperationalError:
+            self._drop_conn(conn)  # the server went away: reconnect on the next call
+            raise
         finally:
             with self._lock:
                 self._pending -= 1
@@ -856,6 +875,17 @@ class PostgresStore(Store):
                 return list(cursor.fetchall())
         except psycopg.DataError as exc:
             raise StoreError(f"postgresql: {str(exc).strip().splitlines()[0]}") from None
+        except psycopg.OperationalError:
+            self._drop_conn(self._local.conn)
+            raise
+
+    def _drop_conn(self, conn) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
 
     def _insert_event_rows(self, tx: Tx, rows: list[tuple]) -> int:
         if len(rows) < self.COPY_THRESHOLD:

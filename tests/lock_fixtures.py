@@ -196,3 +196,46 @@ def _has(name):
     import shutil
 
     return shutil.which(name) is not None
+
+
+class PupilTool:
+    """A real program named like a bypass tool, run by an ordinary account (nobody),
+    as a pupil would run it: ``.wrapper`` (runuser) and ``.pid`` (the tool itself)."""
+
+    def __init__(self, name: str, user: str = "nobody", script: str | None = None):
+        import shutil
+        import tempfile
+
+        from services import require_root
+
+        require_root()
+        self.dir = Path(tempfile.mkdtemp(prefix="pupil-tool-", dir="/tmp"))
+        self.dir.chmod(0o755)  # the pupil's account must reach it
+        self.path = self.dir / name
+        shutil.copy("/bin/sleep", self.path)
+        self.path.chmod(0o755)
+        argv = [str(self.path), "300"] if script is None else ["/bin/sh", "-c", script.format(tool=self.path,
+                                                                                               dir=self.dir)]
+        self.wrapper = spawn(["runuser", "-u", user, "--", *argv])
+        self.name = name
+        self.pid = wait_until(self._find, timeout=10, message=f"{name} did not start")
+
+    def _find(self):
+        import psutil
+
+        for child in psutil.Process(self.wrapper.pid).children(recursive=True):
+            return child.pid
+        return None
+
+    def comm(self) -> str | None:
+        try:
+            with open(f"/proc/{self.pid}/comm") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def close(self):
+        import shutil
+
+        terminate(self.wrapper)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -47,6 +47,21 @@ def test_login_cookie_me_logout(api):
     assert store.count("sessions", "token_hash = ?", (r.json()["token"],)) == 0
 
 
+def test_repeated_wrong_passwords_are_throttled(api):
+    from fastapi.testclient import TestClient
+
+    app, store, _, _, _ = api
+    app.state.login_throttle.limit = 3
+    with TestClient(app) as c:
+        codes = [c.post("/api/v1/login", json={"username": "m.khan", "password": f"guess{i}"}).status_code
+                 for i in range(4)]
+        assert codes == [401, 401, 401, 429]
+        # even the right password waits: the guesser cannot tell when they hit it
+        assert c.post("/api/v1/login", json={"username": "m.khan", "password": PASSWORD}).status_code == 429
+        assert c.post("/api/v1/login", json={"username": "s.patel", "password": PASSWORD}).status_code == 200
+    assert store.list_audit(action="login.throttled")[0]["actor"] == "m.khan"
+
+
 def test_dsl_incident_workflow_and_teacher_view(api):
     app, store, incident_id, _, client = api
     dsl, teacher = client(app, "dsl"), client(app, "teacher")
@@ -62,6 +77,8 @@ def test_dsl_incident_workflow_and_teacher_view(api):
     r = dsl.post(f"/api/v1/incidents/{incident_id}/checklist", json={"item": "report-iwf", "note": "ref 123"})
     item = next(i for i in r.json()["checklist"] if i["item"] == "report-iwf")
     assert item["done"] and item["by"] == "s.patel" and item["at"] and item["note"] == "ref 123"
+    assert dsl.patch(f"/api/v1/incidents/{incident_id}", json={"outcome": "Referred to social care"}).status_code == 200
+    assert "social care" not in str(store.list_audit(action="incident.update"))  # admins read the audit log
     assert dsl.post(f"/api/v1/incidents/{incident_id}/notes", json={"text": "Parents phoned."}).status_code == 200
     full = dsl.get(f"/api/v1/incidents/{incident_id}").json()
     assert full["notes"][0]["text"] == "Parents phoned."

@@ -198,3 +198,28 @@ def test_dashboard_latency_bench_runs_and_prints_its_summary_line():
     assert r.returncode == 0, r.stderr[-2000:]
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("dashboard_latency presses=3 p50_ms=") and "target_p99_ms=100" in last
+
+
+def test_technician_rollout_page_follows_devices_without_a_reload(collector, browser):
+    """Publish, then a device reports config_applied: the open rollout page updates by itself."""
+    from selenium.webdriver.common.by import By
+
+    from agent.config import load_tree
+    from server.rollout import read_files
+    from server_fixtures import REPO, make_event
+
+    version = collector.app.state.rollouts.publish(read_files(REPO / "config"), "tech", "start of term").version
+    assert version == load_tree(REPO / "config").version
+    browser.get(collector.url + "/rollout")
+    _find(browser, "username").send_keys("tech")
+    _find(browser, "password").send_keys(PASSWORD)
+    _find(browser, "login-submit").click()
+    wait_until(lambda: browser.current_url.endswith("/rollout"), timeout=10)
+    cell = 'tr[data-device="5b-pi-01"] .state'
+    assert browser.find_element(By.CSS_SELECTOR, cell).text == "pending"
+    assert _find(browser, "live-version").text == version
+    collector.store.insert_events([make_event(type="config_applied", version=version)])
+    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, cell).text == "current", timeout=15,
+               message="the rollout table did not update")
+    assert browser.find_element(By.CSS_SELECTOR, 'tr[data-device="5b-pi-01"] .running').text == version
+    browser.get("about:blank")

@@ -273,8 +273,9 @@ def test_failed_fetches_are_retried_with_backoff_until_the_collector_answers(stu
     stub.answers += [(503, {}, b""), (502, {}, b""), _ok(compiled)]
     sync.start(rt)
     try:
-        wait_until(lambda: rt.applied, timeout=10, message="never retried")
-        assert sync.fetches == 3 and sync.last_result.status == "applied"
+        wait_until(lambda: sync.last_result and sync.last_result.status == "applied" and sync.wait_idle(0),
+                   timeout=10, message="never retried")
+        assert sync.fetches == 3 and len(rt.applied) == 1
         assert sync._retry_delay == 0.05  # reset after success
     finally:
         sync.stop()

@@ -137,3 +137,23 @@ def test_headless_chromium_enforces_the_generated_policy(tmp_path, policy):
     assert "ERR_BLOCKED_BY_ADMINISTRATOR" not in allowed.stdout + allowed.stderr
     assert "ALLOWED PAGE" not in blocked.stdout
     assert "ERR_BLOCKED_BY_ADMINISTRATOR" in blocked.stdout + blocked.stderr, blocked.stderr[-2000:]
+
+
+def test_atomic_write_when_only_the_policy_dir_is_writable(tmp_path, policy, monkeypatch):
+    """The systemd unit makes only .../managed writable (a bind mount): the parent is refused."""
+    import errno
+
+    managed = tmp_path / "policies" / "managed"
+    real = tempfile.mkstemp
+
+    def read_only_parent(*a, **kw):
+        if Path(kw["dir"]) == managed.parent:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(browser.tempfile, "mkstemp", read_only_parent)
+    assert browser.write_chromium(managed, browser.chromium_policy(policy)) is True
+    assert json.loads((managed / "classroom-safety.json").read_text())["URLBlocklist"] == ["*"]
+    # Chromium reads only the directory's own files: the temp dir is empty and not a file.
+    assert sorted(p.name for p in managed.iterdir() if p.is_file()) == ["classroom-safety.json"]
+    assert list((managed / browser.TMP_SUBDIR).iterdir()) == []

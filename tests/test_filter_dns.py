@@ -59,7 +59,7 @@ def test_safe_search_rewrites_only_allowed_engines(make_filter):
     policy = with_domains(rt.policy, "google.com", "google.co.uk", "youtube.com", "bing.com", "duckduckgo.com",
                           "googleapis.com")
     rt.call(comp.on_policy, policy)
-    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["216.239.38.120"]), 5)
+    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["216.239.38.120"]), 10)
     assert ask(comp, "www.google.co.uk") == ("NOERROR", ["216.239.38.120"])
     assert ask(comp, "www.google.com", "AAAA") == ("NOERROR", ["2001:4860:4802:32::78"])
     assert ask(comp, "mail.google.com") == ("NOERROR", ["192.0.2.20"])    # the rest of google.com is untouched
@@ -73,10 +73,10 @@ def test_safe_search_rewrites_only_allowed_engines(make_filter):
     assert answers == [] and rcode in ("NOERROR", "NXDOMAIN")
     # Moderate YouTube: the other endpoint.
     rt.call(comp.on_policy, with_domains(policy, youtube_restrict="moderate"))
-    wait_until(lambda: ask(comp, "www.youtube.com") == ("NOERROR", ["216.239.38.118"]), 5)
+    wait_until(lambda: ask(comp, "www.youtube.com") == ("NOERROR", ["216.239.38.118"]), 10)
     # Safe search off for a profile: plain forwarding again.
     rt.call(comp.on_policy, with_domains(policy, safe_search=False, youtube_restrict="off"))
-    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["192.0.2.20"]), 5)
+    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["192.0.2.20"]), 10)
 
 
 def test_blocked_query_is_one_event_with_dfe_fields(make_filter):
@@ -254,3 +254,94 @@ def test_filter_disabled_without_dnsmasq(filter_root, caplog):
         rt.call(comp.stop)
     finally:
         rt.close()
+
+
+def test_nftables_exempts_the_uid_dnsmasq_really_runs_as(make_filter, monkeypatch):
+    """Never applied here (host!): the apply call is captured and syntax-checked with nft -c."""
+    import pwd
+
+    from agent.filter import nftables
+
+    applied = []
+    monkeypatch.setattr(nftables, "apply", lambda ruleset, argv_prefix=(): applied.append(ruleset))
+    comp, rt = make_filter(apply_nftables=True)
+    assert len(applied) == 1 and comp.nft_applied
+    uid = int(open(f"/proc/{comp.dnsmasq.pid}/status").read().split("Uid:")[1].split()[1])
+    assert f"meta skuid {uid} accept" in applied[0]
+    if uid != 0:
+        assert pwd.getpwuid(uid).pw_name in ("dnsmasq", "nobody")   # dropped root, never the pupil
+    assert f"redirect to :{comp.port}" in applied[0]
+    if nftables.find_nft():
+        assert nftables.check(applied[0]) is None
+
+
+def test_safe_search_fails_closed_while_the_upstream_is_down(make_filter, stub_upstream):
+    comp, rt = make_filter()
+    stub_upstream.stop()
+    rt.call(comp.on_policy, with_domains(rt.policy, "google.com"))
+    # The safe endpoint cannot be resolved: the search engine answers NXDOMAIN, never the real site.
+    assert ask(comp, "www.google.com") == ("NXDOMAIN", [])
+    assert "not resolved" in comp.paths.hosts.read_text()
+    stub_upstream.start()
+    wait_until(lambda: ask(comp, "www.google.com") == ("NOERROR", ["216.239.38.120"]), 15)
+
+
+def test_query_log_rotation_with_real_dnsmasq(make_filter):
+    comp, rt = make_filter(log_max_bytes=4000)
+    for i in range(40):
+        ask(comp, f"filler-{i}.bbc.co.uk")
+    wait_until(lambda: (comp.paths.dir / "queries.log.1").exists(), 10)
+    # dnsmasq (as its own user) reopened a fresh log: blocked attempts are still seen.
+    ask(comp, "after-rotation.example.com")
+    wait_until(lambda: "after-rotation.example.com" in comp.coalescer._open, 10)
+    assert comp.paths.querylog.stat().st_size < 4000
+
+
+def test_override_that_expired_while_the_agent_was_down_never_reopens(make_filter):
+    comp, rt = make_filter()
+    rt.call(comp.on_command, {"cmd": "allow", "domain": "override-me.org", "minutes": 5, "by": "a.teacher"})
+    rt.call(comp.stop)
+    rt.clock.advance(6 * 60)
+    comp2, _ = make_filter(runtime=rt)     # start + first policy
+    assert "override-me.org" not in comp2.paths.servers.read_text()
+    assert ask(comp2, "override-me.org") == ("NXDOMAIN", [])
+    [closed] = rt.of_type("override_closed")
+    assert closed["domain"] == "override-me.org" and closed["why"] == "expired"
+
+
+def test_a_dnsmasq_left_by_a_killed_agent_is_replaced(make_filter):
+    comp, rt = make_filter()
+    orphan = comp.dnsmasq.proc
+    comp.dnsmasq.proc = None          # the agent "died" without stopping it
+    comp.dnsmasq.start()              # a new agent start: same config, same port
+    try:
+        assert orphan.wait(5) is not None          # the leftover was ended (by pid file + cmdline)
+        assert comp.dnsmasq.is_running and comp.dnsmasq.pid != orphan.pid
+        assert ask(comp, "bbc.co.uk") == ("NOERROR", ["192.0.2.10"])
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+
+
+def test_the_agent_can_still_resolve_its_broker_and_collector(make_filter):
+    """nftables sends the agent's own look-ups to dnsmasq too: school hosts stay resolvable."""
+    comp, rt = make_filter()
+    servers = comp.paths.servers.read_text()
+    # config/site.yaml: mqtts://classroom.penny-acres.sch.uk:8883 and https://classroom.penny-acres.sch.uk
+    assert f"server=/classroom.penny-acres.sch.uk/127.0.0.1#{comp.upstream_port}" in servers
+    assert "127.0.0.1:1" not in servers            # the bootstrap's IP-literal URLs need no DNS
+    chromium = json.loads((comp.chromium_dir / "classroom-safety.json").read_text())
+    assert not any("penny-acres" in u for u in chromium["URLAllowlist"])   # DNS only, not browsable
+
+
+def test_one_page_visit_counts_once_not_per_record_type(make_filter):
+    comp, rt = make_filter()
+    for qtype in ("A", "AAAA", "HTTPS"):            # what a browser asks for one page
+        assert ask(comp, "snapchat.com", qtype)[0] == "NXDOMAIN"
+    # All three look-ups have reached the agent (evidence counts query lines)...
+    wait_until(lambda: [r["count"] for r in rt.evidence_source(10) if r["domain"] == "snapchat.com"] == [3], 5)
+    rt.call(lambda: None)                            # ...and the queue has handled them
+    assert comp.coalescer._open["snapchat.com"].count == 1
+    rt.clock.advance(2)
+    [event] = wait_until(lambda: rt.of_type("blocked"), 5)
+    assert event["domain"] == "snapchat.com" and event["count"] == 1

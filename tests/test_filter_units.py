@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +16,7 @@ from agent.filter.dnsclient import build_query, parse_response
 from agent.filter.evidence import Evidence
 from agent.filter.overrides import OverrideError, OverrideStore, parse_allow
 from agent.filter.safesearch import rewrites
+from filter_fixtures import stub_upstream  # noqa: F401
 from services import wait_until
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
@@ -128,7 +128,7 @@ LIMITS = dict(default_minutes=60, max_minutes=240)
 
 
 def test_parse_allow_defaults_and_limits():
-    ov = parse_allow({"cmd": "allow", "domain": "Example.org.".lower(), "by": "a.jones", "reason": "maths"}, T0, **LIMITS)
+    ov = parse_allow({"cmd": "allow", "domain": "example.org.", "by": "a.jones", "reason": "maths"}, T0, **LIMITS)
     assert ov.domain == "example.org" and ov.expires == T0 + timedelta(minutes=60) and ov.reason == "maths"
     ov = parse_allow({"cmd": "allow", "domain": "example.org", "by": "a.jones"}, T0, **LIMITS,
                      lesson_end=T0 + timedelta(minutes=25))
@@ -238,3 +238,46 @@ def test_cli_filter_errors_are_one_line(argv, needle, capsys, monkeypatch):
     assert code == 1
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("classroom-agent: error:") and needle in lines[0], err
+
+
+def test_check_reports_failures_honestly(stub_upstream):
+    from agent.filter.check import check_domains, event_fields
+    from services import free_port
+
+    # Against a resolver that does NOT filter: the blocked domain resolves -> fail; an
+    # unknown "allowed" domain does not resolve -> fail; silence is never a pass.
+    results = check_domains(["not-known.example"], ["bbc.co.uk"], server="127.0.0.1", port=stub_upstream.port)
+    verdicts = {r.domain: r.result for r in results}
+    assert verdicts["not-known.example"] == "fail" and verdicts["bbc.co.uk"] == "fail"
+    fields = event_fields(results, "ks2", "j.tech")
+    assert fields["ok"] is False and fields["failed"] >= 2
+    silent = check_domains([], ["x.example"], server="127.0.0.1", port=free_port(), timeout=0.3)
+    assert all(r.rcode == "TIMEOUT" and r.result == "fail" for r in silent)
+
+
+def test_unreachable_dir_is_found(tmp_path):
+    import pwd
+
+    from agent.filter.component import _unreachable_for
+
+    uid = pwd.getpwnam("nobody").pw_uid
+    open_dir = tmp_path / "a" / "b"
+    open_dir.mkdir(parents=True)
+    for d in (tmp_path / "a", open_dir):
+        d.chmod(0o755)
+    closed = tmp_path / "a"
+    closed.chmod(0o750)
+    try:
+        assert _unreachable_for(uid, open_dir) == closed      # the nearest blocker is named
+        closed.chmod(0o755)
+        blocker = _unreachable_for(uid, open_dir)
+        assert blocker is None or blocker in (tmp_path, *tmp_path.parents)   # pytest's own 0700 dirs
+    finally:
+        closed.chmod(0o755)
+
+
+def test_blocked_records_get_their_query_type():
+    records = [r for r in map(querylog.parse_line, LOG.splitlines()) if r]
+    typed = querylog.with_qtypes(records, {})
+    assert [(r.kind, r.name, r.qtype) for r in typed if r.kind == "blocked"] == [
+        ("blocked", "facebook.com", "A"), ("blocked", "tiktok.com", "A")]

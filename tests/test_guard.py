@@ -6,10 +6,11 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 
+import psutil
 import pytest
 
 from agent.guard import Guard, comm_names, read_mounts
-from lock_fixtures import FakeRuntime
+from lock_fixtures import FakeRuntime, PupilTool
 from services import spawn, terminate, wait_until
 
 pytestmark = pytest.mark.timeout(40)
@@ -30,24 +31,39 @@ def fake_tool(tmp_path, name) -> str:
 # --------------------------------------------------------------------------- processes
 
 
-def test_a_running_bypass_tool_is_found_ended_and_reported(tmp_path, rt):
-    proc = spawn([fake_tool(tmp_path, "tor"), "300"])
-    bystander = spawn([fake_tool(tmp_path, "tortoise"), "300"])  # not "tor"
+def test_a_pupils_bypass_tool_is_found_ended_and_reported(tmp_path, rt):
+    tool = PupilTool("tor")
+    bystander = PupilTool("tortoise")  # not "tor"
     guard = Guard(bypass_processes=["tor", "openvpn"], end_bypass_processes=True, watch_mounts=[],
                   use_watchdog=False)
     guard.runtime = rt
     try:
-        wait_until(lambda: comm_names().get(proc.pid) == "tor", timeout=5)
+        wait_until(lambda: tool.comm() == "tor", timeout=5)
         found = guard.check_processes()
-        assert proc.wait(timeout=10) is not None  # it really ended
-        assert [f["pid"] for f in found] == [proc.pid]
+        assert tool.wrapper.wait(timeout=10) is not None  # it really ended (runuser saw its child die)
+        assert not psutil.pid_exists(tool.pid) or psutil.Process(tool.pid).status() == psutil.STATUS_ZOMBIE
+        assert [f["pid"] for f in found] == [tool.pid]
         [ev] = rt.of_type("bypass_process")
-        assert (ev["name"], ev["pid"], ev["action"], ev["user"]) == ("tor", proc.pid, "ended", "root")
-        assert bystander.poll() is None
+        assert (ev["name"], ev["pid"], ev["action"], ev["user"]) == ("tor", tool.pid, "ended", "nobody")
+        assert bystander.wrapper.poll() is None
         assert guard.check_processes() == []  # reported once
     finally:
+        tool.close()
+        bystander.close()
+
+
+def test_a_system_accounts_tool_is_reported_not_fought(tmp_path, rt):
+    proc = spawn([fake_tool(tmp_path, "privoxy"), "300"])  # root's: a technician installed it
+    guard = Guard(bypass_processes=["privoxy"], end_bypass_processes=True, watch_mounts=[], use_watchdog=False)
+    guard.runtime = rt
+    try:
+        wait_until(lambda: comm_names().get(proc.pid) == "privoxy", timeout=5)
+        guard.check_processes()
+        [ev] = rt.of_type("bypass_process")
+        assert ev["action"] == "reported_system" and ev["user"] == "root"
+        assert proc.poll() is None
+    finally:
         terminate(proc)
-        terminate(bystander)
 
 
 def test_report_only_when_the_site_says_not_to_end(tmp_path, rt):
@@ -67,23 +83,21 @@ def test_report_only_when_the_site_says_not_to_end(tmp_path, rt):
 
 
 def test_a_process_that_execs_into_a_bypass_tool_is_caught(tmp_path, rt):
-    tor = fake_tool(tmp_path, "tor")
-    # A shell that waits, then execs the tool under the same PID.
-    marker = tmp_path / "go"
-    proc = spawn(["/bin/sh", "-c", f'while [ ! -e "{marker}" ]; do sleep 0.05; done; exec "{tor}" 300'])
+    # A shell (the pupil's) that waits, then execs the tool under the same PID.
+    tool = PupilTool("tor", script='while [ ! -e "{dir}/go" ]; do sleep 0.05; done; exec "{tool}" 300')
     guard = Guard(bypass_processes=["tor"], end_bypass_processes=True, watch_mounts=[], use_watchdog=False)
     guard.runtime = rt
     try:
-        wait_until(lambda: comm_names().get(proc.pid) == "sh", timeout=5)
+        wait_until(lambda: tool.comm() == "sh", timeout=5)
         guard.check_processes()
         assert rt.of_type("bypass_process") == []
-        marker.touch()
-        wait_until(lambda: comm_names().get(proc.pid) == "tor", timeout=5)
+        (tool.dir / "go").touch()
+        wait_until(lambda: tool.comm() == "tor", timeout=5)
         guard.check_processes()
-        assert proc.wait(timeout=10) is not None
-        assert rt.of_type("bypass_process")[0]["pid"] == proc.pid
+        assert tool.wrapper.wait(timeout=10) is not None
+        assert rt.of_type("bypass_process")[0]["pid"] == tool.pid
     finally:
-        terminate(proc)
+        tool.close()
 
 
 def test_site_guard_config_is_used_and_blank_names_ignored(rt):

@@ -55,3 +55,33 @@ def test_unreadable_disk_path_gives_none_not_a_crash():
     hb = heartbeat.collect("x", "v", disk_path="/no/such/dir")
     assert hb["disk"] is None
     protocol.validate("heartbeat", hb)
+
+
+@pytest.mark.integration
+def test_the_running_agent_sends_it_every_heartbeat_seconds(tmp_path, mosquitto):
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.clock import FakeClock
+    from agent.runtime import Runtime
+    from agent.screen import Screen
+    from runtime_fixtures import Subscriber, bootstrap
+    from services import wait_until
+
+    clock = FakeClock()
+    pins = MockFactory()
+    sub = Subscriber(mosquitto)
+    rt = Runtime(bootstrap(tmp_path, mosquitto), clock=clock, screen=Screen(), pin_factory=pins).start()
+    try:
+        assert rt.tree.site.heartbeat_seconds == 30
+        sub.wait_for("status", state="online")
+        clock.advance(30)
+        hb = sub.wait_for("heartbeat")
+        assert set(hb) >= {"ts", "cpu", "mem", "temp", "disk", "uptime", "user", "config_version"}
+        assert hb["config_version"] == rt.tree.version
+        protocol.validate("heartbeat", hb)
+        clock.advance(30)
+        wait_until(lambda: len(sub.payloads("heartbeat")) >= 2, timeout=10)
+    finally:
+        sub.close()
+        rt.stop()
+        pins.close()

@@ -74,7 +74,8 @@ def test_same_event_delivered_twice_is_stored_once(mosquitto, running, store):
         wait_until(lambda: running.metrics.get("ingest_events_stored_total") == 1, 10)
         publish_all(device, [(topic_of("5b", "5b-pi-01", "event"), event),
                              (topic_of("5b", "5b-pi-01", "alert"), alert)])
-        wait_until(lambda: running.metrics.get("ingest_duplicates_total") == 2, 10)
+        # alerts also arrive on the non-shared live subscription: 1 event + 3 alert copies
+        wait_until(lambda: running.metrics.get("ingest_duplicates_total") == 4, 10)
     finally:
         close_client(device)
     assert store.count("events") == 1
@@ -125,6 +126,10 @@ def test_fuzzed_payloads_change_nothing(mosquitto, running, store):
         before = {t: store.count(t) for t in ("events", "alert_transitions", "incidents", "heartbeats")}
         status_before = store.get_device("5b-pi-01")
         payloads = list(_fuzz_payloads(random.Random(1234)))
+        for t, p in payloads:  # ingest's checks are parse_message's (plus NUL, which PostgreSQL refuses)
+            if b"\\u0000" not in p:
+                with pytest.raises(protocol.ProtocolError):
+                    protocol.parse_message(t, p)
         publish_all(device, payloads)
         # A good message after the storm proves ingest is still alive; ordering on one
         # connection means everything before it has been handled when it is stored.
@@ -139,8 +144,9 @@ def test_fuzzed_payloads_change_nothing(mosquitto, running, store):
     assert store.get_event(seed["id"])["data"] == seed
     assert store.get_device("5b-pi-01")["status"] == status_before["status"]
     # The topic with an extra level is outside the subscription, so it is never received;
-    # the status message arrives twice (shared subscription + the retained-status one).
-    assert running.metrics.get("ingest_malformed_total") == len(payloads) - 1 + 1
+    # status and alert messages arrive twice (shared subscription + the plain one).
+    twice = sum(1 for t, _ in payloads if t.endswith(("/status", "/alert")))
+    assert running.metrics.get("ingest_malformed_total") == len(payloads) - 1 + twice
 
 
 def test_unstorable_message_is_dropped_not_retried_forever(mosquitto, sqlite_store):
@@ -251,6 +257,40 @@ def test_two_workers_share_the_load(mosquitto, sqlite_store):
         counts = [w.metrics.get("ingest_events_stored_total") for w in workers]
         # Each message went to exactly one worker of the shared group, and both got some.
         assert sum(counts) == 200 and all(c > 0 for c in counts)
+        # Every worker's live listeners hear every alert exactly once, whoever stored it.
+        heard = [[], []]
+        for w, got in zip(workers, heard):
+            w.listeners.append(lambda kind, where, data, got=got: got.append((kind, data["id"], data["state"])))
+        alert = make_alert()
+        device = mqtt_client(mosquitto)
+        try:
+            publish_all(device, [(topic_of("5b", "5b-pi-01", "alert"), alert),
+                                 (topic_of("5b", "5b-pi-01", "alert"), dict(alert, state="acknowledged"))])
+            wait_until(lambda: all(len(h) == 2 for h in heard), 10)
+            assert all(w.flush(10) for w in workers)
+        finally:
+            close_client(device)
+        for h in heard:
+            assert h == [("alert", alert["id"], "raised"), ("alert", alert["id"], "acknowledged")]
+        assert sqlite_store.count("alert_transitions") == 2
     finally:
         for w in workers:
             w.stop()
+
+
+def test_persistent_session_keeps_messages_across_a_server_restart(mosquitto, sqlite_store):
+    url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    first = Ingest(sqlite_store, url, client_id="ingest-a", session_expiry=600).start()
+    assert first.subscribed.wait(10)
+    first.stop()  # the server restarts...
+    device = mqtt_client(mosquitto)
+    try:
+        events = [make_event() for _ in range(20)]
+        publish_all(device, [(topic_of("5b", "5b-pi-01", "event"), e) for e in events])  # ...while devices send
+    finally:
+        close_client(device)
+    second = Ingest(sqlite_store, url, client_id="ingest-a", session_expiry=600).start()
+    try:
+        wait_until(lambda: sqlite_store.count("events") == 20, 15)
+    finally:
+        second.stop()

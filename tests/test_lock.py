@@ -244,3 +244,16 @@ def test_command_without_by_is_attributed_to_staff_not_dropped(rig):
     rt, comp, backend, idle = rig
     assert comp.on_command({"cmd": "lock"}) is True
     assert rt.of_type("lock")[-1]["by"] == "staff"
+
+
+def test_the_override_ends_on_the_runtime_timer_exactly(rig):
+    rt, comp, backend, idle = rig
+    at(rt, comp, utc(2026, 11, 24, 17, 0))
+    comp.on_command({"cmd": "unlock", "by": "m.khan"})
+    rt.clock.advance(STAFF_OVERRIDE.total_seconds() - 30)
+    idle.touch()
+    assert comp.tick() == 30.0  # not the usual 60 s re-check
+    rt.clock.advance(30)
+    idle.touch()
+    assert rt.run_due() >= 1
+    assert comp.is_locked and rt.of_type("lock")[-1]["reason"] == "out_of_hours"

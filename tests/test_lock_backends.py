@@ -157,3 +157,43 @@ def test_session_env_finds_the_wayland_socket(tmp_path, monkeypatch, desktop_use
     assert env["XDG_RUNTIME_DIR"] == f"/run/user/{uid}"
     assert env["DBUS_SESSION_BUS_ADDRESS"] == f"unix:path=/run/user/{uid}/bus"
     assert env["USER"] == desktop_user and env["HOME"] == pwd.getpwnam(desktop_user).pw_dir
+
+
+def test_wayland_lock_wanted_before_anyone_logged_in_is_applied_at_login(desktop_user):
+    runner = RecordingRunner()
+    current = {"s": None}
+    lock = WaylandLock(lambda: current["s"], runner, swaylock="/usr/bin/swaylock")
+    lock.lock(STAFF_MODE, "")  # 07:00, the device booted locked; nobody on the desktop yet
+    assert runner.spawned == [] and not lock.is_locked
+    assert lock.poll() is None and runner.spawned == []
+    current["s"] = wayland_session(desktop_user)  # someone logs in at the greeter
+    assert lock.poll() is None
+    assert len(runner.spawned) == 1 and lock.is_locked
+
+
+def test_x11_overlay_that_dies_is_shown_again():
+    class DyingOverlay(FakeOverlay):
+        def __init__(self):
+            super().__init__()
+            self._proc = type("P", (), {"poll": lambda self: 1, "returncode": 1})()
+
+    overlay = DyingOverlay()
+    lock = X11Lock(lambda: None, runner=RecordingRunner(), dm_tool="", overlay=overlay)
+    lock.lock(STAFF_MODE, "Ask a grown-up.")
+    assert lock.poll() is None
+    assert overlay.calls == [("show", "Ask a grown-up."), ("show", "Ask a grown-up.")]
+
+
+def test_wayland_session_gone_while_locked_waits_for_the_next_login(desktop_user):
+    runner = RecordingRunner()
+    current = {"s": wayland_session(desktop_user)}
+    lock = WaylandLock(lambda: current["s"], runner, swaylock="/usr/bin/swaylock")
+    lock.lock(STAFF_MODE, "")
+    current["s"] = None  # logged out: the compositor went, swaylock with it
+    runner.spawned[0].exit(1)
+    for _ in range(3):
+        assert lock.poll() is None
+    assert len(runner.spawned) == 1  # no respawn storm without a desktop
+    current["s"] = wayland_session(desktop_user)
+    lock.poll()
+    assert len(runner.spawned) == 2 and lock.is_locked

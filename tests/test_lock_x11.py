@@ -81,3 +81,28 @@ def test_remote_unlock_hides_the_window(xvfb):
         assert not backend.is_locked
     finally:
         backend.overlay.close()
+
+
+def test_the_pupil_cannot_kill_the_lock_window(xvfb):
+    """The overlay runs as the agent's user, not the desktop user's: the pupil's own
+    account gets 'Operation not permitted' trying to end it."""
+    import psutil
+
+    from agent.sessions import Session
+    from services import require_root
+
+    require_root()
+    pupil = Session(id="1", user="nobody", uid=65534, type="x11", display=xvfb.display)
+    backend = X11Lock(lambda: pupil, staff_pin_hash=None, dm_tool="")
+    try:
+        backend.lock(STAFF_MODE, "Ask a grown-up.")
+        wait_until(lambda: visible_overlay(xvfb.env), timeout=20, message="overlay never appeared")
+        proc = backend.overlay._proc
+        assert psutil.Process(proc.pid).username() == "root"  # the agent's account here
+        attempt = subprocess.run(["runuser", "-u", "nobody", "--", "kill", "-KILL", str(proc.pid)],
+                                 capture_output=True, text=True)
+        assert attempt.returncode != 0 and "not permitted" in attempt.stderr.lower()
+        assert proc.poll() is None and visible_overlay(xvfb.env)
+    finally:
+        backend.unlock()
+        backend.overlay.close()

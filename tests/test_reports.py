@@ -24,14 +24,15 @@ W47 = Week.parse("2026-W47")  # Mon 16 Nov 2026 .. Sun 22 Nov (GMT)
 def seed(store) -> None:
     ev = []
 
-    def blocked(room, device, domain, profile, ts, count=None):
-        fields = {"domain": domain, "profile": profile, "ts": ts, "user": f"pupil-{room}"}
+    def blocked(room, device, domain, profile, ts, count=None, **extra):
+        fields = {"domain": domain, "profile": profile, "ts": ts, "user": f"pupil-{room}", **extra}
         if count is not None:
             fields["count"] = count
         ev.append(make_event(room=room, device=device, type="blocked", **fields))
 
     blocked("5b", "5b-pi-01", "games.example.com", "ks2", "2026-11-16T09:00:00.000Z")
-    blocked("5b", "5b-pi-01", "games.example.com", "ks2", "2026-11-17T10:00:00.000Z", count=4)  # coalesced
+    blocked("5b", "5b-pi-01", "games.example.com", "ks2", "2026-11-17T10:00:00.000Z", count=4,  # coalesced
+            first_seen="2026-11-16T08:59:00.000Z", last_seen="2026-11-17T10:00:00.000Z")
     blocked("5b", "5b-pi-02", "games.example.com", "ks2", "2026-11-20T13:00:00.000Z")
     blocked("5b", "5b-pi-01", "youtube.com", "ks2", "2026-11-18T11:00:00.000Z", count=2)
     for day in (16, 17, 18):
@@ -41,10 +42,19 @@ def seed(store) -> None:
     blocked("5b", "5b-pi-01", "games.example.com", "ks2", "2026-11-15T23:59:59.999Z", count=50)
     blocked("5b", "5b-pi-01", "games.example.com", "ks2", "2026-11-23T00:00:00.000Z", count=50)
     # Filtering checks (who, when, what, result).
+    # ... in the shape the agent's `classroom-agent filter check` sends (agent/filter/check.py).
+    from agent.filter.check import CheckResult, event_fields
+
+    ok = [CheckResult("bbc.co.uk", "allowed", "NOERROR", ("1.2.3.4",), True),
+          CheckResult("tiktok.com", "blocked", "NXDOMAIN", (), True)]
+    bad = [CheckResult("bbc.co.uk", "allowed", "NOERROR", ("1.2.3.4",), True),
+           CheckResult("badsite.example", "blocked", "NOERROR", ("6.6.6.6",), False)]
     ev.append(make_event(room="5b", device="5b-pi-01", type="filter_check", ts="2026-11-19T08:30:00.000Z",
-                         user="tech", domain="bbc.co.uk", expected="allowed", result="pass"))
+                         **event_fields(ok, "ks2", "tech")))
     ev.append(make_event(room="1a", device="1a-pi-01", type="filter_check", ts="2026-11-19T08:35:00.000Z",
-                         user="tech", domain="badsite.example", expected="blocked", result="fail"))
+                         **event_fields(bad, "ks1", "j.smith")))
+    ev.append(make_event(room="1a", device="1a-pc-01", type="filter_check", ts="2026-11-19T08:40:00.000Z",
+                         user="tech", domain="bbc.co.uk", expected="allowed", result="pass"))
     ev.append(make_event(type="login", ts="2026-11-19T08:35:00.000Z", user="pupil"))  # not in any table
     store.insert_events(ev)
 
@@ -70,7 +80,7 @@ def test_weekly_numbers_on_seeded_data(store):
     assert blocked == [("1a", "ks1", "youtube.com", 3, 1), ("1a", "ks1", "games.example.com", 1, 1),
                        ("5b", "ks2", "games.example.com", 6, 2), ("5b", "ks2", "youtube.com", 2, 1)]
     games5b = r.blocked[2]
-    assert (games5b["first"], games5b["last"]) == ("2026-11-16T09:00:00.000Z", "2026-11-20T13:00:00.000Z")
+    assert (games5b["first"], games5b["last"]) == ("2026-11-16T08:59:00.000Z", "2026-11-20T13:00:00.000Z")
     assert r.overblocking == [
         {"domain": "games.example.com", "attempts": 7, "devices": 3, "rooms": "1a, 5b", "key_stages": "ks1, ks2"},
         {"domain": "youtube.com", "attempts": 5, "devices": 2, "rooms": "1a, 5b", "key_stages": "ks1, ks2"},
@@ -78,8 +88,10 @@ def test_weekly_numbers_on_seeded_data(store):
     assert r.incidents["total"] == 3 and r.incidents["open"] == 2
     assert r.incidents["by_category"] == [("cyberbullying", 2), ("not yet categorised", 1)]
     assert r.incidents["by_room"] == [("1a", 1), ("5b", 2)]
-    assert [(c["who"], c["room"], c["what"], c["expected"], c["result"]) for c in r.checks] == [
-        ("tech", "5b", "bbc.co.uk", "allowed", "pass"), ("tech", "1a", "badsite.example", "blocked", "fail")]
+    assert [(c["who"], c["room"], c["what"], c["result"], c["details"]) for c in r.checks] == [
+        ("tech", "5b", "2 test domains (ks2)", "pass", "all 2 as expected"),
+        ("j.smith", "1a", "2 test domains (ks1)", "fail", "not as expected: badsite.example"),
+        ("tech", "1a", "bbc.co.uk", "pass", "expected allowed")]
 
 
 def test_html_csv_and_svg_render_the_numbers(sqlite_store):
@@ -104,7 +116,7 @@ def test_html_csv_and_svg_render_the_numbers(sqlite_store):
     assert rows[1:] == [
         ["2026-W47", "1a", "ks1", "youtube.com", "3", "1", "2026-11-16T09:30:00.000Z", "2026-11-18T09:30:00.000Z"],
         ["2026-W47", "1a", "ks1", "games.example.com", "1", "1", "2026-11-22T23:59:59.999Z", "2026-11-22T23:59:59.999Z"],
-        ["2026-W47", "5b", "ks2", "games.example.com", "6", "2", "2026-11-16T09:00:00.000Z", "2026-11-20T13:00:00.000Z"],
+        ["2026-W47", "5b", "ks2", "games.example.com", "6", "2", "2026-11-16T08:59:00.000Z", "2026-11-20T13:00:00.000Z"],
         ["2026-W47", "5b", "ks2", "youtube.com", "2", "1", "2026-11-18T11:00:00.000Z", "2026-11-18T11:00:00.000Z"],
     ]
 
@@ -269,7 +281,7 @@ def test_report_endpoints_and_roles(sqlite_store, app_factory, staff_client):
     r = dsl.get("/api/v1/reports/weekly", params={"week": "2026-W47"})
     assert r.status_code == 200
     body = r.json()
-    assert body["total_attempts"] == 12 and body["incidents"]["total"] == 3 and len(body["checks"]) == 2
+    assert body["total_attempts"] == 12 and body["incidents"]["total"] == 3 and len(body["checks"]) == 3
     r = dsl.get("/api/v1/reports/weekly", params={"week": "2026-W47", "format": "csv"})
     assert r.headers["content-type"].startswith("text/csv") and r.text.count("\n") == 5
     page = dsl.get("/reports/weekly", params={"week": "2026-W47"})

@@ -105,7 +105,7 @@ def test_publish_then_device_fetches_with_etag_and_reports_applied(setup, store)
     page = tech.get("/rollout")
     assert page.status_code == 200
     assert f'id="live-version">{version}<' in page.text
-    assert "1/2 current" in page.text and 'class="state-current">current' in page.text
+    assert "1/2 current" in page.text and 'class="state state-current">current' in page.text
 
 
 def test_device_config_endpoint_is_device_only(setup, store, staff_client):
@@ -324,6 +324,9 @@ def test_cli_publish_and_rollback_against_a_live_collector(collector, tmp_path):
     assert r.returncode == 1 and "first one published" in r.stderr
     r = run("config", "publish", str(CONFIG), "--why", "")
     assert r.returncode == 1 and r.stderr.startswith("classroom-server: error: --why:")
+    r = run("config", "publish", str(CONFIG), "--why", "x", "--server", "http://127.0.0.1:9")
+    assert r.returncode == 1 and r.stderr.strip() == \
+        "classroom-server: error: --server http://127.0.0.1:9: cannot connect (ConnectionError)"
     env["CLASSROOM_PASSWORD"] = "wrong-password-here"
     r = run("config", "rollback", "--why", "x")
     assert r.returncode == 1 and "login as 'tech' refused" in r.stderr and "wrong-password-here" not in r.stderr
@@ -369,4 +372,4 @@ def test_status_reads_rejections_and_heartbeat_versions(setup, store):
         ("pending", v1, "online")
     assert status["counts"] == {"current": 1, "pending": 4, "rejected": 1}
     page = tech.get("/rollout").text
-    assert 'class="state-rejected">rejected: &lt;compiled config&gt;' in page
+    assert 'class="state state-rejected">rejected: &lt;compiled config&gt;' in page

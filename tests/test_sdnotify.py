@@ -70,3 +70,46 @@ def test_watchdog_interval_is_half_the_timeout_and_only_for_our_pid():
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "nonsense"}) is None
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert sdnotify.watchdog_interval({}) is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_the_real_agent_says_ready_pings_the_watchdog_and_says_stopping(tmp_path, mosquitto, listener):
+    """`classroom-agent run` as systemd would start it: NOTIFY_SOCKET + WATCHDOG_USEC."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from services import spawn, terminate
+
+    path, sock = listener
+    repo = Path(__file__).resolve().parent.parent
+    agent_yaml = tmp_path / "agent.yaml"
+    agent_yaml.write_text("\n".join([
+        "device: 1a-pi-01", "site: penny-acres", f"broker_url: mqtt://127.0.0.1:{mosquitto.port}",
+        "collector_url: http://127.0.0.1:9", f"credentials: {tmp_path / 'none.yaml'}",
+        f"state_dir: {tmp_path / 'state'}", f"control_socket: {tmp_path / 'control.sock'}",
+        f"config_dir: {repo / 'config'}", "",
+    ]))
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")  # ping every 0.5 s
+    env.pop("WATCHDOG_PID", None)
+    proc = spawn([sys.executable, "-c", "import sys; from agent.cli import main; main(sys.argv[1:])",
+                  "run", "--simulate", "--config", str(agent_yaml)], env=env, cwd=str(repo),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sock.settimeout(30)
+        seen = [recv(sock)]
+        while not seen[-1].startswith("READY=1"):  # pings may start before READY; both are fine
+            seen.append(recv(sock))
+        assert seen[-1].startswith("READY=1\nSTATUS=device 1a-pi-01"), seen
+        assert set(seen[:-1]) <= {"WATCHDOG=1"}
+        assert recv(sock) == "WATCHDOG=1" and recv(sock) == "WATCHDOG=1"  # and keep coming
+        proc.send_signal(signal.SIGTERM)
+        seen = [recv(sock)]
+        while seen[-1] != "STOPPING=1":
+            assert seen[-1] == "WATCHDOG=1", seen
+            seen.append(recv(sock))
+        assert proc.wait(timeout=20) == 0
+    finally:
+        terminate(proc)

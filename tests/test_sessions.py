@@ -296,3 +296,28 @@ def test_as_session_user_really_switches_user_and_leaks_nothing(monkeypatch, ser
     assert lines[:3] == ["nobody", "kept", "none"]  # the agent's environment does not leak
     caps = dict(line.split(":\t") for line in lines[3:])
     assert all(int(v, 16) == 0 for v in caps.values()), caps  # no capabilities at all
+
+
+def test_a_restarted_agent_does_not_report_everyone_logging_in_again(tmp_path):
+    rt, comp, table, presenter = rig(tmp_path)
+    table.append(desktop("amira.k"))
+    comp.refresh()
+    assert len(rt.of_type("login")) == 1
+    # The agent restarts (same state_dir); the desktop session is still there.
+    presenter2 = FakePresenter()
+    comp2 = SessionsComponent(reader=lambda: list(table), poll_seconds=3600, aup=AcceptableUse(rt, presenter2))
+    comp2.start(rt)
+    assert len(rt.of_type("login")) == 1 and comp2.current_user() == "amira.k"
+    assert len(presenter2.notices) == 1  # the monitoring notice is put back on screen
+    table.clear()
+    comp2.refresh()
+    assert [e["user"] for e in rt.of_type("logout")] == ["amira.k"]
+
+
+def test_damaged_sessions_file_means_reporting_again(tmp_path):
+    rt = FakeRuntime(tmp_path)
+    (rt.state_dir / "sessions.json").write_text("[1, 2")
+    table = [desktop("amira.k")]
+    comp = SessionsComponent(reader=lambda: list(table), poll_seconds=3600, aup=AcceptableUse(rt, FakePresenter()))
+    comp.start(rt)
+    assert [e["user"] for e in rt.of_type("login")] == ["amira.k"]

@@ -192,3 +192,60 @@ def test_failed_write_does_not_undo_others(sqlite_store):
     with pytest.raises(Exception):
         bad.result()
     assert sqlite_store.count("audit") == 1
+
+
+def test_transitions_with_the_same_timestamp_sort_in_lifecycle_order(store):
+    alert_id = protocol.new_id()
+    same = protocol.now_ts()
+    where = topic_of("5b", "5b-pi-01", "alert")
+    store.ingest(items((where, make_alert(alert_id, "cleared", ts=same)),
+                       (where, make_alert(alert_id, "acknowledged", ts=same)),
+                       (where, make_alert(alert_id, "raised", ts=same))))
+    incident = store.get_incident(alert_id)
+    assert [t["state"] for t in incident["timeline"]] == ["raised", "acknowledged", "cleared"]
+    assert incident["alert_state"] == "cleared"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_starting_together_migrate_safely(backend, request, tmp_path):
+    # Several `serve` processes may open one NEW database at the same moment.
+    url = (f"sqlite:///{tmp_path}/fresh.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres").new_database("fresh"))
+    errors, opened = [], []
+    go = threading.Barrier(4)
+
+    def open_one():
+        go.wait()
+        try:
+            opened.append(Store.open(url))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in opened:
+        s.close()
+    assert errors == [] and len(opened) == 4
+
+
+def _open_and_close(url: str, barrier) -> None:
+    barrier.wait(10)
+    for _ in range(3):
+        Store.open(url).close()
+
+
+def test_worker_processes_open_a_new_sqlite_database_together(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_and_close, args=(url, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]

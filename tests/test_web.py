@@ -98,6 +98,8 @@ def test_every_page_is_role_checked(app, role):
     for path in PAGES:
         want = EXPECT[role].get(path, 403)
         assert c.get(path).status_code == want, (role, path)
+    if role in ("teacher", "technician"):  # refused before any stream starts
+        assert c.get("/rooms/1a/events").status_code == {"teacher": 404, "technician": 403}[role]
     anon = browser(app)
     for path in PAGES + ["/rooms/5b/events"]:
         assert anon.get(path).status_code == 401, path

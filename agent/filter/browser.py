@@ -6,15 +6,16 @@ the browser decides which pages may be opened: ``allow_urls`` (paths included, e
 no incognito / guest / extra profiles / developer tools, no DNS over
 HTTPS, safe search and YouTube restrict inside the browser, downloads blocked.
 
-Files are written atomically: the temp file is created OUTSIDE the watched directory
-(Chromium reads every *.json in its managed directory, and would see a half-written or
-temporary file) and then moved in with ``os.replace``.  Only the agent's own file is
+Files are written atomically: the temp file is created OUTSIDE the set of files Chromium
+reads (it reads every file in its managed directory, whatever the name, and would see a
+half-written or temporary file) and then moved in with ``os.replace``.  Only the agent's own file is
 touched: ``classroom-safety.json`` for Chromium; for Firefox, which reads exactly one
 ``policies.json``, the agent replaces only the keys it owns and keeps any others.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -84,8 +85,17 @@ def firefox_policy(policy, overrides: Iterable[str] = ()) -> dict:
     }
 
 
+TMP_SUBDIR = ".classroom-safety-tmp"
+
+
 def write_outside(target: Path, text: str) -> bool:
-    """Atomically replace *target*: temp file in the PARENT of its directory, then os.replace.
+    """Atomically replace *target* from a temp file Chromium never reads, then os.replace.
+
+    The temp file goes in the PARENT of the policy directory.  Where that is not writable
+    or is another mount (the systemd unit makes only the policy directory itself
+    writable), it goes in a private subdirectory instead: Chromium's ConfigDirPolicyLoader
+    reads the directory's files non-recursively, so a subdirectory is as unseen as the
+    parent, and it is on the same mount, so the rename stays atomic.
 
     Returns False (and writes nothing) if the content is already current."""
     target = Path(target)
@@ -95,18 +105,31 @@ def write_outside(target: Path, text: str) -> bool:
     except OSError:
         pass
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
+    last: OSError | None = None
+    for tmp_dir in (target.parent.parent, target.parent / TMP_SUBDIR):
+        try:
+            tmp_dir.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=tmp_dir)
+        except OSError as exc:
+            last = exc
+            continue
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+            return True
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if exc.errno != errno.EXDEV:
+                raise
+            last = exc
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    raise last  # type: ignore[misc]
 
 
 def write_chromium(directory: str | Path, data: dict) -> bool:

@@ -69,9 +69,14 @@ def render_all(tree, policy, *, dnsmasq_dir: str, port: int = 53,
     from .dnsmasq import (DnsmasqPaths, FilterError, build_spec, render_conf, render_front_conf, render_hosts,
                           render_servers)
 
+    from urllib.parse import urlsplit
+
+    from ..config.schema import is_domain
+
     filtering = tree.site.filtering
+    hosts = {(urlsplit(u).hostname or "").lower() for u in (tree.site.broker.url, tree.site.collector.url)}
     try:
-        spec = build_spec(policy, filtering.upstream_dns)
+        spec = build_spec(policy, filtering.upstream_dns, infrastructure=[h for h in hosts if is_domain(h)])
     except FilterError as exc:
         raise UserError(str(exc)) from None
     paths = DnsmasqPaths(Path(dnsmasq_dir))

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # Safe-search endpoints are re-resolved this often (their addresses rarely change).
 TARGET_REFRESH_SECONDS = 3600
+TARGET_RETRY_SECONDS = 2
 
 
 class FilterComponent:
@@ -52,7 +53,7 @@ class FilterComponent:
                  chromium_dir: str | None = None, firefox_dir: str | None = None, write_browser: bool = True,
                  apply_nftables: bool | None = None, settle_seconds: float = 1.0, tick_seconds: float = 0.2,
                  log_async: int | None = 50, state_dir: str | None = None, front: bool = True,
-                 filter_port: int = 5391):
+                 filter_port: int = 5391, log_max_bytes: int = 8 * 1024 * 1024):
         self._filtering = filtering
         self._dnsmasq_dir = dnsmasq_dir
         self.port = port
@@ -69,6 +70,7 @@ class FilterComponent:
         self.tick_seconds = tick_seconds
         self.log_async = log_async
         self._state_dir = state_dir
+        self.log_max_bytes = log_max_bytes
         # front: a caching, non-logging dnsmasq on `port` in front of the logging filter
         # on 127.0.0.1:filter_port (see dnsmasq.py for why).
         self.front = front
@@ -88,7 +90,7 @@ class FilterComponent:
         self.last_error: str | None = None
         self.nft_applied = False
         self._targets: dict[str, list[str]] = {}
-        self._targets_at = 0.0
+        self._resolve_attempt_at = 0.0
         self._resolving = False
         self._expected: dict[str, float] = {}   # domains our own checks query: not pupil attempts
         self._expected_lock = threading.Lock()
@@ -112,8 +114,8 @@ class FilterComponent:
         else:
             self.dns_enabled = True  # someone else runs dnsmasq with our files (e.g. a system unit)
         if self.dns_enabled:
-            self.follower = QueryLogFollower(self.paths.querylog, self._on_records,
-                                             on_rotate=self.dnsmasq.reopen_log if self.dnsmasq else None)
+            self.follower = QueryLogFollower(self.paths.querylog, self._on_records, max_bytes=self.log_max_bytes,
+                                             on_rotate=self._reopen_log if self.dnsmasq else None)
             self.follower.start()
         self._ticker = threading.Thread(target=self._tick_loop, name="filter-ticker", daemon=True)
         self._ticker.start()
@@ -134,17 +136,11 @@ class FilterComponent:
             if self.front:
                 write_atomic(self.paths.front_conf, render_front_conf(
                     port=self.port, listen=(self.listen,), filter_port=self.filter_port, user=user))
-            # Until the first policy arrives nothing resolves: fail closed, never open.
-            if not self.paths.servers.exists():
-                write_atomic(self.paths.servers, render_servers(FilterSpec("none", (), ())))
-            if not self.paths.hosts.exists():
-                write_atomic(self.paths.hosts, "")
-            self.paths.querylog.touch()
-            if user:
-                import pwd
-
-                pw = pwd.getpwnam(user)
-                os.chown(self.paths.querylog, pw.pw_uid, pw.pw_gid)
+            # Until the first policy arrives nothing resolves: fail closed, never open (files
+            # left by a previous run may hold overrides that expired meanwhile).
+            write_atomic(self.paths.servers, render_servers(FilterSpec("none", (), ())))
+            write_atomic(self.paths.hosts, "")
+            self._make_log(user)
             self.dnsmasq = DnsmasqProcess(self.paths.conf, self.paths.stderr, port=self.filter_port,
                                           binary=binary, argv_prefix=self.argv_prefix, listen=self.listen)
             self.dnsmasq.start()
@@ -160,9 +156,30 @@ class FilterComponent:
             self.dnsmasq = self.front_proc = None
             return
         self.dns_enabled = True
-        self.dns_user = user
+        # dnsmasq re-reads the servers-file after SIGHUP as whatever user it now runs as:
+        # check that user can reach it, or overrides would silently not apply.
+        uid = _process_uid(self.dnsmasq.pid)
+        blocked_dir = _unreachable_for(uid, self.paths.dir) if uid not in (None, 0) else None
+        if blocked_dir is not None:
+            log.error("filter: dnsmasq (uid %s) cannot enter %s: allowlist changes and overrides would not "
+                      "apply; make it and its parents o+x (0755)", uid, blocked_dir)
         log.info("filter: dnsmasq serving %s:%d (filter pid %s on :%d%s)", self.listen, self.port, self.dnsmasq.pid,
                  self.filter_port, f", front pid {self.front_proc.pid}" if self.front_proc else "")
+
+    def _make_log(self, user: str | int | None) -> None:
+        """Create the query log for dnsmasq: after dropping root it cannot create files here."""
+        self.paths.querylog.touch()
+        if user is not None and os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+            os.chown(self.paths.querylog, pw.pw_uid, pw.pw_gid)
+
+    def _reopen_log(self) -> None:
+        """Follower thread, after it renamed the full log: new file, then SIGUSR2."""
+        if self.dnsmasq is not None:
+            self._make_log(_process_uid(self.dnsmasq.pid))
+            self.dnsmasq.reopen_log()
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,6 +215,8 @@ class FilterComponent:
         self.coalescer.window = timedelta(seconds=filtering.coalesce_seconds)
         self.coalescer.settle = timedelta(seconds=min(self.settle_seconds, filtering.coalesce_seconds))
         first = self.policy is None
+        # Overrides that expired while the agent was down never open again.
+        gone = self.overrides.expired(self.runtime.clock()) if first else []
         if self._apply(policy, filtering):
             self.policy = policy
             if first:
@@ -205,33 +224,49 @@ class FilterComponent:
         else:
             self.runtime.emit_event("config_rejected", version=policy.config_version, errors=[self.last_error],
                                     kept=self.policy.config_version if self.policy else None, part="filter")
+        # Closed either way: at start the files are fail-closed until a policy applies.
+        self._audit_closed(gone, self.runtime.clock())
 
     def _apply(self, policy, filtering) -> bool:
         """Compile and install; on any problem leave everything as it was and return False."""
         try:
             spec = build_spec(policy, filtering.upstream_dns, self.overrides.domains(),
-                              upstream_port=self.upstream_port)
+                              upstream_port=self.upstream_port, infrastructure=self._infrastructure())
         except FilterError as exc:
             self.last_error = str(exc)
             log.error("filter: %s; keeping the filter as it was", exc)
             return False
         if self.dns_enabled:
             try:
-                write_atomic(self.paths.servers, render_servers(spec))
-                write_atomic(self.paths.hosts, render_hosts(spec, self._targets))
+                changed = write_atomic(self.paths.servers, render_servers(spec))
+                changed = write_atomic(self.paths.hosts, render_hosts(spec, self._targets)) or changed
             except OSError as exc:
                 self.last_error = f"{self.paths.dir}: {exc}"
                 log.error("filter: cannot write dnsmasq files: %s", exc)
                 return False
-            self._reload()
+            if changed:  # timetable ticks re-send the same policy: no needless cache flush
+                self._reload()
         self.spec = spec
         if not self.device_ip:
             self.device_ip = _device_ip(filtering.upstream_dns)
         self._write_browser(policy, spec, filtering)
-        missing = [t for t in spec.targets if not self._targets.get(t)]
+        missing = [t for t in spec.targets if not _has_v4(self._targets.get(t))]
         if missing:
             self._resolve_targets(spec.targets)
         return True
+
+    def _infrastructure(self) -> list[str]:
+        """Broker and collector host names: the agent itself must still resolve them."""
+        from urllib.parse import urlsplit
+
+        from ..config.schema import is_domain
+
+        urls = [self.runtime.bootstrap.broker_url, self.runtime.bootstrap.collector_url]
+        tree = getattr(self.runtime, "tree", None)
+        if tree is not None:
+            urls += [tree.site.broker.url, tree.site.collector.url]
+        hosts = {(urlsplit(u).hostname or "").lower() for u in urls}
+        return sorted(h for h in hosts if is_domain(h))
 
     def _write_browser(self, policy, spec: FilterSpec, filtering) -> None:
         if not self.write_browser:
@@ -247,13 +282,19 @@ class FilterComponent:
             log.error("filter: cannot write Firefox policy in %s: %s", self.firefox_dir, exc)
 
     def _apply_nftables(self, filtering) -> None:
+        # Root, or the systemd unit's CAP_NET_ADMIN: just try, and say so if it fails.
         permitted = self._apply_nft
         if permitted is None:
-            permitted = bool(self.runtime.bootstrap.apply_nftables) and os.geteuid() == 0
-        if not permitted or not self.dns_enabled:
+            permitted = bool(self.runtime.bootstrap.apply_nftables) and nftables.find_nft() is not None
+        if not permitted or not self.dns_enabled or self.dnsmasq is None:
             return
-        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=getattr(self, "dns_user", None) or "dnsmasq",
-                                  block_quic=filtering.block_quic)
+        # Exempt exactly the uid the filtering dnsmasq really runs as (it is the only
+        # process that may talk to the upstream): read it back rather than guess.
+        uid = _process_uid(self.dnsmasq.pid)
+        if uid is None:
+            log.error("filter: cannot tell which user dnsmasq runs as: DNS bypass is NOT blocked on this device")
+            return
+        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=uid, block_quic=filtering.block_quic)
         try:
             nftables.apply(ruleset, argv_prefix=self.argv_prefix)
             self.nft_applied = True
@@ -280,6 +321,7 @@ class FilterComponent:
         if self._resolving or not self.dns_enabled:
             return
         self._resolving = True
+        self._resolve_attempt_at = time.monotonic()
         targets = list(targets)
 
         def work():
@@ -288,7 +330,7 @@ class FilterComponent:
             # dnsmasq applies the SIGHUP asynchronously: retry briefly until it knows the target.
             while time.monotonic() < deadline and not self._stop.is_set():
                 found = resolve_targets(targets, server=self.listen, port=self.port, timeout=1)
-                if all(found.values()):
+                if all(_has_v4(a) for a in found.values()):
                     break
                 self._stop.wait(0.05)
             self.runtime.post(self._targets_resolved, found)
@@ -297,8 +339,9 @@ class FilterComponent:
 
     def _targets_resolved(self, found: dict[str, list[str]]) -> None:
         self._resolving = False
-        self._targets.update({t: a for t, a in found.items() if a})
-        self._targets_at = time.monotonic()
+        # Only a complete answer (at least an IPv4 address) replaces what we had: an
+        # AAAA-only result after a timeout would leave the engine unusable over IPv4.
+        self._targets.update({t: a for t, a in found.items() if _has_v4(a)})
         if self.spec is not None and self.dns_enabled:
             if write_atomic(self.paths.hosts, render_hosts(self.spec, self._targets)):
                 self._reload()
@@ -348,6 +391,12 @@ class FilterComponent:
         if self.runtime is not None and self.runtime.policy is not None:
             self.runtime.emit_event("override_rejected", domain=domain[:253], by=by[:64], error=reason)
 
+    def _audit_closed(self, gone: list[Override], now) -> None:
+        for ov in gone:
+            log.info("filter: override for %s (by %s) expired", ov.domain, ov.by)
+            self.runtime.emit_event("override_closed", **self._override_fields(ov), closed=now_ts(now),
+                                    why="expired")
+
     # ------------------------------------------------------------------ ticking
     def _tick_loop(self) -> None:
         while not self._stop.wait(self.tick_seconds):
@@ -368,10 +417,7 @@ class FilterComponent:
             filtering = self.filtering()
             if filtering is None or not self._apply(self.policy, filtering):
                 log.error("filter: could not re-apply after closing overrides: %s", self.last_error)
-            for ov in gone:
-                log.info("filter: override for %s (by %s) expired", ov.domain, ov.by)
-                self.runtime.emit_event("override_closed", **self._override_fields(ov), closed=now_ts(now),
-                                        why="expired")
+            self._audit_closed(gone, now)   # after the filter really closed
         for proc in (self.dnsmasq, self.front_proc):
             if proc is not None and not proc.is_running:
                 log.error("filter: dnsmasq (%s) exited (%s); restarting it", proc.conf.name,
@@ -381,10 +427,13 @@ class FilterComponent:
                     proc.start()
                 except FilterError as exc:
                     log.error("filter: dnsmasq restart failed: %s", exc)
-        if self.spec is not None and self.spec.targets and self._targets_at \
-                and time.monotonic() - self._targets_at > TARGET_REFRESH_SECONDS:
-            self._targets_at = time.monotonic()
-            self._resolve_targets(self.spec.targets)
+        if self.spec is not None and self.spec.targets and not self._resolving:
+            missing = any(not _has_v4(self._targets.get(t)) for t in self.spec.targets)
+            since = time.monotonic() - self._resolve_attempt_at
+            # Unresolved endpoints (upstream down at boot) are retried every few seconds;
+            # resolved ones are refreshed hourly.
+            if (missing and since > TARGET_RETRY_SECONDS) or since > TARGET_REFRESH_SECONDS:
+                self._resolve_targets(self.spec.targets)
 
     # ------------------------------------------------------------------ query log
     def _on_records(self, records: list[Record]) -> None:
@@ -396,7 +445,9 @@ class FilterComponent:
                 self.evidence.add(r.name, now)
             elif not self._is_expected(r.name):
                 self.evidence.mark_blocked(r.name)
-                blocked.append(r.name)
+                # One page = A + AAAA + HTTPS look-ups: count attempts by their A query.
+                if r.qtype in ("A", ""):
+                    blocked.append(r.name)
         if blocked:
             self.runtime.post(self._on_blocked, blocked, now)
 
@@ -469,6 +520,50 @@ class FilterComponent:
             return {"check": self.run_check(by.strip())}
         except FilterError as exc:
             raise ValueError(str(exc)) from None
+
+
+def _has_v4(addresses) -> bool:
+    return any(":" not in a for a in addresses or ())
+
+
+def _process_uid(pid: int | None) -> int | None:
+    """Effective uid of a running process (from /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _unreachable_for(uid: int, path: Path) -> Path | None:
+    """The first directory on the way to *path* that *uid* cannot enter, else None."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+    for d in [path, *path.parents]:
+        try:
+            st = d.stat()
+        except OSError:
+            return d
+        if st.st_uid == pw.pw_uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return d
+    return None
 
 
 def _device_ip(upstreams) -> str:

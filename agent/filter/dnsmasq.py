@@ -97,16 +97,21 @@ def upstream_addresses(upstream_dns: Sequence[str], port: int = 53) -> tuple[str
 
 
 def build_spec(policy, upstream_dns: Sequence[str], overrides: Iterable[str] = (), *,
-               upstream_port: int = 53) -> FilterSpec:
-    """Validate and combine a policy's allowlist with open overrides.  Raises FilterError."""
+               upstream_port: int = 53, infrastructure: Iterable[str] = ()) -> FilterSpec:
+    """Validate and combine a policy's allowlist with open overrides.  Raises FilterError.
+
+    *infrastructure*: the school's own broker / collector host names, which the agent must
+    resolve through the same dnsmasq (nftables sends it there too); DNS only."""
     profile_domains = _check_domains(policy.allow_domains, f"{policy.key_stage}.allow_domains")
     override_domains = _check_domains(overrides, "overrides")
+    infra = _check_domains(infrastructure, "infrastructure")
     if policy.youtube_restrict not in ("strict", "moderate", "off"):
-        raise FilterError(f"{policy.key_stage}.youtube_restrict: {policy.youtube_restrict!r} is not strict, moderate or off")
+        raise FilterError(f"{policy.key_stage}.youtube_restrict: {policy.youtube_restrict!r} "
+                          "is not strict, moderate or off")
     allowed = tuple(sorted(set(profile_domains) | set(override_domains)))
     return FilterSpec(
         profile=policy.key_stage,
-        allow_domains=allowed,
+        allow_domains=tuple(sorted(set(allowed) | set(infra))),
         upstreams=upstream_addresses(upstream_dns, upstream_port),
         rewrites=tuple(rewrites(allowed, bool(policy.safe_search), policy.youtube_restrict)),
         safe_search=bool(policy.safe_search),
@@ -305,6 +310,34 @@ class DnsmasqProcess:
         return self.proc is not None and self.proc.poll() is None
 
     @property
+    def pid_path(self) -> Path:
+        return self.conf.with_suffix(".pid")
+
+    def _kill_stale(self) -> None:
+        """A dnsmasq left by an agent that was killed would hold the port: end it (only
+        if its command line names our config file, so nothing else is ever touched)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if f"--conf-file={self.conf}".encode() not in cmdline:
+            return
+        log.warning("ending dnsmasq pid %d left over from a previous run", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            return
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    return
+            except (OSError, IndexError):
+                return
+            time.sleep(0.05)
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
@@ -323,6 +356,7 @@ class DnsmasqProcess:
         if not self.binary:
             raise FilterError("dnsmasq is not installed")
         self.test_config()
+        self._kill_stale()
         err = open(self.stderr, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -330,6 +364,10 @@ class DnsmasqProcess:
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
         finally:
             err.close()
+        try:
+            self.pid_path.write_text(f"{self.proc.pid}\n")
+        except OSError:
+            pass
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -364,6 +402,7 @@ class DnsmasqProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        self.pid_path.unlink(missing_ok=True)
 
 
 def _sbin(name: str) -> str | None:

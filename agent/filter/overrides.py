@@ -76,7 +76,8 @@ def parse_allow(cmd: dict, now: datetime, *, default_minutes: int, max_minutes: 
     except ValueError as exc:
         raise OverrideError(f"domain: {exc}") from None
     if domain in PUBLIC_SUFFIXES:
-        raise OverrideError(f"domain: {domain!r} is a public suffix, not a site (name the site, e.g. 'example.{domain}')")
+        raise OverrideError(f"domain: {domain!r} is a public suffix, not a site "
+                            f"(name the site, e.g. 'example.{domain}')")
     by = cmd.get("by")
     if not isinstance(by, str) or not by.strip() or len(by) > 64:
         raise OverrideError("by: who allowed it is required (a staff username)")

@@ -62,6 +62,24 @@ def parse_line(line: str) -> Record | None:
     return None
 
 
+def with_qtypes(records: list[Record], last_qtype: dict[str, str]) -> list[Record]:
+    """Give each ``blocked`` record the type of the query it answers.
+
+    dnsmasq writes ``config NAME is NXDOMAIN`` right after that query's ``query[TYPE]``
+    line, without the type; a browser asks A, AAAA and HTTPS for one page, so the type
+    tells one attempt from three look-ups."""
+    out = []
+    for r in records:
+        if r.kind == "query":
+            if len(last_qtype) > 4096:
+                last_qtype.clear()  # bounded; a lost type only makes one record untyped
+            last_qtype[r.name] = r.qtype
+        elif r.kind == "blocked" and not r.qtype:
+            r = Record("blocked", r.name, last_qtype.get(r.name, ""), r.client)
+        out.append(r)
+    return out
+
+
 class QueryLogFollower:
     """Tail *path* on a thread and hand parsed records, in batches, to *on_records*."""
 
@@ -77,6 +95,7 @@ class QueryLogFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lines_read = 0
+        self._last_qtype: dict[str, str] = {}
 
     def start(self) -> None:
         self._stop.clear()
@@ -140,7 +159,7 @@ class QueryLogFollower:
 
     def _deliver(self, lines: list[str]) -> None:
         self.lines_read += len(lines)
-        records = [r for r in map(parse_line, lines) if r is not None]
+        records = with_qtypes([r for r in map(parse_line, lines) if r is not None], self._last_qtype)
         if records:
             try:
                 self.on_records(records)

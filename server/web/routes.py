@@ -64,7 +64,8 @@ def page(*roles: str):
         try:
             return check(request)
         except HTTPException as exc:
-            if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+            browser = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+            if exc.status_code == 401 and browser:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 raise _LoginRedirect(f"/login?next={quote(target, safe='')}") from None
             raise
@@ -305,20 +306,18 @@ def pages_router() -> APIRouter:
         return _incident_page(request, incident_id, user)
 
     @r.post("/incidents/{incident_id}/update")
-    async def incident_update(incident_id: str, request: Request, user: User = Depends(dsl)):
+    def incident_update(incident_id: str, request: Request, category: str = Form("", max_length=64),
+                        status: str = Form("", max_length=20), outcome: str = Form("", max_length=4000),
+                        tags: list[str] = Form([]), user: User = Depends(dsl)):
         _incident(request, incident_id, user)
-        form = await request.form()
-        body: dict[str, Any] = {}
-        for key in ("category", "status", "outcome"):
-            value = form.get(key)
-            if isinstance(value, str) and value != "":
-                body[key] = value
-        body["tags"] = [t for t in form.getlist("tags") if isinstance(t, str)]
+        body: dict[str, Any] = {k: v for k, v in (("category", category), ("status", status), ("outcome", outcome))
+                                if v != ""}
+        body["tags"] = tags
         try:
             changes = inc.validate_changes(body)
         except inc.IncidentError as exc:
             return _incident_page(request, incident_id, user, error=str(exc), status=400)
-        await asyncio.to_thread(_store(request).update_incident, incident_id, user.username, changes)
+        _store(request).update_incident(incident_id, user.username, changes)
         _store(request).audit(user.username, "incident.update", incident_id, changes)
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
 
@@ -487,7 +486,8 @@ def api_router() -> APIRouter:
             raise HTTPException(422, {"errors": ["body: expected a JSON object with files and why"]})
         unknown = set(body) - {"files", "why", "name"}
         if unknown:
-            raise HTTPException(422, {"errors": [f"{k}: unknown field (use files, why, name)" for k in sorted(unknown)]})
+            raise HTTPException(422, {"errors": [f"{k}: unknown field (use files, why, name)"
+                                                 for k in sorted(unknown)]})
         name = body.get("name") if isinstance(body.get("name"), str) else "config"
         try:
             done = _rollouts(request).publish(body.get("files"), user.username, body.get("why"), name=name)

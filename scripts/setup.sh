@@ -19,13 +19,13 @@ APT_PACKAGES=(
   postgresql iproute2
   xvfb xdotool x11-utils libnotify-bin
   chromium chromium-driver
-  python3-tk
+  python3-tk python3-gi dbus
   sway swayidle swaylock openssl systemd
 )
 NEEDED_COMMANDS=(
   python3 mosquitto mosquitto_sub mosquitto_pub dnsmasq dig nft dnsperf ip
   chromium chromedriver Xvfb xdotool xdpyinfo notify-send
-  sway swayidle swaylock openssl systemd-analyze
+  sway swayidle swaylock openssl systemd-analyze dbus-run-session
 )
 
 # Run as root directly, otherwise through sudo if it exists.
@@ -52,6 +52,8 @@ done
 have_initdb || missing+=("initdb")
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=("python3-venv")
 python3 -c 'import tkinter' >/dev/null 2>&1 || missing+=("python3-tk")
+# The notification test's stand-in D-Bus server runs on Debian's own python3.
+/usr/bin/python3 -c 'from gi.repository import Gio' >/dev/null 2>&1 || missing+=("python3-gi")
 
 if [ "${#missing[@]}" -eq 0 ]; then
   say "system packages: all present, skipping apt"

@@ -301,7 +301,7 @@ def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str
         "max_connections -1",
         # Alerts are tiny; Nagle's delay would dominate the press -> teacher latency.
         "set_tcp_nodelay true",
-        "max_queued_messages 1000",
+        "max_queued_messages 100000",  # ingest backlog during a collector restart (docs/server.md)
     ]
     if opts.run_as:
         lines.append(f"user {opts.run_as}")

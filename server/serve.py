@@ -10,6 +10,7 @@ MQTT 5 shared subscription.  Secrets come from files or stdin, never the command
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -220,12 +221,16 @@ def add_commands(sub) -> None:
     p.add_argument("--mqtt-username", default="classroom-server")
     p.add_argument("--mqtt-password-file", metavar="FILE")
     p.add_argument("--ca-file", metavar="FILE", help="CA certificate for mqtts://")
-    p.add_argument("--ingest-id", metavar="ID", help="MQTT client id of this ingest worker (unique per worker)")
+    p.add_argument("--ingest-id", metavar="ID", default=f"classroom-server-{socket.gethostname().lower()}"[:60],
+                   help="MQTT client id of this ingest worker; unique per worker process group "
+                        "(default classroom-server-HOSTNAME; extra --ingest-workers add -1, -2, ...)")
     p.add_argument("--ingest-workers", type=int, default=1, metavar="N",
                    help="ingest processes sharing the MQTT subscription (one per CPU core helps; default 1)")
-    p.add_argument("--ingest-session-expiry", type=int, default=0, metavar="SECONDS",
-                   help="keep this worker's broker session (with --ingest-id) so messages published while "
-                        "it restarts are queued, not lost; 0 = clean start (default)")
+    # DESIGN rule 5: nothing is lost across a server restart, so by default the broker keeps
+    # this worker's session (and queues QoS 1 messages) for an hour while it is away.
+    p.add_argument("--ingest-session-expiry", type=int, default=3600, metavar="SECONDS",
+                   help="how long the broker keeps this worker's session and queues messages while it is "
+                        "away (default 3600); 0 = clean start, a dead worker leaves nothing behind")
     p.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind HTTPS)")
     p.add_argument("--reports-dir", default="/var/lib/classroom-server/reports", metavar="DIR",
                    help="where the weekly digest (HTML + CSV) is written; e-mail via CLASSROOM_SMTP_* (optional)")

@@ -380,7 +380,9 @@ def test_notification_reaches_a_real_session_bus():
     dbus_run = require_binary("dbus-run-session")
     require_binary("notify-send")
     if subprocess.run(["/usr/bin/python3", "-c", "from gi.repository import Gio"], capture_output=True).returncode:
-        pytest.skip("system python3 has no gi (python3-gi) for the stand-in notification server")
+        from services import skip_or_fail
+
+        skip_or_fail("system python3 has no gi (python3-gi) for the stand-in notification server")
     code = ("import subprocess\n"
             "from server.alerts_client import AlertBoard, Notifier\n"
             "from agent.protocol import new_id, now_ts\n"

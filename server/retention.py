@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 # Events kept with their incident, not by events_days: the DSL's evidence.
 INCIDENT_EVENT_TYPES = ("report_evidence",)
-SHORT_EVENT_TYPES = ("blocked", "filter_check")
+SHORT_EVENT_TYPES = ("blocked",)
+# The DfE filtering check log and every change to the filtering policy (teacher overrides)
+# are records of the school's own diligence: kept as long as the audit log.
+AUDIT_EVENT_TYPES = ("filter_check", "override_opened", "override_closed", "override_rejected")
 
 
 def _in(values) -> str:
@@ -52,8 +55,10 @@ class Retention:
         done["heartbeats"] = self.store.purge("heartbeats", cutoff(r.heartbeats_days))
         done["blocked_events"] = self.store.purge("events", cutoff(r.blocked_days),
                                                   f"type IN {_in(SHORT_EVENT_TYPES)}")
-        done["events"] = self.store.purge("events", cutoff(r.events_days),
-                                          f"type NOT IN {_in(SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES)}")
+        done["audit_events"] = self.store.purge("events", cutoff(r.audit_days), f"type IN {_in(AUDIT_EVENT_TYPES)}")
+        done["events"] = self.store.purge(
+            "events", cutoff(r.events_days),
+            f"type NOT IN {_in(SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES + AUDIT_EVENT_TYPES)}")
         done["device_alerts"] = self.store.purge("device_alerts", cutoff(r.events_days), "cleared_at IS NOT NULL")
         done["sessions"] = self.store.purge("sessions", iso(now))
         done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30))

@@ -69,3 +69,15 @@ def test_closed_incidents_purged_with_their_records_when_configured(store, tree)
     assert store.evidence(old_closed["id"]) == [] and len(store.evidence(old_open["id"])) == 1
     assert store.count("incident_actions", "incident_id = ?", (old_closed["id"],)) == 0
     assert store.count("alert_transitions", "alert_id = ?", (old_closed["id"],)) == 0
+
+
+def test_check_log_and_override_records_follow_the_audit_period(store, tree):
+    """The DfE check log and filter-policy changes outlive ordinary events (audit_days)."""
+    r = tree.site.retention
+    check = make_event(type="filter_check", ts=ts(r.events_days + 10))
+    override = make_event(type="override_opened", ts=ts(r.events_days + 10))
+    ancient = make_event(type="override_closed", ts=ts(r.audit_days + 1))
+    store.insert_events([check, override, ancient])
+    done = Retention(store, lambda: tree).run(NOW)
+    assert done == {"audit_events": 1}
+    assert {e["id"] for e in store.events(limit=100)} == {check["id"], override["id"]}

@@ -10,11 +10,10 @@ import argparse
 import json
 import sys
 from datetime import datetime, timezone
-from typing import Sequence
 
 from . import __version__
 from .config import ConfigInvalid, ConfigTree, effective_policy, load_bootstrap, load_tree
-from .errors import CliParser, UserError, run_cli
+from .errors import CliParser, UserError, cli_main
 
 PROG = "classroom-agent"
 
@@ -227,11 +226,4 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return sys.exit(run_cli(PROG, _main, argv))
+main = cli_main(PROG, build_parser)

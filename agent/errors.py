@@ -59,3 +59,16 @@ class CliParser(__import__("argparse").ArgumentParser):
             if close:
                 message = f"{message} (did you mean {close[0]!r}?)"
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def cli_main(prog: str, build_parser: Callable[[], "CliParser"]) -> Callable[[Sequence[str] | None], None]:
+    """The console-script entry point for a parser whose subcommands set ``func``."""
+
+    def _main(argv: Sequence[str] | None) -> int:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+
+    def main(argv: Sequence[str] | None = None) -> None:
+        sys.exit(run_cli(prog, _main, argv))
+
+    return main

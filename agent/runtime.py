@@ -18,7 +18,7 @@ which fetches from the collector and calls ``apply_config(tree_or_dict)``: that
 validates, keeps the last-known-good config on failure, and reports
 ``config_applied`` / ``config_rejected`` events.
 
-``default_components()`` is the production set (filter, lock, guard) that
+``default_components()`` is the production set (filter, sessions, lock, guard) that
 ``classroom-agent run`` adds; tests and simulated devices (``run --simulate``) leave it out.
 """
 
@@ -449,6 +449,9 @@ class Runtime:
     def current_user(self) -> str | None:
         if self.bootstrap.session_user:
             return self.bootstrap.session_user
+        for component in self.components:  # agent/sessions.py knows whose desktop is in front
+            if getattr(component, "name", None) == "sessions":
+                return component.current_user()
         try:
             import psutil
 
@@ -500,8 +503,8 @@ def default_components() -> list:
     runtime has.  One that cannot be built is left out with a log line: the report button
     must run whatever else fails."""
     found = []
-    for module, cls in (("agent.filter.component", "FilterComponent"), ("agent.lockcomponent", "LockComponent"),
-                        ("agent.guard", "Guard")):
+    for module, cls in (("agent.filter.component", "FilterComponent"), ("agent.sessions", "SessionsComponent"),
+                        ("agent.lockcomponent", "LockComponent"), ("agent.guard", "Guard")):
         try:
             mod = __import__(module, fromlist=[cls])
             found.append(getattr(mod, cls)())

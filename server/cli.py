@@ -11,12 +11,11 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from agent import __version__
 from agent.config import ConfigInvalid, load_tree
 from agent.config.reference import json_schema, render_markdown
-from agent.errors import CliParser, UserError, run_cli
+from agent.errors import CliParser, UserError, cli_main
 
 PROG = "classroom-server"
 STARTER = Path(__file__).resolve().parent.parent / "agent" / "config" / "starter"
@@ -101,10 +100,4 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return sys.exit(run_cli(PROG, _main, argv))
+main = cli_main(PROG, build_parser)

@@ -94,3 +94,26 @@ def test_a_bypass_tool_is_ended_by_the_running_agent(device, tmp_path):
         assert tool.wrapper.wait(timeout=10) is not None
     finally:
         tool.close()
+
+
+def test_the_production_set_has_sessions_lock_and_guard_and_knows_the_user(device):
+    from agent.runtime import default_components
+
+    names = [getattr(c, "name", None) for c in default_components()]
+    assert {"sessions", "lock", "guard"} <= set(names)
+    rt, clock, sub = device
+    sub.wait_for("event", type="login", user="amira.k")
+    assert rt.current_user() == "amira.k"  # from the session records, for heartbeats and events
+
+
+def test_malformed_lock_commands_change_nothing(device, mosquitto):
+    rt, clock, sub = device
+    lock = component(rt, "lock")
+    for bad in (b"not json", b'{"cmd": "lock"}', b'{"cmd": "lokc", "by": "x"}', b'["lock"]',
+                b'{"cmd": "lock", "by": 7}'):
+        publish(mosquitto, f"{PREFIX}/cmd", bad)
+    # A good command after the bad ones proves they were read (and dropped), in order.
+    publish(mosquitto, f"{PREFIX}/cmd", {"cmd": "lock", "by": "j.smith"})
+    sub.wait_for("event", type="lock", by="j.smith")
+    assert [e["by"] for e in sub.payloads("event") if e["type"] == "lock"] == ["j.smith"]
+    assert lock.is_locked

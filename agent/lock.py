@@ -202,16 +202,7 @@ class WaylandLock:
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
-                target = _find_child(proc.pid, "swaylock") if isinstance(proc, subprocess.Popen) else proc
-                # A swaylock started a moment ago may not catch SIGUSR1 yet (it would die of it
-                # instead, possibly mid-lock): give it a moment to install its handler.
-                _wait_catches(getattr(target, "pid", None), signal.SIGUSR1, timeout=2.0)
-                # SIGUSR1 is swaylock's documented "unlock and exit"; killing it instead
-                # would leave an ext-session-lock compositor locked with no client.
-                try:
-                    target.send_signal(signal.SIGUSR1)
-                except Exception as exc:  # noqa: BLE001 - already gone
-                    log.info("swaylock already gone: %s", exc)
+                release_swaylock(proc)
         elif self._session is not None:
             self.runner.run(["loginctl", "unlock-session", self._session.id])
 
@@ -249,6 +240,22 @@ def catches(pid: int | None, sig: int) -> bool:
     except (OSError, ValueError):
         pass
     return False
+
+
+def release_swaylock(proc) -> None:
+    """Unlock a running swaylock (started directly or under runuser/setpriv) as it expects.
+
+    Shared by the lock and the report blank (agent/screen.py)."""
+    target = _find_child(proc.pid, "swaylock") if isinstance(proc, subprocess.Popen) else proc
+    # A swaylock started a moment ago may not catch SIGUSR1 yet (it would die of it
+    # instead, possibly mid-lock): give it a moment to install its handler.
+    _wait_catches(getattr(target, "pid", None), signal.SIGUSR1, timeout=2.0)
+    # SIGUSR1 is swaylock's documented "unlock and exit"; killing it instead
+    # would leave an ext-session-lock compositor locked with no client.
+    try:
+        target.send_signal(signal.SIGUSR1)
+    except Exception as exc:  # noqa: BLE001 - already gone
+        log.info("swaylock already gone: %s", exc)
 
 
 def _wait_catches(pid: int | None, sig: int, timeout: float) -> None:

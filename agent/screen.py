@@ -162,7 +162,9 @@ class WaylandBackend:
     def hide(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            from .lock import release_swaylock  # lock.py imports this module
+
+            release_swaylock(proc)  # SIGUSR1, never SIGTERM: see release_swaylock
 
     def close(self) -> None:
         self.hide()

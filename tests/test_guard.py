@@ -11,7 +11,7 @@ import pytest
 
 from agent.guard import Guard, comm_names, read_mounts
 from lock_fixtures import FakeRuntime, PupilTool
-from services import spawn, terminate, wait_until
+from services import skip_or_fail, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -183,7 +183,7 @@ def test_a_real_mount_under_a_watched_directory_is_reported(tmp_path, rt):
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         guard.stop()
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         def reported():
             while rt.posted.qsize():
@@ -195,3 +195,27 @@ def test_a_real_mount_under_a_watched_directory_is_reported(tmp_path, rt):
         subprocess.run(["umount", str(usb)], check=False)
         guard.stop()
     assert str(usb) not in read_mounts([str(media)])
+
+
+def test_browser_policies_written_by_the_filter_are_guarded(tmp_path, rt):
+    """The filter's Chromium/Firefox policy writes register with the guard, so an edit is undone."""
+    from agent.filter import browser
+
+    managed, firefox = tmp_path / "chromium" / "managed", tmp_path / "firefox"
+    guard = Guard(bypass_processes=[], watch_mounts=[], poll_seconds=3600)
+    guard.start(rt)
+    try:
+        browser.write_chromium(managed, {"URLBlocklist": ["*"]}, guard.protect)
+        browser.write_firefox(firefox, {"WebsiteFilter": {"Block": ["<all_urls>"]}}, guard.protect)
+        good = (managed / browser.CHROMIUM_FILE).read_bytes()
+        # The agent's own rewrite is not tamper...
+        browser.write_chromium(managed, {"URLBlocklist": ["*"], "IncognitoModeAvailability": 1}, guard.protect)
+        good = (managed / browser.CHROMIUM_FILE).read_bytes()
+        (managed / browser.CHROMIUM_FILE).write_text('{"URLBlocklist": []}')  # ...a pupil's edit is
+        wait_until(lambda: rt.posted.qsize() > 0, timeout=10, message="watchdog saw nothing")
+        wait_until(lambda: (rt.run_posted() or True) and (managed / browser.CHROMIUM_FILE).read_bytes() == good,
+                   timeout=10, message="policy not restored")
+        assert [e["path"] for e in rt.of_type("tamper")] == [str(managed / browser.CHROMIUM_FILE)]
+        assert guard.expected_sha256(firefox / browser.FIREFOX_FILE) is not None
+    finally:
+        guard.stop()

@@ -2,6 +2,7 @@
 overlay under Xvfb (Escape / Alt+F4 do not close it; the staff PIN does)."""
 
 import os
+import signal
 import subprocess
 import threading
 
@@ -76,6 +77,10 @@ class FakeProc:
         return 0 if self.terminated else None
 
     def terminate(self):
+        raise AssertionError("swaylock must be released with SIGUSR1, not terminated")
+
+    def send_signal(self, sig):
+        assert sig == signal.SIGUSR1
         self.terminated = True
 
 

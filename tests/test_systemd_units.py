@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.config.schema import AgentBootstrap
-from services import free_port, require_binary, spawn, terminate, wait_until, port_open
+from services import free_port, port_open, require_binary, skip_or_fail, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
 def fake_root(tmp_path_factory):
     require_binary("systemd-analyze")
     if not SYSTEM_UNITS.is_dir():
-        pytest.skip("no systemd unit directory on this machine")
+        skip_or_fail("no systemd unit directory on this machine")
     root = tmp_path_factory.mktemp("root")
     (root / "usr/lib/systemd").mkdir(parents=True)
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)

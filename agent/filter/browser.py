@@ -88,7 +88,7 @@ def firefox_policy(policy, overrides: Iterable[str] = ()) -> dict:
 TMP_SUBDIR = ".classroom-safety-tmp"
 
 
-def write_outside(target: Path, text: str) -> bool:
+def write_outside(target: Path, text: str, before_write=None) -> bool:
     """Atomically replace *target* from a temp file Chromium never reads, then os.replace.
 
     The temp file goes in the PARENT of the policy directory.  Where that is not writable
@@ -104,6 +104,10 @@ def write_outside(target: Path, text: str) -> bool:
             return False
     except OSError:
         pass
+    if before_write is not None:
+        # The guard must know the new content before the watcher sees the change,
+        # or it would "restore" the old policy over ours.
+        before_write(target, text.encode("utf-8"))
     target.parent.mkdir(parents=True, exist_ok=True)
     last: OSError | None = None
     for tmp_dir in (target.parent.parent, target.parent / TMP_SUBDIR):
@@ -132,11 +136,12 @@ def write_outside(target: Path, text: str) -> bool:
     raise last  # type: ignore[misc]
 
 
-def write_chromium(directory: str | Path, data: dict) -> bool:
-    return write_outside(Path(directory) / CHROMIUM_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_chromium(directory: str | Path, data: dict, before_write=None) -> bool:
+    return write_outside(Path(directory) / CHROMIUM_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n",
+                         before_write)
 
 
-def write_firefox(directory: str | Path, ours: dict) -> bool:
+def write_firefox(directory: str | Path, ours: dict, before_write=None) -> bool:
     """Merge our keys into policies.json, keeping any policies someone else set."""
     path = Path(directory) / FIREFOX_FILE
     try:
@@ -146,4 +151,4 @@ def write_firefox(directory: str | Path, ours: dict) -> bool:
     except (OSError, ValueError):
         existing = {"policies": {}}
     existing["policies"].update(ours)
-    return write_outside(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    return write_outside(path, json.dumps(existing, indent=2, sort_keys=True) + "\n", before_write)

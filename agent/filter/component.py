@@ -271,13 +271,17 @@ class FilterComponent:
     def _write_browser(self, policy, spec: FilterSpec, filtering) -> None:
         if not self.write_browser:
             return
+        # Policy files a pupil (or anyone but the agent) edits are put back by the guard.
+        guard = next((c for c in getattr(self.runtime, "components", []) if getattr(c, "name", "") == "guard"), None)
+        protect = guard.protect if guard is not None else None
         try:
             browser.write_chromium(self.chromium_dir,
-                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic))
+                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic),
+                                   protect)
         except OSError as exc:
             log.error("filter: cannot write Chromium policy in %s: %s", self.chromium_dir, exc)
         try:
-            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides))
+            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides), protect)
         except OSError as exc:
             log.error("filter: cannot write Firefox policy in %s: %s", self.firefox_dir, exc)
 

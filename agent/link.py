@@ -73,6 +73,8 @@ class Link:
         self._config_version = config_version
         self.keepalive = keepalive
         self.connected = threading.Event()
+        # Set on SUBACK for our cmd topic: "connected" alone does not mean commands arrive yet.
+        self.subscribed = threading.Event()
         # _send_lock orders outbox writes with publishes and the resend.  paho calls
         # on_publish while holding its own locks, so on_publish must never wait for
         # _send_lock (that deadlocks with a publish in progress): it only takes _map_lock,
@@ -98,6 +100,7 @@ class Link:
                              qos=protocol.QOS["status"], retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
 
@@ -207,8 +210,15 @@ class Link:
                                 protocol.QOS["status"], True)
         self.connected.set()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if reason_codes and not any(rc.is_failure for rc in reason_codes):
+            self.subscribed.set()
+        else:
+            log.error("broker refused the cmd subscription (%s): staff cannot reach this device", reason_codes)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self._stopping:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
 

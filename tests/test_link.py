@@ -134,13 +134,17 @@ def test_malformed_cmd_is_ignored_with_one_log_line(tmp_path, mosquitto, caplog)
         assert link.connected.wait(10)
         bad = [b"not json", b"[1, 2]", b'{"cmd": "explode", "by": "x"}', b'{"cmd": "ack", "by": "a.jones"}',
                b'{"cmd": "clear", "alert_id": "nope", "by": "a.jones"}', b"\xff\xfe", b'{"cmd": "ack"}']
+        assert link.subscribed.wait(10)  # connected is not yet subscribed
+        first = {"cmd": "ack", "alert_id": "00000000-0000-4000-8000-000000000002", "by": "a.jones"}
+        publish(mosquitto, PREFIX + "/cmd", first)
+        wait_until(lambda: commands, 10)
         with caplog.at_level(logging.WARNING, logger="agent.link"):
             for raw in bad:
                 publish(mosquitto, PREFIX + "/cmd", raw)
             good = {"cmd": "ack", "alert_id": "00000000-0000-4000-8000-000000000001", "by": "a.jones"}
             publish(mosquitto, PREFIX + "/cmd", good)
-            wait_until(lambda: commands, 10)
-        assert commands == [good]                              # the link kept running
+            wait_until(lambda: len(commands) == 2, 10)
+        assert commands == [first, good]                       # the link kept running
         lines = [r.getMessage() for r in caplog.records if r.name == "agent.link"]
         assert len(lines) == len(bad) and link.ignored_commands == len(bad)
         assert all(line.startswith(f"ignored cmd on {PREFIX}/cmd: ") and "\n" not in line for line in lines)

@@ -88,7 +88,7 @@ def test_escalation_is_published_on_the_same_alert(agent, mosquitto):
 @pytest.mark.timeout(30)
 def test_malformed_cmd_over_mqtt_is_logged_once_and_agent_carries_on(agent, mosquitto, caplog):
     rt, clock, pins = agent()
-    assert rt.link.connected.wait(10)
+    assert rt.link.subscribed.wait(10)  # SUBACKed: commands published now will arrive
     rt.press("button")
     rt.call(lambda: None)
     aid = rt.report.alert["id"]

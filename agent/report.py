@@ -12,7 +12,7 @@ published on the device's ``alert`` topic with the same ``id``.  Order on a pres
 Repeated presses while an alert is open do not make new alerts: they are counted
 (``presses`` on every later transition and a ``press_repeated`` event).  The open
 alert is kept in ``state_dir/alert.json`` so a restarted agent blanks the screen again
-and still accepts ack/clear for it.  No screen capture of any kind happens here.
+and still accepts ack/clear for it.  Evidence is domain names and times only.
 """
 
 from __future__ import annotations

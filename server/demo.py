@@ -212,7 +212,7 @@ class Demo:
                  f"{self.status(device.id)['screen']['blank']}")
 
         timeline = self._incident_timeline(alert["id"])
-        self.say("5. The DSL's incident record (domains only as evidence; no screenshots, ever):")
+        self.say("5. The DSL's incident record (evidence is the domains the device looked up, with times):")
         for step in timeline:
             self.say(f"     {step}")
         return alert

@@ -16,37 +16,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-import yaml
 
 from . import __version__
 from . import protocol
+from .credentials import load_credentials  # noqa: F401 - re-exported for callers
 from .errors import UserError
 from .outbox import HEARTBEAT, Outbox, priority_for
 
 log = logging.getLogger(__name__)
-
-
-def load_credentials(path: str | Path | None) -> tuple[str | None, str | None]:
-    """(username, password) from the credentials YAML; (None, None) if the file is absent."""
-    if not path:
-        return None, None
-    p = Path(path)
-    if not p.exists():
-        log.warning("%s: no credentials file; connecting without a username", p)
-        return None, None
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{p}: cannot read credentials: {type(exc).__name__}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("username"), str) \
-            or not isinstance(data.get("password"), str):
-        raise UserError(f"{p}: credentials must be a mapping with username and password strings")
-    return data["username"], data["password"]
 
 
 class Link:

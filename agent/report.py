@@ -176,10 +176,10 @@ class Report:
         # Written before the network (a crash from here on still knows the alert), made
         # power-safe right after the publish: the alert must not wait for an SD-card fsync.
         self._save(sync=False)
+        self._show_led()  # local feedback first, network second (as on clear)
         self._publish("raised", "pupil", source=source)
         _fsync(self._path)
         log.info("report raised: alert %s (%s)", self._alert["id"], source)
-        self._show_led()
         self._schedule_escalation()
         try:
             domains = rt.evidence_source(rt.evidence_minutes)

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from agent import __version__
+from agent.credentials import read_password
 from agent.errors import UserError, run_cli
 from agent.protocol import DEFAULT_PREFIX, ID_RE, ProtocolError, encode, parse_message, parse_ts, topic
 
@@ -316,31 +317,6 @@ class Pager:
 
 
 # --------------------------------------------------------------------------- the client
-
-
-def read_password(path: str | Path) -> str:
-    """The password from a file: a broker-config credentials YAML or a single line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read password file ({exc.strerror})") from None
-    password = None
-    if "password:" in text:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("password"), str):
-            password = data["password"]
-    if password is None:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        password = lines[0] if lines else ""
-    if not password:
-        raise UserError(f"{path}: password file is empty")
-    return password
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:

@@ -14,21 +14,10 @@ import socket
 import sys
 from pathlib import Path
 
+from agent.credentials import read_password
 from agent.errors import UserError
 
 DEFAULT_DB = "sqlite:////var/lib/classroom-server/server.db"  # sqlite:/// + absolute path
-
-
-def _read_secret(path: str | None, what: str) -> str | None:
-    if not path:
-        return None
-    try:
-        text = Path(path).read_text().strip()
-    except OSError as exc:
-        raise UserError(f"{what} {path}: {exc.strerror}") from None
-    if not text:
-        raise UserError(f"{what} {path}: the file is empty")
-    return text
 
 
 def _open_store(url: str):
@@ -91,8 +80,6 @@ def cmd_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # A broker-config credentials YAML or a one-line password file both work.
-    from .alerts_client import read_password
-
     password = read_password(args.mqtt_password_file) if args.mqtt_password_file else None
     tree = _load_tree(args.config)
     prefix = args.prefix or (tree.site.broker.prefix if tree is not None else None)
@@ -176,9 +163,7 @@ def cmd_user_add(args) -> int:
         raise UserError(f"NAME: {exc}") from None
     if args.role not in ROLES:
         raise UserError(f"--role {args.role!r}: use one of {', '.join(ROLES)}")
-    password = _read_secret(args.password_file, "--password-file")
-    if password is None:
-        password = sys.stdin.readline().rstrip("\n")
+    password = read_password(args.password_file) if args.password_file else sys.stdin.readline().rstrip("\n")
     if len(password) < 10:
         raise UserError("password: use at least 10 characters (a passphrase of three words is good)")
     store = _open_store(args.db)

@@ -69,6 +69,27 @@ def test_cli_user_add_and_enrol_token(tmp_path, capsys):
     assert run_cli(["enrol-token", "--device", "nope", "--config", str(REPO / "config"), "--db", db]) == 1
 
 
+def test_cli_user_add_password_file(tmp_path, capsys):
+    """A one-line file or a broker-config credentials YAML; a missing file is one line, nothing added."""
+    from server.store import Store
+
+    db = f"sqlite:///{tmp_path}/s.db"
+    plain, creds = tmp_path / "pw.txt", tmp_path / "creds.yaml"
+    plain.write_text(PASSWORD + "\n")
+    creds.write_text(f"username: m.khan\npassword: {PASSWORD}-2\n")
+    assert run_cli(["user", "add", "a.jones", "--role", "teacher", "--password-file", str(plain), "--db", db]) == 0
+    assert run_cli(["user", "add", "m.khan", "--role", "teacher", "--password-file", str(creds), "--db", db]) == 0
+    assert run_cli(["user", "add", "b.b", "--role", "teacher", "--password-file", str(tmp_path / "no"), "--db", db]) == 1
+    err = capsys.readouterr().err
+    assert err == f"classroom-server: error: {tmp_path / 'no'}: cannot read password file (No such file or directory)\n"
+    store = Store.open(db)
+    try:
+        assert login(store, "a.jones", PASSWORD) and login(store, "m.khan", PASSWORD + "-2")
+        assert store.get_user("b.b") is None
+    finally:
+        store.close()
+
+
 @pytest.mark.integration
 def test_serve_runs_api_and_ingest(mosquitto, tmp_path):
     port = free_port()

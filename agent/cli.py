@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the agent in the foreground (SIGTERM stops it cleanly)")
     p.add_argument("--config", required=True, metavar="FILE", help="the device's agent.yaml")
     p.add_argument("--pin-factory", metavar="NAME", help="gpiozero pin factory (mock for a simulated device)")
-    p.add_argument("--screen", choices=("auto", "wayland", "x11", "headless"), help="override screen_backend")
+    p.add_argument("--screen", choices=("auto", "wayland", "swaylock", "x11", "headless"), help="override screen_backend")
     p.add_argument("--simulate", action="store_true",
                    help="a simulated device: mock pins, headless screen, report path only (demo, bench)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

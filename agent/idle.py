@@ -267,7 +267,7 @@ class SwayIdle:
 
 
 def make_idle(kind: str, *, clock: Callable, session_fn: Callable, runner=None):
-    if kind == "wayland":
+    if kind in ("wayland", "swaylock"):
         return SwayIdle(session_fn, runner)
     if kind == "x11":
         session = session_fn()

@@ -379,8 +379,8 @@ class X11Lock:
 
 def make_lock(kind: str, *, session_fn: Callable, staff_pin_hash: str | None = None,
               idle_fn: Callable | None = None, runner=None):
-    """A lock backend by name: wayland, x11 or headless ('auto' is resolved by the caller)."""
-    if kind == "wayland":
+    """A lock backend by name: wayland (or swaylock), x11 or headless ('auto' is resolved by the caller)."""
+    if kind in ("wayland", "swaylock"):  # the lock is swaylock either way
         return WaylandLock(session_fn, runner)
     if kind == "x11":
         return X11Lock(session_fn, staff_pin_hash, runner=runner, idle_fn=idle_fn)

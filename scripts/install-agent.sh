@@ -8,7 +8,7 @@
 #       --broker mqtts://classroom.penny-acres.sch.uk:8883 \
 #       --collector https://classroom.penny-acres.sch.uk \
 #       --credentials /media/usb/5b-pi-01.yaml [--ca-file ca.pem] [--session-user pupil] \
-#       [--screen auto|wayland|x11|headless] [--staff-pin-hash HASH] [--dry-run]
+#       [--screen auto|wayland|swaylock|x11|headless] [--staff-pin-hash HASH] [--dry-run]
 #
 # Steps: apt packages; the `classroom-agent` system user (gpio group); the venv in
 # /opt/classroom-safety; /etc/classroom-safety/agent.yaml (root:classroom-agent 0640) and
@@ -34,7 +34,7 @@ CHANGED=0
 LAST=0
 
 PACKAGES=(python3 python3-venv python3-tk python3-lgpio dnsmasq-base nftables x11-xserver-utils xprintidle
-          swayidle swaylock)
+          swayidle swaylock python3-gi gir1.2-gtklayershell-0.1 acl)
 
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*"; }
@@ -50,7 +50,7 @@ Options:
   --credentials FILE     the device's credentials YAML from `classroom-server broker-config` (required)
   --ca-file FILE         CA certificate for the broker/collector, if not a public CA
   --session-user USER    the desktop account whose screen is locked/blanked (default: detected)
-  --screen BACKEND       auto, wayland, x11 or headless (default auto)
+  --screen BACKEND       auto, wayland, swaylock, x11 or headless (default auto)
   --staff-pin-hash HASH  from `classroom-agent hash-pin`
   --source DIR           the classroom-safety source to install (default: this checkout)
   --service-user NAME    the service account (default classroom-agent)
@@ -96,7 +96,7 @@ ID_RE='^[a-z0-9][a-z0-9-]{0,62}$'
 [[ $SITE =~ $ID_RE ]] || die "--site: '$SITE' is not a valid id (lowercase letters, digits and '-')"
 [[ $BROKER =~ ^mqtts?://[^/[:space:]]+$ ]] || die "--broker: '$BROKER' is not mqtts://host:port or mqtt://host:port"
 [[ $COLLECTOR =~ ^https?://[^[:space:]]+$ ]] || die "--collector: '$COLLECTOR' is not an http(s) URL"
-case "$SCREEN" in auto|wayland|x11|headless) ;; *) die "--screen: '$SCREEN' is not auto, wayland, x11 or headless" ;; esac
+case "$SCREEN" in auto|wayland|swaylock|x11|headless) ;; *) die "--screen: '$SCREEN' is not auto, wayland, swaylock, x11 or headless" ;; esac
 [ -z "$SESSION_USER" ] || [[ $SESSION_USER =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--session-user: '$SESSION_USER' is not a user name"
 [ -z "$PIN_HASH" ] || [[ $PIN_HASH =~ ^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$ ]] \
     || die "--staff-pin-hash: not a hash from \`classroom-agent hash-pin\`"
@@ -266,11 +266,22 @@ dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/firefox-esr/policies
 
 # ------------------------------------------------------------------ 6. the desktop
 step "desktop"
-# X11 sessions: let the agent's own user (not the pupil) draw the lock and blank overlays,
-# so the pupil cannot close them.  Wayland sessions use swaylock and need nothing here.
+# Let the agent's own user (not the pupil) draw the lock and report overlays, so the pupil
+# cannot close them: xhost on X11, an ACL on the Wayland socket (scripts/session-grant.sh).
+# X11 sessions run Xsession.d; labwc and wayfire run XDG autostart entries.
+put 755 root root /usr/local/libexec/classroom-safety-grant <"$SOURCE/scripts/session-grant.sh"
 put 644 root root /etc/X11/Xsession.d/90classroom-safety <<EOF
 # classroom-safety: the agent ($SERVICE_USER) may draw the lock and report overlays.
-if command -v xhost >/dev/null 2>&1; then xhost +SI:localuser:$SERVICE_USER >/dev/null 2>&1 || true; fi
+/usr/local/libexec/classroom-safety-grant $SERVICE_USER || true
+EOF
+put 644 root root /etc/xdg/autostart/classroom-safety-grant.desktop <<EOF
+[Desktop Entry]
+Type=Application
+Name=classroom-safety display access
+Comment=Lets the classroom-safety agent show the report and lock screens
+Exec=/usr/local/libexec/classroom-safety-grant $SERVICE_USER
+NoDisplay=true
+X-GNOME-Autostart-Phase=Initialization
 EOF
 
 # ------------------------------------------------------------------ 7. systemd

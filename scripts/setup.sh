@@ -21,11 +21,13 @@ APT_PACKAGES=(
   chromium chromium-driver
   python3-tk python3-gi dbus
   sway swayidle swaylock openssl systemd
+  gir1.2-gtklayershell-0.1 wtype acl
 )
 NEEDED_COMMANDS=(
   python3 mosquitto mosquitto_sub mosquitto_pub dnsmasq dig nft dnsperf ip
   chromium chromedriver Xvfb xdotool xdpyinfo notify-send
   sway swayidle swaylock openssl systemd-analyze dbus-run-session
+  wtype setfacl getfacl
 )
 
 # Run as root directly, otherwise through sudo if it exists.
@@ -54,6 +56,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=("python3-venv")
 python3 -c 'import tkinter' >/dev/null 2>&1 || missing+=("python3-tk")
 # The notification test's stand-in D-Bus server runs on Debian's own python3.
 /usr/bin/python3 -c 'from gi.repository import Gio' >/dev/null 2>&1 || missing+=("python3-gi")
+# The Wayland report overlay runs on Debian's python3 with gtk-layer-shell.
+compgen -G '/usr/lib/*/girepository-1.0/GtkLayerShell-0.1.typelib' >/dev/null || missing+=("gir1.2-gtklayershell-0.1")
 
 if [ "${#missing[@]}" -eq 0 ]; then
   say "system packages: all present, skipping apt"

@@ -43,6 +43,7 @@ def snapshot(*paths):
 
 WATCHED = ["/etc/classroom-safety", "/opt/classroom-safety", "/var/lib/classroom-agent",
            "/etc/systemd/system/classroom-agent.service", "/etc/X11/Xsession.d/90classroom-safety",
+           "/usr/local/libexec/classroom-safety-grant", "/etc/xdg/autostart/classroom-safety-grant.desktop",
            "/etc/chromium/policies/managed", "/etc/firefox-esr/policies"]
 
 
@@ -71,7 +72,9 @@ def test_dry_run_prints_every_step_and_changes_nothing(creds):
     assert "would write: /etc/systemd/system/classroom-agent.service" in out or \
         "unchanged: /etc/systemd/system/classroom-agent.service" in out
     assert "systemctl enable classroom-agent" in out or "unchanged: classroom-agent enabled" in out
-    assert "xhost +SI:localuser:classroom-agent" in out
+    assert "would write: /usr/local/libexec/classroom-safety-grant (mode 755, root:root)" in out
+    assert "    | /usr/local/libexec/classroom-safety-grant classroom-agent || true" in out      # X11 session
+    assert "    | Exec=/usr/local/libexec/classroom-safety-grant classroom-agent" in out        # labwc/wayfire
     assert out.rstrip().endswith("dry run: nothing was changed")
     assert snapshot(*WATCHED) == before
     assert user_exists("classroom-agent") == had_user
@@ -137,6 +140,11 @@ def test_real_install_into_a_root_is_idempotent(tmp_path, creds):
     assert owner_mode(root / "etc/chromium/policies/managed") == (user, group, "0o755")
     unit = (root / "etc/systemd/system/classroom-agent.service").read_text()
     assert f"\nUser={user}\n" in unit and "Type=notify" in unit
+    grant = root / "usr/local/libexec/classroom-safety-grant"
+    assert owner_mode(grant) == ("root", "root", "0o755")
+    assert grant.read_text() == (ROOT / "scripts/session-grant.sh").read_text()
+    assert f"Exec=/usr/local/libexec/classroom-safety-grant {user}\n" in \
+        (root / "etc/xdg/autostart/classroom-safety-grant.desktop").read_text()
     assert SECRET not in first.stdout + first.stderr
 
     second = run(*base)

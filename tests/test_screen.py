@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from agent.screen import (HeadlessBackend, Screen, WaylandBackend, X11Backend, detect_backend, hash_pin,
-                          make_screen, verify_pin)
+import agent.screen
+from agent.screen import (HeadlessBackend, Screen, SwaylockBackend, WaylandBackend, X11Backend, detect_backend,
+                          hash_pin, make_screen, verify_pin)
 from services import require_binary, spawn, terminate, wait_until
 
 RAISED = "Well done for telling. A grown-up is coming."
@@ -84,9 +85,9 @@ class FakeProc:
         self.terminated = True
 
 
-def test_wayland_runs_swaylock_as_session_user():
+def test_swaylock_runs_as_session_user():
     runner = RecordingRunner()
-    screen = Screen(WaylandBackend("nobody", runner, wayland_display="wayland-1"))
+    screen = Screen(SwaylockBackend("nobody", runner, wayland_display="wayland-1"))
     screen.blank(RAISED)
     screen.blank(RAISED)                                      # already locked: not a second swaylock
     assert len(runner.calls) == 1
@@ -110,6 +111,46 @@ def test_backend_detection():
     assert detect_backend({}, **none) == "headless"
     assert make_screen("headless").backend_name == "headless"
     assert make_screen("wayland", runner=RecordingRunner()).backend_name == "wayland"
+    assert make_screen("swaylock", runner=RecordingRunner()).backend_name == "swaylock"
+
+
+def test_wayland_without_the_overlay_packages_falls_back_to_swaylock(monkeypatch, caplog):
+    monkeypatch.setattr(agent.screen, "wayland_overlay_available", lambda: False)
+    assert make_screen("wayland", runner=RecordingRunner()).backend_name == "swaylock"
+    assert "gir1.2-gtklayershell-0.1" in caplog.text and "no message" in caplog.text
+
+
+def test_wayland_socket_is_found_for_the_session_user(tmp_path, monkeypatch):
+    backend = WaylandBackend(wayland_display=str(tmp_path / "nope"))
+    assert backend.socket_path() is None                       # absolute but absent
+    (tmp_path / "wayland-3").touch()
+    (tmp_path / "wayland-3.lock").touch()
+    assert WaylandBackend(wayland_display=str(tmp_path / "wayland-3")).socket_path() == str(tmp_path / "wayland-3")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    # the named socket is not there: the first wayland-N in the runtime dir is the session's
+    assert WaylandBackend(wayland_display="wayland-0").socket_path() == str(tmp_path / "wayland-3")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert WaylandBackend(wayland_display="wayland-0").socket_path() is None  # nobody logged in yet
+    runner = RecordingRunner()
+    screen = Screen(WaylandBackend(wayland_display="wayland-0", runner=runner))
+    screen.blank(RAISED)                                       # no session: recorded; swaylock is tried
+    assert screen.is_blank and len(runner.calls) == 1
+
+
+@pytest.mark.timeout(60)
+def test_an_overlay_that_cannot_run_falls_back_to_swaylock(tmp_path):
+    (tmp_path / "wayland-0").touch()
+    runner = RecordingRunner()
+    backend = WaylandBackend(wayland_display=str(tmp_path / "wayland-0"), python="/bin/false", runner=runner)
+    screen = Screen(backend)
+    try:
+        screen.blank(RAISED)
+        wait_until(lambda: runner.calls, timeout=30, message="swaylock was never started")
+        assert runner.calls[0][0][-3:] == ["swaylock", "-c", "000000"]
+        screen.unblank()
+        assert runner.procs[0].terminated                      # released with SIGUSR1
+    finally:
+        screen.close()
 
 
 # --------------------------------------------------------------------------- real X11 overlay

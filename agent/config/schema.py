@@ -399,7 +399,9 @@ class AgentBootstrap(Model):
     config_dir: str | None = Field(default=None, description="Use a local config tree instead of the collector (demo/offline).")
     pin_factory: str | None = Field(default=None,
                                     description="gpiozero pin factory (lgpio, rpigpio, mock); default from GPIOZERO_PIN_FACTORY.")
-    screen_backend: Literal["auto", "wayland", "x11", "headless"] = Field(default="auto")
+    screen_backend: Literal["auto", "wayland", "swaylock", "x11", "headless"] = Field(
+        default="auto", description="Report blank: wayland (layer-shell overlay with message and PIN), swaylock "
+        "(Wayland without layer-shell: no message), x11 (Tk overlay), headless; auto detects.")
     session_user: str | None = Field(default=None, description="Desktop user whose screen is blanked; default: detected.")
     staff_pin_hash: str | None = Field(default=None, description="Hashed staff PIN that clears the screen on the device.")
     chromium_policy_dir: str = Field(default="/etc/chromium/policies/managed")

@@ -1,0 +1,172 @@
+"""The blank-screen overlay's toolkit-free half, shared by both drawings of it.
+
+``agent/screen_overlay.py`` draws the overlay with Tk on X11 and
+``agent/screen_overlay_wayland.py`` with GTK on a Wayland layer-shell surface; both are
+child processes of agent/screen.py and both hold an ``OverlayCore`` for everything that
+is not drawing:
+
+* the conversation with the agent, JSON lines on stdin: ``{"op":"config","pin_hash":...}``,
+  ``{"op":"show","message":...}``, ``{"op":"message","message":...}``, ``{"op":"hide"}``,
+  ``{"op":"quit"}``; and JSON lines back on stdout: ``ready``, ``shown``, ``hidden``,
+  ``pin_wrong`` and ``{"event":"cleared","by":"staff-pin"}``;
+* the staff PIN typed on the device: digits, Backspace, Enter; every other key is
+  swallowed; five wrong tries lock entry for 30 seconds.
+
+If the agent goes away while the overlay is shown, the overlay stays up (the pupil must
+not see the page again) and the PIN still clears it.
+
+This module imports nothing outside the standard library and ``agent.screen``'s PIN
+check, because the Wayland drawing runs on the system Python (where GTK lives), not the
+agent's virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from agent.screen import verify_pin
+
+BG = "#10213f"          # calm dark blue, not an alarming black or red
+FG = "#ffffff"
+HINT_FG = "#8fa3c7"
+STAFF_HINT = "Staff: type the PIN and press Enter"
+MAX_TRIES = 5
+LOCKOUT_SECONDS = 30
+MAX_PIN = 12
+
+
+class OverlayCore:
+    """Everything but the drawing.  A toolkit subclass provides ``draw_show()``,
+    ``draw_hide()``, ``draw_message(text)``, ``draw_hint(text)``, ``drawn()`` (what its
+    widgets show now) and ``quit()``."""
+
+    def __init__(self, *, clock=time.monotonic, out=None) -> None:
+        self.clock = clock
+        self.out = out or sys.stdout
+        self.pin_hash: str | None = None
+        self.typed = ""
+        self.tries = 0
+        self.locked_until = 0.0
+        self.shown = False
+        self.stdin_open = True
+        self._buf = b""
+
+    # ------------------------------------------------------------------ drawing hooks
+    def draw_show(self) -> None:
+        raise NotImplementedError
+
+    def draw_hide(self) -> None:
+        raise NotImplementedError
+
+    def draw_message(self, text: str) -> None:
+        raise NotImplementedError
+
+    def draw_hint(self, text: str) -> None:
+        raise NotImplementedError
+
+    def drawn(self) -> dict:
+        raise NotImplementedError
+
+    def quit(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ agent side
+    def say(self, **event) -> None:
+        try:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the agent has gone; the overlay still does its job
+
+    def feed(self, chunk: bytes) -> None:
+        """Bytes from stdin; an empty chunk means the agent closed it."""
+        if not chunk:
+            self.stdin_open = False
+            if not self.shown:
+                self.quit()
+            return
+        self._buf += chunk
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("not an object")
+                self.handle(req)
+            except (ValueError, TypeError) as exc:
+                print(f"overlay: ignored bad line {line[:80]!r}: {exc}", file=sys.stderr)
+
+    def handle(self, req: dict) -> None:
+        op = req.get("op")
+        if op == "config":
+            pin_hash = req.get("pin_hash")
+            self.pin_hash = pin_hash if isinstance(pin_hash, str) else None
+        elif op == "show":
+            self.draw_message(str(req.get("message") or ""))
+            self.show()
+        elif op == "message":
+            self.draw_message(str(req.get("message") or ""))
+        elif op == "hide":
+            self.hide()
+        elif op == "state":
+            self.say(event="state", **self.drawn())
+        elif op == "quit":
+            self.quit()
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+    def show(self) -> None:
+        self.typed = ""
+        self.shown = True
+        self.draw_show()
+        self.announce_shown()
+
+    def announce_shown(self) -> None:
+        """Say ``shown``; a drawing that maps its window later says it from there."""
+        self.say(event="shown")
+
+    def hide(self) -> None:
+        self.shown = False
+        self.typed = ""
+        self.draw_hint(STAFF_HINT)
+        self.draw_hide()
+        self.say(event="hidden")
+        if not self.stdin_open:
+            self.quit()
+
+    # ------------------------------------------------------------------ staff PIN
+    def key(self, keysym: str, char: str = "") -> None:
+        """One key press while shown.  Everything that is not part of a PIN is ignored,
+        which is how Escape, Alt+F4, Alt+Tab and Ctrl+W do nothing."""
+        if not self.shown:
+            return
+        if keysym in ("Return", "KP_Enter"):
+            self.check_pin()
+            return
+        if keysym == "BackSpace":
+            self.typed = self.typed[:-1]
+        elif len(self.typed) < MAX_PIN:
+            if len(char) == 1 and char.isdigit():
+                self.typed += char
+            elif keysym.startswith("KP_") and keysym[3:].isdigit():
+                self.typed += keysym[3:]
+        self.draw_hint("\u25cf" * len(self.typed) if self.typed else STAFF_HINT)
+
+    def check_pin(self) -> None:
+        typed, self.typed = self.typed, ""
+        if self.clock() < self.locked_until:
+            self.draw_hint("Too many tries. Wait a moment.")
+            return
+        if verify_pin(typed, self.pin_hash):
+            self.tries = 0
+            self.say(event="cleared", by="staff-pin")
+            self.hide()
+            return
+        self.tries += 1
+        self.say(event="pin_wrong")
+        if self.tries >= MAX_TRIES:
+            self.tries = 0
+            self.locked_until = self.clock() + LOCKOUT_SECONDS
+        self.draw_hint("Staff: that PIN was not right")

@@ -1,0 +1,166 @@
+"""The Wayland blank-screen overlay process (``python3 -m agent.screen_overlay_wayland``):
+the GTK drawing on a wlr-layer-shell surface.
+
+Run by agent/screen.py's Wayland backend on the system Python (GTK and
+gtk-layer-shell come from Debian: ``python3-gi``, ``gir1.2-gtklayershell-0.1``), as the
+agent's own user so the pupil cannot kill it; the desktop session lets that user reach
+its Wayland socket (docs/deploy-pi.md, "Wayland overlay").  The conversation with the
+agent and the staff PIN live in agent/overlay.py.
+
+Why a layer-shell surface: labwc and wayfire (Raspberry Pi OS) and sway put the
+``overlay`` layer above every window, full-screen ones included, and a surface with
+exclusive keyboard interactivity gets every key.  So the page the pupil saw is covered,
+Alt+F4 and Alt+Tab act on windows underneath that nobody can see, and the words and the
+PIN box are ours to draw, which ``swaylock`` cannot do.  One surface per monitor; the
+first takes the keyboard.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import gi
+
+gi.require_version("Gdk", "3.0")
+gi.require_version("Gtk", "3.0")
+gi.require_version("GtkLayerShell", "0.1")
+from gi.repository import Gdk, GLib, Gtk, GtkLayerShell  # noqa: E402
+
+from agent.overlay import BG, FG, HINT_FG, STAFF_HINT, OverlayCore  # noqa: E402
+
+CSS = """
+window { background-color: %(bg)s; }
+#message { color: %(fg)s; font-family: "DejaVu Sans"; font-weight: bold; font-size: %(size)dpx; }
+#hint { color: %(hint)s; font-family: "DejaVu Sans"; font-size: 14pt; }
+"""
+
+
+class WaylandOverlay(OverlayCore):
+    def __init__(self) -> None:
+        super().__init__()
+        display = Gdk.Display.get_default()
+        if display is None:
+            raise RuntimeError("cannot open the Wayland display "
+                               f"{os.environ.get('WAYLAND_DISPLAY') or '(WAYLAND_DISPLAY is not set)'}")
+        if not GtkLayerShell.is_supported():
+            raise RuntimeError("this compositor has no wlr-layer-shell; use screen_backend: swaylock")
+        first = display.get_monitor(0) if display.get_n_monitors() else None
+        width = first.get_geometry().width if first is not None else 1280
+        provider = Gtk.CssProvider()
+        css = CSS % {"bg": BG, "fg": FG, "hint": HINT_FG, "size": max(28, width // 28)}
+        provider.load_from_data(css.encode())
+        Gtk.StyleContext.add_provider_for_screen(Gdk.Screen.get_default(), provider,
+                                                 Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION)
+        self.windows: list[Gtk.Window] = []
+        self.messages: list[Gtk.Label] = []
+        self.hints: list[Gtk.Label] = []
+        self._announce = False
+        monitors = [display.get_monitor(i) for i in range(display.get_n_monitors())] or [None]
+        for index, monitor in enumerate(monitors):
+            self._add_window(monitor, keyboard=index == 0)
+        # Default priority, not HIGH: GDK's Wayland source prepares a read before each
+        # poll and only a source of at least its priority gets it cancelled; a HIGH
+        # watch that maps a window deadlocks GTK in a roundtrip.
+        GLib.io_add_watch(sys.stdin.fileno(), GLib.PRIORITY_DEFAULT, GLib.IO_IN | GLib.IO_HUP | GLib.IO_ERR,
+                          self.on_stdin)
+
+    def _add_window(self, monitor, *, keyboard: bool) -> None:
+        win = Gtk.Window(title="classroom-safety")
+        GtkLayerShell.init_for_window(win)
+        GtkLayerShell.set_namespace(win, "classroom-safety")
+        GtkLayerShell.set_layer(win, GtkLayerShell.Layer.OVERLAY)
+        for edge in (GtkLayerShell.Edge.LEFT, GtkLayerShell.Edge.RIGHT,
+                     GtkLayerShell.Edge.TOP, GtkLayerShell.Edge.BOTTOM):
+            GtkLayerShell.set_anchor(win, edge, True)
+        GtkLayerShell.set_exclusive_zone(win, -1)  # cover panels too, not just the windows
+        GtkLayerShell.set_keyboard_mode(win, GtkLayerShell.KeyboardMode.EXCLUSIVE if keyboard
+                                        else GtkLayerShell.KeyboardMode.NONE)
+        if monitor is not None:
+            GtkLayerShell.set_monitor(win, monitor)
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
+        message = Gtk.Label(name="message", wrap=True, justify=Gtk.Justification.CENTER,
+                            max_width_chars=30, vexpand=True)
+        hint = Gtk.Label(name="hint", label=STAFF_HINT, margin_bottom=24)
+        box.pack_start(message, True, True, 0)
+        box.pack_end(hint, False, False, 0)
+        win.add(box)
+        win.connect("key-press-event", self.on_key)
+        win.connect("delete-event", lambda *a: True)  # nothing closes it but staff
+        if keyboard:
+            win.connect("realize", lambda w: w.get_frame_clock().connect("after-paint", self.on_painted, w))
+        box.show_all()
+        self.windows.append(win)
+        self.messages.append(message)
+        self.hints.append(hint)
+
+    # ------------------------------------------------------------------ events
+    def on_stdin(self, fd, condition) -> bool:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            chunk = b""
+        self.feed(chunk)
+        return bool(chunk)  # False removes the watch at end of input
+
+    def on_key(self, widget, event) -> bool:
+        name = Gdk.keyval_name(event.keyval) or ""
+        char = chr(Gdk.keyval_to_unicode(event.keyval) or 0).strip("\0")
+        self.key(name, char)
+        return True  # swallow everything
+
+    def on_painted(self, clock, widget) -> None:
+        # The first frame painted after show() is at the size the compositor gave the
+        # surface (the whole output): that is when the pupil's page is covered.
+        if self._announce and self.shown:
+            self._announce = False
+            alloc = widget.get_allocation()
+            self.say(event="shown", width=alloc.width, height=alloc.height)
+
+    # ------------------------------------------------------------------ drawing
+    def announce_shown(self) -> None:
+        self._announce = True  # said from on_painted, once the compositor has put it up
+
+    def draw_message(self, text: str) -> None:
+        for label in self.messages:
+            label.set_text(text)
+
+    def draw_hint(self, text: str) -> None:
+        for label in self.hints:
+            label.set_text(text)
+
+    def drawn(self) -> dict:
+        return {"shown": all(win.get_mapped() for win in self.windows), "message": self.messages[0].get_text(),
+                "hint": self.hints[0].get_text(), "windows": len(self.windows)}
+
+    def draw_show(self) -> None:
+        for win in self.windows:
+            win.show()
+
+    def draw_hide(self) -> None:
+        for win in self.windows:
+            win.hide()
+
+    def quit(self) -> None:
+        Gtk.main_quit()
+
+    def run(self) -> None:
+        self.say(event="ready")
+        Gtk.main()
+
+
+def main() -> int:
+    try:
+        if not Gtk.init_check(sys.argv)[0]:
+            raise RuntimeError("cannot open the Wayland display "
+                               f"{os.environ.get('WAYLAND_DISPLAY') or '(WAYLAND_DISPLAY is not set)'}")
+        overlay = WaylandOverlay()
+    except RuntimeError as exc:
+        print(f"screen_overlay_wayland: error: {exc}", file=sys.stderr)
+        return 1
+    overlay.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

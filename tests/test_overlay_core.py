@@ -1,0 +1,148 @@
+"""The overlay's toolkit-free half (agent/overlay.py): the JSON-lines conversation with
+the agent, malformed lines, the staff PIN and its lockout, and what happens when the
+agent goes away.  Both real drawings (Tk under Xvfb, GTK under sway) are tested in
+test_screen.py and test_screen_wayland.py."""
+
+import io
+import json
+
+import pytest
+
+from agent.overlay import LOCKOUT_SECONDS, MAX_TRIES, STAFF_HINT, OverlayCore
+from agent.screen import hash_pin
+
+RAISED = "Well done for telling. A grown-up is coming."
+
+
+class Drawing(OverlayCore):
+    """Records what a toolkit would have drawn."""
+
+    def __init__(self, clock):
+        self.out = io.StringIO()
+        super().__init__(clock=clock, out=self.out)
+        self.visible = False
+        self.text = ""
+        self.hint = STAFF_HINT
+        self.quitted = False
+
+    def draw_show(self):
+        self.visible = True
+
+    def draw_hide(self):
+        self.visible = False
+
+    def draw_message(self, text):
+        self.text = text
+
+    def draw_hint(self, text):
+        self.hint = text
+
+    def drawn(self):
+        return {"shown": self.visible, "message": self.text, "hint": self.hint}
+
+    def quit(self):
+        self.quitted = True
+
+    def events(self):
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def overlay():
+    o = Drawing(Clock())
+    o.feed(json.dumps({"op": "config", "pin_hash": hash_pin("2468")}).encode() + b"\n")
+    return o
+
+
+def type_keys(o, text, enter=True):
+    for ch in text:
+        o.key(ch, ch)
+    if enter:
+        o.key("Return")
+
+
+def test_show_message_hide_and_state(overlay):
+    overlay.feed(b'{"op": "show", "message": "' + RAISED.encode() + b'"}\n{"op": "state"}\n')
+    assert overlay.visible and overlay.text == RAISED
+    overlay.feed(b'{"op": "message", "message": "A grown-up has seen your message."}\n{"op": "hide"}\n')
+    assert not overlay.visible
+    assert [e["event"] for e in overlay.events()] == ["shown", "state", "hidden"]
+    assert overlay.events()[1] == {"event": "state", "shown": True, "message": RAISED, "hint": STAFF_HINT}
+
+
+def test_lines_may_arrive_in_pieces(overlay):
+    overlay.feed(b'{"op": "sh')
+    assert not overlay.visible
+    overlay.feed(b'ow", "message": "hi"}\n')
+    assert overlay.visible and overlay.text == "hi"
+
+
+@pytest.mark.parametrize("line,why", [
+    (b"not json", "Expecting value"),
+    (b"[1, 2]", "not an object"),
+    (b'{"op": "explode"}', "unknown op 'explode'"),
+    (b'{"message": "no op"}', "unknown op None"),
+])
+def test_malformed_lines_are_ignored_with_a_message(overlay, capsys, line, why):
+    overlay.feed(b'{"op": "show", "message": "hi"}\n')
+    overlay.feed(line + b"\n")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("overlay: ignored bad line ") and why in err and len(err.splitlines()) == 1
+    assert overlay.visible and overlay.text == "hi"           # nothing changed
+    overlay.feed(b'{"op": "hide"}\n')                        # and it still listens
+    assert not overlay.visible
+
+
+def test_escape_alt_f4_and_letters_do_nothing_the_pin_clears(overlay):
+    overlay.feed(b'{"op": "show", "message": "hi"}\n')
+    for keysym, char in (("Escape", "\x1b"), ("F4", ""), ("Tab", "\t"), ("w", "w"), ("q", "q")):
+        overlay.key(keysym, char)
+    assert overlay.visible and overlay.typed == ""
+    overlay.key("KP_2")
+    type_keys(overlay, "45", enter=False)
+    overlay.key("BackSpace")
+    assert overlay.hint == "\u25cf\u25cf"
+    type_keys(overlay, "68")                                  # "2" + "4" + "68"
+    assert not overlay.visible
+    assert overlay.events()[-2:] == [{"event": "cleared", "by": "staff-pin"}, {"event": "hidden"}]
+
+
+def test_wrong_pins_lock_entry_for_a_while(overlay):
+    overlay.feed(b'{"op": "show", "message": "hi"}\n')
+    for _ in range(MAX_TRIES):
+        type_keys(overlay, "1111")
+    assert overlay.hint == "Staff: that PIN was not right"
+    type_keys(overlay, "2468")                                # right, but locked out
+    assert overlay.visible and overlay.hint == "Too many tries. Wait a moment."
+    overlay.clock.now += LOCKOUT_SECONDS
+    type_keys(overlay, "2468")
+    assert not overlay.visible
+    assert [e["event"] for e in overlay.events()].count("pin_wrong") == MAX_TRIES
+
+
+def test_no_pin_configured_means_only_the_agent_clears(overlay):
+    overlay.feed(b'{"op": "config", "pin_hash": 1234}\n{"op": "show", "message": "hi"}\n')
+    assert overlay.pin_hash is None
+    type_keys(overlay, "2468")
+    assert overlay.visible
+
+
+def test_agent_gone_while_shown_keeps_it_up_until_the_pin(overlay):
+    overlay.feed(b'{"op": "show", "message": "hi"}\n')
+    overlay.feed(b"")                                         # the agent died
+    assert overlay.visible and not overlay.quitted
+    type_keys(overlay, "2468")
+    assert not overlay.visible and overlay.quitted
+
+
+def test_agent_gone_while_hidden_quits(overlay):
+    overlay.feed(b"")
+    assert overlay.quitted

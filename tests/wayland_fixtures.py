@@ -1,0 +1,68 @@
+"""A real Wayland desktop for tests: headless sway running as an unprivileged user (sway
+refuses root, like a real desktop session), and ``wtype`` to type into it as that user
+through the virtual-keyboard protocol, the way a keyboard would."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.sessions import Session
+from services import require_binary, require_root, spawn, terminate, wait_until
+
+USER = "nobody"
+
+
+@pytest.fixture
+def sway_session(tmp_path):
+    require_root()
+    sway = require_binary("sway")
+    entry = pwd.getpwnam(USER)
+    runtime_dir = Path(f"/run/user/{entry.pw_uid}")
+    if runtime_dir.exists():
+        pytest.skip(f"{runtime_dir} is in use; not touching a real session")
+    runtime_dir.mkdir(parents=True, mode=0o700)
+    os.chown(runtime_dir, entry.pw_uid, entry.pw_gid)
+    # In the user's own runtime dir: pytest's temp dirs are root-only.
+    conf = runtime_dir / "sway.conf"
+    conf.write_text("output HEADLESS-1 resolution 800x600\n")
+    os.chown(conf, entry.pw_uid, entry.pw_gid)
+    env = ["PATH=/usr/bin:/bin", f"XDG_RUNTIME_DIR={runtime_dir}", "WLR_BACKENDS=headless",
+           "WLR_LIBINPUT_NO_DEVICES=1", "WLR_RENDERER=pixman", "HOME=/nonexistent"]
+    proc = spawn(["runuser", "-u", USER, "--", "env", "-i", *env, sway, "-c", str(conf)],
+                 log_path=tmp_path / "sway.log")
+    try:
+        def started():
+            assert proc.poll() is None, "sway exited"
+            return any(p.name.startswith("wayland-") and not p.name.endswith(".lock") for p in runtime_dir.iterdir())
+        wait_until(started, timeout=15,
+                   message=lambda: "sway did not start: " + (tmp_path / "sway.log").read_text()[-800:])
+        yield Session(id="w1", user=USER, uid=entry.pw_uid, type="wayland", seat="seat0")
+    finally:
+        terminate(proc)
+        for p in psutil.process_iter(["name", "username"]):
+            if p.info["name"] in ("swaylock", "swayidle", "sway") and p.info["username"] == USER:
+                p.kill()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def wtype(session: Session, *args: str) -> None:
+    """Type into the session as its user: ``wtype(s, "2468", "-k", "Return")``."""
+    binary = require_binary("wtype")
+    # Each wtype run is a new virtual keyboard, and the first key it sends can arrive
+    # before the client has its keymap and be dropped; a Shift tap goes first.
+    result = subprocess.run(["runuser", "-u", session.user, "--", "env", f"XDG_RUNTIME_DIR=/run/user/{session.uid}",
+                             f"WAYLAND_DISPLAY={wayland_socket(session).name}", binary, "-k", "Shift_L", *args],
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, f"wtype {args}: {result.stderr}"
+
+
+def wayland_socket(session: Session) -> Path:
+    runtime_dir = Path(f"/run/user/{session.uid}")
+    return next(p for p in sorted(runtime_dir.iterdir()) if p.name.startswith("wayland-") and not p.name.endswith(".lock"))

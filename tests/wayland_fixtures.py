@@ -4,11 +4,13 @@ through the virtual-keyboard protocol, the way a keyboard would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -22,11 +24,24 @@ USER = "nobody"
 @pytest.fixture
 def sway_session(tmp_path):
     require_root()
-    sway = require_binary("sway")
-    entry = pwd.getpwnam(USER)
-    runtime_dir = Path(f"/run/user/{entry.pw_uid}")
+    require_binary("sway")
+    runtime_dir = Path(f"/run/user/{pwd.getpwnam(USER).pw_uid}")
     if runtime_dir.exists():
         pytest.skip(f"{runtime_dir} is in use; not touching a real session")
+    with headless_sway(tmp_path / "sway.log") as session:
+        yield session
+
+
+@contextlib.contextmanager
+def headless_sway(log_path: Path, user: str = USER) -> Iterator[Session]:
+    """A headless sway desktop (800x600) as *user*; also used by bench/overlay_latency.py."""
+    sway = shutil.which("sway")
+    if sway is None:
+        raise RuntimeError("sway is not installed")
+    entry = pwd.getpwnam(user)
+    runtime_dir = Path(f"/run/user/{entry.pw_uid}")
+    if runtime_dir.exists():
+        raise RuntimeError(f"{runtime_dir} is in use; not touching a real session")
     runtime_dir.mkdir(parents=True, mode=0o700)
     os.chown(runtime_dir, entry.pw_uid, entry.pw_gid)
     # In the user's own runtime dir: pytest's temp dirs are root-only.
@@ -35,19 +50,17 @@ def sway_session(tmp_path):
     os.chown(conf, entry.pw_uid, entry.pw_gid)
     env = ["PATH=/usr/bin:/bin", f"XDG_RUNTIME_DIR={runtime_dir}", "WLR_BACKENDS=headless",
            "WLR_LIBINPUT_NO_DEVICES=1", "WLR_RENDERER=pixman", "HOME=/nonexistent"]
-    proc = spawn(["runuser", "-u", USER, "--", "env", "-i", *env, sway, "-c", str(conf)],
-                 log_path=tmp_path / "sway.log")
+    proc = spawn(["runuser", "-u", user, "--", "env", "-i", *env, sway, "-c", str(conf)], log_path=log_path)
     try:
         def started():
             assert proc.poll() is None, "sway exited"
             return any(p.name.startswith("wayland-") and not p.name.endswith(".lock") for p in runtime_dir.iterdir())
-        wait_until(started, timeout=15,
-                   message=lambda: "sway did not start: " + (tmp_path / "sway.log").read_text()[-800:])
-        yield Session(id="w1", user=USER, uid=entry.pw_uid, type="wayland", seat="seat0")
+        wait_until(started, timeout=15, message=lambda: "sway did not start: " + Path(log_path).read_text()[-800:])
+        yield Session(id="w1", user=user, uid=entry.pw_uid, type="wayland", seat="seat0")
     finally:
         terminate(proc)
         for p in psutil.process_iter(["name", "username"]):
-            if p.info["name"] in ("swaylock", "swayidle", "sway") and p.info["username"] == USER:
+            if p.info["name"] in ("swaylock", "swayidle", "sway") and p.info["username"] == user:
                 p.kill()
         shutil.rmtree(runtime_dir, ignore_errors=True)
 

@@ -212,3 +212,46 @@ def test_the_session_grant_lets_the_agents_user_reach_the_socket(sway_session, o
     finally:
         shutil.rmtree(code, ignore_errors=True)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_the_agent_end_to_end_press_ack_on_screen_and_the_pin_clear_published(tmp_path, sway_session,
+                                                                                overlay_installed, pin_hash,
+                                                                                mosquitto):
+    """The real runtime picks the Wayland overlay from agent.yaml; a press shows the calm
+    message, the teacher's ack changes it, and the PIN typed on the device clears the
+    alert for everyone."""
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.clock import FakeClock
+    from agent.runtime import Runtime
+    from runtime_fixtures import PREFIX, Subscriber, bootstrap, publish
+
+    sub = Subscriber(mosquitto, PREFIX + "/alert")
+    pins = MockFactory()
+    rt = Runtime(bootstrap(tmp_path, mosquitto, screen_backend="wayland", session_user=sway_session.user,
+                           staff_pin_hash=pin_hash), clock=FakeClock(), pin_factory=pins).start()
+    try:
+        overlay = rt.screen.backend
+        assert isinstance(overlay, WaylandBackend)
+
+        def drawn():
+            return overlay.drawn() or {}
+        pins.pin(17).drive_low()
+        raised = sub.wait_for("alert", state="raised")
+        wait_until(lambda: drawn().get("shown"), timeout=15, message="the overlay never showed")
+        assert drawn()["message"] == RAISED
+
+        publish(mosquitto, PREFIX + "/cmd", {"cmd": "ack", "alert_id": raised["id"], "by": "a.jones"})
+        wait_until(lambda: drawn().get("message") == SEEN, timeout=15, message=lambda: f"still {drawn()}")
+
+        wtype(sway_session, "2468", "-k", "Return")
+        cleared = sub.wait_for("alert", state="cleared")
+        assert (cleared["id"], cleared["by"]) == (raised["id"], "staff-pin")
+        wait_until(lambda: drawn().get("shown") is False, timeout=15, message=lambda: f"still {drawn()}")
+        assert not rt.screen.is_blank and rt.report.alert is None
+    finally:
+        pins.pin(17).drive_high()
+        rt.stop()
+        pins.close()
+        sub.close()

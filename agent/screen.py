@@ -204,6 +204,7 @@ class OverlayBackend:
         self._closing = False
         self._quick_deaths = 0
         self.fallback = None               # a backend to blank with if the overlay cannot run
+        self.fell_back = False             # the fallback is what is blanking now
         self.ready = threading.Event()
         self._state: dict | None = None
         self._state_seen = threading.Event()
@@ -227,7 +228,7 @@ class OverlayBackend:
         if self._proc is not None and self._proc.poll() is None and not self.stale():
             return self._proc
         if self._proc is not None and self._proc.poll() is None:
-            self._stop_locked(self._proc)
+            self._proc.kill()  # its display has gone (a new login); no time to be gentle on a press
         launch = self.launch()
         if launch is None:
             self._proc = None
@@ -301,13 +302,13 @@ class OverlayBackend:
             wanted = self._wanted
         if self._quick_deaths >= self.MAX_QUICK_DEATHS and self.fallback is not None:
             log.error("the %s overlay keeps failing; blanking with %s instead", self.name, self.fallback.name)
-            self.fallback.show(wanted)
+            self._fall_back(wanted)
             return
         if self._quick_deaths:
             time.sleep(min(2.0, 0.25 * self._quick_deaths))  # not a hot loop if it cannot start
         log.warning("the screen overlay died while showing; showing it again")
         if not self._send({"op": "show", "message": wanted}) and self.fallback is not None:
-            self.fallback.show(wanted)
+            self._fall_back(wanted)
 
     def _end_strays(self, keep: int) -> None:
         """End overlays of ours left running by an earlier agent process."""
@@ -324,6 +325,10 @@ class OverlayBackend:
         except Exception:  # noqa: BLE001 - tidying is best effort
             log.debug("could not look for stray overlays", exc_info=True)
 
+    def _fall_back(self, message: str) -> None:
+        self.fell_back = True
+        self.fallback.show(message)
+
     def drawn(self, timeout: float = 5.0) -> dict | None:
         """What the overlay's widgets show now (``shown``, ``message``, ``hint``), asked of
         the overlay itself; None if it does not answer.  For ``status`` and tests."""
@@ -337,7 +342,7 @@ class OverlayBackend:
         self._wanted = message
         if not self._send({"op": "show", "message": message}) and self.fallback is not None:
             log.error("no screen overlay; blanking with %s", self.fallback.name)
-            self.fallback.show(message)
+            self._fall_back(message)
 
     def set_message(self, message: str) -> None:
         self._wanted = message
@@ -351,6 +356,7 @@ class OverlayBackend:
             self._write(proc, {"op": "hide"})
         if self.fallback is not None:
             self.fallback.hide()
+            self.fell_back = False
 
     @staticmethod
     def _stop_locked(proc: subprocess.Popen) -> None:
@@ -459,7 +465,8 @@ class WaylandBackend(OverlayBackend):
             import tempfile
 
             # GTK wants an XDG_RUNTIME_DIR of its own; the pupil's is not ours to write.
-            self._private_dir = tempfile.mkdtemp(prefix="classroom-overlay-")
+            # Under systemd that is in RuntimeDirectory= (the rest of the disk is read-only).
+            self._private_dir = tempfile.mkdtemp(prefix="overlay-", dir=os.environ.get("RUNTIME_DIRECTORY") or None)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WAYLAND_DISPLAY": self._socket,
                "XDG_RUNTIME_DIR": self._private_dir, "GDK_BACKEND": "wayland",
                "GSETTINGS_BACKEND": "memory", "NO_AT_BRIDGE": "1", "HOME": self._private_dir}
@@ -518,6 +525,8 @@ class Screen:
 
     @property
     def backend_name(self) -> str:
+        if getattr(self.backend, "fell_back", False):
+            return f"{self.backend.name} (fallback: {self.backend.fallback.name})"
         return self.backend.name
 
     def start(self) -> None:

@@ -4,6 +4,7 @@ overlay under Xvfb (Escape / Alt+F4 do not close it; the staff PIN does)."""
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -147,7 +148,9 @@ def test_an_overlay_that_cannot_run_falls_back_to_swaylock(tmp_path):
         screen.blank(RAISED)
         wait_until(lambda: runner.calls, timeout=30, message="swaylock was never started")
         assert runner.calls[0][0][-3:] == ["swaylock", "-c", "000000"]
+        assert screen.backend_name == "wayland (fallback: swaylock)"   # what `status` shows
         screen.unblank()
+        assert screen.backend_name == "wayland"
         assert runner.procs[0].terminated                      # released with SIGUSR1
     finally:
         screen.close()
@@ -220,5 +223,60 @@ def test_x11_overlay_ignores_escape_and_alt_f4_and_clears_with_pin(xvfb, pin_has
         wait_until(lambda: cleared == ["staff-pin"], 10, message=lambda: f"events: {events}")
         assert not screen.is_blank
         wait_until(lambda: not _visible(xvfb), 10)
+    finally:
+        screen.close()
+
+
+FAKE_OVERLAY = r"""
+import os, sys
+from agent.overlay import OverlayCore
+class Fake(OverlayCore):
+    def draw_show(self): pass
+    def draw_hide(self): pass
+    def draw_message(self, text): self.text = text
+    def draw_hint(self, text): pass
+    def drawn(self): return {"shown": self.shown, "message": getattr(self, "text", "")}
+    def quit(self): sys.exit(0)
+fake = Fake()
+fake.say(event="ready")
+while True:
+    fake.feed(os.read(0, 65536))
+"""
+
+
+class FakeOverlayBackend(agent.screen.OverlayBackend):
+    """The real backend machinery around a stand-in overlay drawing nothing."""
+
+    name = "fake"
+    module = "fake-overlay-for-tests"
+
+    def __init__(self):
+        super().__init__()
+        self.display = "one"
+        self.drawing_on = None
+
+    def launch(self):
+        self.drawing_on = self.display
+        return [sys.executable, "-c", FAKE_OVERLAY, self.module], {"PATH": os.environ.get("PATH", "")}
+
+    def stale(self):
+        return self.drawing_on != self.display
+
+
+@pytest.mark.timeout(60)
+def test_a_new_login_gets_a_new_overlay_on_the_next_blank():
+    backend = FakeOverlayBackend()
+    screen = Screen(backend)
+    try:
+        screen.start()
+        assert backend.ready.wait(15)
+        screen.blank(RAISED)
+        assert backend.drawn() == {"shown": True, "message": RAISED}
+        first = backend._proc
+        screen.unblank()
+        backend.display = "two"                                # the pupil logged out; someone else logged in
+        screen.blank(RAISED)
+        assert backend._proc is not first and first.wait(timeout=10) is not None
+        assert backend.drawn() == {"shown": True, "message": RAISED} and backend.drawing_on == "two"
     finally:
         screen.close()

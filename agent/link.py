@@ -121,14 +121,15 @@ class Link:
         self.client.loop_stop()
 
     # ------------------------------------------------------------------ sending
-    def send(self, kind: str, payload: dict[str, Any]) -> int:
-        """Store then publish one message on this device's *kind* topic; returns the outbox row id."""
+    def send(self, kind: str, payload: dict[str, Any], *, keep: tuple[str, dict | None] | None = None) -> int:
+        """Store then publish one message on this device's *kind* topic; returns the outbox row id.
+        ``keep``: local state committed with the message (``Outbox.put``)."""
         topic = self.topic(kind)
         raw = protocol.encode(payload)
         qos = protocol.QOS[kind]
         priority = priority_for(kind, payload.get("type") if kind == "event" else None)
         with self._send_lock:
-            row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False)
+            row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False, keep=keep)
             if self.is_connected:
                 self._publish_locked(row, topic, raw, qos, False)
         if priority != HEARTBEAT:

@@ -14,10 +14,17 @@ completes loses the row either way, and here the message may already be at the b
 The table is bounded.  When it is full the oldest heartbeat goes first, then the oldest
 ordinary event; alerts and report evidence are never evicted, even if that means the
 table grows past its bound.
+
+Beside the messages, a small ``kept`` table holds local state that must match what was
+sent: the open alert (agent/report.py).  ``put(..., keep=("alert", state))`` stores the
+message and the state in one transaction, so a crash can never leave a raised alert on
+its way to the teacher that the restarted agent does not know about (and one commit is
+cheaper than a file write plus a commit, on the press's path).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -45,6 +52,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created  TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_evict ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS kept (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -93,9 +104,10 @@ class Outbox:
             self._sync = level
 
     def put(self, topic: str, payload: bytes, qos: int, kind: str, *, priority: int | None = None,
-            retain: bool = False, sync: bool = True) -> int:
+            retain: bool = False, sync: bool = True, keep: tuple[str, dict | None] | None = None) -> int:
         """Store one message; return its row id.  Evicts per the bound before inserting.
-        ``sync=False``: commit without fsync; call ``sync()`` after publishing."""
+        ``sync=False``: commit without fsync; call ``sync()`` after publishing.
+        ``keep=(key, value)``: set (or with None, remove) kept state in the same transaction."""
         if priority is None:
             priority = priority_for(kind)
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -108,11 +120,40 @@ class Outbox:
                     "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, created)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (topic, bytes(payload), qos, int(retain), kind, priority, created))
+                if keep is not None:
+                    self._keep_locked(*keep)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             return int(cur.lastrowid)
+
+    def keep(self, key: str, value: dict | None, *, sync: bool = True) -> None:
+        """Set (or with None, remove) one piece of kept state on its own."""
+        with self._lock:
+            self._synchronous("FULL" if sync else "NORMAL")
+            self._keep_locked(key, value)
+
+    def _keep_locked(self, key: str, value: dict | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM kept WHERE key = ?", (key,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO kept (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def kept(self, key: str) -> dict | None:
+        """Kept state, or None; a value that does not parse is logged and treated as None."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kept WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+            if not isinstance(value, dict):
+                raise ValueError("not an object")
+            return value
+        except ValueError as exc:
+            log.warning("%s: kept %s is unreadable (%s); ignoring it", self.path, key, exc)
+            return None
 
     def _evict_locked(self) -> None:
         (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()

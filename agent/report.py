@@ -5,21 +5,22 @@ The agent is the source of truth for an alert (DESIGN.md): every state change is
 published on the device's ``alert`` topic with the same ``id``.  Order on a press:
 
 1. blank the screen (on the pressing thread, before anything else: DESIGN rule 1);
-2. on the runtime's queue thread: write the alert to disk, then to the outbox, then
-   publish ``raised``; send ``report_evidence`` (domains only, server-only topic);
-   start the escalation timer (runtime clock, so tests can use a fake one).
+2. on the runtime's queue thread: light the LED; commit the alert and its ``raised``
+   message to the outbox together, publish, then fsync; send ``report_evidence``
+   (domains only, server-only topic); start the escalation timer (runtime clock, so
+   tests can use a fake one).
 
 Repeated presses while an alert is open do not make new alerts: they are counted
 (``presses`` on every later transition and a ``press_repeated`` event).  The open
-alert is kept in ``state_dir/alert.json`` so a restarted agent blanks the screen again
-and still accepts ack/clear for it.  Evidence is domain names and times only.
+alert is kept in the outbox database, committed in the same transaction as the message
+that announces each transition (agent/outbox.py), so a restarted agent blanks the
+screen again and still accepts ack/clear for it.  Evidence is domain names and times only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,30 +31,6 @@ from .config.schema import DEFAULT_MESSAGES
 log = logging.getLogger(__name__)
 
 OPEN_STATES = ("raised", "escalated", "acknowledged")
-
-
-def _write_atomic(path: Path, data: dict, *, sync: bool = True) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
-    if sync:
-        _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    """Make a replaced file durable: the file, then the directory entry."""
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY)):
-        try:
-            fd = os.open(target, flags)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 class Report:
@@ -68,27 +45,35 @@ class Report:
         self._alert: dict[str, Any] | None = None
         self._timer = None
         self._pending_press: str | None = None
-        self._path: Path | None = None
         screen.when_cleared = self._screen_cleared
 
     # ------------------------------------------------------------------ component interface
     def start(self, runtime) -> None:
         self.runtime = runtime
-        self._path = Path(runtime.state_dir) / "alert.json"
-        try:
-            saved = json.loads(self._path.read_text())
-            if saved.get("state") in OPEN_STATES and saved.get("id"):
-                self._alert = saved
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); ignoring", self._path, exc)
+        saved = runtime.outbox.kept("alert") or self._legacy_state(Path(runtime.state_dir) / "alert.json")
+        if saved and saved.get("state") in OPEN_STATES and saved.get("id"):
+            self._alert = saved
         if self._alert is not None:
             log.info("alert %s is still open (%s): blanking the screen again", self._alert["id"],
                      self._alert["state"])
             key = "report_acknowledged" if self._alert["state"] == "acknowledged" else "report_raised"
             self.screen.blank(self._message(key))
             self._show_led()
+
+    def _legacy_state(self, path: Path) -> dict | None:
+        """An open alert left in ``alert.json`` by an agent before 0.2 (moved into the outbox)."""
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); ignoring", path, exc)
+            return None
+        self.runtime.outbox.keep("alert", saved)
+        path.unlink(missing_ok=True)
+        return saved
 
     def stop(self) -> None:
         self._cancel_timer()
@@ -130,13 +115,10 @@ class Report:
         policy = self.runtime.policy if self.runtime is not None else None
         return (policy.messages.get(key) if policy else None) or DEFAULT_MESSAGES[key]
 
-    def _save(self, *, sync: bool = True) -> None:
-        if self._path is None:
-            return
-        if self._alert is None:
-            self._path.unlink(missing_ok=True)
-        else:
-            _write_atomic(self._path, self._alert, sync=sync)
+    def _save(self) -> None:
+        """Keep the alert's state when no message carries it (a repeated press)."""
+        if self.runtime is not None:
+            self.runtime.outbox.keep("alert", self._alert)
 
     def _publish(self, state: str, by: str | None, **extra) -> dict:
         a = self._alert
@@ -144,7 +126,8 @@ class Report:
                    "seat": a["seat"], "ts": protocol.now_ts(self.runtime.clock()), "by": by,
                    "presses": a["presses"], **extra}
         protocol.validate("alert", payload)
-        self.runtime.send("alert", payload)
+        # The alert's own state goes into the same commit as the message about it.
+        self.runtime.send("alert", payload, keep=("alert", None if state == "cleared" else dict(a)))
         return payload
 
     # ------------------------------------------------------------------ press
@@ -173,12 +156,10 @@ class Report:
         self._alert = {"id": protocol.new_id(), "state": "raised", "site": policy.site, "room": policy.room,
                        "device": policy.device, "seat": policy.seat, "presses": 1, "source": source,
                        "raised_at": now.isoformat()}
-        # Written before the network (a crash from here on still knows the alert), made
-        # power-safe right after the publish: the alert must not wait for an SD-card fsync.
-        self._save(sync=False)
         self._show_led()  # local feedback first, network second (as on clear)
+        # One commit holds the alert and its "raised" message; the fsync follows the
+        # publish (agent/outbox.py): the alert must not wait for an SD card.
         self._publish("raised", "pupil", source=source)
-        _fsync(self._path)
         log.info("report raised: alert %s (%s)", self._alert["id"], source)
         self._schedule_escalation()
         try:
@@ -209,7 +190,6 @@ class Report:
         policy = self.runtime.policy
         contacts = policy.escalation_contacts if policy else ()
         self._alert["state"] = "escalated"
-        self._save()
         self._publish("escalated", "system",
                       escalated_to=[c.staff for c in contacts if c.staff],
                       contacts=[{"name": c.name, "role": c.role, "phone": c.phone} for c in contacts],
@@ -237,7 +217,6 @@ class Report:
         self._cancel_timer()
         self._alert["state"] = "acknowledged"
         self._alert["acknowledged_by"] = by
-        self._save()
         self.screen.set_message(self._message("report_acknowledged"))
         self._show_led()
         self._publish("acknowledged", by)
@@ -257,7 +236,6 @@ class Report:
         self._publish("cleared", by)
         log.info("alert %s cleared by %s", self._alert["id"], by)
         self._alert = None
-        self._save()
 
     def _screen_cleared(self, by: str) -> None:
         """Staff typed the PIN on the device (overlay reader thread)."""

@@ -397,12 +397,15 @@ class Runtime:
     def evidence_minutes(self) -> int:
         return self.tree.site.filtering.evidence_minutes if self.tree is not None else 10
 
-    def send(self, kind: str, payload: dict) -> int | None:
-        """Store-and-publish on this device's *kind* topic (outbox first)."""
+    def send(self, kind: str, payload: dict, *, keep: tuple[str, dict | None] | None = None) -> int | None:
+        """Store-and-publish on this device's *kind* topic (outbox first); ``keep``: local
+        state committed in the same transaction (agent/outbox.py)."""
         if self.link is not None:
-            return self.link.send(kind, payload)
+            return self.link.send(kind, payload, keep=keep)
         if self.policy is None:
             log.error("no config yet: cannot address a %s message; dropped", kind)
+            if keep is not None:
+                self.outbox.keep(*keep)
             return None
         # Not connecting (tests, offline tools): still durable, sent by a later run.
         prefix = self.tree.site.broker.prefix
@@ -410,7 +413,7 @@ class Runtime:
         from .outbox import priority_for
 
         return self.outbox.put(topic, protocol.encode(payload), protocol.QOS[kind], kind,
-                               priority=priority_for(kind, payload.get("type")))
+                               priority=priority_for(kind, payload.get("type")), keep=keep)
 
     def emit_event(self, type: str, **fields) -> dict:  # noqa: A002 - the contract's name
         """Build an event (id, type, ts, site, room, device + fields), store it, publish it."""

@@ -88,3 +88,23 @@ def test_rows_survive_sigkill(tmp_path):
     rows = Outbox(db).pending()
     assert [json.loads(r.payload)["id"] for r in rows] == [str(i) for i in range(20)]
     assert all(r.kind == "alert" and r.qos == 1 for r in rows)
+
+
+def test_kept_state_goes_in_with_its_message_or_not_at_all(tmp_path, caplog):
+    box = Outbox(tmp_path / "o.db")
+    assert box.kept("alert") is None
+    box.put("t/alert", b'{"state": "raised"}', 1, "alert", sync=False, keep=("alert", {"id": "a1", "state": "raised"}))
+    assert box.kept("alert") == {"id": "a1", "state": "raised"}
+    # State that cannot be stored takes its message down with it: one transaction.
+    with pytest.raises(TypeError):
+        box.put("t/alert", b'{"state": "acknowledged"}', 1, "alert", keep=("alert", {"id": "a1", "odd": {1, 2}}))
+    assert box.kept("alert")["state"] == "raised" and box.count() == 1
+
+    box.put("t/alert", b'{"state": "cleared"}', 1, "alert", keep=("alert", None))
+    assert box.kept("alert") is None and box.count() == 2
+    box.keep("alert", {"id": "a2", "state": "raised", "presses": 2})
+    assert Outbox(tmp_path / "o.db").kept("alert")["presses"] == 2   # and it is on disk
+
+    box._db.execute("UPDATE kept SET value = '{broken' WHERE key = 'alert'")
+    assert box.kept("alert") is None
+    assert "kept alert is unreadable" in caplog.text

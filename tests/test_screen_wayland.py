@@ -169,7 +169,7 @@ def test_an_overlay_left_by_an_earlier_agent_is_ended_once_the_new_one_is_up(swa
     new = Watched(sway_session, pin_hash)
     try:
         assert orphan.poll() is None     # still covering the screen meanwhile
-        new.screen.blank(RAISED)         # the restarted agent blanks again from alert.json
+        new.screen.blank(RAISED)         # the restarted agent blanks again from its kept alert
         new.next("shown")
         assert orphan.wait(timeout=15) is not None
         assert new.drawn()["shown"]

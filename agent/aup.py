@@ -60,7 +60,9 @@ class AupRecords:
         return user in self._data.get(term, {})
 
     def record(self, user: str, term: str, ts: str) -> None:
-        self._data.setdefault(term, {})[user] = ts
+        # Only this term's acceptances matter here (the server keeps the aup_accepted
+        # events as the record), so earlier terms are dropped: data minimisation.
+        self._data = {term: {**self._data.get(term, {}), user: ts}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))

@@ -61,7 +61,7 @@ class Report:
             self._show_led()
 
     def _legacy_state(self, path: Path) -> dict | None:
-        """An open alert left in ``alert.json`` by an agent before 0.2 (moved into the outbox)."""
+        """An open alert left in ``alert.json`` by an earlier agent (now kept in the outbox)."""
         try:
             saved = json.loads(path.read_text())
             if not isinstance(saved, dict):

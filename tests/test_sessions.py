@@ -321,3 +321,12 @@ def test_damaged_sessions_file_means_reporting_again(tmp_path):
     comp = SessionsComponent(reader=lambda: list(table), poll_seconds=3600, aup=AcceptableUse(rt, FakePresenter()))
     comp.start(rt)
     assert [e["user"] for e in rt.of_type("login")] == ["amira.k"]
+
+
+def test_aup_file_keeps_only_this_terms_acceptances(tmp_path):
+    records = AupRecords(tmp_path)
+    records.record("amira.k", "Autumn 2026", "2026-11-24T10:00:00.000Z")
+    records.record("ben.t", "Autumn 2026", "2026-11-25T10:00:00.000Z")
+    records.record("amira.k", "Spring 2027", "2027-01-05T09:00:00.000Z")
+    assert json.loads((tmp_path / "aup.json").read_text()) == {"Spring 2027": {"amira.k": "2027-01-05T09:00:00.000Z"}}
+    assert not AupRecords(tmp_path).has_accepted("ben.t", "Spring 2027")   # asked again in the new term

@@ -9,7 +9,9 @@ each of ``--rounds`` presses measures:
 
 * issued:  ``Screen.blank()`` called -> returned (the line is down the pipe);
 * covered: ``Screen.blank()`` called -> the overlay reports its first frame painted at
-  full size (its ``shown`` event, read back over the pipe).
+  full size (its ``shown`` event, read back over the pipe);
+
+and, at the end, the overlay process's memory (RSS, and USS: what it alone adds).
 
 Needs root (sway runs as another user) plus sway, python3-gi and gir1.2-gtklayershell-0.1.
 Last line: ``overlay_latency issued_p99_ms=... covered_p50_ms=... covered_p99_ms=...
@@ -81,10 +83,16 @@ def main() -> int:
                 covered.append((shown_at - t0) / 1e6)
                 screen.unblank()
                 wait_for("hidden")
+            import psutil
+
+            overlay = psutil.Process(backend._proc.pid)
+            rss_mb = overlay.memory_info().rss / 2**20
+            uss_mb = overlay.memory_full_info().uss / 2**20  # what it alone adds (shared GTK libs aside)
         finally:
             screen.close()
     print(f"rounds={args.rounds} issued_p50_ms={statistics.median(issued):.3f} "
-          f"covered_min_ms={min(covered):.2f} covered_max_ms={max(covered):.2f}")
+          f"covered_min_ms={min(covered):.2f} covered_max_ms={max(covered):.2f} "
+          f"overlay_rss_mb={rss_mb:.1f} overlay_uss_mb={uss_mb:.1f}")
     print(f"overlay_latency issued_p99_ms={pct(issued, 99):.3f} covered_p50_ms={pct(covered, 50):.2f} "
           f"covered_p99_ms={pct(covered, 99):.2f} frame_ms={FRAME_MS:.1f} "
           f"covered_p99_frames={pct(covered, 99) / FRAME_MS:.2f}")

@@ -309,7 +309,6 @@ class X11Lock:
         self._greeter = False
         self._user: str | None = None
         self._pending: tuple[str, str] | None = None
-        self._message = ""
         self.when_changed: Callable[[], None] = lambda: None
 
     @property
@@ -342,7 +341,6 @@ class X11Lock:
             self._greeter = True
         else:
             self._greeter = False
-            self._message = message
             self.overlay.show(message)
         self.is_locked = True
 
@@ -357,13 +355,8 @@ class X11Lock:
         if pending is not None:
             self.is_locked, self.mode = False, None
             return pending
-        if self.is_locked and not self._greeter and self._overlay is not None:
-            proc = getattr(self._overlay, "_proc", None)
-            if proc is not None and proc.poll() is not None:
-                # The overlay died (X restarted, or it crashed): show it again.
-                log.warning("lock overlay exited (%s); showing it again", proc.returncode)
-                self.overlay.show(self._message)
-            return None
+        if self.is_locked and not self._greeter:
+            return None  # an overlay that dies is shown again by screen.OverlayBackend itself
         if self.is_locked and self._greeter:
             idle = self.idle_fn()
             if idle is not None and idle < 10:

@@ -359,7 +359,7 @@ class OverlayBackend:
             self.fell_back = False
 
     @staticmethod
-    def _stop_locked(proc: subprocess.Popen) -> None:
+    def _stop(proc: subprocess.Popen) -> None:
         try:
             proc.stdin.write(b'{"op": "quit"}\n')
             proc.stdin.close()
@@ -373,7 +373,7 @@ class OverlayBackend:
             self._closing = True
             proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            self._stop_locked(proc)
+            self._stop(proc)
         if self.fallback is not None:
             self.fallback.close()
 
@@ -455,7 +455,10 @@ class WaylandBackend(OverlayBackend):
         return os.path.join(runtime_dir, found[0]) if found else None
 
     def stale(self) -> bool:
-        return self.socket_path() != self._socket
+        # One stat on the press path: a compositor that has gone took its socket with it
+        # (and the overlay with it, as GTK exits when its display goes).  Finding the new
+        # session's socket is launch()'s job, not every blank's.
+        return self._socket is None or not os.path.exists(self._socket)
 
     def launch(self) -> tuple[list[str], dict[str, str]] | None:
         self._socket = self.socket_path()

@@ -171,19 +171,6 @@ def test_wayland_lock_wanted_before_anyone_logged_in_is_applied_at_login(desktop
     assert len(runner.spawned) == 1 and lock.is_locked
 
 
-def test_x11_overlay_that_dies_is_shown_again():
-    class DyingOverlay(FakeOverlay):
-        def __init__(self):
-            super().__init__()
-            self._proc = type("P", (), {"poll": lambda self: 1, "returncode": 1})()
-
-    overlay = DyingOverlay()
-    lock = X11Lock(lambda: None, runner=RecordingRunner(), dm_tool="", overlay=overlay)
-    lock.lock(STAFF_MODE, "Ask a grown-up.")
-    assert lock.poll() is None
-    assert overlay.calls == [("show", "Ask a grown-up."), ("show", "Ask a grown-up.")]
-
-
 def test_wayland_session_gone_while_locked_waits_for_the_next_login(desktop_user):
     runner = RecordingRunner()
     current = {"s": wayland_session(desktop_user)}

@@ -106,3 +106,27 @@ def test_the_pupil_cannot_kill_the_lock_window(xvfb):
     finally:
         backend.unlock()
         backend.overlay.close()
+
+
+def test_a_lock_window_that_dies_is_shown_again(xvfb):
+    """X restarting or the overlay crashing must not unlock the device: the overlay
+    backend starts it again with the same message."""
+    import os
+    import signal
+
+    from agent.sessions import Session
+
+    pupil = Session(id="1", user="nobody", uid=65534, type="x11", display=xvfb.display)
+    backend = X11Lock(lambda: pupil, staff_pin_hash=None, dm_tool="")
+    try:
+        backend.lock(STAFF_MODE, "Ask a grown-up.")
+        wait_until(lambda: visible_overlay(xvfb.env), timeout=20, message="overlay never appeared")
+        first = backend.overlay._proc
+        os.kill(first.pid, signal.SIGKILL)
+        wait_until(lambda: backend.overlay._proc not in (None, first) and visible_overlay(xvfb.env),
+                   timeout=20, message="the lock window did not come back")
+        assert backend.overlay.drawn()["message"] == "Ask a grown-up." and backend.is_locked
+        assert backend.poll() is None                        # still locked as far as the lock knows
+    finally:
+        backend.unlock()
+        backend.overlay.close()

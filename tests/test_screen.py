@@ -127,6 +127,14 @@ def test_wayland_socket_is_found_for_the_session_user(tmp_path, monkeypatch):
     (tmp_path / "wayland-3").touch()
     (tmp_path / "wayland-3.lock").touch()
     assert WaylandBackend(wayland_display=str(tmp_path / "wayland-3")).socket_path() == str(tmp_path / "wayland-3")
+    drawing = WaylandBackend(wayland_display=str(tmp_path / "wayland-3"))
+    assert drawing.stale()                                     # nothing launched yet
+    argv, env = drawing.launch()
+    assert env["WAYLAND_DISPLAY"] == str(tmp_path / "wayland-3") and not drawing.stale()
+    (tmp_path / "wayland-3").rename(tmp_path / "wayland-4")    # that desktop ended; another began
+    assert drawing.stale()
+    drawing.close()
+    (tmp_path / "wayland-4").rename(tmp_path / "wayland-3")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     # the named socket is not there: the first wayland-N in the runtime dir is the session's
     assert WaylandBackend(wayland_display="wayland-0").socket_path() == str(tmp_path / "wayland-3")

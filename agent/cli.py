@@ -74,16 +74,21 @@ def _load_any(path: str) -> ConfigTree:
         raise UserError(f"{path}: cannot read compiled config: {exc}") from None
 
 
-def cmd_policy(args) -> int:
+def load_policy(args):
+    """(tree, effective policy) for ``--config``, ``--device`` and ``--at``; one-line errors."""
     try:
         tree = _load_any(args.config)
     except ConfigInvalid as exc:
         raise UserError(f"{args.config}: config is invalid ({len(exc.errors)} problem(s)); "
                         f"run `classroom-server config validate {args.config}`") from None
     try:
-        policy = effective_policy(tree, args.device, _parse_when(args.at))
+        return tree, effective_policy(tree, args.device, _parse_when(getattr(args, "at", None)))
     except KeyError as exc:
         raise UserError(f"--device: {exc.args[0]}") from None
+
+
+def cmd_policy(args) -> int:
+    _, policy = load_policy(args)
     print(json.dumps(policy.to_dict(), indent=2, default=str))
     return 0
 

@@ -39,10 +39,7 @@ window { background-color: %(bg)s; }
 class WaylandOverlay(OverlayCore):
     def __init__(self) -> None:
         super().__init__()
-        display = Gdk.Display.get_default()
-        if display is None:
-            raise RuntimeError("cannot open the Wayland display "
-                               f"{os.environ.get('WAYLAND_DISPLAY') or '(WAYLAND_DISPLAY is not set)'}")
+        display = Gdk.Display.get_default()  # open: main() checked Gtk.init_check
         if not GtkLayerShell.is_supported():
             raise RuntimeError("this compositor has no wlr-layer-shell; use screen_backend: swaylock")
         first = display.get_monitor(0) if display.get_n_monitors() else None

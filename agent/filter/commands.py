@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from ..cli import load_policy
 from ..errors import UserError
 
 PARTS = ("front", "dnsmasq", "servers", "hosts", "chromium", "firefox", "nftables")
@@ -45,21 +46,6 @@ def add_parser(sub) -> None:
                    help="the running agent's control socket")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.set_defaults(func=cmd_check)
-
-
-def _policy(args):
-    from ..cli import _load_any, _parse_when
-    from ..config import ConfigInvalid, effective_policy
-
-    try:
-        tree = _load_any(args.config)
-    except ConfigInvalid as exc:
-        raise UserError(f"{args.config}: config is invalid ({len(exc.errors)} problem(s)); "
-                        f"run `classroom-server config validate {args.config}`") from None
-    try:
-        return tree, effective_policy(tree, args.device, _parse_when(getattr(args, "at", None)))
-    except KeyError as exc:
-        raise UserError(f"--device: {exc.args[0]}") from None
 
 
 def render_all(tree, policy, *, dnsmasq_dir: str, port: int = 53,
@@ -95,7 +81,7 @@ def render_all(tree, policy, *, dnsmasq_dir: str, port: int = 53,
 
 
 def cmd_show(args) -> int:
-    tree, policy = _policy(args)
+    tree, policy = load_policy(args)
     parts = render_all(tree, policy, dnsmasq_dir=args.dnsmasq_dir, port=args.port, filter_port=args.filter_port)
     chosen = [args.part] if args.part else list(PARTS)
     for i, name in enumerate(chosen):
@@ -116,7 +102,7 @@ def cmd_check(args) -> int:
     if args.config:
         if not args.device:
             raise UserError("--device: required with --config")
-        tree, policy = _policy(args)
+        tree, policy = load_policy(args)
         check = tree.profiles[policy.key_stage].check
         results = check_domains(check.allowed, check.blocked, server=args.server, port=args.port)
         fields = event_fields(results, policy.key_stage, _who())

@@ -44,8 +44,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, free_port, percentile, wait_for  # noqa: E402 - also puts the repo on sys.path
 
 PREFIX = "classroom/v1"
 SITE = "penny-acres"
@@ -233,36 +232,12 @@ def teacher(args) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(p / 100 * (len(s) - 1)))))
-    return s[k]
-
-
 def raise_nofile(n: int) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, n)) if hard != resource.RLIM_INFINITY else max(soft, n)
     if want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise SystemExit(f"alert_latency: timed out waiting for {what}")
 
 
 class LineReader(threading.Thread):
@@ -581,9 +556,9 @@ def run(args) -> int:
             shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    p50, p99 = pct(press_ms, 50), pct(press_ms, 99)
-    b50, b99 = pct(baseline_ms, 50), pct(baseline_ms, 99)
-    k50, k99 = pct(blank_ms, 50), pct(blank_ms, 99)
+    p50, p99 = percentile(press_ms, 50), percentile(press_ms, 99)
+    b50, b99 = percentile(baseline_ms, 50), percentile(baseline_ms, 99)
+    k50, k99 = percentile(blank_ms, 50), percentile(blank_ms, 99)
     ratio = p99 / b99 if b99 > 0 else float("inf")
     print(f"broker: mosquitto on 127.0.0.1:{port}, "
           + ("anonymous, no ACL" if args.anonymous else "password file + generated ACL (as deployed)"))
@@ -597,10 +572,10 @@ def run(args) -> int:
     print(f"(b) press -> teacher received (real agent outbox+Link -> mosquitto -> classroom-alerts client): "
           f"n={len(press_ms)} p50={p50:.2f} ms p99={p99:.2f} ms max={max(press_ms):.2f} ms [target p99 <= 10 ms]")
     print(f"    of which: press -> agent hands the alert to paho (blank, queue hop, alert state + durable outbox write): "
-          f"p50={pct(agent_ms, 50):.2f} ms p99={pct(agent_ms, 99):.2f} ms;\n"
-          f"              agent's paho -> broker -> teacher's paho: p50={pct(wire_ms, 50):.2f} ms "
-          f"p99={pct(wire_ms, 99):.2f} ms; teacher client parses/validates/shows it: "
-          f"p50={pct(client_ms, 50):.3f} ms p99={pct(client_ms, 99):.3f} ms")
+          f"p50={percentile(agent_ms, 50):.2f} ms p99={percentile(agent_ms, 99):.2f} ms;\n"
+          f"              agent's paho -> broker -> teacher's paho: p50={percentile(wire_ms, 50):.2f} ms "
+          f"p99={percentile(wire_ms, 99):.2f} ms; teacher client parses/validates/shows it: "
+          f"p50={percentile(client_ms, 50):.3f} ms p99={percentile(client_ms, 99):.3f} ms")
     print(f"(c) baseline mosquitto_pub -> mosquitto_sub, same broker and load: n={len(baseline_ms)} "
           f"p50={b50:.2f} ms p99={b99:.2f} ms [target ratio p99/baseline p99 <= 3]")
     print(f"run took {elapsed:.1f}s")

@@ -42,10 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
+from common import ROOT, percentile  # noqa: E402 - also puts the repo and tests/ on sys.path
 from services import Dnsmasq, Mosquitto, free_port, require_binary  # noqa: E402
 
 SITE, DEVICE = "penny-acres", "5b-pi-01"
@@ -68,11 +65,6 @@ address=/code.org/192.0.2.23
 address=/ttrockstars.com/192.0.2.24
 """
 DOMAINS = re.findall(r"address=/([^/]+)/", STUB)
-
-
-def percentile(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))]
 
 
 def dnsperf(port: int, qfile: Path, seconds: int, qps: int | None) -> tuple[float, float]:
@@ -207,8 +199,8 @@ def main() -> int:
         print(f"  agent dnsmasq: {med['agent']['qps']:.0f} q/s, {med['agent']['lat']:.3f} ms "
               f"(query log lines read by the agent: {filt.follower.lines_read if filt.follower else 0})")
         lat_ms = measure_blocked(filt, store, args.blocked, 0.05)
-        p50 = percentile(lat_ms, 50) if lat_ms else float("nan")
-        p99 = percentile(lat_ms, 99) if lat_ms else float("nan")
+        p50 = percentile(lat_ms, 50)
+        p99 = percentile(lat_ms, 99)
         print(f"  blocked query -> event stored on the server (SQLite): n={len(lat_ms)} p50={p50:.0f} ms "
               f"p99={p99:.0f} ms (includes the ~1 s coalescing settle)")
         print(f"dns_overhead latency_ratio={latency_ratio:.3f} throughput_ratio={throughput_ratio:.3f} "

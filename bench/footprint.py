@@ -36,17 +36,10 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, free_port  # noqa: E402 - also puts the repo on sys.path
 
 DEVICE, SITE, ROOM, PREFIX = "5b-pi-01", "penny-acres", "5b", "classroom/v1"
 TARGET_RSS_MB, TARGET_CPU_PCT = 50.0, 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

@@ -29,18 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
+from common import percentile  # noqa: E402 - also puts the repo and tests/ on sys.path
 from agent.screen import Screen, WaylandBackend, wayland_overlay_available  # noqa: E402
 
 FRAME_MS = 1000 / 60
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def main() -> int:
@@ -93,9 +85,9 @@ def main() -> int:
     print(f"rounds={args.rounds} issued_p50_ms={statistics.median(issued):.3f} "
           f"covered_min_ms={min(covered):.2f} covered_max_ms={max(covered):.2f} "
           f"overlay_rss_mb={rss_mb:.1f} overlay_uss_mb={uss_mb:.1f}")
-    print(f"overlay_latency issued_p99_ms={pct(issued, 99):.3f} covered_p50_ms={pct(covered, 50):.2f} "
-          f"covered_p99_ms={pct(covered, 99):.2f} frame_ms={FRAME_MS:.1f} "
-          f"covered_p99_frames={pct(covered, 99) / FRAME_MS:.2f}")
+    print(f"overlay_latency issued_p99_ms={percentile(issued, 99):.3f} covered_p50_ms={percentile(covered, 50):.2f} "
+          f"covered_p99_ms={percentile(covered, 99):.2f} frame_ms={FRAME_MS:.1f} "
+          f"covered_p99_frames={percentile(covered, 99) / FRAME_MS:.2f}")
     return 0
 
 

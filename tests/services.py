@@ -81,9 +81,9 @@ def require_binary(name: str) -> str:
     return path  # type: ignore[return-value]
 
 
-def require_root() -> None:
+def require_root(why: str = "network namespaces / nftables") -> None:
     if os.geteuid() != 0:
-        skip_or_fail("this test needs root (network namespaces / nftables)")
+        skip_or_fail(f"this test needs root ({why})")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

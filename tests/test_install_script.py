@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_bootstrap
+from services import require_root
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,8 +108,8 @@ def test_missing_and_malformed_credentials(tmp_path, creds):
     assert result.returncode == 1 and "cannot read" in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="setting file owners needs root")
 def test_real_install_into_a_root_is_idempotent(tmp_path, creds):
+    require_root("setting file owners")
     root = tmp_path / "sdcard"
     venv_bin = root / "opt/classroom-safety/venv/bin"
     venv_bin.mkdir(parents=True)

@@ -15,7 +15,7 @@ import pytest
 from agent.aup import AcceptableUse, AupRecords, TkPresenter, term_key
 from agent.sessions import Session, SessionsComponent, is_shared_account, read_sessions
 from lock_fixtures import FakeRuntime, RecordingRunner, xvfb  # noqa: F401 - fixture
-from services import require_binary, wait_until
+from services import require_binary, require_root, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -171,8 +171,7 @@ def write_utmp(kind: int, user: str, line: str, pid: int) -> None:
 def test_real_utmp_login_and_logout(tmp_path):
     assert ctypes.sizeof(Utmpx) == 384
     utmp = Path("/run/utmp")
-    if os.geteuid() != 0:
-        pytest.skip("writing utmp needs root")
+    require_root("writing utmp")
     created = not utmp.exists()
     utmp.touch()
     rt = FakeRuntime(tmp_path, start=utc(2026, 11, 24, 10, 0))
@@ -280,8 +279,7 @@ def test_headless_screen_shows_nothing_but_remembers(tmp_path):
 def test_as_session_user_really_switches_user_and_leaks_nothing(monkeypatch, service_uid):
     from agent import sessions
 
-    if os.geteuid() != 0:
-        pytest.skip("switching users needs root")
+    require_root("switching users")
     real = sessions.as_session_user
     monkeypatch.setattr(os, "getuid", lambda: service_uid)
     argv = real("nobody", {"PATH": "/usr/bin:/bin", "CLASSROOM_TEST": "kept"},

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from agent.sessions import Session
-from services import require_binary, require_root, spawn, terminate, wait_until
+from services import require_binary, require_root, skip_or_fail, spawn, terminate, wait_until
 
 USER = "nobody"
 
@@ -27,7 +27,7 @@ def sway_session(tmp_path):
     require_binary("sway")
     runtime_dir = Path(f"/run/user/{pwd.getpwnam(USER).pw_uid}")
     if runtime_dir.exists():
-        pytest.skip(f"{runtime_dir} is in use; not touching a real session")
+        skip_or_fail(f"{runtime_dir} is in use; not touching a real session")
     with headless_sway(tmp_path / "sway.log") as session:
         yield session
 

@@ -97,7 +97,11 @@
     }).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
       li.classList.add("sent-" + btn.dataset.action);
-      if (btn.dataset.action === "ack") li.querySelector(".alert-state").textContent = "on my way (sent)";
+      // Only if the device has not confirmed yet: its "acknowledged" can arrive over the
+      // event stream before this reply, and must not be overwritten by our own guess.
+      if (btn.dataset.action === "ack" && !li.classList.contains("state-acknowledged")) {
+        li.querySelector(".alert-state").textContent = "on my way (sent)";
+      }
     }).catch(function (e) {
       btn.disabled = false;
       li.querySelector(".alert-state").textContent = "could not send: " + e.message + "; try again";

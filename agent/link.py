@@ -9,6 +9,17 @@ Sending goes through the durable outbox (agent/outbox.py): ``send()`` stores the
 message, then publishes it; the PUBACK (``on_publish``) deletes the row.  Rows that
 paho is not already carrying (written while offline, or left by a previous run of the
 agent) are published again, oldest first, each time the connection comes up.
+
+The report's path to the teacher is kept short (DESIGN.md performance targets):
+
+- On a plain-TCP link the thread that sends writes its message to the socket itself
+  (:class:`_Client`), instead of waking paho's network thread to write it.
+- Bookkeeping waits until the message is on its way (``later``, the runtime's real-time
+  timer): the PUBACK's delete, and the fsync that makes an unacknowledged row survive a
+  power cut, run ``SETTLE_SECONDS`` later, in one go, not while the broker and the
+  teacher's client are busy with the alert.  A row the broker has acknowledged by then
+  is never fsynced at all (the broker has it); one it has not is.  Without ``later``
+  (tools, tests of the link alone) both happen at once, as they always did.
 """
 
 from __future__ import annotations
@@ -29,6 +40,43 @@ from .outbox import HEARTBEAT, Outbox, priority_for
 
 log = logging.getLogger(__name__)
 
+# How long bookkeeping waits after a send (see the module docstring).  A PUBACK on a
+# school LAN takes a millisecond or two; an SD card's fsync takes 10-20 ms on its own.
+SETTLE_SECONDS = 0.05
+
+
+class _Client(mqtt.Client):
+    """paho's client, made safe to write from the thread that publishes.
+
+    The link runs paho's ``loop_forever()`` on its own thread instead of ``loop_start()``,
+    so paho's ``publish()`` writes the packet on the caller's thread (paho's "no network
+    thread" mode) rather than waking a network thread to do it.  paho's writer,
+    ``loop_write()``, is not safe on two threads at once (a partial write is put back at
+    the head of the queue), so every call of it, paho's and ours, holds ``_write_lock``.
+    Reads stay on the network thread: a TCP socket may be read on one thread while
+    written on another, an OpenSSL one may not, so TLS links use ``loop_start()``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._write_lock = threading.RLock()
+
+    def loop_write(self) -> mqtt.MQTTErrorCode:
+        with self._write_lock:
+            return super().loop_write()
+
+    def write_now(self) -> None:
+        """Write what ``publish()`` left queued: it does not write while the network
+        thread is inside one of our callbacks.  Never waits: a network thread that is
+        writing writes our packet too, and one that has just finished sees it queued on
+        its next turn."""
+        if self._write_lock.acquire(blocking=False):
+            try:
+                if self.want_write():
+                    super().loop_write()
+            finally:
+                self._write_lock.release()
+
 
 class Link:
     """MQTT connection for one device.
@@ -42,7 +90,7 @@ class Link:
                  outbox: Outbox, on_command: Callable[[dict], None] | None = None,
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
                  config_version: Callable[[], str] | str = "", agent_version: str = __version__,
-                 keepalive: int = 30):
+                 keepalive: int = 30, later: Callable[..., Any] | None = None):
         parts = urlsplit(broker_url)
         self.host = parts.hostname or "localhost"
         self.tls = parts.scheme == "mqtts"
@@ -53,6 +101,8 @@ class Link:
         self.agent_version = agent_version
         self._config_version = config_version
         self.keepalive = keepalive
+        self._later = later
+        self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         # Set on SUBACK for our cmd topic: "connected" alone does not mean commands arrive yet.
         self.subscribed = threading.Event()
@@ -66,11 +116,14 @@ class Link:
         self._rows_inflight: set[int] = set()
         self._early: dict[int, Any] = {}      # PUBACKs that beat the mapping of their mid
         self._untracked: set[int] = set()     # mids of status messages (not in the outbox)
+        self._acked_rows: list[int] = []      # acknowledged, to delete when settling
+        self._settle_due = False
         self.acked = 0
         self._stopping = False
         self.ignored_commands = 0
 
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        self._network_thread: threading.Thread | None = None  # paho's, seen in on_connect
+        self.client = _Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=device, protocol=mqtt.MQTTv5)
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -105,7 +158,13 @@ class Link:
     def start(self) -> None:
         """Connect in the background; paho retries with 1..30 s backoff for ever."""
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
-        self.client.loop_start()
+        if self.tls:
+            self.client.loop_start()
+        else:
+            # loop_forever is what loop_start runs, minus the wake-up pipe (see _Client).
+            self._thread = threading.Thread(target=self.client.loop_forever, kwargs={"retry_first_connection": True},
+                                            name=f"mqtt-{self.device}", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 3.0) -> None:
         """Say goodbye (retained offline status), then disconnect."""
@@ -118,7 +177,11 @@ class Link:
             log.warning("could not publish offline status: %s", exc)
         self._stopping = True
         self.client.disconnect()
-        self.client.loop_stop()
+        if self.tls:
+            self.client.loop_stop()
+        elif self._thread is not None:
+            self._thread.join(5)  # loop_forever returns once the DISCONNECT is out (or within 1 s if offline)
+        self._settle()  # the runtime's timers have stopped: settle here
 
     # ------------------------------------------------------------------ sending
     def send(self, kind: str, payload: dict[str, Any], *, keep: tuple[str, dict | None] | None = None) -> int:
@@ -130,11 +193,36 @@ class Link:
         priority = priority_for(kind, payload.get("type") if kind == "event" else None)
         with self._send_lock:
             row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False, keep=keep)
-            if self.is_connected:
+            published = self.is_connected
+            if published:
                 self._publish_locked(row, topic, raw, qos, False)
+        if published and not self.tls and threading.current_thread() is not self._network_thread:
+            self.client.write_now()  # outside _send_lock: it may find paho writing
         if priority != HEARTBEAT:
-            self.outbox.sync()  # after the publish: see agent/outbox.py on power loss
+            if published and self._later is not None:
+                self._settle_soon()
+            else:
+                self.outbox.sync()  # offline: nothing else holds this message
         return row
+
+    # ------------------------------------------------------------------ settling
+    def _settle_soon(self) -> None:
+        with self._map_lock:
+            if self._settle_due:
+                return
+            self._settle_due = True
+        self._later(SETTLE_SECONDS, self._settle)
+
+    def _settle(self) -> None:
+        """Delete acknowledged rows; fsync if any sent row is still unacknowledged."""
+        with self._map_lock:
+            self._settle_due = False
+            acked, self._acked_rows = self._acked_rows, []
+            unacked = bool(self._rows_inflight)
+        if unacked:
+            self.outbox.sync()
+        if acked:
+            self.outbox.delete_many(acked)
 
     def _publish_locked(self, row: int, topic: str, raw: bytes, qos: int, retain: bool) -> None:
         info = self.client.publish(topic, raw, qos=qos, retain=retain)
@@ -164,8 +252,10 @@ class Link:
         """Publish every stored row paho is not already carrying, oldest first."""
         n = 0
         with self._send_lock:
+            with self._map_lock:
+                skip = self._rows_inflight | set(self._acked_rows)
             for item in self.outbox.pending():
-                if item.id in self._rows_inflight:
+                if item.id in skip:
                     continue
                 self._publish_locked(item.id, item.topic, item.payload, item.qos, item.retain)
                 n += 1
@@ -183,6 +273,7 @@ class Link:
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+        self._network_thread = threading.current_thread()
         log.info("connected to %s:%d as %s", self.host, self.port, self.device)
         client.subscribe(self.topic("cmd"), qos=protocol.QOS["cmd"])
         # Stored messages first: an alert raised while offline is the most urgent thing we
@@ -221,8 +312,13 @@ class Link:
         if getattr(reason_code, "is_failure", False):
             log.warning("broker refused message %d (%s); it stays in the outbox", row, reason_code)
             return
-        self.outbox.delete(row)
         self.acked += 1
+        if self._later is None:
+            self.outbox.delete(row)
+            return
+        with self._map_lock:
+            self._acked_rows.append(row)
+        self._settle_soon()
 
     def _on_message(self, client, userdata, msg) -> None:
         try:

@@ -5,11 +5,15 @@ only when the broker's PUBACK arrives, so a broker restart, a Wi-Fi drop, ``kill
 a power cut loses nothing: on the next connection every remaining row is sent again, in
 order, with its original payload (same event id; the server de-duplicates by id).
 
-Power loss: alerts and events are fsynced.  The link commits the row (safe against a
-crash: it is in the OS), publishes, and only then fsyncs (``put(sync=False)`` +
-``sync()``): an fsync on an SD card can take 10-20 ms, and the report must not wait for
-it.  This is never less safe than fsync-then-publish: a power cut before the fsync
-completes loses the row either way, and here the message may already be at the broker.
+Power loss: alerts and events are fsynced unless the broker has them first.  The link
+commits the row (safe against a crash: it is in the OS), publishes, and only then
+fsyncs (``put(sync=False)`` + ``sync()``): an fsync on an SD card can take 10-20 ms, and
+the report must not wait for it.  The running agent goes one step further
+(agent/link.py, "settling"): it looks again ``SETTLE_SECONDS`` after the send and
+fsyncs only if the broker has not acknowledged the row by then.  Neither is less safe
+than fsync-then-publish: a power cut before the fsync completes loses the row either
+way, and here the message is usually at the broker before an SD card would have
+finished.  A row written while offline is fsynced at once.
 
 The table is bounded.  When it is full the oldest heartbeat goes first, then the oldest
 ordinary event; alerts and report evidence are never evicted, even if that means the
@@ -191,6 +195,20 @@ class Outbox:
             self._synchronous("NORMAL")
             cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
             return cur.rowcount > 0
+
+    def delete_many(self, row_ids: list[int]) -> int:
+        """Forget several acknowledged rows in one transaction; returns how many existed."""
+        with self._lock:
+            self._synchronous("NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = sum(self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,)).rowcount
+                        for row_id in row_ids)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return n
 
     def pending(self) -> list[Pending]:
         """Every stored row, oldest first (send order)."""

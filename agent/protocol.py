@@ -7,6 +7,7 @@ naming the field, which callers log before dropping the message.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -45,6 +46,9 @@ class Topic:
         return f"{self.prefix}/{self.site}/{self.room}/{self.device}/{self.kind}"
 
 
+# Topics repeat (a device has five; a collector sees each device's again and again), and
+# both functions sit on the report's path on both sides of the broker: remember them.
+@functools.lru_cache(maxsize=16384)
 def topic(prefix: str, site: str, room: str, device: str, kind: str) -> str:
     for name, value in (("site", site), ("room", room), ("device", device)):
         if not ID_RE.match(value or ""):
@@ -54,6 +58,7 @@ def topic(prefix: str, site: str, room: str, device: str, kind: str) -> str:
     return f"{prefix}/{site}/{room}/{device}/{kind}"
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_topic(text: str, prefix: str = DEFAULT_PREFIX) -> Topic:
     if not text.startswith(prefix + "/"):
         raise ProtocolError(f"topic {text!r} is not under {prefix!r}")

@@ -5,10 +5,19 @@ The agent is the source of truth for an alert (DESIGN.md): every state change is
 published on the device's ``alert`` topic with the same ``id``.  Order on a press:
 
 1. blank the screen (on the pressing thread, before anything else: DESIGN rule 1);
-2. on the runtime's queue thread: light the LED; commit the alert and its ``raised``
-   message to the outbox together, publish, then fsync; send ``report_evidence``
-   (domains only, server-only topic); start the escalation timer (runtime clock, so
-   tests can use a fake one).
+2. still on the pressing thread: light the LED; commit the alert and its ``raised``
+   message to the outbox together and publish it (agent/link.py: the fsync follows
+   only if the broker has not acknowledged it within moments); start the escalation
+   timer (runtime clock, so tests can use a fake one);
+3. on the runtime's queue thread, ``EVIDENCE_DELAY`` later: send ``report_evidence``
+   (domains only, server-only topic).  Later, not at once: while the alert crosses the
+   broker to the teacher, the agent keeps out of the way of both.
+
+Step 2 does not hop to the queue thread like every other component's work: the hop
+costs a thread wake-up on the one path where the teacher is waiting, so the alert's
+state has its own lock instead.  Every transition (press, ack, clear, escalation, the
+PIN on the device) holds that lock from the state change to the publish, so the
+transitions of one alert are committed and sent in the order they happened.
 
 Repeated presses while an alert is open do not make new alerts: they are counted
 (``presses`` on every later transition and a ``press_repeated`` event).  The open
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,10 +41,12 @@ from .config.schema import DEFAULT_MESSAGES
 log = logging.getLogger(__name__)
 
 OPEN_STATES = ("raised", "escalated", "acknowledged")
+EVIDENCE_DELAY = 0.05  # seconds of real time after the raise (step 3 above)
 
 
 class Report:
-    """Runtime component (name 'report').  ``press(source)`` may be called from any thread."""
+    """Runtime component (name 'report').  ``press(source)`` may be called from any thread;
+    the other entry points run on the runtime's queue thread."""
 
     name = "report"
 
@@ -45,10 +57,18 @@ class Report:
         self._alert: dict[str, Any] | None = None
         self._timer = None
         self._pending_press: str | None = None
+        self._next_id: str | None = None      # the next alert's id, drawn ahead (_prepare)
+        self._checked_policy = None           # the policy a raise payload was last checked under
+        # Reentrant: a transition may publish, and publishing may ask for the alert's state.
+        self._lock = threading.RLock()
         screen.when_cleared = self._screen_cleared
 
     # ------------------------------------------------------------------ component interface
     def start(self, runtime) -> None:
+        with self._lock:
+            self._start(runtime)
+
+    def _start(self, runtime) -> None:
         self.runtime = runtime
         saved = runtime.outbox.kept("alert") or self._legacy_state(Path(runtime.state_dir) / "alert.json")
         if saved and saved.get("state") in OPEN_STATES and saved.get("id"):
@@ -79,20 +99,23 @@ class Report:
         self._cancel_timer()
 
     def on_policy(self, policy) -> None:
-        if self._pending_press is not None:
-            source, self._pending_press = self._pending_press, None
-            self._pressed(source)
-        elif self._alert is not None and self._alert["state"] == "raised" and self._timer is None:
-            self._schedule_escalation()
+        with self._lock:
+            self._prepare()
+            if self._pending_press is not None:
+                source, self._pending_press = self._pending_press, None
+                self._pressed(source)
+            elif self._alert is not None and self._alert["state"] == "raised" and self._timer is None:
+                self._schedule_escalation()
 
     def on_command(self, cmd: dict) -> bool:
-        if cmd.get("cmd") == "ack":
-            self._ack(cmd["alert_id"], cmd["by"])
-            return True
-        if cmd.get("cmd") == "clear":
-            self._clear(cmd["alert_id"], cmd["by"])
-            return True
-        return False
+        if cmd.get("cmd") not in ("ack", "clear"):
+            return False
+        with self._lock:
+            if cmd["cmd"] == "ack":
+                self._ack(cmd["alert_id"], cmd["by"])
+            else:
+                self._clear(cmd["alert_id"], cmd["by"])
+        return True
 
     # ------------------------------------------------------------------ state
     @property
@@ -104,8 +127,9 @@ class Report:
         return self._alert is not None
 
     def set_led(self, led) -> None:
-        self.led = led
-        self._show_led()
+        with self._lock:
+            self.led = led
+            self._show_led()
 
     def _show_led(self) -> None:
         if self.led is not None:
@@ -120,31 +144,63 @@ class Report:
         if self.runtime is not None:
             self.runtime.outbox.keep("alert", self._alert)
 
-    def _publish(self, state: str, by: str | None, **extra) -> dict:
+    @staticmethod
+    def _payload(a: dict, state: str, by: str | None, ts: str, **extra) -> dict:
+        return {"id": a["id"], "state": state, "site": a["site"], "room": a["room"], "device": a["device"],
+                "seat": a["seat"], "ts": ts, "by": by, "presses": a["presses"], **extra}
+
+    def _publish(self, state: str, by: str | None, *, checked: bool = False, **extra) -> dict:
         a = self._alert
-        payload = {"id": a["id"], "state": state, "site": a["site"], "room": a["room"], "device": a["device"],
-                   "seat": a["seat"], "ts": protocol.now_ts(self.runtime.clock()), "by": by,
-                   "presses": a["presses"], **extra}
-        protocol.validate("alert", payload)
+        payload = self._payload(a, state, by, protocol.now_ts(self.runtime.clock()), **extra)
+        if not checked:
+            protocol.validate("alert", payload)
         # The alert's own state goes into the same commit as the message about it.
         self.runtime.send("alert", payload, keep=("alert", None if state == "cleared" else dict(a)))
         return payload
 
+    def _prepare(self) -> None:
+        """Get the next raise ready, so that the press does neither of these: draw its id
+        (uuid4 reads the kernel's random pool, a system call), and check its payload
+        against the contract under the current policy (everything in it but the id and
+        the time comes from the policy).  At start, on every policy change, and after
+        each raise (with the evidence, off the alert's path)."""
+        self._next_id = protocol.new_id()
+        policy = self.runtime.policy if self.runtime is not None else None
+        if policy is None:
+            return
+        sample = self._new_alert(policy, self._next_id, "button", self.runtime.clock())
+        try:
+            protocol.validate("alert", self._payload(sample, "raised", "pupil", protocol.now_ts(), source="button"))
+        except protocol.ProtocolError as exc:  # the press checks (and reports) it again itself
+            log.error("a report raised under this policy would break the contract: %s", exc)
+            return
+        self._checked_policy = policy
+
+    @staticmethod
+    def _new_alert(policy, alert_id: str, source: str, now: datetime) -> dict:
+        return {"id": alert_id, "state": "raised", "site": policy.site, "room": policy.room,
+                "device": policy.device, "seat": policy.seat, "presses": 1, "source": source,
+                "raised_at": now.isoformat()}
+
     # ------------------------------------------------------------------ press
     def press(self, source: str = "button") -> None:
-        """Blank now, on this thread; do the rest on the runtime's queue thread."""
+        """Blank now, then raise the alert: both on this thread (the module docstring says why)."""
         if not self.screen.is_blank:
             self.screen.blank(self._message("report_raised"))
-        if self.runtime is not None:
-            self.runtime.post(self._pressed, source)
+        with self._lock:
+            if self.runtime is not None:
+                self._pressed(source)
+            else:
+                # Not started yet: start() raises it once the runtime (and its outbox) exists.
+                self._pending_press = source
 
     def _pressed(self, source: str) -> None:
         rt = self.runtime
         if self._alert is not None:
             self._alert["presses"] += 1
             self._save()
-            rt.emit_event("press_repeated", alert_id=self._alert["id"], presses=self._alert["presses"],
-                          source=source)
+            alert_id, presses = self._alert["id"], self._alert["presses"]
+            rt.post(lambda: rt.emit_event("press_repeated", alert_id=alert_id, presses=presses, source=source))
             return
         policy = rt.policy
         if policy is None:
@@ -152,22 +208,28 @@ class Report:
             log.error("report pressed before any config was loaded; it will be sent when config arrives")
             self._pending_press = source
             return
-        now = rt.clock()
-        self._alert = {"id": protocol.new_id(), "state": "raised", "site": policy.site, "room": policy.room,
-                       "device": policy.device, "seat": policy.seat, "presses": 1, "source": source,
-                       "raised_at": now.isoformat()}
+        alert_id, self._next_id = self._next_id or protocol.new_id(), None
+        self._alert = self._new_alert(policy, alert_id, source, rt.clock())
         self._show_led()  # local feedback first, network second (as on clear)
         # One commit holds the alert and its "raised" message; the fsync follows the
         # publish (agent/outbox.py): the alert must not wait for an SD card.
-        self._publish("raised", "pupil", source=source)
+        self._publish("raised", "pupil", checked=policy is self._checked_policy, source=source)
         log.info("report raised: alert %s (%s)", self._alert["id"], source)
         self._schedule_escalation()
+        # The filter's recent-domain list belongs to the queue thread, and the teacher
+        # is not waiting for it.
+        rt.defer(EVIDENCE_DELAY, self._send_evidence, self._alert["id"])
+
+    def _send_evidence(self, alert_id: str) -> None:
+        rt = self.runtime
+        with self._lock:
+            self._prepare()
         try:
             domains = rt.evidence_source(rt.evidence_minutes)
         except Exception:  # noqa: BLE001 - evidence is a bonus; the alert is what matters
             log.exception("evidence source failed; sending an empty list")
             domains = []
-        rt.emit_event("report_evidence", alert_id=self._alert["id"], domains=list(domains))
+        rt.emit_event("report_evidence", alert_id=alert_id, domains=list(domains))
 
     # ------------------------------------------------------------------ escalation
     def _cancel_timer(self) -> None:
@@ -184,6 +246,10 @@ class Report:
         self._timer = self.runtime.call_later(max(0.0, timeout - waited), self._escalate, self._alert["id"])
 
     def _escalate(self, alert_id: str) -> None:
+        with self._lock:
+            self._escalate_locked(alert_id)
+
+    def _escalate_locked(self, alert_id: str) -> None:
         self._timer = None
         if self._alert is None or self._alert["id"] != alert_id or self._alert["state"] != "raised":
             return
@@ -243,12 +309,17 @@ class Report:
             self.runtime.post(self._cleared_on_device, by)
 
     def _cleared_on_device(self, by: str) -> None:
-        if self._alert is None:
-            log.info("screen cleared on the device (%s); no alert was open", by)
-            return
-        self._close(by)
+        with self._lock:
+            if self._alert is None:
+                log.info("screen cleared on the device (%s); no alert was open", by)
+                return
+            self._close(by)
 
     def status(self) -> dict:
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> dict:
         return {"alert": self.alert, "screen": {"blank": self.screen.is_blank, "message": self.screen.message,
                                                   "backend": self.screen.backend_name},
                 "led": getattr(self.led, "state", None)}

@@ -5,7 +5,12 @@ Threads exist only at the edges: gpiozero's pin thread (button), paho's network
 thread (MQTT), the control socket and the overlay reader.  They hand work to the
 runtime with ``post(fn, *args)``; everything that changes agent state runs on the
 queue thread, so components need no locks of their own.  The one exception is on
-purpose: the report button blanks the screen on its own thread, before the queue.
+purpose: a report press blanks the screen and raises the alert on the pressing thread,
+with the report's own lock (agent/report.py says why).
+
+Timers: ``call_later``/``call_at`` run on the runtime clock (a ``FakeClock`` in tests,
+so policy times can be stepped).  ``defer(seconds, ...)`` runs after real seconds
+whatever the clock says: it is for I/O housekeeping (agent/link.py), never for policy.
 
 Components are plain objects: ``name``, ``start(runtime)``, ``stop()``,
 ``on_policy(policy)``, ``on_command(cmd) -> bool``.  ``start`` runs first, then
@@ -92,6 +97,8 @@ class Runtime:
         self._control_enabled = control
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._timers: list[Timer] = []
+        self._deferred: list[tuple[float, int, Callable, tuple]] = []  # (monotonic due, seq, fn, args)
+        self._wake_pending = False
         self._timer_lock = threading.Lock()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -142,29 +149,51 @@ class Runtime:
     def call_later(self, seconds: float, fn: Callable, *args) -> Timer:
         return self.call_at(self.clock() + timedelta(seconds=seconds), fn, *args)
 
+    def defer(self, seconds: float, fn: Callable, *args) -> None:
+        """Run ``fn(*args)`` on the queue thread after *seconds* of real time."""
+        with self._timer_lock:
+            heapq.heappush(self._deferred, (time.monotonic() + seconds, next(self._seq), fn, args))
+        self._wake()
+
     def _wake(self) -> None:
-        self._queue.put((None, ()))
+        # One token is enough: the loop reads every timer after taking it.  (Several jobs
+        # are scheduled at once after a press; each extra token was an extra turn.)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._queue.put((None, ()))
 
     def _next_wait(self) -> float | None:
         with self._timer_lock:
             while self._timers and self._timers[0].cancelled:
                 heapq.heappop(self._timers)
             if not self._timers:
-                return None if self.clock.is_fake else _MAX_WAIT
-            if self.clock.is_fake:
+                wait = None if self.clock.is_fake else _MAX_WAIT
+            elif self.clock.is_fake:
                 # Fake time moves only by advance(), which wakes us; but a due timer runs now.
-                return 0 if self._timers[0].due <= self.clock() else None
-            return max(0.0, min(_MAX_WAIT, (self._timers[0].due - self.clock()).total_seconds()))
+                wait = 0 if self._timers[0].due <= self.clock() else None
+            else:
+                wait = max(0.0, min(_MAX_WAIT, (self._timers[0].due - self.clock()).total_seconds()))
+            if self._deferred:
+                real = max(0.0, self._deferred[0][0] - time.monotonic())
+                wait = real if wait is None else min(wait, real)
+            return wait
 
     def _run_due(self) -> None:
         now = self.clock()
         while True:
             with self._timer_lock:
                 if not self._timers or self._timers[0].due > now:
-                    return
+                    break
                 timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 self._safely(timer.fn, timer.args)
+        moment = time.monotonic()
+        while True:
+            with self._timer_lock:
+                if not self._deferred or self._deferred[0][0] > moment:
+                    return
+                _, _, fn, args = heapq.heappop(self._deferred)
+            self._safely(fn, args)
 
     def _safely(self, fn: Callable, args: tuple) -> None:
         try:
@@ -181,7 +210,9 @@ class Runtime:
                 fn, args = None, ()
             if fn is _STOP:
                 return
-            if fn is not None:
+            if fn is None:
+                self._wake_pending = False  # before reading the timers: see _wake
+            else:
                 self._safely(fn, args)
             self._run_due()
 
@@ -389,7 +420,7 @@ class Runtime:
                          on_command=lambda cmd: self.post(self._on_command, cmd),
                          username=username, password=password, ca_file=self.bootstrap.ca_file,
                          config_version=lambda: self.tree.version if self.tree else "",
-                         agent_version=__version__)
+                         agent_version=__version__, later=self.defer)
         self.link.start()
 
     # ------------------------------------------------------------------ messages

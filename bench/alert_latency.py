@@ -5,7 +5,11 @@ Measures, in one run against its own mosquitto on a free loopback port:
 
 (a) button edge -> blank issued: a gpiozero MockFactory pin drives the REAL agent
     (agent/runtime.py: ReportButton -> Report.press -> Screen.blank, headless backend);
-    t0 = just before ``pin.drive_low()``, t1 = ``Screen.blank_issued_at``.
+    t0 = just before ``pin.drive_low()``, t1 = ``Screen.blank_issued_at``.  The agent
+    runs in its own process, as it does on a device: the bench's own threads (reading
+    the teacher's lines, polling) would otherwise compete with it for the GIL.  Its
+    "button thread" is a thread that waits on a pipe for the bench's "press" and then
+    drives the pin, as gpiozero's pin thread waits on the GPIO chip.
 (b) press -> teacher receives the alert, with N background devices (default 1,000)
     connected, subscribed to their cmd topic, holding a retained status and sending
     heartbeats of the real payload shape; a collector-like subscriber reads everything.
@@ -350,9 +354,13 @@ def start_agent(tmp: Path, port: int, password: str | None):
     return runtime, factory, screen, state
 
 
-def measure_agent(runtime, factory, screen, teacher_lines: LineReader, presses: int, gap: float):
+def agent(args) -> int:
+    """The measured agent's process: presses its MockFactory pin on each "press" line.
+    It says nothing until "report": a line to the bench at the moment of the press would
+    wake the bench's process just when the broker and the teacher need the CPUs."""
+    runtime, factory, screen, state = start_agent(Path(args.tmp), args.port, os.environ.get("BENCH_MQTT_PASSWORD"))
     # Where the time goes: note when the agent hands the raised alert to paho.
-    handed: dict[bytes, int] = {}
+    handed: dict[str, int] = {}
     publish = runtime.link.client.publish
 
     def timed_publish(topic, payload=None, *a, **kw):
@@ -361,36 +369,58 @@ def measure_agent(runtime, factory, screen, teacher_lines: LineReader, presses: 
         return publish(topic, payload, *a, **kw)
 
     runtime.link.client.publish = timed_publish
-    agent_ms, wire_ms, client_ms = [], [], []
-    pin_no = runtime.policy.hardware.button_pin
-    pin = factory.pin(pin_no)
+    pin = factory.pin(runtime.policy.hardware.button_pin)
     bounce = runtime.policy.hardware.button_bounce_ms / 1000
-    blank_ms, press_ms = [], []
+    gap = args.gap_ms / 1000
+    presses = []
+    try:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "report":
+                print(json.dumps({"presses": presses, "handed": handed}), flush=True)
+                continue
+            wait_for(lambda: not runtime.report.is_open and not screen.is_blank, 10, "the previous alert to clear")
+            pin.drive_high()  # the pupil let go (long ago, at this pace)
+            time.sleep(max(gap, bounce * 1.5))  # pacing + let the debounce window pass
+            before = screen.blank_issued_at
+            t_wall = time.time_ns()
+            t0 = time.perf_counter_ns()
+            pin.drive_low()
+            t1 = screen.blank_issued_at
+            if t1 is None or t1 == before:
+                raise SystemExit("alert_latency: the press did not blank the screen")
+            presses.append({"t_wall": t_wall, "blank_ms": (t1 - t0) / 1e6})
+    finally:
+        runtime.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    return 0
+
+
+def measure_agent(agent_proc, agent_lines: LineReader, teacher_lines: LineReader, presses: int):
+    received = []
     for i in range(presses + 5):  # the first 5 warm up caches and connections
-        wait_for(lambda: not runtime.report.is_open and not screen.is_blank, 10, "the previous alert to clear")
-        time.sleep(max(gap, bounce * 1.5))  # pacing + let the debounce window pass
-        before = screen.blank_issued_at
         seen = teacher_lines.count_raised()
-        t_wall = time.time_ns()
-        t0 = time.perf_counter_ns()
-        pin.drive_low()
-        t1 = screen.blank_issued_at
-        if t1 is None or t1 == before:
-            raise SystemExit("alert_latency: the press did not blank the screen")
+        agent_proc.stdin.write("press\n")
+        agent_proc.stdin.flush()
         # Presses are one at a time, so the next new "raised" the teacher sees is this press's.
-        # (Not runtime.report.alert: the teacher's clear can close it before we could look.)
-        got = teacher_lines.wait(lambda lines: teacher_lines.raised(seen), 10, "the teacher to receive the alert")
-        alert = {"id": got["id"]}
-        pin.drive_high()
-        if i >= 5:
-            blank_ms.append((t1 - t0) / 1e6)
-            press_ms.append((got["recv_ns"] - t_wall) / 1e6)
-            if alert["id"] in handed:
-                agent_ms.append((handed[alert["id"]] - t_wall) / 1e6)
-                wire_ms.append((got["arrived_ns"] - handed[alert["id"]]) / 1e6)
-                client_ms.append((got["recv_ns"] - got["arrived_ns"]) / 1e6)
-    wait_for(lambda: not runtime.report.is_open, 10, "the last alert to clear")
-    runtime.link.client.publish = publish
+        received.append(teacher_lines.wait(lambda lines: teacher_lines.raised(seen), 10,
+                                           "the teacher to receive the alert"))
+    done = len(agent_lines.lines)
+    agent_proc.stdin.write("report\n")
+    agent_proc.stdin.flush()
+    report = agent_lines.wait(lambda lines: len(lines) > done and lines[done], 15, "the agent's timings")
+    handed = report["handed"]
+    blank_ms, press_ms, timings = [], [], []
+    for pressed, got in list(zip(report["presses"], received))[5:]:
+        blank_ms.append(pressed["blank_ms"])
+        press_ms.append((got["recv_ns"] - pressed["t_wall"]) / 1e6)
+        timings.append((pressed["t_wall"], got))
+    agent_ms, wire_ms, client_ms = [], [], []
+    for t_wall, got in timings:
+        if got["id"] in handed:
+            agent_ms.append((handed[got["id"]] - t_wall) / 1e6)
+            wire_ms.append((got["arrived_ns"] - handed[got["id"]]) / 1e6)
+            client_ms.append((got["recv_ns"] - got["arrived_ns"]) / 1e6)
     return blank_ms, press_ms, agent_ms, wire_ms, client_ms
 
 
@@ -451,6 +481,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-seconds", type=float, default=170, help="hard bound on the run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--teacher", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -462,6 +494,11 @@ def main(argv=None) -> int:
         return worker(args)
     if args.teacher:
         return teacher(args)
+    if args.agent:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        return agent(args)
     return run(args)
 
 
@@ -493,8 +530,6 @@ def run(args) -> int:
     (tmp / "xdg").mkdir(exist_ok=True) if not password else None
     broker = start_broker(tmp, port, secure_files(tmp, args.devices, password) if password else "")
     children.append(broker)
-    runtime = None
-    state = None
     workers: list[subprocess.Popen] = []
     load = {"heartbeats": 0, "collector_bytes": 0}
     try:
@@ -524,15 +559,18 @@ def run(args) -> int:
         teacher_lines = LineReader(teacher_proc.stdout, json.loads)
         teacher_lines.wait(lambda lines: any(x.get("ready") for x in lines), 15, "the teacher client")
 
-        runtime, factory, screen, state = start_agent(tmp, port, password)
-        gap = args.gap_ms / 1000
-        blank_ms, press_ms, agent_ms, wire_ms, client_ms = measure_agent(runtime, factory, screen, teacher_lines, args.presses, gap)
-        baseline_ms = measure_baseline(port, args.presses, gap, tmp)
+        agent_proc = subprocess.Popen(me + ["--agent", "--port", str(port), "--tmp", str(tmp),
+                                            "--gap-ms", str(args.gap_ms)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        children.append(agent_proc)
+        agent_lines = LineReader(agent_proc.stdout, json.loads)
+        agent_lines.wait(lambda lines: any(x.get("ready") for x in lines), 30, "the agent to connect")
+        blank_ms, press_ms, agent_ms, wire_ms, client_ms = measure_agent(agent_proc, agent_lines, teacher_lines,
+                                                                         args.presses)
+        baseline_ms = measure_baseline(port, args.presses, args.gap_ms / 1000, tmp)
         elapsed = time.monotonic() - started
         signal.alarm(0)
     finally:
-        if runtime is not None:
-            runtime.stop()
         for c in children[1:]:
             try:
                 if c.stdin:
@@ -552,8 +590,6 @@ def run(args) -> int:
                     load["collector_bytes"] += int(fields["received_bytes"])
         broker.terminate()
         broker.wait(10)
-        if state is not None:
-            shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     p50, p99 = percentile(press_ms, 50), percentile(press_ms, 99)

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.integration
 def make_link(tmp_path, broker, **kw):
     box = Outbox(tmp_path / "outbox.db")
     commands = []
+    kw.setdefault("on_command", commands.append)
     link = Link(broker_url=f"mqtt://127.0.0.1:{broker.port}", prefix="classroom/v1", site="penny-acres",
-                room="1a", device="1a-pi-01", outbox=box, on_command=commands.append,
-                config_version="abc123abc123", **kw)
+                room="1a", device="1a-pi-01", outbox=box, config_version="abc123abc123", **kw)
     return link, box, commands
 
 
@@ -109,6 +109,31 @@ def test_send_is_stored_until_puback_and_resent_after_outage(tmp_path, mosquitto
 
 
 @pytest.mark.timeout(30)
+def test_the_sending_thread_writes_while_paho_is_busy(tmp_path, mosquitto):
+    """On plain TCP the thread that sends writes the socket itself: an alert gets out
+    even while paho's network thread is stuck in a callback (agent/link.py _Client)."""
+    import threading
+
+    sub = Subscriber(mosquitto, PREFIX + "/alert")
+    in_handler, release = threading.Event(), threading.Event()
+    link, box, _ = make_link(tmp_path, mosquitto, on_command=lambda cmd: (in_handler.set(), release.wait(20)))
+    link.start()
+    try:
+        assert link.subscribed.wait(10)
+        publish(mosquitto, PREFIX + "/cmd", {"cmd": "lock", "by": "a.jones"})
+        assert in_handler.wait(10)                      # paho's thread is now held in on_message
+        link.send("alert", alert())
+        assert sub.wait_for("alert", timeout=10)["id"].endswith("1")
+        assert box.count() == 1                         # the PUBACK waits for paho's thread ...
+        release.set()
+        wait_until(lambda: box.count() == 0, 10, message="PUBACK did not delete the row")  # ... and then lands
+    finally:
+        release.set()
+        link.stop()
+        sub.close()
+
+
+@pytest.mark.timeout(30)
 def test_rows_left_by_a_previous_run_are_sent_on_connect(tmp_path, mosquitto):
     sub = Subscriber(mosquitto, PREFIX + "/#")
     box = Outbox(tmp_path / "outbox.db")
@@ -183,10 +208,13 @@ def test_tls_with_ca_file(tmp_path, mosquitto_factory):
     link = Link(broker_url=f"mqtts://127.0.0.1:{broker.port}", prefix="classroom/v1", site="penny-acres",
                 room="1a", device="1a-pi-01", outbox=box, ca_file=str(tls / "ca.crt"))
     link.start()
+    direct = []
+    link.client.write_now = lambda: direct.append(1)  # an OpenSSL socket is written by one thread only
     try:
         assert link.connected.wait(10), "no TLS connection"
         link.send("alert", alert())
         wait_until(lambda: box.count() == 0, 10, message="alert not acknowledged over TLS")
+        assert direct == []
     finally:
         link.stop()
     # Without our CA the broker's certificate is not trusted: no connection, nothing lost.
@@ -198,3 +226,43 @@ def test_tls_with_ca_file(tmp_path, mosquitto_factory):
         assert not wrong.is_connected and "as 1a-pi-02" not in broker.log_path.read_text()
     finally:
         wrong.stop()
+
+
+@pytest.mark.timeout(30)
+def test_settling_deletes_acked_rows_later_and_fsyncs_only_unacked_ones(tmp_path, mosquitto):
+    """With ``later`` (the runtime's real-time timer) the PUBACK's delete and the fsync
+    wait for one settle job: off the alert's path, and no fsync for what the broker has."""
+    import os
+    import signal
+
+    jobs = []
+    link, box, _ = make_link(tmp_path, mosquitto, later=lambda seconds, fn, *args: jobs.append((seconds, fn, args)))
+    syncs = []
+    real_sync = box.sync
+    box.sync = lambda: (syncs.append(1), real_sync())
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        link.send("alert", alert())
+        wait_until(lambda: link.acked == 1, 10, message="no PUBACK")
+        assert box.count() == 1 and syncs == []          # nothing done on the alert's path ...
+        [(seconds, settle, args)] = jobs                 # ... one settle job, however many reasons
+        assert seconds == pytest.approx(0.05)
+        settle(*args)
+        assert box.count() == 0 and syncs == []          # acknowledged: deleted, never fsynced
+
+        jobs.clear()
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)      # the broker takes the bytes but cannot answer
+        try:
+            link.send("alert", alert("00000000-0000-4000-8000-000000000002"))
+            [(_, settle, args)] = jobs
+            settle(*args)
+            assert syncs == [1] and box.count() == 1     # unacknowledged: fsynced, kept
+        finally:
+            os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        wait_until(lambda: link.acked == 2, 10, message="no PUBACK after the broker woke")
+        [(_, settle, args)] = jobs[1:]
+        settle(*args)
+        assert box.count() == 0
+    finally:
+        link.stop()

@@ -8,10 +8,12 @@ import uuid
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from agent import protocol
 from agent.clock import FakeClock
 from agent.runtime import Runtime
 from agent.screen import Screen, hash_pin
 from runtime_fixtures import bootstrap
+from services import wait_until
 
 RAISED = "Well done for telling. A grown-up is coming."
 SEEN = "A grown-up has seen your message."
@@ -49,6 +51,14 @@ def barrier(rt):
     rt.call(lambda: None)
 
 
+def evidence_of(rt) -> dict:
+    """The report_evidence event, once sent (EVIDENCE_DELAY of real time after the raise)."""
+    found = wait_until(lambda: [e for e in sent(rt, "event") if e["type"] == "report_evidence"], 5,
+                       message="no report_evidence event")
+    [event] = found
+    return event
+
+
 def cmd(rt, **payload):
     rt.call(rt._on_command, payload)
 
@@ -61,14 +71,34 @@ def test_press_blanks_then_raises_with_all_fields(make):
     [raised] = sent(rt, "alert")
     assert raised["state"] == "raised"
     uuid.UUID(raised["id"])
+    protocol.validate("alert", raised)  # checked ahead of the press, under this policy (Report._prepare)
     assert {k: raised[k] for k in ("site", "room", "device", "seat", "ts", "by")} == {
         "site": "penny-acres", "room": "1a", "device": "1a-pi-01", "seat": "Table 1",
         "ts": "2026-11-24T10:00:00.000Z", "by": "pupil"}
     assert rt.led.is_lit and rt.led.state == "raised"
-    [evidence] = [e for e in sent(rt, "event") if e["type"] == "report_evidence"]
+    evidence = evidence_of(rt)
     assert evidence["alert_id"] == raised["id"] and evidence["domains"] == []
     rows = {r.kind: r for r in rt.outbox.pending()}
     assert rows["alert"].topic == "classroom/v1/penny-acres/1a/1a-pi-01/alert" and rows["alert"].qos == 1
+
+
+def test_a_busy_queue_thread_does_not_hold_the_alert_back(make):
+    """The raise happens on the pressing thread: a slow job on the queue thread (a config
+    apply, a filter reload) must not stand between the pupil and the teacher."""
+    import threading
+
+    rt, _, pins = make()
+    busy, release = threading.Event(), threading.Event()
+    rt.post(lambda: (busy.set(), release.wait(10)))
+    assert busy.wait(5)
+    try:
+        pins.pin(17).drive_low()
+        [raised] = sent(rt, "alert")     # committed (and published, with a link) before drive_low returned
+        assert raised["state"] == "raised" and rt.report.is_open
+        assert not [e for e in sent(rt, "event") if e["type"] == "report_evidence"]  # evidence waits its turn
+    finally:
+        release.set()
+    assert evidence_of(rt)["alert_id"] == raised["id"]
 
 
 def test_evidence_comes_from_the_evidence_source(make):
@@ -80,8 +110,7 @@ def test_evidence_comes_from_the_evidence_source(make):
         return [{"domain": "example.org", "ts": "2026-11-24T09:59:00Z", "count": 2}]
     rt.evidence_source = source
     rt.press("key")
-    barrier(rt)
-    [evidence] = [e for e in sent(rt, "event") if e["type"] == "report_evidence"]
+    evidence = evidence_of(rt)
     assert asked == [10] and evidence["domains"][0]["domain"] == "example.org"
     assert sent(rt, "alert")[0]["source"] == "key"
 
@@ -269,3 +298,21 @@ def test_an_alert_left_in_alert_json_by_an_older_agent_is_taken_over(tmp_path, m
     assert rt.outbox.kept("alert")["id"] == legacy["id"]
     cmd(rt, cmd="clear", alert_id=legacy["id"], by="a.jones")
     assert rt.outbox.kept("alert") is None and not rt.screen.is_blank
+
+
+def test_deferred_jobs_run_on_real_time_whatever_the_clock(make):
+    """``defer`` (I/O housekeeping: the link's settling, the evidence) runs after real
+    seconds even on a FakeClock; ``call_later`` waits for the clock.  Several jobs
+    scheduled at once share one wake-up and still all run, in due order."""
+    import threading
+
+    rt, clock, _ = make()
+    order, done = [], threading.Event()
+    rt.call_later(1, order.append, "clock")
+    rt.defer(0.02, lambda: (order.append("later"), done.set()))
+    rt.defer(0.01, order.append, "sooner")
+    assert done.wait(5)
+    assert order == ["sooner", "later"]                 # the fake clock has not moved
+    clock.advance(1)
+    wait_until(lambda: "clock" in order, 5)
+    assert order == ["sooner", "later", "clock"]

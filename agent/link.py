@@ -14,12 +14,13 @@ The report's path to the teacher is kept short (DESIGN.md performance targets):
 
 - On a plain-TCP link the thread that sends writes its message to the socket itself
   (:class:`_Client`), instead of waking paho's network thread to write it.
-- Bookkeeping waits until the message is on its way (``later``, the runtime's real-time
-  timer): the PUBACK's delete, and the fsync that makes an unacknowledged row survive a
-  power cut, run ``SETTLE_SECONDS`` later, in one go, not while the broker and the
-  teacher's client are busy with the alert.  A row the broker has acknowledged by then
-  is never fsynced at all (the broker has it); one it has not is.  Without ``later``
-  (tools, tests of the link alone) both happen at once, as they always did.
+- Bookkeeping waits until the message is on its way (``later``: the runtime's
+  ``defer``, ``SETTLE_SECONDS`` on): the PUBACK's delete, and the fsync that makes an unacknowledged row
+  survive a power cut, run then, in one go, and not while the broker and the teacher's
+  client are busy with the alert.  A row the broker has acknowledged by then is never
+  fsynced at all (the broker has it); one it has not is, and so is every unacknowledged
+  row the moment the connection drops.  Without ``later`` (tools, tests of the link
+  alone) both happen at once, as they always did.
 """
 
 from __future__ import annotations
@@ -292,6 +293,10 @@ class Link:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        with self._map_lock:
+            unacked = bool(self._rows_inflight)
+        if unacked and self._later is not None:
+            self.outbox.sync()  # they will not be acknowledged now: make them survive a power cut
         if not self._stopping:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
 

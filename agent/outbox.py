@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Eviction classes: higher is evicted first; PROTECTED rows are never evicted.
@@ -44,9 +46,12 @@ PROTECTED = 0      # alerts, report_evidence
 EVENT = 1          # ordinary events (blocked, login, config_applied, ...)
 HEARTBEAT = 2      # heartbeats: stale after a minute anyway
 
+# Every table and index is a page written on the alert's commit: no AUTOINCREMENT (its
+# sqlite_sequence page) and no eviction index (eviction is rare and scans at most
+# max_rows).  Databases made before this keep AUTOINCREMENT, which costs one page.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id       INTEGER PRIMARY KEY,
     topic    TEXT    NOT NULL,
     payload  BLOB    NOT NULL,
     qos      INTEGER NOT NULL,
@@ -55,7 +60,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     created  TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_evict ON outbox (priority, id);
+DROP INDEX IF EXISTS outbox_evict;
 CREATE TABLE IF NOT EXISTS kept (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -92,11 +97,23 @@ class Outbox:
         self.max_rows = max_rows
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # One agent owns its outbox: an exclusive lock, taken once, instead of six lock
+        # calls per commit; and a second agent on the same state directory fails here.
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise UserError(f"{self.path}: in use by another classroom-agent "
+                                "(one agent per state_dir)") from None
+            raise UserError(f"{self.path}: {exc}") from None
         # No automatic checkpoints: one would fsync inside whichever commit crossed the
         # threshold, possibly an alert's.  ``checkpoint()`` runs from the heartbeat timer.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.executescript(SCHEMA)
+        # The row count, kept here (one writer) instead of a count(*) scan per message.
+        (self._rows,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
         self._sync = ""
         self.evicted = 0
 
@@ -119,7 +136,7 @@ class Outbox:
             self._synchronous("FULL" if sync and priority != HEARTBEAT else "NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._evict_locked()
+                evicted = self._evict_locked()
                 cur = self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, created)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -130,6 +147,10 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._rows += 1 - len(evicted)
+            for what in evicted:
+                self.evicted += 1
+                log.warning("outbox full (%d rows): dropped oldest %s", self.max_rows, what)
             return int(cur.lastrowid)
 
     def keep(self, key: str, value: dict | None, *, sync: bool = True) -> None:
@@ -159,19 +180,20 @@ class Outbox:
             log.warning("%s: kept %s is unreadable (%s); ignoring it", self.path, key, exc)
             return None
 
-    def _evict_locked(self) -> None:
-        (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+    def _evict_locked(self) -> list[str]:
+        """Make room for one row; returns the kinds of the rows deleted (counted once committed)."""
+        count, evicted = self._rows, []
         while count >= self.max_rows:
             row = self._db.execute(
                 "SELECT id, kind, priority FROM outbox WHERE priority > ? ORDER BY priority DESC, id LIMIT 1",
                 (PROTECTED,)).fetchone()
             if row is None:
                 # Only protected rows left: keep them all (and the new one) rather than lose a report.
-                return
+                break
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
-            self.evicted += 1
-            log.warning("outbox full (%d rows): dropped oldest %s", self.max_rows, row[1])
+            evicted.append(row[1])
             count -= 1
+        return evicted
 
     def sync(self) -> None:
         """Make every committed row durable against power loss (fsync the WAL)."""
@@ -194,6 +216,7 @@ class Outbox:
         with self._lock:
             self._synchronous("NORMAL")
             cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            self._rows -= cur.rowcount
             return cur.rowcount > 0
 
     def delete_many(self, row_ids: list[int]) -> int:
@@ -208,6 +231,7 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._rows -= n
             return n
 
     def pending(self) -> list[Pending]:

@@ -10,7 +10,9 @@ with the report's own lock (agent/report.py says why).
 
 Timers: ``call_later``/``call_at`` run on the runtime clock (a ``FakeClock`` in tests,
 so policy times can be stepped).  ``defer(seconds, ...)`` runs after real seconds
-whatever the clock says: it is for I/O housekeeping (agent/link.py), never for policy.
+whatever the clock says: it is for housekeeping (agent/link.py's settling, the
+report's evidence), never for policy.  Scheduling wakes the queue thread only when the
+job is due before the thread's next turn, and only once however many are scheduled.
 
 Components are plain objects: ``name``, ``start(runtime)``, ``stop()``,
 ``on_policy(policy)``, ``on_command(cmd) -> bool``.  ``start`` runs first, then
@@ -99,6 +101,7 @@ class Runtime:
         self._timers: list[Timer] = []
         self._deferred: list[tuple[float, int, Callable, tuple]] = []  # (monotonic due, seq, fn, args)
         self._wake_pending = False
+        self._wake_at = 0.0  # monotonic time of the queue thread's next turn
         self._timer_lock = threading.Lock()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -143,7 +146,9 @@ class Runtime:
         timer = Timer(when, next(self._seq), fn, args)
         with self._timer_lock:
             heapq.heappush(self._timers, timer)
-        self._wake()
+            early = self.clock.is_fake or (when - self.clock()).total_seconds() < self._wake_at - time.monotonic()
+        if early:
+            self._wake()  # otherwise the thread's next turn comes first and sees it
         return timer
 
     def call_later(self, seconds: float, fn: Callable, *args) -> Timer:
@@ -153,7 +158,15 @@ class Runtime:
         """Run ``fn(*args)`` on the queue thread after *seconds* of real time."""
         with self._timer_lock:
             heapq.heappush(self._deferred, (time.monotonic() + seconds, next(self._seq), fn, args))
-        self._wake()
+            early = seconds < self._wake_at - time.monotonic()
+        if early:
+            self._wake()
+
+    @property
+    def is_idle(self) -> bool:
+        """No deferred housekeeping is waiting (tests and benches: the agent has settled)."""
+        with self._timer_lock:
+            return not self._deferred
 
     def _wake(self) -> None:
         # One token is enough: the loop reads every timer after taking it.  (Several jobs
@@ -176,6 +189,7 @@ class Runtime:
             if self._deferred:
                 real = max(0.0, self._deferred[0][0] - time.monotonic())
                 wait = real if wait is None else min(wait, real)
+            self._wake_at = float("inf") if wait is None else time.monotonic() + wait
             return wait
 
     def _run_due(self) -> None:

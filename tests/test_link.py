@@ -266,3 +266,27 @@ def test_settling_deletes_acked_rows_later_and_fsyncs_only_unacked_ones(tmp_path
         assert box.count() == 0
     finally:
         link.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_dropped_connection_fsyncs_what_the_broker_never_acknowledged(tmp_path, mosquitto):
+    import os
+    import signal
+
+    link, box, _ = make_link(tmp_path, mosquitto, later=lambda seconds, fn, *args: None)
+    syncs = []
+    box.sync = lambda: syncs.append(1)
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)       # takes the alert, never answers ...
+        link.send("alert", alert())
+        assert syncs == []                                 # (settling would fsync it later)
+        os.kill(mosquitto.proc.pid, signal.SIGKILL)        # ... and then the connection drops
+        os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        wait_until(lambda: not link.is_connected, 10)
+        wait_until(lambda: syncs, 10, message="no fsync when the connection dropped")
+        assert box.count() == 1
+    finally:
+        mosquitto.start()
+        link.stop()

@@ -103,8 +103,37 @@ def test_kept_state_goes_in_with_its_message_or_not_at_all(tmp_path, caplog):
     box.put("t/alert", b'{"state": "cleared"}', 1, "alert", keep=("alert", None))
     assert box.kept("alert") is None and box.count() == 2
     box.keep("alert", {"id": "a2", "state": "raised", "presses": 2})
-    assert Outbox(tmp_path / "o.db").kept("alert")["presses"] == 2   # and it is on disk
+    box.close()
+    box = Outbox(tmp_path / "o.db")
+    assert box.kept("alert")["presses"] == 2   # and it is on disk
 
     box._db.execute("UPDATE kept SET value = '{broken' WHERE key = 'alert'")
     assert box.kept("alert") is None
     assert "kept alert is unreadable" in caplog.text
+
+
+def test_one_agent_per_outbox(tmp_path):
+    """The outbox is opened with an exclusive lock: a second agent on the same state
+    directory gets one line saying so, and the first one's rows are untouched."""
+    from agent.errors import UserError
+
+    box = Outbox(tmp_path / "o.db")
+    box.put("t/alert", b"{}", 1, "alert")
+    with pytest.raises(UserError) as err:
+        Outbox(tmp_path / "o.db")
+    assert str(err.value) == f"{tmp_path / 'o.db'}: in use by another classroom-agent (one agent per state_dir)"
+    assert box.count() == 1
+    box.put("t/event", b"{}", 1, "event")
+    box.close()
+    assert Outbox(tmp_path / "o.db").count() == 2
+
+
+def test_row_count_is_kept_in_step_with_the_table(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_rows=3)
+    rows = [box.put("t/heartbeat", b"{}", 0, "heartbeat") for _ in range(3)]
+    box.put("t/alert", b"{}", 1, "alert")                 # evicts the oldest heartbeat
+    assert box.count() == 3 and box._rows == 3
+    assert box.delete_many(rows) == 2 and box._rows == box.count() == 1
+    assert not box.delete(rows[0]) and box._rows == 1
+    box.close()
+    assert Outbox(tmp_path / "o.db")._rows == 1           # counted again on open

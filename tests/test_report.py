@@ -301,9 +301,9 @@ def test_an_alert_left_in_alert_json_by_an_older_agent_is_taken_over(tmp_path, m
 
 
 def test_deferred_jobs_run_on_real_time_whatever_the_clock(make):
-    """``defer`` (I/O housekeeping: the link's settling, the evidence) runs after real
-    seconds even on a FakeClock; ``call_later`` waits for the clock.  Several jobs
-    scheduled at once share one wake-up and still all run, in due order."""
+    """``defer`` (housekeeping: the link's settling, the evidence) runs after real
+    seconds even on a FakeClock; ``call_later`` waits for the clock.  Jobs scheduled
+    together share one wake-up of the queue thread and run in due order."""
     import threading
 
     rt, clock, _ = make()
@@ -312,7 +312,7 @@ def test_deferred_jobs_run_on_real_time_whatever_the_clock(make):
     rt.defer(0.02, lambda: (order.append("later"), done.set()))
     rt.defer(0.01, order.append, "sooner")
     assert done.wait(5)
-    assert order == ["sooner", "later"]                 # the fake clock has not moved
+    assert order == ["sooner", "later"] and rt.is_idle  # the fake clock has not moved
     clock.advance(1)
     wait_until(lambda: "clock" in order, 5)
     assert order == ["sooner", "later", "clock"]

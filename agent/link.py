@@ -192,6 +192,8 @@ class Link:
         raw = protocol.encode(payload)
         qos = protocol.QOS[kind]
         priority = priority_for(kind, payload.get("type") if kind == "event" else None)
+        if priority != HEARTBEAT and self._later is not None and self.is_connected:
+            self._settle_soon()  # now, not after the send: see agent/report.py's follow-ups
         with self._send_lock:
             row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False, keep=keep)
             published = self.is_connected
@@ -199,11 +201,8 @@ class Link:
                 self._publish_locked(row, topic, raw, qos, False)
         if published and not self.tls and threading.current_thread() is not self._network_thread:
             self.client.write_now()  # outside _send_lock: it may find paho writing
-        if priority != HEARTBEAT:
-            if published and self._later is not None:
-                self._settle_soon()
-            else:
-                self.outbox.sync()  # offline: nothing else holds this message
+        if priority != HEARTBEAT and not (published and self._later is not None):
+            self.outbox.sync()  # offline: nothing else holds this message
         return row
 
     # ------------------------------------------------------------------ settling

@@ -96,8 +96,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+# One encoder: json.dumps with non-default options builds a new one for every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(payload).encode("utf-8")
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:

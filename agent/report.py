@@ -7,11 +7,11 @@ published on the device's ``alert`` topic with the same ``id``.  Order on a pres
 1. blank the screen (on the pressing thread, before anything else: DESIGN rule 1);
 2. still on the pressing thread: light the LED; commit the alert and its ``raised``
    message to the outbox together and publish it (agent/link.py: the fsync follows
-   only if the broker has not acknowledged it within moments); start the escalation
-   timer (runtime clock, so tests can use a fake one);
-3. on the runtime's queue thread, ``EVIDENCE_DELAY`` later: send ``report_evidence``
-   (domains only, server-only topic).  Later, not at once: while the alert crosses the
-   broker to the teacher, the agent keeps out of the way of both.
+   only if the broker has not acknowledged it within moments);
+3. on the runtime's queue thread, ``FOLLOW_UP_DELAY`` later: start the escalation
+   timer (runtime clock, so tests can use a fake one; counted from the press), and
+   send ``report_evidence`` (domains only, server-only topic).  Later, not at once:
+   while the alert crosses the broker to the teacher, the agent keeps out of the way.
 
 Step 2 does not hop to the queue thread like every other component's work: the hop
 costs a thread wake-up on the one path where the teacher is waiting, so the alert's
@@ -41,7 +41,7 @@ from .config.schema import DEFAULT_MESSAGES
 log = logging.getLogger(__name__)
 
 OPEN_STATES = ("raised", "escalated", "acknowledged")
-EVIDENCE_DELAY = 0.05  # seconds of real time after the raise (step 3 above)
+FOLLOW_UP_DELAY = 0.05  # seconds of real time after the raise (step 3 above)
 
 
 class Report:
@@ -210,19 +210,25 @@ class Report:
             return
         alert_id, self._next_id = self._next_id or protocol.new_id(), None
         self._alert = self._new_alert(policy, alert_id, source, rt.clock())
+        # Follow-ups first: scheduling them may wake the queue thread, which had better
+        # be back asleep before the alert leaves, not busy beside the broker and the
+        # teacher's client.
+        rt.defer(FOLLOW_UP_DELAY, self._follow_up, alert_id)
         self._show_led()  # local feedback first, network second (as on clear)
         # One commit holds the alert and its "raised" message; the fsync follows the
         # publish (agent/outbox.py): the alert must not wait for an SD card.
         self._publish("raised", "pupil", checked=policy is self._checked_policy, source=source)
-        log.info("report raised: alert %s (%s)", self._alert["id"], source)
-        self._schedule_escalation()
-        # The filter's recent-domain list belongs to the queue thread, and the teacher
-        # is not waiting for it.
-        rt.defer(EVIDENCE_DELAY, self._send_evidence, self._alert["id"])
+        log.info("report raised: alert %s (%s)", alert_id, source)
 
-    def _send_evidence(self, alert_id: str) -> None:
+    def _follow_up(self, alert_id: str) -> None:
+        """What the teacher is not waiting for: the escalation timer (counted from the
+        press), the next raise's preparation, and the evidence (the filter's recent-domain
+        list belongs to the queue thread)."""
         rt = self.runtime
         with self._lock:
+            a = self._alert
+            if a is not None and a["id"] == alert_id and a["state"] == "raised" and self._timer is None:
+                self._schedule_escalation()
             self._prepare()
         try:
             domains = rt.evidence_source(rt.evidence_minutes)

@@ -206,8 +206,10 @@ class Runtime:
             with self._timer_lock:
                 if not self._deferred or self._deferred[0][0] > moment:
                     return
-                _, _, fn, args = heapq.heappop(self._deferred)
+                _, _, fn, args = self._deferred[0]
             self._safely(fn, args)
+            with self._timer_lock:  # popped only now, so is_idle covers a job that is running
+                heapq.heappop(self._deferred)
 
     def _safely(self, fn: Callable, args: tuple) -> None:
         try:

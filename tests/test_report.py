@@ -51,8 +51,13 @@ def barrier(rt):
     rt.call(lambda: None)
 
 
+def settled(rt):
+    """Wait for the report's follow-up (FOLLOW_UP_DELAY of real time after a raise)."""
+    wait_until(lambda: rt.is_idle, 5, message="deferred jobs still pending")
+
+
 def evidence_of(rt) -> dict:
-    """The report_evidence event, once sent (EVIDENCE_DELAY of real time after the raise)."""
+    """The report_evidence event, once sent (FOLLOW_UP_DELAY of real time after the raise)."""
     found = wait_until(lambda: [e for e in sent(rt, "event") if e["type"] == "report_evidence"], 5,
                        message="no report_evidence event")
     [event] = found
@@ -130,7 +135,7 @@ def test_repeated_presses_are_counted_not_new_alerts(make):
 def test_escalates_on_time_with_fake_clock(make):
     rt, clock, _ = make()
     rt.press("button")
-    barrier(rt)
+    settled(rt)                     # the escalation timer is started by the raise's follow-up
     clock.advance(59.9)
     barrier(rt)
     assert rt.report.alert["state"] == "raised" and len(sent(rt, "alert")) == 1

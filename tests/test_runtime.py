@@ -79,6 +79,7 @@ def test_escalation_is_published_on_the_same_alert(agent, mosquitto):
     rt, clock, pins = agent()
     rt.press("key")
     raised = sub.wait_for("alert", state="raised")
+    wait_until(lambda: rt.is_idle, 5)  # the raise's follow-up starts the escalation timer
     clock.advance(60)
     escalated = sub.wait_for("alert", state="escalated")
     assert escalated["id"] == raised["id"] and escalated["escalated_to"] == ["s.patel", "office"]

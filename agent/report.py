@@ -5,9 +5,9 @@ The agent is the source of truth for an alert (DESIGN.md): every state change is
 published on the device's ``alert`` topic with the same ``id``.  Order on a press:
 
 1. blank the screen (on the pressing thread, before anything else: DESIGN rule 1);
-2. still on the pressing thread: light the LED; commit the alert and its ``raised``
-   message to the outbox together and publish it (agent/link.py: the fsync follows
-   only if the broker has not acknowledged it within moments);
+2. still on the pressing thread: commit the alert and its ``raised`` message to the
+   outbox together and publish it (agent/link.py: the fsync follows only if the
+   broker has not acknowledged it within moments); light the button's LED;
 3. on the runtime's queue thread, ``FOLLOW_UP_DELAY`` later: start the escalation
    timer (runtime clock, so tests can use a fake one; counted from the press), and
    send ``report_evidence`` (domains only, server-only topic).  Later, not at once:
@@ -214,10 +214,12 @@ class Report:
         # be back asleep before the alert leaves, not busy beside the broker and the
         # teacher's client.
         rt.defer(FOLLOW_UP_DELAY, self._follow_up, alert_id)
-        self._show_led()  # local feedback first, network second (as on clear)
         # One commit holds the alert and its "raised" message; the fsync follows the
         # publish (agent/outbox.py): the alert must not wait for an SD card.
         self._publish("raised", "pupil", checked=policy is self._checked_policy, source=source)
+        # The pupil's feedback is the blank screen, already up; the button's LED can
+        # follow the alert out by a fraction of a millisecond.
+        self._show_led()
         log.info("report raised: alert %s (%s)", alert_id, source)
 
     def _follow_up(self, alert_id: str) -> None:

@@ -22,7 +22,9 @@ Measures, in one run against its own mosquitto on a free loopback port:
     has also written it to its view is printed too.
     Times are CLOCK_REALTIME (time.time_ns) in both processes.
 (c) baseline: ``mosquitto_pub -l`` -> ``mosquitto_sub -F '%U %p'`` on the same broker under
-    the same load, one message at a time, each payload carrying its send time.
+    the same load, one message at a time, each payload carrying its send time.  Presses
+    and baseline messages take turns, each after the agent has settled and a pause of
+    --gap-ms, so both are measured on the same machine at the same moments.
 
 The background devices are raw MQTT 3.1.1 sockets in a few worker processes (~250 each),
 so 1,000 connections cost a few MB rather than 1,000 paho threads.
@@ -398,6 +400,9 @@ def agent(args) -> int:
             # (evidence, the outbox's settling) done, every message acknowledged.
             wait_for(lambda: not runtime.report.is_open and not screen.is_blank and runtime.is_idle
                      and runtime.outbox.count() == 0, 10, "the agent to settle after the previous alert")
+            if line.strip() == "settle":
+                print(json.dumps({"settled": len(presses)}), flush=True)
+                continue
             pin.drive_high()  # the pupil let go (long ago, at this pace)
             time.sleep(max(gap, bounce * 1.5))  # pacing + let the debounce window pass
             before = screen.blank_issued_at
@@ -414,8 +419,19 @@ def agent(args) -> int:
     return 0
 
 
-def measure_agent(agent_proc, agent_lines: LineReader, teacher_lines: LineReader, presses: int):
-    received = []
+def _ask(proc, lines: LineReader, command: str, what: str):
+    done = len(lines.lines)
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return lines.wait(lambda got: len(got) > done and got[done], 15, what)
+
+
+def measure(agent_proc, agent_lines: LineReader, teacher_lines: LineReader, baseline: "Baseline",
+            presses: int, gap: float):
+    """Presses and baseline messages taken turn about, each on a quiet system (the agent
+    settled, a pause of *gap*), so that both see the same machine: its speed drifts over
+    a run, and a baseline measured after the presses would see a different one."""
+    received, baseline_ms = [], []
     for i in range(presses + 5):  # the first 5 warm up caches and connections
         seen = teacher_lines.count_raised()
         agent_proc.stdin.write("press\n")
@@ -423,10 +439,11 @@ def measure_agent(agent_proc, agent_lines: LineReader, teacher_lines: LineReader
         # Presses are one at a time, so the next new "raised" the teacher sees is this press's.
         received.append(teacher_lines.wait(lambda lines: teacher_lines.raised(seen), 10,
                                            "the teacher to receive the alert"))
-    done = len(agent_lines.lines)
-    agent_proc.stdin.write("report\n")
-    agent_proc.stdin.flush()
-    report = agent_lines.wait(lambda lines: len(lines) > done and lines[done], 15, "the agent's timings")
+        _ask(agent_proc, agent_lines, "settle", "the agent to settle")
+        latency = baseline.one(gap)
+        if i >= 5:
+            baseline_ms.append(latency)
+    report = _ask(agent_proc, agent_lines, "report", "the agent's timings")
     handed = report["handed"]
     blank_ms, press_ms, shown_ms, timings = [], [], [], []
     for pressed, got in list(zip(report["presses"], received))[5:]:
@@ -440,51 +457,55 @@ def measure_agent(agent_proc, agent_lines: LineReader, teacher_lines: LineReader
             agent_ms.append((handed[got["id"]] - t_wall) / 1e6)
             wire_ms.append((got["arrived_ns"] - handed[got["id"]]) / 1e6)
             client_ms.append((got["recv_ns"] - got["arrived_ns"]) / 1e6)
-    return blank_ms, press_ms, shown_ms, agent_ms, wire_ms, client_ms
+    return blank_ms, press_ms, shown_ms, agent_ms, wire_ms, client_ms, baseline_ms
 
 
-def measure_baseline(port: int, n: int, gap: float, tmp: Path) -> list[float]:
-    topic = f"{PREFIX}/{SITE}/baseline/baseline-01/alert"
-    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
-    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic,
-                            "-F", "%U %p"], stdout=subprocess.PIPE, text=True, env=env)
-    pub = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic, "-l"],
-                           stdin=subprocess.PIPE, text=True, env=env)
+class Baseline:
+    """``mosquitto_pub -l`` -> ``mosquitto_sub -F '%U %p'``: one message per ``one()``."""
 
-    def parse(line: str):
+    def __init__(self, port: int, tmp: Path):
+        topic = f"{PREFIX}/{SITE}/baseline/baseline-01/alert"
+        env = dict(os.environ, XDG_CONFIG_HOME=str(tmp / "xdg"))
+        self.sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic,
+                                     "-F", "%U %p"], stdout=subprocess.PIPE, text=True, env=env)
+        self.pub = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic,
+                                     "-l"], stdin=subprocess.PIPE, text=True, env=env)
+        self.reader = LineReader(self.sub.stdout, self._parse)
+        # mosquitto_sub's SUBACK is not observable: publish until the first message arrives.
+        deadline = time.monotonic() + 10
+        while not self.reader.lines:
+            if time.monotonic() > deadline:
+                self.close()
+                raise SystemExit("alert_latency: mosquitto_sub never received the baseline messages")
+            self._send(time.time_ns())
+            time.sleep(0.05)
+
+    @staticmethod
+    def _parse(line: str):
         recv, _, sent = line.strip().partition(" ")
         sec, _, frac = recv.partition(".")
         return int(sec) * 10**9 + int(frac.ljust(9, "0")[:9]), int(sent)
 
-    reader = LineReader(sub.stdout, parse)
-    try:
-        # mosquitto_sub's SUBACK is not observable: publish until the first message arrives.
-        deadline = time.monotonic() + 10
-        while not reader.lines:
-            if time.monotonic() > deadline:
-                raise SystemExit("alert_latency: mosquitto_sub never received the baseline messages")
-            pub.stdin.write(f"{time.time_ns()}\n")
-            pub.stdin.flush()
-            time.sleep(0.05)
-        latencies = []
-        for i in range(n + 5):
-            time.sleep(gap)
-            count = len(reader.lines)
-            sent = time.time_ns()
-            pub.stdin.write(f"{sent}\n")
-            pub.stdin.flush()
-            recv, echoed = reader.wait(lambda lines: len(lines) > count and lines[-1], 10, "a baseline message")
-            if echoed != sent:
-                reader.wait(lambda lines: any(x[1] == sent for x in lines), 10, "the baseline message")
-                recv = next(x[0] for x in reader.lines if x[1] == sent)
-            if i >= 5:
-                latencies.append((recv - sent) / 1e6)
-        return latencies
-    finally:
-        pub.stdin.close()
-        pub.wait(5)
-        sub.terminate()
-        sub.wait(5)
+    def _send(self, stamp: int) -> None:
+        self.pub.stdin.write(f"{stamp}\n")
+        self.pub.stdin.flush()
+
+    def one(self, gap: float) -> float:
+        time.sleep(gap)
+        count = len(self.reader.lines)
+        sent = time.time_ns()
+        self._send(sent)
+        recv, echoed = self.reader.wait(lambda lines: len(lines) > count and lines[-1], 10, "a baseline message")
+        if echoed != sent:
+            self.reader.wait(lambda lines: any(x[1] == sent for x in lines), 10, "the baseline message")
+            recv = next(x[0] for x in self.reader.lines if x[1] == sent)
+        return (recv - sent) / 1e6
+
+    def close(self) -> None:
+        self.pub.stdin.close()
+        self.pub.wait(5)
+        self.sub.terminate()
+        self.sub.wait(5)
 
 
 def main(argv=None) -> int:
@@ -584,9 +605,12 @@ def run(args) -> int:
         children.append(agent_proc)
         agent_lines = LineReader(agent_proc.stdout, json.loads)
         agent_lines.wait(lambda lines: any(x.get("ready") for x in lines), 30, "the agent to connect")
-        blank_ms, press_ms, shown_ms, agent_ms, wire_ms, client_ms = measure_agent(agent_proc, agent_lines, teacher_lines,
-                                                                         args.presses)
-        baseline_ms = measure_baseline(port, args.presses, args.gap_ms / 1000, tmp)
+        baseline = Baseline(port, tmp)
+        try:
+            blank_ms, press_ms, shown_ms, agent_ms, wire_ms, client_ms, baseline_ms = measure(
+                agent_proc, agent_lines, teacher_lines, baseline, args.presses, args.gap_ms / 1000)
+        finally:
+            baseline.close()
         elapsed = time.monotonic() - started
         signal.alarm(0)
     finally:

@@ -15,12 +15,12 @@ The report's path to the teacher is kept short (DESIGN.md performance targets):
 - On a plain-TCP link the thread that sends writes its message to the socket itself
   (:class:`_Client`), instead of waking paho's network thread to write it.
 - Bookkeeping waits until the message is on its way (``later``: the runtime's
-  ``defer``, ``SETTLE_SECONDS`` on): the PUBACK's delete, and the fsync that makes an unacknowledged row
-  survive a power cut, run then, in one go, and not while the broker and the teacher's
-  client are busy with the alert.  A row the broker has acknowledged by then is never
-  fsynced at all (the broker has it); one it has not is, and so is every unacknowledged
-  row the moment the connection drops.  Without ``later`` (tools, tests of the link
-  alone) both happen at once, as they always did.
+  ``defer``, ``SETTLE_SECONDS`` on): the PUBACK's delete, and the fsync that makes an
+  unacknowledged row survive a power cut, run then, in one go, and not while the
+  broker and the teacher's client are busy with the alert.  A row the broker has
+  acknowledged by then is never fsynced at all (the broker has it); one it has not is,
+  and so is every unacknowledged row the moment the connection drops.  Without
+  ``later`` (tools, tests of the link alone) both happen at once.
 """
 
 from __future__ import annotations
@@ -201,8 +201,11 @@ class Link:
                 self._publish_locked(row, topic, raw, qos, False)
         if published and not self.tls and threading.current_thread() is not self._network_thread:
             self.client.write_now()  # outside _send_lock: it may find paho writing
-        if priority != HEARTBEAT and not (published and self._later is not None):
-            self.outbox.sync()  # offline: nothing else holds this message
+        if priority != HEARTBEAT:
+            if not (published and self._later is not None):
+                self.outbox.sync()  # offline: nothing else holds this message
+            else:
+                self._settle_soon()  # normally still due (no-op); not if the commit was slow
         return row
 
     # ------------------------------------------------------------------ settling

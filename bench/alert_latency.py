@@ -518,7 +518,7 @@ def main(argv=None) -> int:
                    help="background heartbeat interval, seconds (default: site.yaml heartbeat_seconds)")
     p.add_argument("--anonymous", action="store_true",
                    help="no passwords/ACL (default: the generated password file and ACL, as deployed)")
-    p.add_argument("--max-seconds", type=float, default=170, help="hard bound on the run")
+    p.add_argument("--max-seconds", type=float, default=420, help="hard bound on the run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--teacher", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--agent", action="store_true", help=argparse.SUPPRESS)
@@ -526,7 +526,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--duration", type=float, default=170, help=argparse.SUPPRESS)
+    p.add_argument("--duration", type=float, default=420, help=argparse.SUPPRESS)
     p.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

@@ -393,7 +393,8 @@ class AgentBootstrap(Model):
     credentials: str = Field(default="/etc/classroom-safety/credentials.yaml",
                              description="File (mode 0600) holding username/password for broker and server.")
     ca_file: str | None = Field(default=None, description="CA certificate for TLS, if not the system store.")
-    state_dir: str = Field(default="/var/lib/classroom-agent", description="Outbox and cached config live here.")
+    state_dir: str = Field(default="/var/lib/classroom-agent",
+                           description="Outbox and cached config live here; one agent per state_dir (the outbox is locked).")
     control_socket: str = Field(default="/run/classroom-agent/control.sock",
                                 description="Local socket for `classroom-agent press` and status.")
     config_dir: str | None = Field(default=None, description="Use a local config tree instead of the collector (demo/offline).")

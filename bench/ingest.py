@@ -22,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def run_ingest(url: str, broker, n: int, publishers: int, workers: int) -> float
         if not ready.acquire(timeout=30):
             raise SystemExit("bench: an ingest worker did not subscribe")
     per = n // publishers
-    publishers_procs = start_publishers(broker, n, publishers, tempfile.mkdtemp(prefix="bench-pub-"))
+    pub_dir = tempfile.mkdtemp(prefix="bench-pub-")
+    publishers_procs = start_publishers(broker, n, publishers, pub_dir)
     total = per * publishers
     deadline = time.monotonic() + 120
     while sum(v.value for v in processed) < total and time.monotonic() < deadline:
@@ -115,6 +117,7 @@ def run_ingest(url: str, broker, n: int, publishers: int, workers: int) -> float
     start = min(v.value for v in first if v.value)
     for p in publishers_procs:
         p.wait(30)
+    shutil.rmtree(pub_dir, ignore_errors=True)
     stop.set()
     for p in procs:
         p.join(30)
@@ -206,6 +209,7 @@ def main() -> None:
     finally:
         broker.stop()
         pg.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

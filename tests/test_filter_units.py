@@ -89,7 +89,12 @@ def test_parse_lines():
     assert records[2].qtype == "AAAA" and records[0].client == "127.0.0.1"
 
 
-def test_follower_reads_appends_and_survives_rotation(tmp_path):
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_follower_reads_appends_and_survives_rotation(tmp_path, monkeypatch, watch):
+    """With inotify the follower sleeps until the log's directory changes (its safety-net
+    timeout is a minute here, so only inotify can explain the reads); without, it polls."""
+    if watch == "poll":
+        monkeypatch.setattr(querylog.QueryLogFollower, "_watch", lambda self: None)
     path = tmp_path / "queries.log"
     path.write_text("Nov 24 09:00:00 dnsmasq[1]: config old.com is NXDOMAIN\n")  # before start: skipped
     got: list = []
@@ -99,8 +104,11 @@ def test_follower_reads_appends_and_survives_rotation(tmp_path):
         rotated.set()
         path.write_text("")  # dnsmasq would reopen (create) it on SIGUSR2
 
-    f = querylog.QueryLogFollower(path, got.extend, poll_seconds=0.01, max_bytes=180, on_rotate=rotate)
+    f = querylog.QueryLogFollower(path, got.extend, poll_seconds=0.01, idle_seconds=60, max_bytes=180,
+                                  on_rotate=rotate)
     f.start()
+    assert (f._inotify is not None) == (watch == "inotify")
+    thread = f._thread
     try:
         with path.open("a") as fh:
             fh.write("Nov 24 09:00:01 dnsmasq[1]: config new.com is NXDOMAIN\nNov 24 09:00:01 dnsmasq[1]: con")
@@ -120,6 +128,7 @@ def test_follower_reads_appends_and_survives_rotation(tmp_path):
         wait_until(lambda: got and got[-1].name == "after-rotate.com", 5)
     finally:
         f.stop()
+    assert not thread.is_alive()  # stop() woke it; it did not sit out its minute
 
 
 # ------------------------------------------------------------------ overrides

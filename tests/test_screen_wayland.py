@@ -177,6 +177,7 @@ def test_an_overlay_left_by_an_earlier_agent_is_ended_once_the_new_one_is_up(swa
         new.screen.close()
         if orphan.poll() is None:
             orphan.kill()
+        shutil.rmtree(old.backend._private_dir, ignore_errors=True)  # the "dead" agent never closed
 
 
 def test_the_session_grant_lets_the_agents_user_reach_the_socket(sway_session, overlay_installed):

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # Safe-search endpoints are re-resolved this often (their addresses rarely change).
 TARGET_REFRESH_SECONDS = 3600
 TARGET_RETRY_SECONDS = 2
+IDLE_TICK_SECONDS = 1.0   # the ticker's pace with no blocked attempts pending (_tick_loop)
 
 
 class FilterComponent:
@@ -95,6 +96,7 @@ class FilterComponent:
         self._expected: dict[str, float] = {}   # domains our own checks query: not pupil attempts
         self._expected_lock = threading.Lock()
         self._stop = threading.Event()
+        self._tick_now = threading.Event()  # set when blocked attempts open a window (and on stop)
         self._ticker: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -183,6 +185,7 @@ class FilterComponent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._tick_now.set()
         if self._ticker is not None:
             self._ticker.join(5)
             self._ticker = None
@@ -403,7 +406,14 @@ class FilterComponent:
 
     # ------------------------------------------------------------------ ticking
     def _tick_loop(self) -> None:
-        while not self._stop.wait(self.tick_seconds):
+        # Every tick_seconds while blocked attempts are being gathered; once a second when
+        # there are none (supervising dnsmasq, expiring overrides), so an idle agent does
+        # not wake its queue thread five times a second.  A new attempt wakes it at once.
+        while True:
+            self._tick_now.wait(self.tick_seconds if len(self.coalescer) else IDLE_TICK_SECONDS)
+            self._tick_now.clear()
+            if self._stop.is_set():
+                return
             self.runtime.post(self._tick)
 
     def _tick(self) -> None:
@@ -456,9 +466,12 @@ class FilterComponent:
             self.runtime.post(self._on_blocked, blocked, now)
 
     def _on_blocked(self, names: list[str], now) -> None:
+        idle = not len(self.coalescer)
         for name in names:
             for batch in self.coalescer.add(name, now):
                 self._emit_blocked(batch)
+        if idle and len(self.coalescer):
+            self._tick_now.set()  # back to tick_seconds while the window is open
 
     def _emit_blocked(self, batch: Batch) -> None:
         policy = self.policy

@@ -9,9 +9,11 @@ dnsmasq writes one line per step of every query::
 
 Only two kinds matter to the agent: ``query[...]`` (a domain was looked up: evidence)
 and ``config NAME is NXDOMAIN`` (the allowlist refused it: a blocked attempt).  The
-follower is a plain tail thread (no inotify needed: it polls a few times a second,
-which costs nothing measurable) that survives rotation: when the file grows past
+follower is a tail thread that survives rotation: when the file grows past
 ``max_bytes`` it renames it to ``.1`` and asks dnsmasq (SIGUSR2) to reopen its log.
+At the end of the file it sleeps on inotify (inotify_simple) on the log's directory
+(the file itself is renamed on rotation), with a long timeout as a safety net: polling
+ten times a second was most of an idle agent's CPU.  Without inotify it polls.
 """
 
 from __future__ import annotations
@@ -84,11 +86,13 @@ class QueryLogFollower:
     """Tail *path* on a thread and hand parsed records, in batches, to *on_records*."""
 
     def __init__(self, path: str | Path, on_records: Callable[[list[Record]], None], *,
-                 poll_seconds: float = 0.1, max_bytes: int = 8 * 1024 * 1024,
+                 poll_seconds: float = 0.1, idle_seconds: float = 5.0, max_bytes: int = 8 * 1024 * 1024,
                  on_rotate: Callable[[], None] | None = None, from_end: bool = True):
         self.path = Path(path)
         self.on_records = on_records
         self.poll_seconds = poll_seconds
+        self.idle_seconds = idle_seconds
+        self._inotify = None
         self.max_bytes = max_bytes
         self.on_rotate = on_rotate
         self.from_end = from_end
@@ -101,14 +105,42 @@ class QueryLogFollower:
         self._stop.clear()
         # Position at the end now, not in the thread: lines written after start() count.
         self._initial = self._open(self.from_end)
+        self._inotify = self._watch()  # before the thread reads: no change slips between
         self._thread = threading.Thread(target=self._run, name="filter-querylog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._inotify is not None:
+            try:
+                os.utime(self.path)  # an event, so the thread wakes now rather than at its timeout
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    def _watch(self):
+        try:
+            from inotify_simple import INotify, flags
+
+            watch = INotify()
+            watch.add_watch(str(self.path.parent), flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE
+                            | flags.MOVED_FROM | flags.MOVED_TO)
+            return watch
+        except (ImportError, OSError) as exc:
+            log.info("query log: no inotify (%s); polling every %gs", exc, self.poll_seconds)
+            return None
+
+    def _idle(self) -> None:
+        """At the end of the file: wait for the log's directory to change."""
+        if self._inotify is None:
+            self._stop.wait(self.poll_seconds)
+        else:
+            self._inotify.read(timeout=int(self.idle_seconds * 1000))
 
     def _open(self, from_end: bool):
         try:
@@ -153,7 +185,7 @@ class QueryLogFollower:
             if self.on_rotate is not None and st.st_size > self.max_bytes:
                 self._rotate()
                 continue
-            self._stop.wait(self.poll_seconds)
+            self._idle()
         if fh is not None:
             fh.close()
 

@@ -116,6 +116,7 @@ def cmd_run(args) -> int:
     import signal
     import threading
 
+    from .heap import freeze_startup
     from .runtime import Runtime
 
     _setup_logging(args.verbose)
@@ -137,6 +138,7 @@ def cmd_run(args) -> int:
     from .runtime import default_components
 
     runtime = Runtime(bootstrap, components=[] if args.simulate else default_components()).start()
+    freeze_startup()  # agent/heap.py: no 40 ms collection in the middle of a press
     try:
         stop.wait()
     finally:

@@ -32,7 +32,7 @@ so 1,000 connections cost a few MB rather than 1,000 paho threads.
 Last line: ``alert_latency p50_ms=... p99_ms=... baseline_p99_ms=... ratio=... blank_p99_ms=...``
 (targets: p99 <= 10 ms with 1,000 devices, ratio <= 3, blank p99 <= 5 ms).
 
-    .venv/bin/python bench/alert_latency.py [--devices 1000] [--presses 500]
+    .venv/bin/python bench/alert_latency.py [--devices 1000] [--presses 1000]
 """
 
 from __future__ import annotations
@@ -207,6 +207,7 @@ def worker(args) -> int:
 def teacher(args) -> int:
     """The real classroom-alerts client; prints one JSON line per alert with its receive time,
     and clears each raised alert (as a teacher would) so the next press is a new report."""
+    from agent.heap import freeze_startup
     from server.alerts_client import AlertsClient, TerminalView
 
     out_lock = threading.Lock()
@@ -244,6 +245,7 @@ def teacher(args) -> int:
 
     client.on_alert = on_alert
     client.start()
+    freeze_startup()  # as classroom-alerts does once it is listening
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.read()  # until the bench closes our stdin
     client.close()
@@ -351,6 +353,7 @@ def start_agent(tmp: Path, port: int, password: str | None):
     from gpiozero.pins.mock import MockFactory
 
     from agent.config.schema import AgentBootstrap
+    from agent.heap import freeze_startup
     from agent.runtime import Runtime
     from agent.screen import HeadlessBackend, Screen
 
@@ -368,6 +371,7 @@ def start_agent(tmp: Path, port: int, password: str | None):
     screen = Screen(HeadlessBackend())
     runtime = Runtime(boot, screen=screen, pin_factory=factory, control=False).start()
     wait_for(lambda: runtime.link is not None and runtime.link.connected.is_set(), 15, "the agent to connect")
+    freeze_startup()  # as `classroom-agent run` does after start-up
     return runtime, factory, screen, state
 
 
@@ -512,7 +516,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=1000, help="background devices (default 1000)")
     p.add_argument("--per-worker", type=int, default=250)
-    p.add_argument("--presses", type=int, default=500)
+    p.add_argument("--presses", type=int, default=1000)
     p.add_argument("--gap-ms", type=float, default=20, help="pause between presses / baseline messages")
     p.add_argument("--heartbeat", type=float, default=None,
                    help="background heartbeat interval, seconds (default: site.yaml heartbeat_seconds)")

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from agent import __version__
 from agent.credentials import read_password
 from agent.errors import UserError, run_cli
+from agent.heap import freeze_startup
 from agent.protocol import DEFAULT_PREFIX, ID_RE, ProtocolError, encode, parse_message, parse_ts, topic
 
 PROG = "classroom-alerts"
@@ -591,6 +592,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise UserError(f"no alert within {args.timeout:g}s")
             return 0
         view.render(client.board)
+        freeze_startup()  # agent/heap.py: a long-lived listener; keep full collections short
         keyboard_loop(client)
         return 0
     finally:

@@ -142,6 +142,9 @@ def test_sigkill_after_press_with_broker_down_then_restart_delivers(tmp_path, mo
     try:
         wait_until(lambda: request(sock, {"op": "ping"})["ok"], 20,
                    message=lambda: (tmp_path / "agent.log").read_text())
+        # `run` freezes its start-up heap (agent/heap.py), so no long collection lands on a press.
+        wait_until(lambda: "objects frozen out of the garbage collector's way" in (tmp_path / "agent.log").read_text(),
+                   20, message="the agent never froze its start-up objects")
         assert request(sock, {"op": "press", "source": "key"}) == {"ok": True}
         # config_applied, the alert and its evidence: all on disk, none sent.
         status = wait_until(lambda: (s := request(sock, {"op": "status"})["status"])["outbox_pending"] >= 3 and s, 10)

@@ -231,16 +231,22 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
     runtime.start()
 
     def device_row(version):
+        # The device's status or heartbeat may name the version before its config_applied
+        # event is stored (they are separate messages): wait for both.
         status = api.get("/api/v1/config/status").json()
         room = next(r for r in status["rooms"] if r["room"] == "5b")
         row = next(d for d in room["devices"] if d["device"] == DEVICE)
-        return row if (status["live"], row["running"], row["state"]) == (version, version, "current") else None
+        wanted = (version, version, "current", "config_applied")
+        return row if (status["live"], row["running"], row["state"], row["event"]) == wanted else None
+
+    def applied():
+        return [e["data"]["version"] for e in collector.store.events(type="config_applied", device=DEVICE)][::-1]
 
     try:
         # Boot: fetch (200), apply, config_applied over MQTT -> ingest -> the rollout view.
         wait_until(lambda: runtime.tree is not None and runtime.tree.version == v1, timeout=20)
-        row = wait_until(lambda: device_row(v1), timeout=20, message="applied v1 never showed in the status")
-        assert row["event"] == "config_applied"
+        wait_until(lambda: device_row(v1), timeout=20, message="applied v1 never showed in the status")
+        assert applied() == [v1]
         # The retained reload-config then arrives: a conditional fetch, 304.
         wait_until(lambda: sync.fetches >= 2 and sync.wait_idle(0), timeout=20)
         assert sync.last_result.status == "unchanged"
@@ -250,7 +256,7 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
         changed = dict(files)
         changed["rooms/5b.yaml"] = changed["rooms/5b.yaml"].replace("Year 5 Beech", "Year 5 Birch")
         v2 = api.post("/api/v1/config/rollouts", json={"files": changed, "why": "rename"}).json()["version"]
-        wait_until(lambda: device_row(v2), timeout=20, message="v2 never applied")
+        wait_until(lambda: device_row(v2) and applied() == [v1, v2], timeout=20, message="v2 never applied")
         assert runtime.tree.rooms["5b"].name == "Year 5 Birch"
         page = api.get("/rollout").text
         assert f'id="live-version">{v2}<' in page and "1/2 current" in page
@@ -258,10 +264,9 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
         # One-step rollback brings the room back.
         r = api.post("/api/v1/config/rollback", json={"why": "children preferred Beech"})
         assert r.status_code == 201 and r.json()["version"] == v1
-        wait_until(lambda: device_row(v1), timeout=20, message="rollback never applied")
+        wait_until(lambda: device_row(v1) and applied() == [v1, v2, v1], timeout=20,
+                   message=lambda: f"rollback never applied: {applied()}")
         assert runtime.tree.rooms["5b"].name == "Year 5 Beech"
-        applied = [e["data"]["version"] for e in collector.store.events(type="config_applied", device=DEVICE)]
-        assert applied[::-1] == [v1, v2, v1]  # newest first from the store
     finally:
         runtime.stop()
         api.close()

@@ -201,11 +201,16 @@ def test_safe_search_only_for_allowed_engines():
 
 
 def test_dns_client_rejects_hostile_responses():
-    ident, packet = build_query("bbc.co.uk")
-    with pytest.raises(ValueError):
+    # A fixed id whose two bytes differ: swapping them must give a different id.
+    ident, packet = build_query("bbc.co.uk", ident=0x1234)
+    with pytest.raises(ValueError, match="short"):
         parse_response(b"\x00\x01", ident)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="id does not match"):
         parse_response(packet[:2][::-1] + packet[2:], ident)   # wrong id
+    # Claims one answer but the packet stops inside it.
+    truncated = packet[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + packet[12:] + b"\xc0\x0c\x00\x01"
+    with pytest.raises(ValueError, match="malformed DNS response"):
+        parse_response(truncated, ident)
     # A compression pointer loop must not hang.
     looped = packet[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + packet[12:] \
         + b"\xc0" + bytes([len(packet)]) + b"\x00\x01\x00\x01\x00\x00\x00\x10\x00\x04\x7f\x00\x00\x01"

@@ -59,6 +59,14 @@ def parse_response(msg: bytes, ident: int | None = None) -> tuple[str, list[str]
     if ident is not None and rid != ident:
         raise ValueError("DNS response id does not match the query")
     rcode = RCODES.get(flags & 0x0F, str(flags & 0x0F))
+    try:
+        return rcode, _answers(msg, qd, an)
+    except (IndexError, struct.error) as exc:
+        # A truncated or garbled packet is a bad response, not an agent crash.
+        raise ValueError(f"malformed DNS response: {exc}") from None
+
+
+def _answers(msg: bytes, qd: int, an: int) -> list[str]:
     pos = 12
     for _ in range(qd):
         _, pos = _read_name(msg, pos)
@@ -76,7 +84,7 @@ def parse_response(msg: bytes, ident: int | None = None) -> tuple[str, list[str]
         elif rtype == 5:
             answers.append(_read_name(msg, pos)[0] + ".")
         pos += rdlen
-    return rcode, answers
+    return answers
 
 
 def query(name: str, qtype: str = "A", *, server: str = "127.0.0.1", port: int = 53,

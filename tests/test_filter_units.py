@@ -126,9 +126,11 @@ def test_follower_reads_appends_and_survives_rotation(tmp_path, monkeypatch, wat
         with path.open("a") as fh:
             fh.write("Nov 24 09:00:02 dnsmasq[1]: config after-rotate.com is NXDOMAIN\n")
         wait_until(lambda: got and got[-1].name == "after-rotate.com", 5)
+        mtime = path.stat().st_mtime_ns
     finally:
         f.stop()
     assert not thread.is_alive()  # stop() woke it; it did not sit out its minute
+    assert path.stat().st_mtime_ns == mtime  # ...without touching dnsmasq's log to do it
 
 
 # ------------------------------------------------------------------ overrides

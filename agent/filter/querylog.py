@@ -12,8 +12,9 @@ and ``config NAME is NXDOMAIN`` (the allowlist refused it: a blocked attempt).  
 follower is a tail thread that survives rotation: when the file grows past
 ``max_bytes`` it renames it to ``.1`` and asks dnsmasq (SIGUSR2) to reopen its log.
 At the end of the file it sleeps on inotify (inotify_simple) on the log's directory
-(the file itself is renamed on rotation), with a long timeout as a safety net: polling
-ten times a second was most of an idle agent's CPU.  Without inotify it polls.
+(the file itself is renamed on rotation) and on an eventfd that stop() writes, with a
+long timeout as a safety net: polling ten times a second was most of an idle agent's
+CPU.  Without inotify it polls.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,7 @@ class QueryLogFollower:
         self.poll_seconds = poll_seconds
         self.idle_seconds = idle_seconds
         self._inotify = None
+        self._wake: int | None = None  # eventfd: stop() wakes a thread asleep on inotify
         self.max_bytes = max_bytes
         self.on_rotate = on_rotate
         self.from_end = from_end
@@ -106,22 +109,26 @@ class QueryLogFollower:
         # Position at the end now, not in the thread: lines written after start() count.
         self._initial = self._open(self.from_end)
         self._inotify = self._watch()  # before the thread reads: no change slips between
+        if self._inotify is not None:
+            self._wake = os.eventfd(0, os.EFD_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="filter-querylog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._inotify is not None:
-            try:
-                os.utime(self.path)  # an event, so the thread wakes now rather than at its timeout
-            except OSError:
-                pass
+        if self._wake is not None:
+            os.eventfd_write(self._wake, 1)
         if self._thread is not None:
             self._thread.join(5)
+            if self._thread.is_alive():
+                return  # stuck in a handler: leave it its descriptors rather than close them under it
             self._thread = None
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        if self._wake is not None:
+            os.close(self._wake)
+            self._wake = None
 
     def _watch(self):
         try:
@@ -136,11 +143,13 @@ class QueryLogFollower:
             return None
 
     def _idle(self) -> None:
-        """At the end of the file: wait for the log's directory to change."""
+        """At the end of the file: wait for the log's directory to change, or for stop()."""
         if self._inotify is None:
             self._stop.wait(self.poll_seconds)
-        else:
-            self._inotify.read(timeout=int(self.idle_seconds * 1000))
+            return
+        ready, _, _ = select.select([self._inotify, self._wake], [], [], self.idle_seconds)
+        if self._inotify in ready:
+            self._inotify.read(timeout=0)  # drain: the loop re-reads the file whatever changed
 
     def _open(self, from_end: bool):
         try:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 from datetime import date
 from pathlib import Path
+
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,7 @@ class AupRecords:
         # events as the record), so earlier terms are dropped: data minimisation.
         self._data = {term: {**self._data.get(term, {}), user: ts}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self._data, indent=1, sort_keys=True), 0o600)
 
 
 class AcceptableUse:

@@ -22,20 +22,6 @@ log = logging.getLogger(__name__)
 SOURCES = ("button", "key", "control")
 
 
-def make_pin_factory(name: str | None):
-    """A gpiozero pin factory by name ('lgpio', 'rpigpio', 'mock', ...), or None to let
-    gpiozero choose (it honours GPIOZERO_PIN_FACTORY)."""
-    if not name:
-        return None
-    from importlib.metadata import entry_points
-
-    found = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
-    if name not in found:
-        from .errors import UserError
-
-        raise UserError(f"pin_factory: unknown gpiozero pin factory {name!r} (known: {', '.join(sorted(found))})")
-    return found[name].load()()
-
 
 class ReportButton:
     """The report button on *pin* (pull-up: wire the switch between the pin and ground).

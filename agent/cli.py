@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import datetime, timezone
 
 from . import __version__
 from .config import ConfigInvalid, ConfigTree, effective_policy, load_bootstrap, load_tree
-from .errors import CliParser, UserError, cli_main
+from .errors import CliParser, UserError, cli_main, print_problems, problems_line
 
 PROG = "classroom-agent"
 
@@ -52,11 +51,8 @@ def cmd_check_config(args) -> int:
 
             line = load_yaml(args.file)[0].line_of(("device",))
             problems.append(f"{args.file}:{line}: device: {exc.args[0]} in {args.tree}")
-    for line in problems:
-        print(line, file=sys.stderr)
     if problems:
-        print(f"{PROG}: {len(problems)} problem(s) found", file=sys.stderr)
-        return 1
+        return print_problems(PROG, problems)
     print(f"{args.file}: ok" + (f" ({bootstrap.device} in tree {args.tree}, version {tree.version})" if tree else ""))
     return 0
 
@@ -79,8 +75,7 @@ def load_policy(args):
     try:
         tree = _load_any(args.config)
     except ConfigInvalid as exc:
-        raise UserError(f"{args.config}: config is invalid ({len(exc.errors)} problem(s)); "
-                        f"run `classroom-server config validate {args.config}`") from None
+        raise UserError(problems_line(exc.errors, f"run `classroom-server config validate {args.config}`")) from None
     try:
         return tree, effective_policy(tree, args.device, _parse_when(getattr(args, "at", None)))
     except KeyError as exc:
@@ -107,8 +102,7 @@ def _bootstrap(path: str):
     try:
         return load_bootstrap(path)
     except ConfigInvalid as exc:
-        more = f" (+{len(exc.errors) - 1} more; run `classroom-agent check-config {path}`)" if len(exc.errors) > 1 else ""
-        raise UserError(f"{exc.errors[0]}{more}") from None
+        raise UserError(problems_line(exc.errors, f"run `classroom-agent check-config {path}`")) from None
 
 
 def cmd_run(args) -> int:

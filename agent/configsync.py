@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +24,7 @@ from typing import Any, Callable
 import requests
 
 from .config import ConfigInvalid, ConfigTree
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -83,36 +82,12 @@ def load_cached(state_dir: str | Path) -> tuple[dict | None, str | None]:
     return data, etag
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename with fsync: a power cut leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def save_cached(state_dir: str | Path, data: dict, etag: str | None) -> Path:
+    """Keep the last-known-good config: durable, as a device may lose power at any moment."""
     path = cache_path(state_dir)
-    _atomic_write(path, json.dumps(data, separators=(",", ":")))
-    _atomic_write(etag_path(state_dir), json.dumps({"version": data.get("version"), "etag": etag}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data, separators=(",", ":")), 0o600)
+    atomic_write(etag_path(state_dir), json.dumps({"version": data.get("version"), "etag": etag}), 0o600)
     return path
 
 
@@ -193,7 +168,7 @@ class ConfigSync:
     @classmethod
     def from_bootstrap(cls, bootstrap) -> "ConfigSync":
         """Built from agent.yaml: collector URL, device id, state dir, credentials file, CA."""
-        from .link import load_credentials
+        from .config.credentials import load_credentials
 
         username, password = load_credentials(bootstrap.credentials)
         auth = (username, password) if username and password else None

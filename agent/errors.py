@@ -43,6 +43,28 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
         return 1
 
 
+def print_problems(prog: str, problems: Sequence[object], where: str | None = None,
+                   consequence: str | None = None) -> int:
+    """The one way a command shows config problems: each ``file:line: key: message`` on
+    its own line, then ``prog: N problem(s) found[ in WHERE][; CONSEQUENCE]``.  Returns 1
+    (the exit status)."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    tail = (f" in {where}" if where else "") + (f"; {consequence}" if consequence else "")
+    print(f"{prog}: {len(problems)} problem(s) found{tail}", file=sys.stderr)
+    return 1
+
+
+def problems_line(problems: Sequence[object], hint: str) -> str:
+    """The one-line form, for a log line or a UserError: the first problem, how many more,
+    and where to see them all (*hint*, e.g. "run `classroom-server config validate DIR`")."""
+    if not problems:
+        return hint
+    first = " | ".join(str(problems[0]).splitlines())
+    more = len(problems) - 1
+    return f"{first} (+{more} more; {hint})" if more else f"{first} ({hint})"
+
+
 class CliParser(__import__("argparse").ArgumentParser):
     """argparse, but a bad flag is a one-line ``prog: error: ...`` with exit 1 like any other
     user error (argparse's own default prints the whole usage and exits 2)."""

@@ -31,6 +31,8 @@ from typing import Callable, Iterable
 
 import psutil
 
+from .files import atomic_write
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Guard", "comm_names", "read_mounts"]
@@ -450,12 +452,5 @@ class Guard:
 
 
 def _atomic_write(path: str, content: bytes, mode: int) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.guard-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, content, mode)

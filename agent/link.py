@@ -29,14 +29,11 @@ import logging
 import socket
 import threading
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
 from . import __version__
 from . import protocol
-from .credentials import load_credentials  # noqa: F401 - re-exported for callers
-from .errors import UserError
 from .outbox import HEARTBEAT, Outbox, priority_for
 
 log = logging.getLogger(__name__)
@@ -92,10 +89,7 @@ class Link:
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
                  config_version: Callable[[], str] | str = "", agent_version: str = __version__,
                  keepalive: int = 30, later: Callable[..., Any] | None = None):
-        parts = urlsplit(broker_url)
-        self.host = parts.hostname or "localhost"
-        self.tls = parts.scheme == "mqtts"
-        self.port = parts.port or (8883 if self.tls else 1883)
+        self.host, self.port, self.tls = protocol.parse_broker_url(broker_url, "broker_url")
         self.prefix, self.site, self.room, self.device = prefix, site, room, device
         self.outbox = outbox
         self.on_command = on_command or (lambda cmd: None)

@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_PREFIX = "classroom/v1"
 ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
 KINDS = ("status", "alert", "event", "heartbeat", "cmd")
 QOS = {"status": 1, "alert": 1, "event": 1, "heartbeat": 0, "cmd": 1}
-RETAIN = {"status": True}
 ALERT_STATES = ("raised", "acknowledged", "cleared", "escalated")
 EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
@@ -72,6 +72,20 @@ def parse_topic(text: str, prefix: str = DEFAULT_PREFIX) -> Topic:
     if kind not in KINDS:
         raise ProtocolError(f"topic {text!r}: unknown kind {kind!r}")
     return Topic(prefix, site, room, device, kind)
+
+
+def parse_broker_url(url: str, where: str = "broker") -> tuple[str, int, bool]:
+    """``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` -> (host, port, tls); ProtocolError
+    (a ValueError) naming *where* (a config key or a flag) otherwise."""
+    parts = urlsplit(url if isinstance(url, str) else "")
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ProtocolError(f"{where}: {url!r} is not an mqtt:// or mqtts:// URL")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ProtocolError(f"{where}: {url!r} has a bad port") from None
+    return parts.hostname, port, tls
 
 
 def now_ts(moment: datetime | None = None) -> str:

@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__, protocol
-from .button import ReportButton, StatusLED, make_pin_factory
+from .button import ReportButton, StatusLED
+from .config.pins import make_pin_factory
 from .clock import SystemClock
 from .config import ConfigInvalid, ConfigTree, effective_policy, load_tree
+from .errors import problems_line
 from .outbox import Outbox
 from .report import Report
 from .screen import Screen, make_screen
@@ -323,10 +325,8 @@ class Runtime:
             try:
                 return load_tree(self.bootstrap.config_dir)
             except ConfigInvalid as exc:
-                log.error("config tree %s is invalid (%d problem(s)); trying the cached copy",
-                          self.bootstrap.config_dir, len(exc.errors))
-                for err in exc.errors[:20]:
-                    log.error("  %s", err)
+                log.error("config tree %s is invalid; trying the cached copy: %s", self.bootstrap.config_dir,
+                          problems_line(exc.errors, f"run `classroom-server config validate {self.bootstrap.config_dir}`"))
         if self.config_path.exists():
             try:
                 return ConfigTree.from_dict(json.loads(self.config_path.read_text()))
@@ -428,7 +428,8 @@ class Runtime:
                 return
             log.warning("device moved to room %s: reconnecting under the new topics", self.policy.room)
             self.link.stop()
-        from .link import Link, load_credentials
+        from .config.credentials import load_credentials
+        from .link import Link
 
         username, password = load_credentials(self.bootstrap.credentials)
         self.link = Link(broker_url=self.bootstrap.broker_url, prefix=prefix, site=self.policy.site,

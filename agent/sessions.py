@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import psutil
 
+from .files import atomic_write
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -314,9 +316,8 @@ class SessionsComponent:
     def _save_known(self) -> None:
         path = self._known_path()
         try:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({s.id: {"user": s.user, "type": s.type} for s in self.sessions.values()}))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps({s.id: {"user": s.user, "type": s.type}
+                                           for s in self.sessions.values()}), 0o600)
         except OSError as exc:
             log.warning("cannot save %s: %s", path, exc)
 

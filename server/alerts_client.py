@@ -26,15 +26,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Callable, Sequence
-from urllib.parse import urlsplit
 
 from agent import __version__
-from agent.credentials import read_password
+from agent.config.credentials import read_password
+from agent.config.pins import make_pin_factory
 from agent.errors import UserError, run_cli
 from agent.heap import freeze_startup
-from agent.protocol import DEFAULT_PREFIX, ID_RE, ProtocolError, encode, parse_message, parse_ts, topic
+from agent.protocol import (DEFAULT_PREFIX, ID_RE, ProtocolError, encode, parse_broker_url, parse_message, parse_ts,
+                            topic)
 
 PROG = "classroom-alerts"
 log = logging.getLogger("classroom-alerts")
@@ -274,18 +274,6 @@ class Notifier:
                      summary, body])
 
 
-def pin_factory_by_name(name: str | None):
-    """A gpiozero pin factory from its entry-point name ('mock', 'lgpio', ...), or None for default."""
-    if not name:
-        return None
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="gpiozero_pin_factories"):
-        if ep.name == name:
-            return ep.load()()
-    names = sorted(ep.name for ep in entry_points(group="gpiozero_pin_factories"))
-    raise UserError(f"--pin-factory: unknown pin factory {name!r} (choose from {', '.join(names)})")
-
 
 class Pager:
     """Staff-room pager: buzzer and LED on while an alert is unanswered; its button acknowledges.
@@ -320,17 +308,6 @@ class Pager:
 # --------------------------------------------------------------------------- the client
 
 
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise UserError(f"--broker: {url!r} is not an mqtt:// or mqtts:// URL")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise UserError(f"--broker: {url!r} has a bad port") from None
-    return parts.hostname, port, tls
-
 
 class AlertsClient:
     """MQTT side: subscribe, feed the board and the outputs, publish ack/clear."""
@@ -344,7 +321,10 @@ class AlertsClient:
         for name, value in (("room", room), ("site", site)):
             if value != "+" and not ID_RE.match(value):
                 raise UserError(f"--{name}: {value!r} is not a valid id (lowercase letters, digits, '-'), or '+'")
-        self.host, self.port, tls = parse_broker_url(broker)
+        try:
+            self.host, self.port, tls = parse_broker_url(broker, "--broker")
+        except ProtocolError as exc:
+            raise UserError(str(exc)) from None
         self.username, self.room, self.site, self.prefix = username, room, site, prefix
         self.board = AlertBoard()
         self.view = view or TerminalView(title=f"room {room} (site {site})")
@@ -571,7 +551,7 @@ def _main(argv: Sequence[str] | None) -> int:
     pager = None
     if args.pager_buzzer or args.pager_led or args.pager_button:
         pager = Pager(buzzer_pin=_pin(args.pager_buzzer), led_pin=_pin(args.pager_led),
-                      button_pin=_pin(args.pager_button), pin_factory=pin_factory_by_name(args.pin_factory),
+                      button_pin=_pin(args.pager_button), pin_factory=make_pin_factory(args.pin_factory, "--pin-factory"),
                       on_ack=lambda: client_box["c"].ack())
     client = AlertsClient(broker=args.broker, username=args.username, password=password, room=args.room,
                           site=args.site, prefix=args.prefix, ca_file=args.ca_file, view=view,

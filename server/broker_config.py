@@ -37,6 +37,7 @@ import yaml
 
 from agent.config import ConfigTree, did_you_mean
 from agent.errors import UserError
+from agent.files import atomic_write
 
 DEFAULT_SERVER_USER = "classroom-server"
 DEVICE_WRITES = ("status", "alert", "event", "heartbeat")
@@ -150,28 +151,25 @@ def write_password_file(path: Path, passwords: dict[str, str], *, tool: str | No
     if tool == "auto":
         tool = shutil.which("mosquitto_passwd")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            if tool:
-                # Plain text in a 0600 file, hashed in place by -U: the passwords never
-                # appear on a command line (visible in `ps`).
+    if tool:
+        # Plain text in a 0600 scratch file, hashed in place by -U: the passwords never
+        # appear on a command line (visible in `ps`).
+        fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".passwd-")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as fh:
                 fh.writelines(f"{user}:{pw}\n" for user, pw in passwords.items())
-            else:
-                fh.writelines(f"{user}:{hash_password(pw)}\n" for user, pw in passwords.items())
-        if tool:
-            result = subprocess.run([tool, "-U", tmp], capture_output=True, text=True, timeout=60)
+            result = subprocess.run([tool, "-U", scratch], capture_output=True, text=True, timeout=60)
             if result.returncode != 0:
                 raise UserError(f"mosquitto_passwd -U failed: {(result.stderr or result.stdout).strip()}")
-        if hashed:
-            # After -U, which would otherwise hash the hashes again.
-            with open(tmp, "a") as fh:
-                fh.writelines(f"{user}:{h}\n" for user, h in hashed.items())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            text = Path(scratch).read_text()
+        finally:
+            Path(scratch).unlink(missing_ok=True)
+    else:
+        text = "".join(f"{user}:{hash_password(pw)}\n" for user, pw in passwords.items())
+    # Already-hashed entries go after -U, which would otherwise hash the hashes again.
+    text += "".join(f"{user}:{h}\n" for user, h in (hashed or {}).items())
+    atomic_write(path, text, 0o600)
     return "mosquitto_passwd" if tool else "builtin"
 
 
@@ -242,15 +240,7 @@ def read_credentials(path: Path) -> dict | None:
 def write_private(path: Path, text: str) -> None:
     """Write a 0600 file atomically (created 0600, never briefly world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, text, 0o600)
 
 
 # --------------------------------------------------------------------------- mosquitto.conf
@@ -368,7 +358,7 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
     write_private(out / "acl", acl)
     conf, warnings = render_conf(tree, out, opts)
     Path(opts.persistence_dir or out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "mosquitto.conf").write_text(conf)
+    atomic_write(out / "mosquitto.conf", conf, 0o644)
     return Result(accounts, generated, sorted(hashed), hashed_by, warnings)
 
 
@@ -396,14 +386,12 @@ def cmd_broker_config(args) -> int:
     import sys
 
     from agent.config import ConfigInvalid, load_tree
+    from agent.errors import print_problems
 
     try:
         tree = load_tree(args.config)
     except ConfigInvalid as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
-        raise UserError(f"{args.config}: {len(exc.errors)} problem(s); fix them first "
-                        f"(`classroom-server config validate {args.config}`)") from None
+        return print_problems("classroom-server", exc.errors, args.config, "no broker files were written")
     users = load_users(args.users) if args.users else {}
     opts = ListenerOptions(port=args.port, bind=args.bind, certfile=args.certfile, keyfile=args.keyfile,
                            cafile=args.cafile, persistence_dir=args.persistence_dir, run_as=args.run_as,

@@ -15,7 +15,7 @@ from pathlib import Path
 from agent import __version__
 from agent.config import ConfigInvalid, load_tree
 from agent.config.reference import json_schema, render_markdown
-from agent.errors import CliParser, UserError, cli_main
+from agent.errors import CliParser, UserError, cli_main, print_problems
 
 PROG = "classroom-server"
 STARTER = Path(__file__).resolve().parent.parent / "agent" / "config" / "starter"
@@ -36,10 +36,7 @@ def cmd_validate(args) -> int:
     try:
         tree = load_tree(args.dir)
     except ConfigInvalid as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
-        print(f"{PROG}: {len(exc.errors)} problem(s) found in {args.dir}", file=sys.stderr)
-        return 1
+        return print_problems(PROG, exc.errors, args.dir)
     devices = tree.device_ids()
     print(f"{args.dir}: ok: {len(tree.profiles)} key stages, {len(tree.rooms)} rooms, "
           f"{len(devices)} devices, version {tree.version}")

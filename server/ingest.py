@@ -30,9 +30,8 @@ import threading
 import time
 from collections import deque
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
-from agent.protocol import DEFAULT_PREFIX, ProtocolError, decode, parse_topic, validate
+from agent.protocol import DEFAULT_PREFIX, ProtocolError, decode, parse_broker_url, parse_topic, validate
 
 from .store import Store
 
@@ -230,13 +229,6 @@ def _fast_client_class():
     return FastReadClient
 
 
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"--broker {url!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
-
 
 class Ingest:
     """One ingest worker.  ``start()`` connects and runs; ``stop()`` flushes and disconnects.
@@ -249,7 +241,7 @@ class Ingest:
                  metrics: Metrics | None = None, batch_size: int = 5000, client_id: str | None = None,
                  share_group: str = SHARE_GROUP, receive_maximum: int = 20000, session_expiry: int = 0) -> None:
         self.store = store
-        self.host, self.port, self.tls = parse_broker_url(broker_url)
+        self.host, self.port, self.tls = parse_broker_url(broker_url, "--broker")
         self.prefix = prefix
         self.username = username
         self.password = password

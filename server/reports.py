@@ -35,6 +35,7 @@ from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
 from agent.errors import UserError
+from agent.files import atomic_write
 from agent.protocol import now_ts
 
 log = logging.getLogger(__name__)
@@ -397,8 +398,8 @@ def run_digest(store, reports_dir: str | Path, *, now: datetime | None = None, t
     out = Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"weekly-{week.key}.html"
-    path.write_text(html, encoding="utf-8")
-    (out / f"weekly-{week.key}.csv").write_text(csv_text, encoding="utf-8")
+    atomic_write(path, html, 0o640)
+    atomic_write(out / f"weekly-{week.key}.csv", csv_text, 0o640)
     emailed = 0
     if smtp is not None and smtp.enabled:
         try:

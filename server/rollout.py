@@ -454,22 +454,16 @@ def _cli_errors(resp, what: str) -> int:
 
 
 def cli_publish(args) -> int:
-    import sys
-
     import requests
 
-    from agent.errors import UserError
+    from agent.errors import UserError, print_problems
 
     root = Path(args.dir)
     # Check locally first: the same file:line errors, without needing the server.
     try:
-        tree = load_tree(root)
+        load_tree(root)
     except ConfigInvalid as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
-        print(f"classroom-server: publish refused: {len(exc.errors)} problem(s) in {args.dir}; nothing was changed",
-              file=sys.stderr)
-        return 1
+        return print_problems("classroom-server", exc.errors, args.dir, "publish refused; nothing was changed")
     try:
         files = read_files(root)
     except RolloutError as exc:

@@ -14,8 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
-from agent.credentials import read_password
-from agent.errors import UserError
+from agent.config.credentials import read_password
+from agent.errors import UserError, problems_line
 
 DEFAULT_DB = "sqlite:////var/lib/classroom-server/server.db"  # sqlite:/// + absolute path
 
@@ -39,8 +39,7 @@ def _load_tree(config_dir: str | None):
     try:
         return load_tree(Path(config_dir))
     except ConfigInvalid as exc:
-        raise UserError(f"--config {config_dir}: {exc.errors[0]} (and {len(exc.errors) - 1} more; run "
-                        f"`classroom-server config validate {config_dir}`)") from None
+        raise UserError(problems_line(exc.errors, f"run `classroom-server config validate {config_dir}`")) from None
 
 
 def ingest_worker(db: str, broker: str, options: dict) -> None:

@@ -122,12 +122,12 @@ def test_pager_follows_alarm_and_button_acks(factory):
 
 def test_pin_factory_by_name():
     from agent.errors import UserError
-    from server.alerts_client import pin_factory_by_name
+    from agent.config.pins import make_pin_factory
 
-    assert pin_factory_by_name(None) is None
-    assert isinstance(pin_factory_by_name("mock"), MockFactory)
-    with pytest.raises(UserError, match="unknown pin factory 'mok'"):
-        pin_factory_by_name("mok")
+    assert make_pin_factory(None, "--pin-factory") is None
+    assert isinstance(make_pin_factory("mock", "--pin-factory"), MockFactory)
+    with pytest.raises(UserError, match=r"--pin-factory: unknown gpiozero pin factory 'mok' \(did you mean 'mock'\?\)"):
+        make_pin_factory("mok", "--pin-factory")
 
 
 def test_malformed_payloads_are_ignored_with_one_line(caplog):

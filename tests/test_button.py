@@ -3,7 +3,8 @@
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.button import ReportButton, StatusLED, make_pin_factory
+from agent.button import ReportButton, StatusLED
+from agent.config.pins import make_pin_factory
 from agent.errors import UserError
 
 

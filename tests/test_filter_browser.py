@@ -77,7 +77,9 @@ def test_atomic_write_uses_a_temp_file_outside_the_directory(tmp_path, policy, m
         seen.append(Path(kw["dir"]))
         return real(*a, **kw)
 
-    monkeypatch.setattr(browser.tempfile, "mkstemp", spy)
+    import agent.files
+
+    monkeypatch.setattr(agent.files.tempfile, "mkstemp", spy)
     assert browser.write_chromium(managed, browser.chromium_policy(policy)) is True
     assert seen == [managed.parent]                                     # never inside the watched dir
     assert sorted(p.name for p in managed.iterdir()) == ["classroom-safety.json", "someone-else.json"]
@@ -151,7 +153,9 @@ def test_atomic_write_when_only_the_policy_dir_is_writable(tmp_path, policy, mon
             raise OSError(errno.EROFS, "Read-only file system")
         return real(*a, **kw)
 
-    monkeypatch.setattr(browser.tempfile, "mkstemp", read_only_parent)
+    import agent.files
+
+    monkeypatch.setattr(agent.files.tempfile, "mkstemp", read_only_parent)
     assert browser.write_chromium(managed, browser.chromium_policy(policy)) is True
     assert json.loads((managed / "classroom-safety.json").read_text())["URLBlocklist"] == ["*"]
     # Chromium reads only the directory's own files: the temp dir is empty and not a file.

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from agent.errors import UserError
-from agent.link import Link, load_credentials
+from agent.config.credentials import load_credentials
+from agent.link import Link
 from agent.outbox import Outbox
 from runtime_fixtures import PREFIX, Subscriber, publish
 from services import mosquitto_passwd, wait_until

@@ -199,9 +199,11 @@ def test_the_session_grant_lets_the_agents_user_reach_the_socket(sway_session, o
         assert refused.stderr.strip().splitlines()[-1] == \
             f"screen_overlay_wayland: error: cannot open the Wayland display {socket}"
 
+        # The script goes in on stdin: the session user need not be able to read the checkout
+        # (a clone inside a 0700 directory), as a pupil cannot read a technician's.
         grant = subprocess.run(["runuser", "-u", sway_session.user, "--", "env", "-i", "PATH=/usr/bin:/bin",
                                 f"XDG_RUNTIME_DIR={socket.parent}", f"WAYLAND_DISPLAY={socket.name}",
-                                "sh", str(REPO / "scripts/session-grant.sh"), "daemon"],
+                                "sh", "-s", "daemon"], input=(REPO / "scripts/session-grant.sh").read_text(),
                                capture_output=True, text=True, timeout=30)
         assert grant.returncode == 0, grant.stderr
         acl = subprocess.run(["getfacl", "-p", str(socket.parent), str(socket)], capture_output=True, text=True).stdout

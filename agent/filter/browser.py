@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlsplit
+
+from ..files import atomic_write
 
 CHROMIUM_FILE = "classroom-safety.json"
 FIREFOX_FILE = "policies.json"
@@ -113,26 +113,17 @@ def write_outside(target: Path, text: str, before_write=None) -> bool:
     for tmp_dir in (target.parent.parent, target.parent / TMP_SUBDIR):
         try:
             tmp_dir.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=tmp_dir)
         except OSError as exc:
             last = exc
             continue
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
+            atomic_write(target, text, 0o644, tmp_dir=tmp_dir)
             return True
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if exc.errno != errno.EXDEV:
+            # Another mount (EXDEV) or a parent the unit does not let us write: next place.
+            if exc.errno not in (errno.EXDEV, errno.EACCES, errno.EROFS, errno.EPERM):
                 raise
             last = exc
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     raise last  # type: ignore[misc]
 
 

@@ -34,12 +34,12 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..files import atomic_write
 from ..config.schema import check_domain, check_resolver
 from . import dnsclient
 from .safesearch import Rewrite, rewrites
@@ -259,17 +259,8 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
             return False
     except OSError:
         pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Not durable: the filter rebuilds these from policy on every start.
+    atomic_write(path, text, mode, durable=False)
     return True
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger("agent.link")  # the agent's connection log, where this was always reported
 

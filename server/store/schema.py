@@ -172,7 +172,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 
--- rollout / reports tables (server-web)
+-- rollout and reports tables
 -- Every distinct config tree ever published, content-addressed by ConfigTree.version.
 -- tree = ConfigTree.to_dict() JSON (what devices are compiled from); files = {path: YAML text}
 -- as the technician published it (for the audit diffs).

@@ -38,6 +38,7 @@ Last line: ``alert_latency p50_ms=... p99_ms=... baseline_p99_ms=... ratio=... b
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -207,7 +208,6 @@ def worker(args) -> int:
 def teacher(args) -> int:
     """The real classroom-alerts client; prints one JSON line per alert with its receive time,
     and clears each raised alert (as a teacher would) so the next press is a new report."""
-    from agent.heap import freeze_startup
     from server.alerts.client import AlertsClient
     from server.alerts.view import TerminalView
 
@@ -246,7 +246,8 @@ def teacher(args) -> int:
 
     client.on_alert = on_alert
     client.start()
-    freeze_startup()  # as classroom-alerts does once it is listening
+    gc.collect()  # as classroom-alerts does once it is listening (server/alerts/cli.py)
+    gc.freeze()
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.read()  # until the bench closes our stdin
     client.close()

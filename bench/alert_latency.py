@@ -14,7 +14,7 @@ Measures, in one run against its own mosquitto on a free loopback port:
     connected, subscribed to their cmd topic, holding a retained status and sending
     heartbeats of the real payload shape; a collector-like subscriber reads everything.
     The press goes through the real agent (outbox + Link, MQTT v5, QoS 1); the teacher
-    is the real classroom-alerts client (server/alerts_client.AlertsClient) in its own
+    is the real classroom-alerts client (server/alerts/client.AlertsClient) in its own
     process, which clears each alert so the next press raises a new one.  "Has it" is
     the moment the client has parsed the alert, checked it against the contract and put
     it on its board: the same point at which mosquitto_sub stamps %U for the baseline
@@ -38,6 +38,7 @@ Last line: ``alert_latency p50_ms=... p99_ms=... baseline_p99_ms=... ratio=... b
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -207,8 +208,8 @@ def worker(args) -> int:
 def teacher(args) -> int:
     """The real classroom-alerts client; prints one JSON line per alert with its receive time,
     and clears each raised alert (as a teacher would) so the next press is a new report."""
-    from agent.heap import freeze_startup
-    from server.alerts_client import AlertsClient, TerminalView
+    from server.alerts.client import AlertsClient
+    from server.alerts.view import TerminalView
 
     out_lock = threading.Lock()
     client = AlertsClient(broker=f"mqtt://127.0.0.1:{args.port}", username=TEACHER,
@@ -245,7 +246,8 @@ def teacher(args) -> int:
 
     client.on_alert = on_alert
     client.start()
-    freeze_startup()  # as classroom-alerts does once it is listening
+    gc.collect()  # as classroom-alerts does once it is listening (server/alerts/cli.py)
+    gc.freeze()
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.read()  # until the bench closes our stdin
     client.close()

@@ -57,8 +57,8 @@ def main() -> int:
 
     from agent import protocol
     from agent.config import load_tree
-    from server.app import Settings, create_app
-    from server.auth import hash_password
+    from server.http.app import Settings, create_app
+    from server.http.auth import hash_password
     from server.ingest import Ingest
     from server.store import Store
 

@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from agent import protocol  # noqa: E402
 from server.ingest import Ingest  # noqa: E402
-from server.store import EVENT_COLUMNS, Store, event_row, split_sql, utcnow  # noqa: E402
-from server.schema import SCHEMA  # noqa: E402
+from server.store import Store  # noqa: E402
+from server.store.events import EVENT_COLUMNS, event_row  # noqa: E402
+from server.store.schema import SCHEMA, split_sql, utcnow  # noqa: E402
 from services import find_binary  # noqa: E402
 
 SITE = "bench-school"

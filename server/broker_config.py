@@ -208,7 +208,7 @@ def enrolled_hashes(db_url: str) -> dict[str, str]:
     from .store import Store, StoreError
 
     if db_url.startswith("sqlite:///"):
-        # Same path rule as server/store.py; never create an empty database by mistake.
+        # Same path rule as server/store/engine.py; never create an empty database by mistake.
         db_path = db_url[len("sqlite:///"):]
         if db_url.startswith("sqlite:////") and not db_path.startswith("/"):
             db_path = "/" + db_path
@@ -221,10 +221,10 @@ def enrolled_hashes(db_url: str) -> dict[str, str]:
     except Exception as exc:  # noqa: BLE001 - a DSN may carry a password: do not echo it
         raise UserError(f"--db: cannot open the collector's store ({type(exc).__name__})") from None
     try:
-        rows = store.query("SELECT id, mqtt_hash FROM devices WHERE mqtt_hash IS NOT NULL")
+        hashes = store.mqtt_hashes()
     finally:
         store.close()
-    return {r["id"]: r["mqtt_hash"] for r in rows if str(r["mqtt_hash"]).startswith("$7$")}
+    return {device: h for device, h in hashes.items() if str(h).startswith("$7$")}
 
 
 def read_credentials(path: Path) -> dict | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,15 +16,16 @@ from agent.config import ConfigInvalid, load_tree
 from agent.config.reference import json_schema, render_markdown
 from agent.errors import CliParser, UserError, cli_main, print_problems
 
+from .starter import copy_tree, starter_tree
+
 PROG = "classroom-server"
-STARTER = Path(__file__).resolve().parent.parent / "agent" / "config" / "starter"
 
 
 def cmd_init(args) -> int:
     target = Path(args.dir)
     if target.exists() and any(target.iterdir()) and not args.force:
         raise UserError(f"{target}: not empty; choose a new folder or pass --force to overwrite starter files")
-    shutil.copytree(STARTER, target, dirs_exist_ok=True)
+    copy_tree(starter_tree(), target)
     tree = load_tree(target)  # the starter must always be valid
     print(f"{target}: wrote a starter config tree (version {tree.version}); edit site.yaml first, then "
           f"`{PROG} config validate {target}`")

@@ -29,9 +29,10 @@ from agent.config import load_tree
 from agent.protocol import parse_ts
 from agent.errors import UserError
 
+from .starter import copy_tree, starter_tree
+
 BIN = Path(sys.executable).parent
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
-STARTER = Path(__file__).resolve().parent.parent / "agent" / "config" / "starter"
 STAFF = {"m.khan": "teacher", "s.patel": "dsl", "tech": "technician", "admin": "admin"}
 DEMO_PASSWORD = "demo-password"  # printed for the demo's own throw-away accounts only
 
@@ -109,8 +110,8 @@ class Demo:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         (self.dir / "logs").mkdir(parents=True)
-        source = REPO_CONFIG if (REPO_CONFIG / "site.yaml").exists() else STARTER
-        shutil.copytree(source, self.dir / "config", ignore=shutil.ignore_patterns("agent.example.yaml"))
+        source = REPO_CONFIG if (REPO_CONFIG / "site.yaml").exists() else starter_tree()
+        copy_tree(source, self.dir / "config", ignore=("agent.example.yaml",))
         site_file = self.dir / "config" / "site.yaml"
         site = yaml.safe_load(site_file.read_text())
         site["broker"]["url"] = f"mqtt://127.0.0.1:{self.mqtt_port}"

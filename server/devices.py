@@ -8,7 +8,7 @@ the collector.  The server keeps an argon2 hash (collector logins) and a mosquit
 password file) -- never the password itself.
 
 Online/offline comes from the retained ``status`` topic and its Last Will (ingested by
-server/ingest.py into ``devices.status``).  ``DarkChecker`` runs in the server: a device
+server/ingest into ``devices.status``).  ``DarkChecker`` runs in the server: a device
 silent for more than ``site.dark_after_minutes`` while its room is in school hours
 (``effective_policy(...).in_school_hours``) raises a technician alert (dashboard/API)
 and an audit entry; the alert clears when the device is heard again.
@@ -27,7 +27,7 @@ from typing import Callable
 from agent.config import effective_policy
 from agent.protocol import parse_ts
 
-from .auth import device_cache, hash_password, new_token, token_hash
+from .http.auth import device_cache, hash_password, new_token, token_hash
 from .store import Store, iso
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def enrol(store: Store, token: str, tree=None) -> dict:
             site, room = tree.site.site, room_obj.room
         except Exception:  # noqa: BLE001 - device may have been removed since the token was made
             pass
-    store.set_device_credentials(device, hash_password(password), by="enrol-token", site=site, room=room)
-    store.execute("UPDATE devices SET mqtt_hash = ? WHERE id = ?", (mosquitto_hash(password), device))
+    store.set_device_credentials(device, hash_password(password), by="enrol-token", site=site, room=room,
+                                 mqtt_hash=mosquitto_hash(password))
     device_cache.forget_device(device)
     store.audit(f"device:{device}", "device.enrol", device, {"site": site, "room": room})
     result = {"device": device, "username": device, "password": password}

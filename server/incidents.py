@@ -1,12 +1,13 @@
 """Incidents: the DSL's record of a report, built from the alert transitions.
 
-Each alert id becomes one incident (server/store.py creates it as the transitions are
+Each alert id becomes one incident (server/store/incidents.py creates it as the transitions are
 ingested).  Here lives what the school adds: the category from the policies' list, a
 4 Cs tag, notes, and the procedure checklist for the category -- written as data from
 the three school policies in shared/policies/, each item carrying its source -- with
 who ticked what and when, plus status and outcome.
 
-Who sees what (enforced in server/app.py with these helpers): teachers see their own
+Who sees what (enforced by the API and the pages, server/http/api/incidents.py and
+server/web/pages/incidents.py, with these helpers): teachers see their own
 rooms' incidents as a timeline only (no notes, outcome, checklist or evidence); the
 DSL sees everything; evidence (domains the device resolved before the press) is DSL
 only and every view of it is written to the audit log.

@@ -6,7 +6,7 @@ DSL deletes them unless ``incidents_days`` is set; only CLOSED incidents are eve
 purged, together with their timeline, notes and evidence), years for the audit log.
 Every purge that deletes something is written to the audit log (actor ``system``), so
 a DPIA reviewer can see data really goes.  ``Retention.run(now)`` is one pass; the
-server calls it daily.
+server calls it daily.  The DELETE statements are in server/store/retention.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from .store import Store, Tx, iso
+from .store import Store, iso
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ SHORT_EVENT_TYPES = ("blocked",)
 # The DfE filtering check log and every change to the filtering policy (teacher overrides)
 # are records of the school's own diligence: kept as long as the audit log.
 AUDIT_EVENT_TYPES = ("filter_check", "override_opened", "override_closed", "override_rejected")
-
-
-def _in(values) -> str:
-    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
 class Retention:
@@ -53,36 +49,22 @@ class Retention:
 
         done: dict[str, int] = {}
         done["heartbeats"] = self.store.purge("heartbeats", cutoff(r.heartbeats_days))
-        done["blocked_events"] = self.store.purge("events", cutoff(r.blocked_days),
-                                                  f"type IN {_in(SHORT_EVENT_TYPES)}")
-        done["audit_events"] = self.store.purge("events", cutoff(r.audit_days), f"type IN {_in(AUDIT_EVENT_TYPES)}")
-        done["events"] = self.store.purge(
-            "events", cutoff(r.events_days),
-            f"type NOT IN {_in(SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES + AUDIT_EVENT_TYPES)}")
-        done["device_alerts"] = self.store.purge("device_alerts", cutoff(r.events_days), "cleared_at IS NOT NULL")
+        done["blocked_events"] = self.store.purge_events(cutoff(r.blocked_days), types=SHORT_EVENT_TYPES)
+        done["audit_events"] = self.store.purge_events(cutoff(r.audit_days), types=AUDIT_EVENT_TYPES)
+        done["events"] = self.store.purge_events(
+            cutoff(r.events_days), except_types=SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES + AUDIT_EVENT_TYPES)
+        done["device_alerts"] = self.store.purge_cleared_device_alerts(cutoff(r.events_days))
         done["sessions"] = self.store.purge("sessions", iso(now))
         done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30))
         done["audit"] = self.store.purge("audit", cutoff(r.audit_days))
         if r.incidents_days:
-            done["incidents"] = self.store.write(lambda tx: self._purge_incidents(tx, cutoff(r.incidents_days)))
+            done["incidents"] = self.store.purge_closed_incidents(cutoff(r.incidents_days), INCIDENT_EVENT_TYPES)
         done = {k: v for k, v in done.items() if v}
         for rule, count in done.items():
             self.store.audit("system", "retention.purge", rule, {"rows": count})
         if done:
             log.info("retention: purged %s", ", ".join(f"{k}={v}" for k, v in done.items()))
         return done
-
-    @staticmethod
-    def _purge_incidents(tx: Tx, before: str) -> int:
-        ids = [row["id"] for row in tx.query(
-            "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?", (before,))]
-        for incident_id in ids:
-            tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
-            tx.execute("DELETE FROM alert_transitions WHERE alert_id = ?", (incident_id,))
-            tx.execute(f"DELETE FROM events WHERE alert_id = ? AND type IN {_in(INCIDENT_EVENT_TYPES)}",
-                       (incident_id,))
-            tx.execute("DELETE FROM incidents WHERE id = ?", (incident_id,))
-        return len(ids)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)

@@ -17,6 +17,9 @@ together with the ``config_version`` of their status/heartbeats.
 
 Rollback is one step: re-publish the version that was live before the current one, as a
 new rollout record (history is never rewritten).
+
+The SQL is in server/store/rollouts.py; ``config publish`` / ``config rollback`` (the
+technician's command line, through the API) are at the end of this module.
 """
 
 from __future__ import annotations
@@ -173,27 +176,23 @@ class Rollouts:
     # ------------------------------------------------------------------ reading
     def current(self) -> dict | None:
         """The live rollout row (highest seq), or None before the first publish."""
-        return self.store.query_one("SELECT * FROM rollouts ORDER BY seq DESC LIMIT 1")
+        return self.store.current_rollout()
 
     def history(self, limit: int = 200) -> list[dict]:
-        return self.store.query("SELECT * FROM rollouts ORDER BY seq DESC LIMIT ?", (limit,))
-
-    def get_rollout(self, rollout_id: str) -> dict | None:
-        return self.store.query_one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
+        return self.store.list_rollouts(limit)
 
     def files(self, version: str) -> dict[str, str] | None:
-        row = self.store.query_one("SELECT files FROM config_versions WHERE version = ?", (version,))
-        return json.loads(row["files"]) if row else None
+        return self.store.config_files(version)
 
     def tree(self, version: str) -> ConfigTree | None:
         with self._lock:
             cached = self._trees.get(version)
         if cached is not None:
             return cached
-        row = self.store.query_one("SELECT tree FROM config_versions WHERE version = ?", (version,))
-        if row is None:
+        data = self.store.config_tree(version)
+        if data is None:
             return None
-        tree = ConfigTree.from_dict(json.loads(row["tree"]))
+        tree = ConfigTree.from_dict(data)
         with self._lock:
             self._trees[version] = tree
         return tree
@@ -246,10 +245,9 @@ class Rollouts:
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why you roll back (it goes in the audit log)"])
-        rows = self.store.query("SELECT * FROM rollouts ORDER BY seq DESC LIMIT 2")
-        if not rows:
+        current = self.store.current_rollout()
+        if current is None:
             raise RolloutError(["nothing has been published yet, so there is nothing to roll back"], status=409)
-        current = rows[0]
         target = current["previous"]
         if not target:
             raise RolloutError([f"version {current['version']} is the first one published; "
@@ -266,32 +264,20 @@ class Rollouts:
         rollout_id = new_id()
         devices = len(tree.device_ids())
 
-        def run(tx) -> Published:
-            cur = tx.query_one("SELECT seq, version FROM rollouts ORDER BY seq DESC LIMIT 1")
-            previous = cur["version"] if cur else None
-            if previous == version:
-                raise RolloutError([f"version {version} is already live; nothing to publish"], status=409)
-            old_files = {}
-            if previous:
-                row = tx.query_one("SELECT files FROM config_versions WHERE version = ?", (previous,))
-                old_files = json.loads(row["files"]) if row else {}
-            seq = (cur["seq"] if cur else 0) + 1
-            tx.execute("INSERT INTO config_versions (version, tree, files, created_at, created_by) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
-                       (version, tree_json, files_json, now, actor))
-            tx.execute("INSERT INTO rollouts (id, seq, ts, version, previous, kind, actor, why, devices) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (rollout_id, seq, now, version, previous, kind, actor, why, devices))
+        def audit_details(previous: str | None, old_files: dict[str, str]) -> str:
+            # The audit log gets the unified diff against the version this one replaces.
             diff = unified_diff(old_files, files, previous or "empty", version)
             if len(diff) > MAX_AUDIT_DIFF:
                 diff = diff[:MAX_AUDIT_DIFF] + "\n... (diff truncated; see the rollout page)\n"
-            details = json.dumps({"rollout": rollout_id, "version": version, "previous": previous, "why": why,
-                                  "devices": devices, "diff": diff})
-            tx.execute("INSERT INTO audit (id, ts, actor, action, target, details) VALUES (?, ?, ?, ?, ?, ?)",
-                       (new_id(), now, actor, f"config.{kind}", version, details))
-            return Published(rollout_id, seq, version, previous, kind, actor, why, devices, now)
+            return json.dumps({"rollout": rollout_id, "version": version, "previous": previous, "why": why,
+                               "devices": devices, "diff": diff})
 
-        published = self.store.write(run)
+        row = self.store.add_rollout(rollout_id=rollout_id, ts=now, version=version, tree_json=tree_json,
+                                     files_json=files_json, kind=kind, actor=actor, why=why, devices=devices,
+                                     audit_details=audit_details)
+        if row is None:
+            raise RolloutError([f"version {version} is already live; nothing to publish"], status=409)
+        published = Published(row["id"], row["seq"], version, row["previous"], kind, actor, why, devices, now)
         with self._lock:
             self._trees[version] = tree
         if self.on_live is not None:
@@ -321,15 +307,6 @@ class Rollouts:
         return sent
 
     # ------------------------------------------------------------------ per-room status
-    def _latest_events(self, types: tuple[str, ...]) -> dict[str, dict]:
-        """The newest event of *types* per device (one indexed query)."""
-        marks = ", ".join("?" for _ in types)
-        rows = self.store.query(
-            f"SELECT device, type, ts, data FROM events e WHERE type IN ({marks}) "
-            f"AND ts = (SELECT MAX(ts) FROM events e2 WHERE e2.device = e.device AND e2.type IN ({marks}))",
-            (*types, *types))
-        return {r["device"]: r for r in rows}
-
     def status(self, rooms: list[str] | None = None) -> dict:
         """Which version runs where, per room of the live tree."""
         cur = self.current()
@@ -337,10 +314,9 @@ class Rollouts:
         if tree is None:
             return {"live": None, "rooms": [], "counts": {}}
         live = cur["version"]
-        devices = {d["id"]: d for d in self.store.query(
-            "SELECT id, status, status_ts, config_version, last_seen, agent_version, last_heartbeat FROM devices")}
-        last_events = self._latest_events(("config_applied", "config_rejected"))
-        last_applied = self._latest_events(("config_applied",))
+        devices = {d["id"]: d for d in self.store.list_devices()}
+        last_events = self.store.latest_events(("config_applied", "config_rejected"))
+        last_applied = self.store.latest_events(("config_applied",))
         counts = {"current": 0, "pending": 0, "rejected": 0}
         out_rooms = []
         for room_id, room in sorted(tree.rooms.items()):

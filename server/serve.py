@@ -72,7 +72,7 @@ def ingest_worker(db: str, broker: str, options: dict) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .app import Settings, create_app
+    from .http.app import Settings, create_app
     from .devices import DarkChecker
     from .ingest import Ingest, Metrics
     from .retention import Retention
@@ -152,12 +152,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_user_add(args) -> int:
-    from agent.config.schema import check_username
-
-    from .auth import ROLES, hash_password
+    from .http.auth import ROLES, check_staff_name, hash_password
 
     try:
-        check_username(args.name)
+        check_staff_name(args.name)
     except ValueError as exc:
         raise UserError(f"NAME: {exc}") from None
     if args.role not in ROLES:

@@ -58,7 +58,7 @@ _HASHES: dict[str, str] = {}
 
 
 def add_staff(store, username: str, role: str, password: str = PASSWORD) -> None:
-    from server.auth import hash_password
+    from server.http.auth import hash_password
 
     # argon2 is slow on purpose; one hash per password for the whole run.
     if password not in _HASHES:
@@ -69,7 +69,7 @@ def add_staff(store, username: str, role: str, password: str = PASSWORD) -> None
 @pytest.fixture
 def app_factory(tree):
     """app_factory(store, publisher=None) -> FastAPI app with one user per role."""
-    from server.app import Settings, create_app
+    from server.http.app import Settings, create_app
 
     def make(store, publisher=None, with_staff: bool = True, ingest=None):
         if with_staff:

@@ -18,7 +18,13 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.protocol import decode, encode, new_id, now_ts, validate
 from broker_fixtures import PREFIX, SITE, alert_payload, secure_broker, t  # noqa: F401
-from server.alerts_client import AlertBoard, AlertsClient, Notifier, Pager, TerminalView, keyboard_loop, read_password
+from agent.config.credentials import read_password
+from server.alerts.board import AlertBoard
+from server.alerts.cli import keyboard_loop
+from server.alerts.client import AlertsClient
+from server.alerts.notify import Notifier
+from server.alerts.pager import Pager
+from server.alerts.view import TerminalView
 from services import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -384,7 +390,8 @@ def test_notification_reaches_a_real_session_bus():
 
         skip_or_fail("system python3 has no gi (python3-gi) for the stand-in notification server")
     code = ("import subprocess\n"
-            "from server.alerts_client import AlertBoard, Notifier\n"
+            "from server.alerts.board import AlertBoard\n"
+            "from server.alerts.notify import Notifier\n"
             "from agent.protocol import new_id, now_ts\n"
             "a, _ = AlertBoard().apply_alert(dict(id=new_id(), state='raised', site='penny-acres', room='5b',\n"
             "    device='5b-pi-02', seat='Table 2', ts=now_ts()))\n"

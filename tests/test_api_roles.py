@@ -1,7 +1,8 @@
 """EVERY route refuses the wrong role: a table-driven test over all routes x roles (and anonymous).
 
 The allowed roles are read from each route's ``require(...)`` dependency, so a new route is
-covered automatically; a route without one must be listed in ``server.app.PUBLIC_ROUTES``.
+covered automatically; a route without one must be in its router's ``PUBLIC`` set (``server.http.app.PUBLIC_ROUTES``
+is their union).
 The expected table for the core API is also written out below, so a change to who may do
 what is a visible, reviewed change.
 """
@@ -16,8 +17,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.routing import APIRoute
 
-from server.app import PUBLIC_ROUTES
-from server.auth import hash_password, token_hash
+from server.http.app import PUBLIC_ROUTES
+from server.http.auth import hash_password, token_hash
 from server.store import iso
 
 from server_fixtures import *  # noqa: F401,F403

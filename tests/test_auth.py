@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.auth import hash_password, login, token_hash, verify_password
+from server.http.auth import hash_password, login, token_hash, verify_password
 from server.cli import main
 from services import free_port, spawn, terminate, wait_until
 

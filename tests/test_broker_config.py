@@ -285,7 +285,7 @@ def test_generated_tls_listener_with_teacher_client(tmp_path):
     """--certfile/--keyfile give a TLS listener; classroom-alerts connects with mqtts:// + --ca-file."""
     from services import require_binary
 
-    from server.alerts_client import AlertsClient
+    from server.alerts.client import AlertsClient
     from server.cli import main
 
     openssl = require_binary("openssl")

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 # In a child process: freezing is for the whole process, and this one runs every test.
 PROBE = """
 import gc, json
-import agent.runtime, server.alerts_client          # what an agent or a teacher client imports
+import agent.runtime, server.alerts.cli            # what an agent or a teacher client imports
 from agent.heap import freeze_startup
 before = len(gc.get_objects())
 frozen = freeze_startup()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server import incidents as inc
-from server.auth import User
+from server.http.auth import User
 
 
 def test_every_policy_category_has_a_sourced_checklist():

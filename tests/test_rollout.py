@@ -228,7 +228,7 @@ def test_audit_log_has_who_why_and_unified_diffs(setup, store, staff_client):
 
 
 def test_web_publish_and_rollback_forms(sqlite_store, tmp_path, staff_client, tree):
-    from server.app import Settings, create_app
+    from server.http.app import Settings, create_app
     from server_fixtures import add_staff
 
     for role, name in STAFF.items():

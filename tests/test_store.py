@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from agent import protocol
-from server.store import Store, StoreError, iso, split_sql
-from server.schema import SCHEMA
+from server.store import Store, StoreError, iso
+from server.store.schema import SCHEMA, split_sql
 
 from server_fixtures import *  # noqa: F401,F403
 from server_fixtures import make_alert, make_event, make_heartbeat, make_status, topic_of

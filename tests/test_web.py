@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from agent import protocol
-from server.live import QUEUE_SIZE, Broadcaster
+from server.web.live import QUEUE_SIZE, Broadcaster
+from server.reports.render import TEMPLATES_DIR as REPORT_TEMPLATES_DIR
 from server.web.templating import STATIC_DIR, TEMPLATES_DIR
 from server_fixtures import *  # noqa: F401,F403
 from server_fixtures import PASSWORD, STAFF, make_alert, make_event
@@ -179,7 +180,8 @@ def test_device_list_shows_online_offline_dark_and_versions(app, sqlite_store):
 
 
 def test_pages_are_self_contained_and_phone_friendly():
-    texts = [p.read_text() for p in list(TEMPLATES_DIR.glob("*.html")) + list(STATIC_DIR.glob("*"))]
+    texts = [p.read_text() for p in list(TEMPLATES_DIR.glob("*.html")) + list(REPORT_TEMPLATES_DIR.glob("*.html"))
+             + list(STATIC_DIR.glob("*"))]
     for text in texts:
         # No CDNs, web fonts or remote scripts anywhere in the dashboard.
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", text)
@@ -279,9 +281,9 @@ def test_browsers_get_readable_error_pages_and_the_api_keeps_json(app):
 def test_event_stream_ends_by_itself_with_a_snapshot_so_the_server_can_stop(collector, monkeypatch):
     import httpx
 
-    from server.web import routes
+    from server.web.pages import rooms
 
-    monkeypatch.setattr(routes, "STREAM_SECONDS", 0.5)
+    monkeypatch.setattr(rooms, "STREAM_SECONDS", 0.5)
     open_alert = make_alert(room="5b")
     collector.store.record_alert(open_alert)
     token = httpx.post(f"{collector.url}/api/v1/login",

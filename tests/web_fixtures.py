@@ -91,14 +91,14 @@ class Collector:
 
 
 def enrol_device(store, device: str = "5b-pi-01", password: str = DEVICE_PASSWORD, room: str = "5b") -> None:
-    from server.auth import hash_password
+    from server.http.auth import hash_password
 
     store.set_device_credentials(device, hash_password(password), "test", site="penny-acres", room=room)
 
 
 @pytest.fixture
 def collector(mosquitto, tmp_path, tree):
-    from server.app import Settings, create_app
+    from server.http.app import Settings, create_app
     from server.ingest import Ingest
     from server.store import Store
 

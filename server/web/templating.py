@@ -1,7 +1,9 @@
-"""The Jinja2 environment shared by the dashboard pages and the weekly report file.
+"""The dashboard's Jinja2 environment (templates/ and static/ next to this module).
 
 Autoescaping is on for every template: device ids, domains and notes all come from
-outside and must never become markup.
+outside and must never become markup.  The ``ts`` filter is the weekly report's
+(server/reports/render.py owns the report's own environment and template), so a time
+reads the same on every page.
 """
 
 from __future__ import annotations
@@ -11,15 +13,10 @@ from pathlib import Path
 
 import jinja2
 
+from ..reports.render import short_ts
+
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-def _short_ts(value) -> str:
-    """'2026-11-24T09:08:18.891Z' -> '24 Nov 09:08 UTC' style, tolerant of None/garbage."""
-    if not value or not isinstance(value, str) or len(value) < 16:
-        return value or ""
-    return f"{value[:10]} {value[11:16]} UTC"
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,5 +27,5 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["ts"] = _short_ts
+    env.filters["ts"] = short_ts
     return env

@@ -7,7 +7,9 @@ A slow or stuck browser only loses its own oldest messages (bounded queue); it n
 blocks ingest.
 
 One broadcaster per app (``app.state.live``); ``get_broadcaster(app)`` creates it on
-first use so ingest and the web routes agree on the same object.
+first use so ingest and the web routes agree on the same object.  ``live_listener(app)``
+is the ingest listener (``app.state.listeners``) that feeds it; the room pages' event
+streams (pages/rooms.py) read it.
 """
 
 from __future__ import annotations
@@ -102,3 +104,18 @@ def get_broadcaster(app) -> Broadcaster:
     if live is None:
         live = app.state.live = Broadcaster()
     return live
+
+
+def live_listener(app):
+    """The ingest listener ``(kind, topic, data)`` that feeds the broadcaster."""
+    live = get_broadcaster(app)
+
+    def listener(kind: str, where, data: dict) -> None:
+        if kind == "alert":
+            live.publish("alert", {k: data.get(k) for k in ("id", "state", "room", "device", "seat", "ts", "by")})
+        elif kind == "status":
+            live.publish("status", {"device": where.device, "room": where.room, "state": data.get("state"),
+                                    "ts": data.get("ts")})
+
+    listener.is_live_feed = True  # type: ignore[attr-defined]
+    return listener

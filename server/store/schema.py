@@ -8,9 +8,15 @@ BIGINT, REAL.  Row ids are UUID text (no SERIAL/AUTOINCREMENT, which differ per
 engine); ordering uses the microsecond timestamp then the id.
 
 Every column is described for the DPIA in docs/data-protection.md; keep it in step.
+
+``apply(tx)`` runs both (the store calls it on open); ``utcnow``/``iso``/``new_id`` make the
+server-side timestamp and id values the columns above expect.
 """
 
 from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -166,7 +172,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 
--- rollout / reports tables (server-web)
+-- rollout and reports tables
 -- Every distinct config tree ever published, content-addressed by ConfigTree.version.
 -- tree = ConfigTree.to_dict() JSON (what devices are compiled from); files = {path: YAML text}
 -- as the technician published it (for the audit diffs).
@@ -205,3 +211,42 @@ CREATE TABLE IF NOT EXISTS report_runs (
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, []),
 ]
+
+
+def split_sql(script: str) -> list[str]:
+    """Statements of a schema script: ``--`` comments dropped first (they may hold ';')."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def apply(tx) -> None:
+    """Create what is missing and run each migration not yet recorded, in one transaction."""
+    if tx.engine.dialect == "postgresql":
+        # Several workers may start at once; CREATE ... IF NOT EXISTS is not safe
+        # against itself, so migrations take a transaction-scoped advisory lock.
+        tx.execute("SELECT pg_advisory_xact_lock(72430001)")
+    for statement in split_sql(SCHEMA):
+        tx.execute(statement)
+    done = {r["version"] for r in tx.query("SELECT version FROM schema_version")}
+    for version, migration in MIGRATIONS:
+        if version in done:
+            continue
+        for statement in migration:
+            tx.execute(statement)
+        tx.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?) "
+                   "ON CONFLICT (version) DO NOTHING", (version, utcnow()))
+
+
+def utcnow() -> str:
+    """Server timestamps: RFC 3339 UTC with microseconds (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def iso(moment: datetime) -> str:
+    """*moment* in the same text form as utcnow()."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    """A row id (UUID text: no SERIAL/AUTOINCREMENT, which differ per engine)."""
+    return str(uuid.uuid4())

@@ -12,7 +12,8 @@ Use in routes::
     def x(user: User = Depends(require("dsl", "admin"))): ...
 
 A teacher's rooms are the rooms whose ``alert_staff`` lists their username in the
-live config tree (``app.state.tree``).
+live config tree (``app.state.tree``).  Pages use ``server.web.pages.base.page(...)``, the
+same check that sends a browser to the login page instead of answering 401.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from fastapi import HTTPException, Request
 
-from .store import iso
+from agent.config.schema import check_username
+
+from ..store import iso
 
 ROLES = ("teacher", "dsl", "technician", "admin")
 COOKIE = "classroom_session"
@@ -72,16 +75,19 @@ class User:
     display_name: str | None = None
     rooms: tuple[str, ...] = field(default=())
 
-    @property
-    def is_dsl(self) -> bool:
-        return self.role == "dsl"
-
     def can_see_room(self, room: str) -> bool:
         return self.role in ("dsl", "admin") or room in self.rooms
 
     def to_dict(self) -> dict:
         return {"username": self.username, "role": self.role, "display_name": self.display_name,
                 "rooms": list(self.rooms)}
+
+
+def check_staff_name(name: str) -> str:
+    """A staff account name, checked by the config contract's username rule: the same
+    names appear in rooms' ``alert_staff`` (which is how a teacher's rooms are found) and
+    as broker accounts.  ValueError (one line) if it is not one."""
+    return check_username(name)
 
 
 def staff_rooms(tree, username: str) -> tuple[str, ...]:

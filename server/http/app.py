@@ -1,0 +1,133 @@
+"""The collector's web application: ``create_app(settings)`` builds the FastAPI app.
+
+It opens the store (unless given one), loads the config tree, sets up what the routes
+share on ``app.state`` (listed in state.py), includes the JSON API routers (api/) and the
+dashboard (server/web), and makes the newest published config version the live tree (it
+outranks ``--config`` at start).  OpenAPI is served at ``/api/v1/openapi.json``.
+
+Every route states its roles with ``Depends(require(...))`` (auth.py) unless its router
+lists it in its ``PUBLIC`` set; ``PUBLIC_ROUTES`` is their union, and the route x role
+test (tests/test_api_roles.py) checks everything else refuses every other role.
+
+Background work (ingest, retention, dark-device checks, the weekly digest) is started by
+server/serve.py, so tests can build an app around a store alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .. import __version__, web
+from ..ingest import Metrics
+from ..rollout import Rollouts
+from ..store import Store, StoreError
+from . import state
+from .api import API, alerts, audit, config, devices, incidents, login, ops, reports, users
+from .auth import LoginThrottle
+
+log = logging.getLogger(__name__)
+
+# In this order; the dashboard's pages come after them.
+API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports)
+# FastAPI's own pages: the OpenAPI document and its browser.
+DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json"), ("GET", f"{API}/docs"), ("GET", "/docs/oauth2-redirect")})
+# Routes anyone may call, as each router declares them.
+PUBLIC_ROUTES = DOCS_ROUTES.union(web.PUBLIC, *(module.PUBLIC for module in API_ROUTERS))
+
+
+@dataclass
+class Settings:
+    """What create_app needs.  serve.py fills it from the command line."""
+
+    db_url: str = "sqlite:///classroom-server.db"
+    config_dir: str | None = None
+    broker_url: str | None = None
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    prefix: str | None = None
+    cookie_secure: bool = False
+    session_hours: int = 12
+    dark_check_seconds: float = 60.0
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None, tree=None,
+               publisher: Callable[[str, bytes, int], Any] | None = None, metrics: Metrics | None = None,
+               ingest=None) -> FastAPI:
+    """Build the app.  Opens ``settings.db_url`` unless a store is given; loads
+    ``settings.config_dir`` unless a tree is given."""
+    settings = settings or Settings()
+    own_store = store is None
+    if store is None:
+        store = Store.open(settings.db_url)
+    if tree is None and settings.config_dir:
+        from agent.config import load_tree
+
+        tree = load_tree(Path(settings.config_dir))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if own_store:
+            store.close()
+
+    app = FastAPI(title="classroom-server", version=__version__, openapi_url=f"{API}/openapi.json",
+                  docs_url=f"{API}/docs", redoc_url=None, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.tree = tree
+    app.state.publisher = publisher
+    app.state.metrics = metrics or (ingest.metrics if ingest is not None else Metrics())
+    app.state.ingest = ingest
+    app.state.listeners = []
+    app.state.login_throttle = LoginThrottle()
+    _start_rollouts(app)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    for module in API_ROUTERS:
+        app.include_router(module.router())
+    web.install(app)
+    return app
+
+
+def _start_rollouts(app: FastAPI) -> None:
+    """``app.state.rollouts``; the last published version becomes the live tree."""
+    rollouts = Rollouts(app.state.store, prefix=state.topic_prefix(app), publish_cmd=_cmd_publisher(app),
+                        on_live=lambda tree: setattr(app.state, "tree", tree))
+    app.state.rollouts = rollouts
+    try:
+        tree = rollouts.live_tree()
+    except Exception:  # noqa: BLE001 - a damaged row must not stop the server
+        log.exception("could not load the live config version")
+        tree = None
+    if tree is not None:
+        app.state.tree = tree
+        rollouts.prefix = state.topic_prefix(app)
+
+
+def _cmd_publisher(app: FastAPI):
+    """(topic, payload, qos, retain) publisher for rollout: ingest's own connection, else app.state.publisher."""
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        ingest = getattr(app.state, "ingest", None)
+        if ingest is not None and hasattr(ingest, "publish"):
+            ingest.publish(topic, payload, qos, retain)
+            return
+        publisher = getattr(app.state, "publisher", None)
+        if publisher is None:
+            raise RuntimeError("not connected to the broker")
+        try:
+            publisher(topic, payload, qos, retain=retain)
+        except TypeError:
+            publisher(topic, payload, qos)
+
+    return publish

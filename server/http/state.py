@@ -1,0 +1,47 @@
+"""What the routes share through ``app.state``, and the accessors they read it with.
+
+``create_app`` (app.py) fills ``app.state`` with: ``store`` (server/store), ``settings``
+(app.Settings), ``tree`` (the live ConfigTree or None; a rollout replaces it),
+``rollouts`` (server/rollout.Rollouts), ``publisher`` (``(topic, payload_bytes, qos) ->
+None`` that reaches the broker, or None), ``metrics`` (server.ingest.Metrics), ``ingest``
+(the Ingest worker or None), ``login_throttle`` (auth.LoginThrottle) and ``listeners``
+(callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest).
+The dashboard adds ``live`` (server/web/live.py).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+
+from agent.protocol import DEFAULT_PREFIX
+
+from ..rollout import Rollouts
+from ..store import Store
+
+
+def store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def tree(request: Request):
+    """The live config tree, or None before one is loaded or published."""
+    return request.app.state.tree
+
+
+def rollouts(request: Request) -> Rollouts:
+    return request.app.state.rollouts
+
+
+def topic_prefix(app: FastAPI) -> str:
+    """The MQTT topic prefix: ``--prefix``, else the live tree's, else the protocol default."""
+    settings = getattr(app.state, "settings", None)
+    if settings is not None and getattr(settings, "prefix", None):
+        return settings.prefix
+    live = getattr(app.state, "tree", None)
+    return live.site.broker.prefix if live is not None else DEFAULT_PREFIX
+
+
+def site_and_timezone(request: Request) -> tuple[str, str]:
+    """The live tree's site id and school time zone (``("", "Europe/London")`` without a tree)."""
+    live = tree(request)
+    return (live.site.site, live.site.timezone) if live is not None else ("", "Europe/London")

@@ -1,0 +1,97 @@
+"""Weekly reports, the presentation: the report as a self-contained HTML page with an
+inline SVG bar chart, and the denied/blocked list as CSV.
+
+The SVG is rendered here (no JS library, no CDN): the same page is shown on the
+dashboard, written to the reports folder and sent as an e-mail attachment.  This module
+owns its Jinja2 environment and template (``templates/report_weekly.html``) so the
+report does not depend on the dashboard; the dashboard uses ``render_html(links=True)``
+and borrows ``short_ts``, the one timestamp format of both.  Autoescaping is on: room
+names and domains come from outside and must never become markup.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from html import escape
+from pathlib import Path
+
+import jinja2
+
+from .data import Report
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+def short_ts(value) -> str:
+    """'2026-11-24T09:08:18.891Z' -> '2026-11-24 09:08 UTC', tolerant of None/garbage."""
+    if not value or not isinstance(value, str) or len(value) < 16:
+        return value or ""
+    return f"{value[:10]} {value[11:16]} UTC"
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=jinja2.select_autoescape(["html", "xml"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["ts"] = short_ts
+    return env
+
+
+def svg_bar_chart(items: list[tuple[str, int]], *, title: str, width: int = 640, bar: int = 22) -> str:
+    """A horizontal bar chart as inline SVG (server-side, accessible: role=img + title)."""
+    label_w, pad, value_w = 160, 6, 60
+    height = max(1, len(items)) * (bar + pad) + pad
+    top = max((v for _, v in items), default=0) or 1
+    span = width - label_w - value_w
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {width} {height}" '
+           f'width="100%" preserveAspectRatio="xMinYMin meet" aria-labelledby="chart-title">',
+           f'<title id="chart-title">{escape(title)}</title>']
+    if not items:
+        out.append(f'<text x="{pad}" y="{bar}" font-size="14">No blocked attempts this week.</text>')
+    for i, (label, value) in enumerate(items):
+        y = pad + i * (bar + pad)
+        w = max(1, round(span * value / top)) if value else 0
+        out.append(f'<g class="bar"><text x="{label_w - pad}" y="{y + bar * 0.7:.1f}" text-anchor="end" '
+                   f'font-size="13">{escape(label)}</text>'
+                   f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar}" fill="#2f6f9f" rx="3">'
+                   f'<title>{escape(label)}: {value}</title></rect>'
+                   f'<text x="{label_w + w + pad}" y="{y + bar * 0.7:.1f}" font-size="13" '
+                   f'class="value">{value}</text></g>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def chart(report: Report) -> str:
+    items = [(f"{r['room']} ({r['key_stage']})", r["attempts"]) for r in report.by_room]
+    return svg_bar_chart(items, title=f"Blocked attempts per room and key stage, week {report.week.key}")
+
+
+def render_html(report: Report, *, links: bool = False) -> str:
+    """A self-contained HTML page (inline CSS and SVG) for the browser, the file and e-mail;
+    *links*: add the dashboard's navigation (previous week, CSV download)."""
+    return environment().get_template("report_weekly.html").render(r=report, chart=chart(report), links=links)
+
+
+CSV_FIELDS = ["week", "room", "key_stage", "domain", "attempts", "devices", "first_seen", "last_seen"]
+
+
+def render_csv(report: Report) -> str:
+    """The denied/blocked list, one row per room, key stage and domain."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(CSV_FIELDS)
+    for b in report.blocked:
+        w.writerow([report.week.key, b["room"], b["key_stage"], _csv_safe(b["domain"]), b["attempts"],
+                    b["devices"], b["first"], b["last"]])
+    return buf.getvalue()
+
+
+def _csv_safe(value: str) -> str:
+    # A "domain" comes from a device; never let a spreadsheet run it as a formula.
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value

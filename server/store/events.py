@@ -1,0 +1,151 @@
+"""The ``events`` table, and the ingest batch: what MQTT ingest hands the store.
+
+``ingest(items)`` stores one batch of validated ``(Topic, payload)`` pairs in ONE
+transaction across the tables they touch: events (here), alert transitions and incidents
+(incidents.py), device status, heartbeats and last-seen (devices.py).  This is the hot
+path (bench/ingest.py): rows are built before the write task is queued, so the writer
+thread only runs SQL, and big event batches take the engine's bulk path (engine.py).
+
+An event's ``id`` is the agent's UUID: the primary key is the de-duplication (DESIGN
+rule 5), so a resend after a reconnect is skipped, never stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from typing import Any, Sequence
+
+from .engine import Tx
+from .schema import utcnow
+
+# Columns of the events table, in insert order.
+EVENT_COLUMNS = ("id", "type", "ts", "site", "room", "device", "user_name", "domain", "profile", "alert_id",
+                 "data", "received_at")
+
+
+def event_row(event: dict, received_at: str, raw: bytes | str | None = None) -> tuple:
+    """One events row from a validated event payload (*raw*: its JSON as received, stored as is)."""
+    if isinstance(raw, (bytes, bytearray)):
+        raw = bytes(raw).decode("utf-8")
+    return (
+        event["id"], event["type"], event["ts"], event["site"], event["room"], event["device"],
+        str_or_none(event.get("user")), str_or_none(event.get("domain")), str_or_none(event.get("profile")),
+        str_or_none(event.get("alert_id")),
+        raw if raw is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False), received_at,
+    )
+
+
+def str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class EventsTable:
+    """Store methods for events and the ingest batch (mixed into ``Store``)."""
+
+    def _insert_event_rows(self, tx: Tx, rows: list[tuple]) -> int:
+        return tx.insert_new("events", EVENT_COLUMNS, "id", rows)
+
+    # ------------------------------------------------------------------ ingest
+
+    def insert_events(self, events: Sequence[dict], wait: bool = True) -> int | Future:
+        """Store validated event payloads; duplicates (same id) are skipped.  Returns rows inserted."""
+        now = utcnow()
+        rows = [event_row(e, now) for e in events]
+
+        def run(tx: Tx) -> int:
+            inserted = self._insert_event_rows(tx, rows) if rows else 0
+            self._touch_devices(tx, [(e["site"], e["room"], e["device"]) for e in events], now)
+            return inserted
+
+        result = self.write(run, wait=wait)
+        if wait:
+            self._bump(events_inserted=result, events_duplicate=len(rows) - result)
+        return result
+
+    def ingest(self, items: Sequence[tuple], wait: bool = True) -> dict | Future:
+        """Store a batch of validated ``(Topic, payload)`` pairs (or ``(Topic, payload, raw_bytes)``)
+        in ONE transaction.
+
+        Returns ``{"events": inserted, "duplicates": n, "alerts": [new transitions],
+        "status": n, "heartbeats": n}``."""
+        now = utcnow()
+        events, alerts, statuses, beats, touched = [], [], [], [], []
+        for item in items:
+            where, data = item[0], item[1]
+            touched.append((where.site, where.room, where.device))
+            if where.kind == "event":
+                events.append(event_row(data, now, item[2] if len(item) > 2 else None))
+            elif where.kind == "alert":
+                alerts.append(data)
+            elif where.kind == "status":
+                statuses.append((where, data))
+            elif where.kind == "heartbeat":
+                beats.append((where, data))
+
+        def run(tx: Tx) -> dict:
+            inserted = self._insert_event_rows(tx, events) if events else 0
+            new_alerts = [a for a in alerts if self._record_alert(tx, a, now)]
+            for where, data in statuses:
+                self._record_status(tx, where.site, where.room, where.device, data)
+            if beats:
+                self._record_heartbeats(tx, beats, now)
+            self._touch_devices(tx, touched, now)
+            return {"events": inserted, "duplicates": len(events) - inserted, "alerts": new_alerts,
+                    "alert_duplicates": len(alerts) - len(new_alerts), "status": len(statuses),
+                    "heartbeats": len(beats)}
+
+        if not wait:
+            return self.write(run, wait=False)
+        result = self.write(run)
+        self._bump(events_inserted=result["events"], events_duplicate=result["duplicates"],
+                   alerts_inserted=len(result["alerts"]), alerts_duplicate=result["alert_duplicates"],
+                   heartbeats=result["heartbeats"], status=result["status"])
+        return result
+
+    # ------------------------------------------------------------------ reading
+
+    def events(self, *, type: str | None = None, device: str | None = None, room: str | None = None,
+               since: str | None = None, until: str | None = None, limit: int = 1000) -> list[dict]:
+        where, params = [], []
+        for column, value in (("type", type), ("device", device), ("room", room)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            where.append("ts >= ?")
+            params.append(since)
+        if until:
+            where.append("ts < ?")
+            params.append(until)
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY ts DESC, id LIMIT ?"
+        rows = self.query(sql, (*params, int(limit)))
+        for row in rows:
+            row["data"] = json.loads(row["data"])
+        return rows
+
+    def get_event(self, event_id: str) -> dict | None:
+        row = self.query_one("SELECT * FROM events WHERE id = ?", (event_id,))
+        if row:
+            row["data"] = json.loads(row["data"])
+        return row
+
+    def latest_events(self, types: tuple[str, ...]) -> dict[str, dict]:
+        """The newest event of *types* per device, ``{device: {device, type, ts, data}}`` (one indexed query)."""
+        marks = ", ".join("?" for _ in types)
+        rows = self.query(
+            f"SELECT device, type, ts, data FROM events e WHERE type IN ({marks}) "
+            f"AND ts = (SELECT MAX(ts) FROM events e2 WHERE e2.device = e.device AND e2.type IN ({marks}))",
+            (*types, *types))
+        return {r["device"]: r for r in rows}
+
+    def blocked_between(self, start: str, end: str) -> list[dict]:
+        """``blocked`` events with ts in [start, end), data as stored JSON text (the weekly report)."""
+        return self.query("SELECT room, profile, domain, device, ts, data FROM events "
+                          "WHERE type = ? AND ts >= ? AND ts < ?", ["blocked", start, end])
+
+    def filter_checks_between(self, start: str, end: str) -> list[dict]:
+        """``filter_check`` events with ts in [start, end) (the weekly report's filtering check log)."""
+        return self.query("SELECT ts, room, device, user_name, domain, data FROM events "
+                          "WHERE type = ? AND ts >= ? AND ts < ?", ["filter_check", start, end])

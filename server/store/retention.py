@@ -1,0 +1,66 @@
+"""Deleting rows whose time is up: the SQL of retention.
+
+Which rows go when (site.yaml ``retention``) is decided in server/retention.py; here is
+how: each purgeable table's time column (``PURGEABLE``), event purges by type, and the
+purge of closed incidents together with their timeline, notes and evidence events.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .engine import StoreError, Tx
+
+# Tables with a time column retention may purge, and that column.
+PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
+             "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
+             "sessions": "expires_at", "enrol_tokens": "expires_at"}
+
+
+def _marks(values: Sequence) -> str:
+    return "(" + ", ".join("?" for _ in values) + ")"
+
+
+class RetentionTable:
+    """Store methods for retention purges (mixed into ``Store``)."""
+
+    def purge(self, table: str, before: str) -> int:
+        """Delete rows of *table* whose time column is older than *before*; returns rows deleted."""
+        return self._purge(table, before)
+
+    def purge_events(self, before: str, *, types: Sequence[str] = (), except_types: Sequence[str] = ()) -> int:
+        """Delete events older than *before* of *types* (or of any type but *except_types*)."""
+        if types:
+            return self._purge("events", before, f"type IN {_marks(types)}", types)
+        return self._purge("events", before, f"type NOT IN {_marks(except_types)}", except_types)
+
+    def purge_cleared_device_alerts(self, before: str) -> int:
+        """Delete technician alerts raised before *before* that have been cleared."""
+        return self._purge("device_alerts", before, "cleared_at IS NOT NULL")
+
+    def purge_closed_incidents(self, before: str, evidence_types: Sequence[str]) -> int:
+        """Delete incidents closed before *before* with their timeline, actions and evidence events
+        (events of *evidence_types* carrying the alert id); returns incidents deleted."""
+
+        def run(tx: Tx) -> int:
+            ids = [row["id"] for row in tx.query(
+                "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?",
+                (before,))]
+            for incident_id in ids:
+                tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
+                tx.execute("DELETE FROM alert_transitions WHERE alert_id = ?", (incident_id,))
+                tx.execute(f"DELETE FROM events WHERE alert_id = ? AND type IN {_marks(evidence_types)}",
+                           (incident_id, *evidence_types))
+                tx.execute("DELETE FROM incidents WHERE id = ?", (incident_id,))
+            return len(ids)
+
+        return self.write(run)
+
+    def _purge(self, table: str, before: str, where: str = "", params: Sequence = ()) -> int:
+        column = PURGEABLE.get(table)
+        if column is None:
+            raise StoreError(f"{table!r} has no retention rule")
+        sql = f"DELETE FROM {table} WHERE {column} IS NOT NULL AND {column} < ?"
+        if where:
+            sql += f" AND ({where})"
+        return self.execute(sql, (before, *params))

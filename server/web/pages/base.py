@@ -1,0 +1,77 @@
+"""What every page module uses: the ``page(...)`` role check, ``render``, and the error pages.
+
+Pages are server-rendered Jinja2 (server/web/templating.py) and role-checked like the JSON
+API: ``page(...)`` wraps ``auth.require(...)`` and carries the same ``.roles`` for the
+route x role test, but a browser asking without a session is sent to /login (and back to
+where it was going afterwards) instead of getting a bare 401.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ...http.api import API
+from ...http.auth import User, current_user, require
+from ..templating import environment
+
+
+class LoginRedirect(Exception):
+    """Raised by a page dependency to send a browser to the login page."""
+
+    def __init__(self, location: str):
+        self.location = location
+
+
+def page(*roles: str):
+    """Dependency for HTML pages: like auth.require, but sends browsers to /login."""
+    check = require(*roles)
+
+    def dependency(request: Request) -> User:
+        try:
+            return check(request)
+        except HTTPException as exc:
+            browser = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+            if exc.status_code == 401 and browser:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                raise LoginRedirect(f"/login?next={quote(target, safe='')}") from None
+            raise
+
+    dependency.roles = roles  # type: ignore[attr-defined]
+    return dependency
+
+
+def render(request: Request, name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("user", getattr(request.state, "user", None))
+    html = environment().get_template(name).render(request=request, **context)
+    return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store"})
+
+
+def home_for(user: User) -> str:
+    """Where a user lands after logging in: their room, the incidents, or the devices."""
+    if user.role == "teacher":
+        return f"/rooms/{user.rooms[0]}" if len(user.rooms) == 1 else "/rooms"
+    if user.role == "dsl":
+        return "/incidents"
+    return "/devices"
+
+
+async def to_login(request: Request, exc: LoginRedirect):
+    return RedirectResponse(exc.location, status_code=303)
+
+
+async def error_page(request: Request, exc: StarletteHTTPException):
+    # Browsers on dashboard pages get a readable page; the API keeps FastAPI's JSON.
+    wants_html = "text/html" in request.headers.get("accept", "")
+    if not wants_html or request.url.path.startswith(API) or exc.status_code < 400:
+        return await http_exception_handler(request, exc)
+    titles = {403: "Not for your role", 404: "Not found", 401: "Please log in"}
+    detail = exc.detail if isinstance(exc.detail, str) else "Something was not right with that request."
+    return render(request, "error.html", http_status=exc.status_code, status=exc.status_code,
+                  title=titles.get(exc.status_code, "Something went wrong"), detail=detail,
+                  user=current_user(request))

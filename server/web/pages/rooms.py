@@ -1,0 +1,110 @@
+"""A teacher's rooms: the list, the live room view, and its event stream.
+
+Live alerts: ingest calls ``app.state.listeners`` after each commit; server/web/live.py
+publishes alert and status changes to the in-process broadcaster, and each open
+``/rooms/{room}/events`` stream (server-sent events) waits on its own queue: no
+database polling.  Each stream starts with a snapshot of the room's open alerts and ends
+after ``STREAM_SECONDS``; the browser reconnects at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import StreamingResponse
+
+from ...http import state
+from ...http.auth import User
+from ...store import iso
+from ..live import get_broadcaster
+from .base import page, render
+
+PUBLIC: frozenset = frozenset()
+
+KEEPALIVE_SECONDS = 10.0
+# Each event stream ends after this long and the browser reconnects at once (``retry``),
+# getting a fresh snapshot.  Why: uvicorn waits for open responses before it exits, so an
+# endless stream would stop `systemctl stop` from finishing; proxies also drop idle streams.
+STREAM_SECONDS = 20.0
+OPEN_ALERT_HOURS = 24
+
+
+def open_alerts(store, room: str, now: datetime | None = None) -> list[dict]:
+    """Alerts of *room* not yet cleared (last OPEN_ALERT_HOURS), newest first."""
+    since = iso((now or datetime.now(timezone.utc)) - timedelta(hours=OPEN_ALERT_HOURS))
+    rows = store.list_incidents(rooms=[room], since=since, limit=100)
+    return [{"id": r["id"], "state": r["alert_state"], "room": r["room"], "device": r["device"],
+             "seat": r.get("seat"), "ts": r["raised_at"]} for r in rows if r["alert_state"] != "cleared"]
+
+
+def _room_or_404(request: Request, room: str, user: User):
+    tree = state.tree(request)
+    if tree is None or room not in tree.rooms or not user.can_see_room(room):
+        raise HTTPException(404, f"room {room[:64]!r} not found")
+    return tree.rooms[room]
+
+
+def _sse(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def router() -> APIRouter:
+    r = APIRouter(include_in_schema=False)
+    teacher_view = page("teacher", "dsl", "admin")
+
+    @r.get("/rooms")
+    def rooms(request: Request, user: User = Depends(teacher_view)):
+        tree = state.tree(request)
+        visible = [] if tree is None else [
+            {"room": k, "name": v.name, "key_stage": v.key_stage}
+            for k, v in sorted(tree.rooms.items()) if user.can_see_room(k)]
+        return render(request, "rooms.html", rooms=visible)
+
+    @r.get("/rooms/{room}")
+    def room_view(room: str, request: Request, user: User = Depends(teacher_view)):
+        room_obj = _room_or_404(request, room, user)
+        store = state.store(request)
+        status = {d["id"]: d for d in store.list_devices([room])}
+        devices = [{"id": d.id, "seat": d.seat, "status": (status.get(d.id) or {}).get("status") or "unknown"}
+                   for d in room_obj.devices]
+        return render(request, "room.html", room=room, room_name=room_obj.name or room,
+                      alerts=open_alerts(store, room), devices=devices)
+
+    @r.get("/rooms/{room}/events")
+    async def room_events(room: str, request: Request, user: User = Depends(teacher_view)):
+        _room_or_404(request, room, user)
+        live = get_broadcaster(request.app)
+        sub = live.subscribe(lambda kind, data: data.get("room") == room)
+        store = state.store(request)
+
+        async def stream():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STREAM_SECONDS
+            try:
+                yield "retry: 500\n\n"
+                # Subscribed first, then the snapshot: an alert raised in between is
+                # sent twice (harmless, same id) rather than lost.  The snapshot also
+                # lists what is open, so a page that reconnects drops alerts cleared
+                # while it was away.
+                snapshot = await asyncio.to_thread(open_alerts, store, room)
+                for alert in reversed(snapshot):
+                    yield _sse("alert", alert)
+                yield _sse("snapshot", {"open": [a["id"] for a in snapshot]})
+                while (left := deadline - loop.time()) > 0:
+                    item = await sub.get(min(KEEPALIVE_SECONDS, left))
+                    if item is None:
+                        if await request.is_disconnected():
+                            break
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield _sse(*item)
+            finally:
+                live.unsubscribe(sub)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return r

@@ -238,6 +238,10 @@ class Filtering(Model):
                                           description="Teacher 'allow for this lesson' lasts this long by default.")
     override_max_minutes: int = Field(default=240, ge=1, le=1440, description="Longest a teacher override may last.")
     block_quic: bool = Field(default=True, description="Also block QUIC (UDP 443) so browsers fall back to filtered TCP.")
+    allow_udp_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default=[], max_length=64,
+        description="Outgoing UDP ports allowed besides DNS (to the device's dnsmasq), DHCP, NTP and mDNS "
+                    "multicast; every other UDP port is refused so no resolver can be asked on an odd port.")
 
 
 class Guard(Model):

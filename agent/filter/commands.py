@@ -76,7 +76,8 @@ def render_all(tree, policy, *, dnsmasq_dir: str, port: int = 53,
         "firefox": ("/etc/firefox-esr/policies/" + browser.FIREFOX_FILE + " (keys merged)",
                     json.dumps({"policies": browser.firefox_policy(policy)}, indent=2) + "\n"),
         "nftables": (f"nft -f (table inet {nftables.TABLE})",
-                     nftables.render(dns_port=port, block_quic=filtering.block_quic)),
+                     nftables.render(dns_port=port, block_quic=filtering.block_quic,
+                                     allow_udp_ports=filtering.allow_udp_ports)),
     }
 
 

@@ -301,7 +301,8 @@ class FilterComponent:
         if uid is None:
             log.error("filter: cannot tell which user dnsmasq runs as: DNS bypass is NOT blocked on this device")
             return
-        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=uid, block_quic=filtering.block_quic)
+        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=uid, block_quic=filtering.block_quic,
+                                  allow_udp_ports=filtering.allow_udp_ports)
         try:
             nftables.apply(ruleset, argv_prefix=self.argv_prefix)
             self.nft_applied = True

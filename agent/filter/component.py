@@ -279,12 +279,14 @@ class FilterComponent:
         protect = guard.protect if guard is not None else None
         try:
             browser.write_chromium(self.chromium_dir,
-                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic),
+                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic,
+                                                           proxy=filtering.browser_proxy),
                                    protect)
         except OSError as exc:
             log.error("filter: cannot write Chromium policy in %s: %s", self.chromium_dir, exc)
         try:
-            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides), protect)
+            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides, proxy=filtering.browser_proxy),
+                                  protect)
         except OSError as exc:
             log.error("filter: cannot write Firefox policy in %s: %s", self.firefox_dir, exc)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ EVENT_TYPES = (
 )
 COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config")
 MAX_PAYLOAD = 64 * 1024
+MAX_NUMBER = 2 ** 53  # every number in a payload fits a double exactly and a BIGINT column
 
 
 class ProtocolError(ValueError):
@@ -94,16 +96,25 @@ def now_ts(moment: datetime | None = None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_ts(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ProtocolError(f"ts: {value!r} is not an RFC 3339 time")
+# Times outside these years are refused: a ts of 9999-12-31 would never be purged by
+# retention, one of 0001 sorts before everything.  (Alerts are never refused for a clock
+# that is merely wrong inside this range: a Pi without an RTC boots in the past.)
+TS_YEARS = (2000, 2100)
+
+
+def parse_ts(value: Any, key: str = "ts") -> datetime:
+    if not isinstance(value, str) or len(value) > 40:
+        raise ProtocolError(f"{key}: {value!r:.50} is not an RFC 3339 time")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ProtocolError(f"ts: {value!r} is not an RFC 3339 time") from None
+        raise ProtocolError(f"{key}: {value!r} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
-        raise ProtocolError(f"ts: {value!r} has no timezone")
-    return moment.astimezone(timezone.utc)
+        raise ProtocolError(f"{key}: {value!r} has no timezone")
+    moment = moment.astimezone(timezone.utc)
+    if not TS_YEARS[0] <= moment.year < TS_YEARS[1]:
+        raise ProtocolError(f"{key}: {value!r} is outside {TS_YEARS[0]}-{TS_YEARS[1] - 1}")
+    return moment
 
 
 def new_id() -> str:
@@ -146,6 +157,10 @@ def _need(data: dict, key: str, kind: type | tuple, *, optional: bool = False):
     value = data[key]
     if isinstance(value, bool) and kind is not bool and (kind is int or kind == (int, float)):
         raise ProtocolError(f"{key}: {value!r} is not a number")
+    if (kind is int or kind == (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not (-MAX_NUMBER <= value <= MAX_NUMBER and (isinstance(value, int) or math.isfinite(value))):
+        # 10**400 or 1e999 (inf) would overflow a BIGINT column or poison every sum.
+        raise ProtocolError(f"{key}: {value!r:.40} is out of range")
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ProtocolError(f"{key}: {value!r} is not a {names}")
@@ -213,7 +228,9 @@ def validate_event(data: dict, where: Topic | None = None) -> dict:
     if kind == "blocked":
         _need(data, "domain", str)
         _need(data, "profile", str)
-        _need(data, "count", int, optional=True)
+        count = _need(data, "count", int, optional=True)
+        if count is not None and not 1 <= count <= 1_000_000:
+            raise ProtocolError(f"count: {count} is not between 1 and 1000000")
     if kind == "report_evidence":
         _need(data, "alert_id", str)
         domains = _need(data, "domains", list)

@@ -262,7 +262,7 @@ fi
 step "folders the agent writes"
 dir 750 "$SERVICE_USER" "$SERVICE_GROUP" "$STATE"
 dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/chromium/policies/managed
-dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/firefox-esr/policies
+dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/firefox/policies
 
 # ------------------------------------------------------------------ 6. the desktop
 step "desktop"

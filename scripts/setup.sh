@@ -18,14 +18,14 @@ APT_PACKAGES=(
   dnsmasq-base dnsutils nftables dnsperf
   postgresql iproute2
   xvfb xdotool x11-utils libnotify-bin
-  chromium chromium-driver
+  chromium chromium-driver firefox-esr
   python3-tk python3-gi dbus
   sway swayidle swaylock openssl systemd
   gir1.2-gtklayershell-0.1 wtype acl
 )
 NEEDED_COMMANDS=(
   python3 mosquitto mosquitto_sub mosquitto_pub dnsmasq dig nft dnsperf ip
-  chromium chromedriver Xvfb xdotool xdpyinfo notify-send
+  chromium chromedriver firefox-esr Xvfb xdotool xdpyinfo notify-send
   sway swayidle swaylock openssl systemd-analyze dbus-run-session
   wtype setfacl getfacl
 )

@@ -38,9 +38,25 @@ import yaml
 from agent.config import ConfigTree, did_you_mean
 from agent.errors import UserError
 from agent.files import atomic_write
+from agent.protocol import MAX_PAYLOAD
 
 DEFAULT_SERVER_USER = "classroom-server"
 DEVICE_WRITES = ("status", "alert", "event", "heartbeat")
+# Broker-wide settings every generated (and shipped) config carries: they apply to every
+# client, device or staff, whatever the listener.
+HARDENING = (
+    # The client id is the username: one account cannot take over another's session.  (A
+    # stolen Pi's login connecting as "5b-pi-02" would otherwise knock that device off, and
+    # looping it keeps a room's button offline.)  So every connection needs its own account:
+    # each extra ingest worker of the collector gets one (``--ingest-workers``).
+    "use_username_as_clientid true",
+    # Nothing legitimate is bigger than the contract's payload limit (agent/protocol.py);
+    # a larger publish is refused (QoS flow completed, not delivered) ...
+    f"message_size_limit {MAX_PAYLOAD}",
+    # ... and a packet far larger gets its sender disconnected before it is read into memory.
+    f"max_packet_size {2 * MAX_PAYLOAD}",
+)
+
 # mosquitto 2.x's own parameters for "$7$" hashes (see mosquitto_passwd.c): 101 rounds, 12-byte salt.
 PBKDF2_ROUNDS = 101
 SALT_BYTES = 12
@@ -70,7 +86,15 @@ def teacher_rules(prefix: str, site: str, room: str) -> list[tuple[str, str]]:
     return [("read", f"{base}/alert"), ("read", f"{base}/status"), ("write", f"{base}/cmd")]
 
 
-def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER) -> dict[str, Account]:
+def worker_users(server_user: str, ingest_workers: int) -> list[str]:
+    """The collector's broker accounts: one per MQTT connection, as the client id is the
+    username.  ``serve --ingest-workers N`` connects its extra workers as ``USER-1`` ..
+    ``USER-(N-1)``, with the same password."""
+    return [server_user] + [f"{server_user}-{i}" for i in range(1, max(1, ingest_workers))]
+
+
+def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER,
+                   ingest_workers: int = 1) -> dict[str, Account]:
     """Every broker account the config tree implies, with its ACL rules."""
     site = tree.site.site
     prefix = tree.site.broker.prefix
@@ -108,13 +132,15 @@ def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER) -> 
             acc.allow("read", f"{prefix}/{site}/+/+/alert")
             acc.allow("read", f"{prefix}/{site}/+/+/status")
             acc.allow("write", f"{prefix}/{site}/+/+/cmd")
-    if server_user in devices:
-        raise UserError(f"server user {server_user!r} is also a device id; choose another --server-user")
-    srv = account(server_user, "server")
-    # "$share/<group>/classroom/v1/#" is checked by mosquitto against the topic after the
-    # $share/<group>/ part, so this one rule also covers the collector's shared subscription.
-    srv.allow("read", f"{prefix}/#")
-    srv.allow("write", f"{prefix}/+/+/+/cmd")
+    for name in worker_users(server_user, ingest_workers):
+        if name in accounts:
+            raise UserError(f"server user {name!r} is also a device id or a member of staff; "
+                            "choose another --server-user")
+        srv = account(name, "server")
+        # "$share/<group>/classroom/v1/#" is checked by mosquitto against the topic after the
+        # $share/<group>/ part, so this one rule also covers the collector's shared subscription.
+        srv.allow("read", f"{prefix}/#")
+        srv.allow("write", f"{prefix}/+/+/+/cmd")
     return accounts
 
 
@@ -292,6 +318,7 @@ def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str
         # Alerts are tiny; Nagle's delay would dominate the press -> teacher latency.
         "set_tcp_nodelay true",
         "max_queued_messages 100000",  # ingest backlog during a collector restart (docs/server.md)
+        *HARDENING,
     ]
     if opts.run_as:
         lines.append(f"user {opts.run_as}")
@@ -316,11 +343,12 @@ class Result:
 def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None = None,
              users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
              opts: ListenerOptions | None = None, passwd_tool: str | None = "auto",
-             enrolled: dict[str, str] | None = None) -> Result:
+             enrolled: dict[str, str] | None = None, ingest_workers: int = 1) -> Result:
     out = Path(out)
     opts = opts or ListenerOptions()
     users = dict(users or {})
-    accounts = build_accounts(tree, server_user)
+    accounts = build_accounts(tree, server_user, ingest_workers)
+    workers = worker_users(server_user, ingest_workers)[1:]
     for name in users:
         if name not in accounts:
             raise UserError(f"{users_path}: {name!r} is not a device, a staff member in alert_staff or "
@@ -333,6 +361,8 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
     hashed: dict[str, str] = {}
     generated: list[str] = []
     for name, acc in accounts.items():
+        if name in workers:
+            continue  # the server's own password, below
         if name in users:
             passwords[name] = users[name]
             continue
@@ -347,8 +377,11 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
         else:
             passwords[name] = secrets.token_urlsafe(18)
             generated.append(name)
+    for name in workers:
+        passwords[name] = passwords[server_user]
+        (cred_dir / f"{name}.yaml").unlink(missing_ok=True)  # serve reads the server's file
     for name, acc in accounts.items():
-        if name in hashed:
+        if name in hashed or name in workers:
             continue
         write_private(cred_dir / f"{name}.yaml",
                       f"# broker credentials for {name} ({', '.join(acc.roles)}); keep this file 0600\n"
@@ -371,6 +404,8 @@ def add_parser(sub) -> None:
     p.add_argument("--db", metavar="URL", help="the collector's store (as serve --db): enrolled devices keep "
                    "their enrolment password")
     p.add_argument("--server-user", default=DEFAULT_SERVER_USER, help="broker username of classroom-server")
+    p.add_argument("--ingest-workers", type=int, default=1, metavar="N",
+                   help="as `serve --ingest-workers N`: accounts USER-1..USER-(N-1) for the extra workers")
     p.add_argument("--port", type=int, help="listener port (default: from site broker url)")
     p.add_argument("--bind", metavar="ADDRESS", help="listen address (default: all)")
     p.add_argument("--certfile", help="TLS certificate (PEM)")
@@ -397,8 +432,11 @@ def cmd_broker_config(args) -> int:
                            cafile=args.cafile, persistence_dir=args.persistence_dir, run_as=args.run_as,
                            log_file=args.log_file)
     enrolled = enrolled_hashes(args.db) if args.db else None
+    if not 1 <= args.ingest_workers <= 64:
+        raise UserError(f"--ingest-workers: {args.ingest_workers} is not between 1 and 64")
     result = generate(tree, args.out, users=users, users_path=args.users or "users file",
-                      server_user=args.server_user, opts=opts, enrolled=enrolled)
+                      server_user=args.server_user, opts=opts, enrolled=enrolled,
+                      ingest_workers=args.ingest_workers)
     for warning in result.warnings:
         print(f"classroom-server: warning: {warning}", file=sys.stderr)
     roles: dict[str, int] = {}

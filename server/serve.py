@@ -101,7 +101,10 @@ def cmd_serve(args) -> int:
 
         ctx = multiprocessing.get_context("spawn")
         for i in range(1, args.ingest_workers):
-            options = dict(prefix=prefix or "classroom/v1", username=args.mqtt_username, password=password,
+            # One broker account per connection: the broker ties the client id to the
+            # username (broker-config --ingest-workers writes USER-1 .. USER-(N-1)).
+            worker_user = f"{args.mqtt_username}-{i}" if args.mqtt_username else None
+            options = dict(prefix=prefix or "classroom/v1", username=worker_user, password=password,
                            ca_file=args.ca_file, session_expiry=args.ingest_session_expiry,
                            client_id=f"{args.ingest_id}-{i}" if args.ingest_id else None)
             proc = ctx.Process(target=ingest_worker, args=(args.db, args.broker, options), name=f"ingest-{i}",

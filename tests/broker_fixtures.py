@@ -16,7 +16,7 @@ import yaml
 
 from agent.config import load_tree
 from agent.protocol import encode, new_id, now_ts
-from server.broker_config import generate
+from server.broker_config import HARDENING, generate
 from services import Mosquitto, close_client, mqtt_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,9 @@ def build_secure(tmp_path: Path, mosquitto_factory, passwd_tool="auto") -> Secur
     out = tmp_path / "broker"
     generate(load_tree(CONFIG), out, passwd_tool=passwd_tool)
     passwords = {p.stem: yaml.safe_load(p.read_text())["password"] for p in (out / "credentials").glob("*.yaml")}
-    broker = mosquitto_factory(password_file=out / "passwd", acl_file=out / "acl", allow_anonymous=False)
+    # The broker-wide settings broker-config writes into mosquitto.conf, as deployed.
+    broker = mosquitto_factory("\n".join(HARDENING), password_file=out / "passwd", acl_file=out / "acl",
+                               allow_anonymous=False)
     return SecureBroker(broker, out, passwords)
 
 

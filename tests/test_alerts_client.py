@@ -183,8 +183,8 @@ def test_raise_ack_clear_round_trip_with_pager(secure_broker, factory):
     pager = Pager(buzzer_pin=5, led_pin=6, button_pin=13, pin_factory=factory, on_ack=lambda: box["c"].ack())
     client = box["c"] = start_client(sb, notifier=Notifier(runner=rec, binary="notify-send"), pager=pager)
     try:
-        dev = sb.connect("5b-pi-02")
-        _, cmds = sb.subscriber("5b-pi-02", t("5b", "5b-pi-02", "cmd"))
+        # One connection per account (the broker ties the client id to the username).
+        dev, cmds = sb.subscriber("5b-pi-02", t("5b", "5b-pi-02", "cmd"))
         raised = alert()
         sb.publish(dev, t("5b", "5b-pi-02", "alert"), encode(raised))
         wait_until(lambda: raised["id"] in client.board.alerts, 10)

@@ -161,3 +161,16 @@ def test_atomic_write_when_only_the_policy_dir_is_writable(tmp_path, policy, mon
     # Chromium reads only the directory's own files: the temp dir is empty and not a file.
     assert sorted(p.name for p in managed.iterdir() if p.is_file()) == ["classroom-safety.json"]
     assert list((managed / browser.TMP_SUBDIR).iterdir()) == []
+
+
+def test_both_browsers_are_locked_to_a_direct_connection_or_the_schools_proxy(policy):
+    chromium = browser.chromium_policy(policy)
+    assert chromium["ProxyMode"] == "direct" and "ProxyServer" not in chromium
+    assert chromium["RemoteDebuggingAllowed"] is False
+    firefox = browser.firefox_policy(policy)
+    assert firefox["Proxy"] == {"Mode": "none", "Locked": True}
+    assert firefox["BlockAboutConfig"] is True and firefox["BlockAboutProfiles"] is True
+    assert firefox["DNSOverHTTPS"] == {"Enabled": False, "Locked": True}
+    school = "proxy.penny-acres.sch.uk:3128"
+    assert browser.chromium_policy(policy, proxy=school)["ProxyServer"] == school
+    assert browser.firefox_policy(policy, proxy=school)["Proxy"]["HTTPProxy"] == school

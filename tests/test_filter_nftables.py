@@ -21,7 +21,7 @@ def test_rendered_ruleset_passes_nft_check(kw):
     require_root()
     text = nftables.render(**kw)
     assert "table inet classroom_safety {" in text
-    assert ("udp dport 443" in text) == kw.get("block_quic", True)
+    assert ("udp dport 443 counter reject" in text) == kw.get("block_quic", True)
     assert nftables.check(text) is None
 
 
@@ -86,6 +86,51 @@ def test_ruleset_redirects_dns_and_blocks_dot_in_a_namespace(netns, dnsmasq_fact
     # Applying again replaces the table atomically (idempotent), and removal leaves no table.
     nftables.apply(nftables.render(dns_port=53, dnsmasq_user="dnsmasq", block_quic=False),
                    argv_prefix=ns.exec_argv([]))
-    assert "dport 443" not in ns.run(["nft", "list", "table", "inet", "classroom_safety"]).stdout
+    assert "udp dport 443 counter reject" not in ns.run(["nft", "list", "table", "inet", "classroom_safety"]).stdout
     nftables.remove(argv_prefix=ns.exec_argv([]))
     assert ns.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+@pytest.mark.integration
+def test_resolvers_on_odd_ports_and_public_resolvers_are_refused(netns, dnsmasq_factory):
+    """The attack from review: a resolver on udp/5353 or tcp/443 answered blocked names,
+    as the ruleset redirected only port 53 and rejected only 853."""
+    require_binary("nft")
+    ns, outside = netns(), netns()
+    _, far = ns.link(outside)
+    ns.run(["ip", "route", "add", "default", "via", far])
+    # A rogue resolver "on the internet": plain DNS on udp+tcp 5353, and on 443 (DNS over TCP
+    # where HTTPS lives).  It answers anything, including names the allowlist refuses.
+    rogue = dnsmasq_factory(STUB_RECORDS, port=5353, netns=outside, listen_address=far)
+    dnsmasq_factory(STUB_RECORDS, port=443, netns=outside, listen_address=far)
+
+    def q(port, tcp=False):
+        return dig("facebook.com", port=port, server=far, tcp=tcp, netns=ns.name, timeout=1)
+
+    wait_until(lambda: q(5353) == ("NOERROR", ["192.0.2.66"]), 10)
+    assert q(443, tcp=True) == ("NOERROR", ["192.0.2.66"])          # the bypass works without the table
+
+    # The far address stands in for a public resolver (the real list holds 1.1.1.1, 8.8.8.8 ...);
+    # test addresses stay inside 198.18.0.0/15.
+    ruleset = nftables.render(dns_port=53, dnsmasq_user="dnsmasq", refuse_v4=(far,))
+    nftables.apply(ruleset, argv_prefix=ns.exec_argv([]))
+    assert q(5353)[0] in ("TIMEOUT", "REFUSED", "ERROR")            # UDP to an odd port: refused
+    assert q(5353, tcp=True)[0] != "NOERROR"                        # DNS over TCP on the mDNS port
+    assert q(443, tcp=True)[0] != "NOERROR"                         # a listed resolver, on any port
+    assert q(443)[0] != "NOERROR"
+    assert rogue.port == 5353
+
+    # Without the address on the list, DNS over TCP/443 to an unknown resolver still gets
+    # through: that is what the school's upstream filter and the browser policy are for
+    # (docs/security.md).  UDP on odd ports stays closed; allow_udp_ports opens one.
+    nftables.apply(nftables.render(dns_port=53, dnsmasq_user="dnsmasq", refuse_v4=(), allow_udp_ports=(5353,)),
+                   argv_prefix=ns.exec_argv([]))
+    assert q(443, tcp=True) == ("NOERROR", ["192.0.2.66"])
+    assert q(5353) == ("NOERROR", ["192.0.2.66"])
+
+
+def test_the_default_ruleset_refuses_the_well_known_public_resolvers():
+    text = nftables.render()
+    for address in ("8.8.8.8", "1.1.1.1", "9.9.9.9", "208.67.222.222", "2606:4700:4700::1111", "2001:4860:4860::8888"):
+        assert address in text
+    assert 'meta l4proto udp counter reject' in text

@@ -45,7 +45,7 @@ def snapshot(*paths):
 WATCHED = ["/etc/classroom-safety", "/opt/classroom-safety", "/var/lib/classroom-agent",
            "/etc/systemd/system/classroom-agent.service", "/etc/X11/Xsession.d/90classroom-safety",
            "/usr/local/libexec/classroom-safety-grant", "/etc/xdg/autostart/classroom-safety-grant.desktop",
-           "/etc/chromium/policies/managed", "/etc/firefox-esr/policies"]
+           "/etc/chromium/policies/managed", "/etc/firefox/policies"]
 
 
 def user_exists(name):

@@ -238,6 +238,14 @@ class Filtering(Model):
                                           description="Teacher 'allow for this lesson' lasts this long by default.")
     override_max_minutes: int = Field(default=240, ge=1, le=1440, description="Longest a teacher override may last.")
     block_quic: bool = Field(default=True, description="Also block QUIC (UDP 443) so browsers fall back to filtered TCP.")
+    browser_proxy: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$",
+        description="The school's web proxy as host:port, if browsers must use one; otherwise browsers are "
+                    "locked to a direct connection so a pupil cannot set a proxy of their own.")
+    allow_udp_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default=[], max_length=64,
+        description="Outgoing UDP ports allowed besides DNS (to the device's dnsmasq), DHCP, NTP and mDNS "
+                    "multicast; every other UDP port is refused so no resolver can be asked on an odd port.")
 
 
 class Guard(Model):
@@ -406,6 +414,7 @@ class AgentBootstrap(Model):
     session_user: str | None = Field(default=None, description="Desktop user whose screen is blanked; default: detected.")
     staff_pin_hash: str | None = Field(default=None, description="Hashed staff PIN that clears the screen on the device.")
     chromium_policy_dir: str = Field(default="/etc/chromium/policies/managed")
-    firefox_policy_dir: str = Field(default="/etc/firefox-esr/policies")
+    firefox_policy_dir: str = Field(default="/etc/firefox/policies",
+                                    description="Where Firefox (Debian's firefox-esr too) reads policies.json.")
     dnsmasq_dir: str = Field(default="/run/classroom-agent/dnsmasq", description="Where the compiled dnsmasq config goes.")
     apply_nftables: bool = Field(default=True, description="Load the DNS-bypass nftables table when permitted.")

@@ -4,6 +4,11 @@ PyYAML's composed node tree carries line marks; we build the plain Python data f
 ourselves so that every key path (``("devices", 0, "hardware", "button_pin")``) maps
 to the line a technician should look at.  We also refuse duplicate keys, which PyYAML
 would otherwise silently resolve to the last one.
+
+Aliases (``*name``) are refused, and nesting is bounded, before anything is built: a
+423-byte file of nested aliases expands to gigabytes ("billion laughs"), and one that
+refers to itself never ends.  Config files never need them; a technician repeats the
+value.  The check reads PyYAML's event stream, which never expands anything.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from typing import Any
 import yaml
 
 Path_ = tuple[Any, ...]
+
+MAX_BYTES = 1_000_000   # a whole school's rooms fit in a few kB
+MAX_DEPTH = 40          # site.yaml nests 5 levels; PyYAML's composer recurses per level
 
 
 @dataclass
@@ -115,8 +123,29 @@ def load_yaml(path: str | Path, display_name: str | None = None) -> tuple[Source
     return load_yaml_text(text, name)
 
 
+def _refuse_expansion(text: str, name: str) -> SourceError | None:
+    """The first alias or over-deep nesting in *text*, from the event stream (nothing expanded)."""
+    if len(text) > MAX_BYTES:
+        return SourceError(name, 0, "", f"file is {len(text)} bytes; the limit is {MAX_BYTES}")
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return SourceError(name, event.start_mark.line + 1, "",
+                               f"YAML alias '*{event.anchor}' is not allowed: write the value out in full")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return SourceError(name, event.start_mark.line + 1, "", f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return None
+
+
 def load_yaml_text(text: str, name: str) -> tuple[Source | None, list[SourceError]]:
     try:
+        refused = _refuse_expansion(text, name)
+        if refused is not None:
+            return None, [refused]
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -26,8 +26,6 @@ from ..files import atomic_write
 CHROMIUM_FILE = "classroom-safety.json"
 FIREFOX_FILE = "policies.json"
 YOUTUBE_RESTRICT = {"off": 0, "moderate": 1, "strict": 2}
-FIREFOX_KEYS = ("WebsiteFilter", "DNSOverHTTPS", "DisablePrivateBrowsing", "DisableDeveloperTools",
-                "ExtensionSettings", "DisableFirefoxAccounts")
 
 
 def _domains(policy, overrides: Iterable[str]) -> list[str]:
@@ -37,9 +35,12 @@ def _domains(policy, overrides: Iterable[str]) -> list[str]:
     return sorted(base | set(overrides))
 
 
-def chromium_policy(policy, overrides: Iterable[str] = (), *, block_quic: bool = True) -> dict:
+def chromium_policy(policy, overrides: Iterable[str] = (), *, block_quic: bool = True,
+                    proxy: str | None = None) -> dict:
     """Chromium/Chrome managed policy (policy names from chromeenterprise.google/policies)."""
     allow = list(dict.fromkeys([*policy.allow_urls, *_domains(policy, overrides)]))
+    # A proxy of the pupil's choosing would carry every page past the DNS allowlist.
+    proxy_policy = {"ProxyMode": "fixed_servers", "ProxyServer": proxy} if proxy else {"ProxyMode": "direct"}
     return {
         # Everything is blocked except the allowlist; a bare domain pattern covers its subdomains.
         "URLBlocklist": ["*"],
@@ -56,6 +57,8 @@ def chromium_policy(policy, overrides: Iterable[str] = (), *, block_quic: bool =
         "BrowserSignin": 0,
         "SyncDisabled": True,
         "QuicAllowed": not block_quic,
+        "RemoteDebuggingAllowed": False,          # --remote-debugging-port would drive pages around policy
+        **proxy_policy,
     }
 
 
@@ -73,8 +76,12 @@ def _firefox_patterns(policy, overrides: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def firefox_policy(policy, overrides: Iterable[str] = ()) -> dict:
-    """The keys the agent owns inside Firefox's ``{"policies": {...}}``."""
+def firefox_policy(policy, overrides: Iterable[str] = (), *, proxy: str | None = None) -> dict:
+    """The keys the agent owns inside Firefox's ``{"policies": {...}}`` (names from
+    mozilla.github.io/policy-templates).  Firefox reads /etc/firefox/policies/policies.json,
+    Debian's firefox-esr included."""
+    proxy_policy = ({"Mode": "manual", "HTTPProxy": proxy, "UseHTTPProxyForAllProtocols": True, "Locked": True}
+                    if proxy else {"Mode": "none", "Locked": True})
     return {
         "WebsiteFilter": {"Block": ["<all_urls>"], "Exceptions": _firefox_patterns(policy, overrides)},
         "DNSOverHTTPS": {"Enabled": False, "Locked": True},
@@ -82,6 +89,9 @@ def firefox_policy(policy, overrides: Iterable[str] = ()) -> dict:
         "DisableDeveloperTools": True,
         "ExtensionSettings": {"*": {"installation_mode": "blocked"}},
         "DisableFirefoxAccounts": True,
+        "BlockAboutConfig": True,                 # about:config could switch DoH back on
+        "BlockAboutProfiles": True,               # a fresh profile would start without our prefs
+        "Proxy": proxy_policy,
     }
 
 

@@ -72,11 +72,13 @@ def render_all(tree, policy, *, dnsmasq_dir: str, port: int = 53,
         "servers": (str(paths.servers), render_servers(spec)),
         "hosts": (str(paths.hosts), render_hosts(spec, None)),
         "chromium": ("/etc/chromium/policies/managed/" + browser.CHROMIUM_FILE,
-                     json.dumps(browser.chromium_policy(policy, block_quic=filtering.block_quic), indent=2) + "\n"),
-        "firefox": ("/etc/firefox-esr/policies/" + browser.FIREFOX_FILE + " (keys merged)",
-                    json.dumps({"policies": browser.firefox_policy(policy)}, indent=2) + "\n"),
+                     json.dumps(browser.chromium_policy(policy, block_quic=filtering.block_quic,
+                                                             proxy=filtering.browser_proxy), indent=2) + "\n"),
+        "firefox": ("/etc/firefox/policies/" + browser.FIREFOX_FILE + " (keys merged)",
+                    json.dumps({"policies": browser.firefox_policy(policy, proxy=filtering.browser_proxy)}, indent=2) + "\n"),
         "nftables": (f"nft -f (table inet {nftables.TABLE})",
-                     nftables.render(dns_port=port, block_quic=filtering.block_quic)),
+                     nftables.render(dns_port=port, block_quic=filtering.block_quic,
+                                     allow_udp_ports=filtering.allow_udp_ports)),
     }
 
 

@@ -279,12 +279,14 @@ class FilterComponent:
         protect = guard.protect if guard is not None else None
         try:
             browser.write_chromium(self.chromium_dir,
-                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic),
+                                   browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic,
+                                                           proxy=filtering.browser_proxy),
                                    protect)
         except OSError as exc:
             log.error("filter: cannot write Chromium policy in %s: %s", self.chromium_dir, exc)
         try:
-            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides), protect)
+            browser.write_firefox(self.firefox_dir, browser.firefox_policy(policy, spec.overrides, proxy=filtering.browser_proxy),
+                                  protect)
         except OSError as exc:
             log.error("filter: cannot write Firefox policy in %s: %s", self.firefox_dir, exc)
 
@@ -301,7 +303,8 @@ class FilterComponent:
         if uid is None:
             log.error("filter: cannot tell which user dnsmasq runs as: DNS bypass is NOT blocked on this device")
             return
-        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=uid, block_quic=filtering.block_quic)
+        ruleset = nftables.render(dns_port=self.port, dnsmasq_user=uid, block_quic=filtering.block_quic,
+                                  allow_udp_ports=filtering.allow_udp_ports)
         try:
             nftables.apply(ruleset, argv_prefix=self.argv_prefix)
             self.nft_applied = True

@@ -3,6 +3,15 @@
 Agent, collector, teacher client and broker ACLs all build and parse topics here, so
 there is exactly one definition of the protocol.  Validation returns a one-line reason
 naming the field, which callers log before dropping the message.
+
+Two topic shapes besides the device's own ``{prefix}/{site}/{room}/{device}/{kind}``:
+
+* ``{prefix}/{site}/{room}/{device}/reply/{staff}``: a teacher client's ack/clear to a
+  device.  The broker lets a staff account publish only where the last level is its own
+  username, so the device takes ``by`` from the topic, never from the payload.
+* ``{prefix}/{site}/{room}/_watch/{staff}``: a receiver's presence for a room (retained,
+  with the Last Will saying ``gone``), so the collector knows which rooms nobody is
+  watching.  ``_watch`` cannot be a device id (ids never start with ``_``).
 """
 
 from __future__ import annotations
@@ -20,12 +29,20 @@ from urllib.parse import urlsplit
 DEFAULT_PREFIX = "classroom/v1"
 ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
 KINDS = ("status", "alert", "event", "heartbeat", "cmd")
-QOS = {"status": 1, "alert": 1, "event": 1, "heartbeat": 0, "cmd": 1}
+QOS = {"status": 1, "alert": 1, "event": 1, "heartbeat": 0, "cmd": 1, "reply": 1, "watch": 1}
+# Retained: the device's status (and Last Will), the latest transition of its alert, and a
+# receiver's presence.  A receiver that (re)connects sees every open alert at once.
+RETAINED = frozenset({"status", "alert", "watch"})
+STAFF_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # staff usernames (agent/config/schema.py)
+WATCH = "_watch"
+REPLY = "reply"
+REPLY_COMMANDS = ("ack", "clear")
+WATCH_STATES = ("watching", "gone")
 ALERT_STATES = ("raised", "acknowledged", "cleared", "escalated")
 EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
-    "bypass_process", "removable_media", "press_repeated", "override_rejected",
+    "bypass_process", "removable_media", "press_repeated", "override_rejected", "state_degraded",
 )
 COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config")
 MAX_PAYLOAD = 64 * 1024
@@ -74,6 +91,60 @@ def parse_topic(text: str, prefix: str = DEFAULT_PREFIX) -> Topic:
     if kind not in KINDS:
         raise ProtocolError(f"topic {text!r}: unknown kind {kind!r}")
     return Topic(prefix, site, room, device, kind)
+
+
+@dataclass(frozen=True)
+class StaffTopic:
+    """A topic whose last level is a staff username: ``reply`` (to one device) or ``watch``
+    (a room's receiver presence; ``device`` is None)."""
+
+    prefix: str
+    site: str
+    room: str
+    device: str | None
+    kind: str
+    staff: str
+
+
+def _check_staff(staff: str) -> None:
+    if not STAFF_RE.match(staff or ""):
+        raise ProtocolError(f"staff: {staff!r} is not a staff username")
+
+
+def reply_topic(prefix: str, site: str, room: str, device: str, staff: str) -> str:
+    _check_staff(staff)
+    return f"{topic(prefix, site, room, device, 'status').rsplit('/', 1)[0]}/{REPLY}/{staff}"
+
+
+def watch_topic(prefix: str, site: str, room: str, staff: str) -> str:
+    for name, value in (("site", site), ("room", room)):
+        if not ID_RE.match(value or ""):
+            raise ProtocolError(f"{name}: {value!r} is not a valid id")
+    _check_staff(staff)
+    return f"{prefix}/{site}/{room}/{WATCH}/{staff}"
+
+
+def parse_staff_topic(text: str, prefix: str = DEFAULT_PREFIX) -> StaffTopic:
+    """A reply or watch topic, or ProtocolError."""
+    if not text.startswith(prefix + "/"):
+        raise ProtocolError(f"topic {text!r} is not under {prefix!r}")
+    parts = text[len(prefix) + 1:].split("/")
+    if len(parts) == 4 and parts[2] == WATCH:
+        site, room, _, staff = parts
+        device, kind = None, "watch"
+    elif len(parts) == 5 and parts[3] == REPLY:
+        site, room, device, _, staff = parts
+        kind = "reply"
+        if not ID_RE.match(device):
+            raise ProtocolError(f"topic {text!r}: device {device!r} is not a valid id")
+    else:
+        raise ProtocolError(f"topic {text!r} is not a reply or watch topic")
+    for name, value in (("site", site), ("room", room)):
+        if not ID_RE.match(value):
+            raise ProtocolError(f"topic {text!r}: {name} {value!r} is not a valid id")
+    if not STAFF_RE.match(staff):
+        raise ProtocolError(f"topic {text!r}: {staff!r} is not a staff username")
+    return StaffTopic(prefix, site, room, device, kind, staff)
 
 
 def parse_broker_url(url: str, where: str = "broker") -> tuple[str, int, bool]:
@@ -199,6 +270,7 @@ def validate_status(data: dict, where: Topic | None = None) -> dict:
     parse_ts(_need(data, "ts", str))
     _need(data, "agent_version", str, optional=True)
     _need(data, "config_version", str, optional=True)
+    _need(data, "degraded", str, optional=True)  # a state file the agent cannot use, and why
     return data
 
 
@@ -269,9 +341,30 @@ def validate_cmd(data: dict, where: Topic | None = None) -> dict:
     return data
 
 
+def validate_reply(data: dict, where: StaffTopic | None = None) -> dict:
+    """A teacher client's ``{"cmd": "ack"|"clear", "alert_id"}``; any ``by`` in it is ignored
+    (the sender is the topic's last level, which the broker ties to the account)."""
+    cmd = _need(data, "cmd", str)
+    if cmd not in REPLY_COMMANDS:
+        raise ProtocolError(f"cmd: {cmd!r} is not one of {', '.join(REPLY_COMMANDS)}")
+    _need_uuid(data, "alert_id")
+    return data
+
+
+def validate_watch(data: dict, where: StaffTopic | None = None) -> dict:
+    """``{"state": "watching"|"gone", "ts", "client"}`` (client: what is watching, e.g.
+    'classroom-alerts' or 'pager')."""
+    state = _need(data, "state", str)
+    if state not in WATCH_STATES:
+        raise ProtocolError(f"state: {state!r} is not one of {', '.join(WATCH_STATES)}")
+    parse_ts(_need(data, "ts", str))
+    _need(data, "client", str, optional=True)
+    return data
+
+
 VALIDATORS = {
     "status": validate_status, "alert": validate_alert, "event": validate_event,
-    "heartbeat": validate_heartbeat, "cmd": validate_cmd,
+    "heartbeat": validate_heartbeat, "cmd": validate_cmd, "reply": validate_reply, "watch": validate_watch,
 }
 
 
@@ -285,3 +378,10 @@ def parse_message(topic_text: str, raw: bytes, prefix: str = DEFAULT_PREFIX) -> 
     where = parse_topic(topic_text, prefix)
     data = decode(raw)
     return where, validate(where.kind, data, where)
+
+
+def parse_staff_message(topic_text: str, raw: bytes, prefix: str = DEFAULT_PREFIX) -> tuple[StaffTopic, dict]:
+    """A reply or watch topic + payload in, validated (StaffTopic, dict) out, or ProtocolError."""
+    where = parse_staff_topic(topic_text, prefix)
+    data = decode(raw)
+    return where, VALIDATORS[where.kind](data, where)

@@ -25,7 +25,6 @@ dropped; they are acknowledged so the broker does not redeliver them forever.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import deque
@@ -33,201 +32,14 @@ from typing import Any, Callable
 
 from agent.protocol import DEFAULT_PREFIX, ProtocolError, decode, parse_broker_url, parse_topic, validate
 
-from .store import Store
+from ..store import Store
+from .client import Connection
+from .metrics import LogLimiter, Metrics
 
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "classroom-server"
 INGEST_KINDS = ("status", "alert", "event", "heartbeat")
-
-
-class Metrics:
-    """Counters for /metrics (Prometheus text).  Thread-safe, cheap."""
-
-    HELP = {
-        "ingest_received_total": "MQTT messages received by ingest",
-        "ingest_malformed_total": "messages dropped because they broke the protocol",
-        "ingest_ignored_total": "well-formed messages ingest does not store (cmd)",
-        "ingest_events_stored_total": "device events stored",
-        "ingest_duplicates_total": "events and alert transitions dropped as duplicates (same id)",
-        "ingest_alerts_stored_total": "alert transitions stored",
-        "ingest_heartbeats_total": "heartbeats stored",
-        "ingest_status_total": "status messages applied",
-        "ingest_batches_total": "store transactions written by ingest",
-        "ingest_store_errors_total": "failed store writes (retried)",
-    }
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counters: dict[str, int] = {name: 0 for name in self.HELP}
-
-    def inc(self, name: str, value: int = 1) -> None:
-        with self._lock:
-            self.counters[name] = self.counters.get(name, 0) + value
-
-    def get(self, name: str) -> int:
-        with self._lock:
-            return self.counters.get(name, 0)
-
-    def render(self, gauges: dict[str, tuple[float, str]] | None = None) -> str:
-        lines = []
-        with self._lock:
-            counters = dict(self.counters)
-        for name, value in counters.items():
-            lines += [f"# HELP classroom_{name} {self.HELP.get(name, name)}", f"# TYPE classroom_{name} counter",
-                      f"classroom_{name} {value}"]
-        for name, (value, help_text) in (gauges or {}).items():
-            lines += [f"# HELP classroom_{name} {help_text}", f"# TYPE classroom_{name} gauge",
-                      f"classroom_{name} {value}"]
-        return "\n".join(lines) + "\n"
-
-
-class _LogLimiter:
-    """At most *rate* malformed-message lines per second, then a count of what was skipped."""
-
-    def __init__(self, rate: int = 20) -> None:
-        self.rate = rate
-        self.window = 0.0
-        self.count = 0
-        self.skipped = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        if now - self.window >= 1.0:
-            if self.skipped:
-                log.warning("ingest: %d more malformed messages not logged", self.skipped)
-            self.window, self.count, self.skipped = now, 0, 0
-        self.count += 1
-        if self.count > self.rate:
-            self.skipped += 1
-            return False
-        return True
-
-
-def _fast_client_class():
-    import paho.mqtt.client as mqtt
-
-    class FastReadClient(mqtt.Client):
-        """paho reads ONE packet per select() and each packet in 3-5 recv() calls; at 20k
-        msg/s that, not our code, is the ceiling.  This reads the socket in 256 KiB chunks
-        and parses every complete packet in the buffer before going back to select(), and
-        decodes property-less PUBLISH packets without paho's per-message Properties object.
-        Overrides paho 2.x internals (pinned <3 in pyproject); every ingest test runs it."""
-
-        _rbuf = b""
-        _rpos = 0
-        direct_on_message = None  # set to skip paho's callback dispatch (one handler, all topics)
-        direct_on_publish = None  # (topic bytes, payload, mid, qos): skips MQTTMessage as well
-
-        def _sock_recv(self, bufsize: int) -> bytes:
-            if self._rpos >= len(self._rbuf):
-                data = super()._sock_recv(262144)  # BlockingIOError when drained: paho's "again"
-                if not data:
-                    return data
-                self._rbuf, self._rpos = data, 0
-            chunk = self._rbuf[self._rpos:self._rpos + bufsize]
-            self._rpos += len(chunk)
-            return chunk
-
-        def _packet_read(self):
-            # Whole packet already in the buffer (the usual case at load): hand it to
-            # paho's packet handler directly instead of paho's byte-at-a-time reader.
-            buf, pos = self._rbuf, self._rpos
-            if self._in_packet["command"] == 0 and pos + 2 <= len(buf):
-                i, mult, length = pos + 1, 1, 0
-                while i < len(buf) and i - pos <= 4:
-                    byte = buf[i]
-                    length += (byte & 127) * mult
-                    mult *= 128
-                    i += 1
-                    if not byte & 128:
-                        if i + length <= len(buf):
-                            return self._handle_buffered(buf[pos], buf[i:i + length], length, i + length)
-                        break
-            return super()._packet_read()  # partial packet: paho reads the rest as usual
-
-        def _handle_buffered(self, command: int, packet: bytes, length: int, end: int):
-            from paho.mqtt.exception import MalformedPacket
-
-            self._rpos = end
-            self._in_packet.update(command=command, packet=packet, remaining_length=length, have_remaining=1,
-                                   to_process=0, pos=0)
-            try:
-                rc = self._packet_handle()
-            except MalformedPacket:
-                rc = mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
-            self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
-                               "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
-            with self._msgtime_mutex:
-                self._last_bytes_received = time.monotonic()
-            return rc
-
-        def loop_read(self, max_packets: int = 1):
-            if self._sock is None:
-                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-            for _ in range(100000):
-                if self._sock is None:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-                rc = self._packet_read()
-                if rc > 0:
-                    return self._loop_rc_handle(rc)
-                if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
-                    break
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-        def _handle_publish(self):
-            # paho builds a v5 Properties object per PUBLISH (~10 us, half its decode
-            # cost) even when the packet has none, as device messages never do.  Fast
-            # path for exactly that case; anything else takes paho's own code.
-            header, packet = self._in_packet["command"], self._in_packet["packet"]
-            qos = (header & 0x06) >> 1
-            if self._protocol != mqtt.MQTTv5 or qos == 2:
-                return super()._handle_publish()
-            try:
-                end = 2 + ((packet[0] << 8) | packet[1])
-                topic = bytes(packet[2:end])
-                mid = 0
-                if qos:
-                    mid = (packet[end] << 8) | packet[end + 1]
-                    end += 2
-                if packet[end] != 0 or not topic:
-                    return super()._handle_publish()
-            except IndexError:
-                return super()._handle_publish()  # short packet: paho reports it as malformed
-            if self.direct_on_publish is not None:
-                # No MQTTMessage (it builds a Condition per message): raw fields straight through.
-                self.direct_on_publish(topic, bytes(packet[end + 1:]), mid, qos)
-                if qos == 1 and not self._manual_ack:
-                    return self._send_puback(mid)
-                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-            message = mqtt.MQTTMessage(mid=mid, topic=topic)
-            message.dup = bool(header & 0x08)
-            message.qos = qos
-            message.retain = bool(header & 0x01)
-            message.payload = bytes(packet[end + 1:])
-            message.timestamp = time.monotonic()
-            if self.direct_on_message is not None:
-                self.direct_on_message(self, self._userdata, message)  # no per-message topic matching
-            else:
-                self._handle_on_message(message)
-            if qos == 1 and not self._manual_ack:
-                return self._send_puback(mid)
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-        def ack_many(self, mids: list[int]) -> None:
-            """PUBACK many QoS 1 messages with ONE queued write: the same bytes as
-            ``ack(mid, 1)`` for each, without a wake-up and a send() per message."""
-            if not mids:
-                return
-            packet = b"".join(struct.pack("!BBH", mqtt.PUBACK, 2, mid) for mid in mids)
-            self._packet_queue(mqtt.PUBACK, packet, 0, 1)
-
-        def reconnect(self):
-            self._rbuf, self._rpos = b"", 0  # never parse bytes from a previous connection
-            return super().reconnect()
-
-    return FastReadClient
-
 
 
 class Ingest:
@@ -264,49 +76,23 @@ class Ingest:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._log_limit = _LogLimiter()
+        self._log_limit = LogLimiter()
         self._topics: dict = {}
         self._seen_alerts: dict = {}  # (alert id, state) already given to listeners (insertion-ordered)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.client = self._make_client()
+        self.connection = Connection(self.host, self.port, self.client_id, on_message=self._on_message,
+                                     on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                                     on_subscribe=self._on_subscribe, username=username, password=password,
+                                     tls=self.tls, ca_file=ca_file, session_expiry=session_expiry,
+                                     receive_maximum=receive_maximum)
 
     # ------------------------------------------------------------------ MQTT
 
-    def _make_client(self):
-        import paho.mqtt.client as mqtt
-
-        client = _fast_client_class()(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                      client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
-        if self.username:
-            client.username_pw_set(self.username, self.password)
-        if self.tls:
-            client.tls_set(ca_certs=self.ca_file)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.direct_on_message = self._on_message
-        client.direct_on_publish = self._on_publish_raw
-        client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(1, 30)
-        return client
-
     def start(self) -> "Ingest":
-        from paho.mqtt.properties import Properties
-        from paho.mqtt.packettypes import PacketTypes
-
         self._thread = threading.Thread(target=self._run, name="ingest-parser", daemon=True)
         self._thread.start()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry
-        props.ReceiveMaximum = self.receive_maximum
-        # Expiry 0 (default): clean start, nothing left behind by a dead worker.  Expiry > 0
-        # with a stable client id: the broker queues QoS 1 messages while this worker is
-        # restarting, so nothing published in that window is lost.
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=self.session_expiry == 0,
-                                  properties=props)
-        self.client.loop_start()
+        self.connection.start()
         return self
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -335,26 +121,22 @@ class Ingest:
         if not self._stopping:
             log.warning("ingest: disconnected (%s); reconnecting", reason_code)
 
-    def _on_publish_raw(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
-        # Keep the network thread free: decoding and validation happen on the parser thread.
-        self._pending.append((topic, payload, mid, qos, self._session))
+    def _on_message(self, client, userdata, message) -> None:
+        # The network thread only hands over: decoding and validation happen on the parser thread.
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = None  # counted as malformed by the parser, in order
+        self._pending.append((topic, message.payload, message.mid, message.qos, self._session))
         self._arrived += 1
         if self.first_arrival is None:
             self.first_arrival = time.perf_counter()
         if not self._wake.is_set():
             self._wake.set()
 
-    def _on_message(self, client, userdata, message) -> None:
-        # paho's own path (packets with properties): same hand-over.
-        try:
-            topic = message.topic.encode("utf-8")
-        except UnicodeDecodeError:
-            topic = b"\xff"  # counted as malformed by the parser, in order
-        self._on_publish_raw(topic, message.payload, message.mid, message.qos)
-
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
         """Publish with this worker's connection (commands to devices)."""
-        return self.client.publish(topic, payload, qos=qos, retain=retain)
+        return self.connection.publish(topic, payload, qos=qos, retain=retain)
 
     # ------------------------------------------------------------------ parsing and storing
 
@@ -379,7 +161,7 @@ class Ingest:
                 items, acks = prepared
                 inflight = (self._submit(items), items, acks)
 
-    def _prepare(self, batch: list[tuple[str, bytes, int, int]]):
+    def _prepare(self, batch: list[tuple[str | None, bytes, int, int, int]]):
         items = []
         acks = []
         malformed = ignored = 0
@@ -390,11 +172,9 @@ class Ingest:
                 # parse_message, with the topic parse cached (devices reuse few topics).
                 where = topics.get(topic)
                 if where is None:
-                    try:
-                        text = topic.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise ProtocolError("topic is not UTF-8") from None
-                    where = parse_topic(text, self.prefix)
+                    if topic is None:
+                        raise ProtocolError("topic is not UTF-8")
+                    where = parse_topic(topic, self.prefix)
                     if len(topics) < 100000:
                         topics[topic] = where
                 data = validate(where.kind, decode(payload), where)
@@ -404,14 +184,12 @@ class Ingest:
             except ProtocolError as exc:
                 malformed += 1
                 if self._log_limit.allow():
-                    log.warning("ingest: dropped malformed message on %.200s: %s", topic.decode("utf-8", "replace"),
-                                str(exc)[:300])
+                    log.warning("ingest: dropped malformed message on %.200s: %s", topic, str(exc)[:300])
                 continue
             except Exception as exc:  # noqa: BLE001 - a validator bug must not stop ingest
                 malformed += 1
                 if self._log_limit.allow():
-                    log.warning("ingest: dropped message on %.200s: %s", topic.decode("utf-8", "replace"),
-                                repr(exc)[:300])
+                    log.warning("ingest: dropped message on %.200s: %s", topic, repr(exc)[:300])
                 continue
             if where.kind not in INGEST_KINDS:
                 ignored += 1
@@ -470,11 +248,12 @@ class Ingest:
             self._done += len(acks)
             self._cond.notify_all()
         # Acknowledge only now: the batch is committed.
+        # A mid belongs to the broker session it came in on; after a new session it could
+        # name another, uncommitted message, so old ones are not acked.
+        session_now = self._session
         try:
-            # A mid belongs to the broker session it came in on; after a new session
-            # it could name another, uncommitted message, so old ones are not acked.
-            self.client.ack_many([mid for mid, qos, session in acks if qos == 1 and session == self._session])
-        except Exception:  # noqa: BLE001 - connection gone; the broker keeps nothing for us anyway
+            self.connection.ack([mid for mid, qos, session in acks if qos == 1 and session == session_now])
+        except Exception:  # noqa: BLE001 - connection gone; the broker redelivers what it still holds
             pass
         if result is not None and self.listeners:
             for where, data, _ in items:
@@ -549,7 +328,4 @@ class Ingest:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=30)
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        self.connection.stop()

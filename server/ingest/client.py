@@ -55,12 +55,14 @@ def check_paho_version() -> str | None:
 class Connection:
     """One MQTT 5 connection with manual acknowledgements and its network thread.
 
-    ``on_message(client, userdata, message)``, ``on_connect``, ``on_disconnect`` and
-    ``on_subscribe`` are paho's VERSION2 callbacks and run on the network thread.
+    ``on_messages(messages)`` gets each run of messages read in one go, as a list of
+    ``(topic, payload, mid, qos)`` (topic None if it is not UTF-8); ``on_connect``,
+    ``on_disconnect`` and ``on_subscribe`` are paho's VERSION2 callbacks.  All of them run on
+    the network thread.
     ``ack(mids)`` and ``publish(...)`` may be called from any thread."""
 
-    def __init__(self, host: str, port: int, client_id: str, *, on_message: Callable, on_connect: Callable,
-                 on_disconnect: Callable, on_subscribe: Callable, username: str | None = None,
+    def __init__(self, host: str, port: int, client_id: str, *, on_messages: Callable[[list], None],
+                 on_connect: Callable, on_disconnect: Callable, on_subscribe: Callable, username: str | None = None,
                  password: str | None = None, tls: bool = False, ca_file: str | None = None, keepalive: int = 30,
                  session_expiry: int = 0, receive_maximum: int = 20000, reconnect_delay: tuple[int, int] = (1, 30),
                  name: str = "ingest-mqtt") -> None:
@@ -69,8 +71,8 @@ class Connection:
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
         self.min_delay, self.max_delay = reconnect_delay
-        self.messages = 0  # PUBLISH packets handed to on_message (tells the read loop it made progress)
-        self._on_message = on_message
+        self._burst: list = []  # messages of the read burst under way
+        self._on_messages = on_messages
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=mqtt.MQTTv5, manual_ack=True)
         if username:
@@ -81,7 +83,7 @@ class Connection:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_subscribe = on_subscribe
-        client.on_message = self._counted
+        client.on_message = self._on_message
         # With this callback set, paho never writes to the socket from the caller's thread
         # (ack/publish from the parser or HTTP threads): it asks this loop to write instead.
         client.on_socket_register_write = self._register_write
@@ -135,9 +137,13 @@ class Connection:
 
     # ------------------------------------------------------------------ network thread
 
-    def _counted(self, client, userdata, message) -> None:
-        self.messages += 1
-        self._on_message(client, userdata, message)
+    def _on_message(self, client, userdata, message) -> None:
+        # Only the fields: a paho message holds a lock and a condition, not worth keeping alive.
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = None
+        self._burst.append((topic, message.payload, message.mid, message.qos))
 
     def _register_write(self, client, userdata, sock) -> None:
         self.wake()
@@ -209,15 +215,20 @@ class Connection:
         # loop_read() handles one packet; keep reading while packets keep coming.  A read
         # that delivers no message (socket drained, half a packet, or a SUBACK/PINGRESP)
         # ends the burst and select() decides what next.
-        client = self.client
+        # Every message of a burst came in on one broker session: a reconnect's CONNACK
+        # delivers no message, so it ends a burst.
+        loop_read = self.client.loop_read
+        burst = self._burst
+        rc = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         for _ in range(READ_BURST):
-            before = self.messages
-            rc = client.loop_read()
-            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
-                return rc or mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
-            if self.messages == before:
+            before = len(burst)
+            rc = loop_read()
+            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS or len(burst) == before:
                 break
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if burst:
+            self._burst = []
+            self._on_messages(burst)
+        return rc
 
     def _sleep(self, seconds: float) -> None:
         try:

@@ -10,12 +10,15 @@ retained status / Last Will at start; status is idempotent (newest ts wins).
 Each worker also subscribes, non-shared, to every ``alert`` topic, so the live dashboard of
 every process hears every alert whichever worker stored it.
 
-Why the shape: paho's network thread is the bottleneck at 20k msg/s, so ``on_message``
-only appends (topic, payload, mid) to a list.  A parser thread validates each payload
-with ``agent.protocol`` (parse_topic, decode, validate: what parse_message does) and hands whole batches to the store (one
-transaction each; on SQLite the writer thread commits while the next batch parses).
-Acknowledgements are manual: PUBACK is sent only after the batch is committed, so a
-crash loses nothing (DESIGN rule 5); the event id makes redelivery harmless.
+Why the shape: reading MQTT is the expensive part (paho builds several Python objects
+per PUBLISH), so the network thread (``client.Connection``) does little else: it reads
+every packet the socket holds, then validates that burst in one go with ``agent.protocol``
+(parse_topic, decode, validate: what parse_message does, with the topic parse cached)
+and hands it over.  The committer thread gives the store everything parsed so far
+whenever the store is free, so a transaction grows with the load (SQLite's writer
+thread commits while the next bursts are read), and acknowledges a batch's messages
+only once it is committed: a crash loses nothing (DESIGN rule 5) and the event id
+makes redelivery harmless.
 
 Malformed messages (bad JSON, wrong types, unknown kinds, a payload naming another
 device than its topic, oversized) are counted in ``Metrics``, logged as one line and
@@ -66,9 +69,9 @@ class Ingest:
         self._session = 0  # counts broker sessions (a reconnect without session_present is a new one)
         self.client_id = client_id or f"classroom-server-{id(self):x}"
         self.listeners: list[Callable[[str, Any, dict], None]] = []
-        # Network thread -> parser thread: a deque (append/popleft are atomic) and an
-        # Event, so the hot path takes no lock.
-        self._pending: deque = deque()
+        # Network thread -> committer thread: parsed bursts (items, mids to ack, message count,
+        # broker session) in a deque (append/popleft are atomic) and an Event, so no lock.
+        self._parsed: deque = deque()
         self._wake = threading.Event()
         self._arrived = 0  # messages handed over by the network thread (written by it alone)
         self.first_arrival: float | None = None  # perf_counter() of the first message (bench)
@@ -81,7 +84,7 @@ class Ingest:
         self._seen_alerts: dict = {}  # (alert id, state) already given to listeners (insertion-ordered)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.connection = Connection(self.host, self.port, self.client_id, on_message=self._on_message,
+        self.connection = Connection(self.host, self.port, self.client_id, on_messages=self._on_messages,
                                      on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                                      on_subscribe=self._on_subscribe, username=username, password=password,
                                      tls=self.tls, ca_file=ca_file, session_expiry=session_expiry,
@@ -90,7 +93,7 @@ class Ingest:
     # ------------------------------------------------------------------ MQTT
 
     def start(self) -> "Ingest":
-        self._thread = threading.Thread(target=self._run, name="ingest-parser", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="ingest-committer", daemon=True)
         self._thread.start()
         self.connection.start()
         return self
@@ -121,18 +124,14 @@ class Ingest:
         if not self._stopping:
             log.warning("ingest: disconnected (%s); reconnecting", reason_code)
 
-    def _on_message(self, client, userdata, message) -> None:
-        # The network thread only hands over: decoding and validation happen on the parser thread.
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = None  # counted as malformed by the parser, in order
-        self._pending.append((topic, message.payload, message.mid, message.qos, self._session))
-        self._arrived += 1
+    def _on_messages(self, messages: list) -> None:
+        # Network thread, once per read burst (all on one broker session).
         if self.first_arrival is None:
             self.first_arrival = time.perf_counter()
-        if not self._wake.is_set():
-            self._wake.set()
+        for start in range(0, len(messages), self.batch_size):
+            self._parsed.append(self._prepare(messages[start:start + self.batch_size], self._session))
+        self._arrived += len(messages)
+        self._wake.set()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
         """Publish with this worker's connection (commands to devices)."""
@@ -141,33 +140,45 @@ class Ingest:
     # ------------------------------------------------------------------ parsing and storing
 
     def _run(self) -> None:
+        # Hand the store everything parsed so far whenever it is free: batches grow with the
+        # load (one transaction per commit time, not per burst) and stay small when quiet.
+        parsed = self._parsed
         inflight = None  # (future, items, acks) of the batch the store is committing
-        pending = self._pending
+        items: list = []
+        acks: list = []  # (session, mids, count) per burst
+        count = 0
         while True:
-            if not pending and inflight is None:
-                if self._stopping:
-                    return
-                self._wake.wait(0.5)
-            # Clear before draining: a message appended after this sets it again.
+            # Clear before draining: a burst (or a commit) after this sets it again.
             self._wake.clear()
-            batch = []
-            while pending and len(batch) < self.batch_size:
-                batch.append(pending.popleft())
-            prepared = self._prepare(batch) if batch else None
-            if inflight is not None:
-                self._finish(*inflight)
+            while parsed and count < self.batch_size:
+                burst_items, mids, n, session = parsed.popleft()
+                items += burst_items
+                acks.append((session, mids, n))
+                count += n
+            if inflight is not None and (_settled(inflight[0]) or count >= self.batch_size
+                                         or (self._stopping and not parsed)):
+                self._finish(*inflight)  # waits only when the next batch is full (or at stop)
                 inflight = None
-            if prepared is not None:
-                items, acks = prepared
+            if inflight is None and acks:
                 inflight = (self._submit(items), items, acks)
+                items, acks, count = [], [], 0
+                continue
+            if inflight is None and not parsed and self._stopping:
+                return
+            if not parsed:
+                self._wake.wait(0.5)
 
-    def _prepare(self, batch: list[tuple[str | None, bytes, int, int, int]]):
+    def _prepare(self, messages: list, session: int) -> tuple[list, list[int], int, int]:
+        """Validate one burst: (storable items, QoS 1 mids to ack once stored, count, session).
+        Malformed and ignored messages are acknowledged with the rest: redelivery would not
+        make them any better."""
         items = []
-        acks = []
+        mids = []
         malformed = ignored = 0
         topics = self._topics
-        for topic, payload, mid, qos, session in batch:
-            acks.append((mid, qos, session))
+        for topic, payload, mid, qos in messages:
+            if qos == 1:
+                mids.append(mid)
             try:
                 # parse_message, with the topic parse cached (devices reuse few topics).
                 where = topics.get(topic)
@@ -196,20 +207,25 @@ class Ingest:
                 continue
             # The payload as the device sent it is what gets stored (no re-encoding).
             items.append((where, data, payload))
-        self.metrics.inc("ingest_received_total", len(batch))
+        self.metrics.inc("ingest_received_total", len(messages))
         if malformed:
             self.metrics.inc("ingest_malformed_total", malformed)
         if ignored:
             self.metrics.inc("ingest_ignored_total", ignored)
-        return items, acks
+        return items, mids, len(messages), session
 
     def _submit(self, items):
         if not items:
             return None
         try:
-            return self.store.ingest(items, wait=False)
+            future = self.store.ingest(items, wait=False)
         except Exception as exc:  # noqa: BLE001 - retried in _finish
             return exc
+        future.add_done_callback(self._committed)
+        return future
+
+    def _committed(self, future) -> None:
+        self._wake.set()
 
     def _finish(self, future, items, acks) -> None:
         delay = 0.1
@@ -245,14 +261,15 @@ class Ingest:
             m.inc("ingest_heartbeats_total", result["heartbeats"])
             m.inc("ingest_status_total", result["status"])
         with self._cond:
-            self._done += len(acks)
+            self._done += sum(n for _, _, n in acks)
             self._cond.notify_all()
-        # Acknowledge only now: the batch is committed.
-        # A mid belongs to the broker session it came in on; after a new session it could
-        # name another, uncommitted message, so old ones are not acked.
+        # Acknowledge only now: the batch is committed.  A mid belongs to the broker session
+        # it came in on; after a new session it could name another, uncommitted message, so
+        # old ones are not acked (the broker redelivers them, and the store drops the copy).
         session_now = self._session
+        mids = [mid for session, burst_mids, _ in acks if session == session_now for mid in burst_mids]
         try:
-            self.connection.ack([mid for mid, qos, session in acks if qos == 1 and session == session_now])
+            self.connection.ack(mids)
         except Exception:  # noqa: BLE001 - connection gone; the broker redelivers what it still holds
             pass
         if result is not None and self.listeners:
@@ -314,8 +331,9 @@ class Ingest:
 
     @property
     def queue_depth(self) -> int:
-        """Messages received but not yet parsed."""
-        return len(self._pending)
+        """Messages received but not yet committed (or dropped)."""
+        with self._cond:
+            return self._arrived - self._done
 
     @property
     def processed(self) -> int:
@@ -329,3 +347,8 @@ class Ingest:
         if self._thread:
             self._thread.join(timeout=30)
         self.connection.stop()
+
+
+def _settled(future) -> bool:
+    """The store has finished with this batch (committed, failed, or there was nothing to write)."""
+    return future is None or isinstance(future, BaseException) or future.done()

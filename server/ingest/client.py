@@ -38,12 +38,14 @@ TESTED_PAHO = "2.2.0"  # keep in step with pyproject.toml's pin
 READ_BURST = 2000
 
 
-def check_paho_version() -> str | None:
-    """One warning line when the installed paho is not the one ingest was tested with."""
-    try:
-        installed = version("paho-mqtt")
-    except PackageNotFoundError:  # e.g. a source checkout on sys.path: nothing to compare
-        return None
+def check_paho_version(installed: str | None = None) -> str | None:
+    """One warning line (logged and returned) when the installed paho is not the one
+    ingest was tested with; None when it is."""
+    if installed is None:
+        try:
+            installed = version("paho-mqtt")
+        except PackageNotFoundError:  # e.g. a source checkout on sys.path: nothing to compare
+            return None
     if installed == TESTED_PAHO:
         return None
     message = (f"ingest: paho-mqtt {installed} is installed but ingest was tested with {TESTED_PAHO}; "
@@ -124,14 +126,12 @@ class Connection:
     def stop(self, timeout: float = 10.0) -> None:
         """Send DISCONNECT (after any acknowledgements already queued) and end the thread."""
         self._stopping = True
-        if self.client.is_connected():
-            self.client.disconnect()
         self.wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join(timeout)
-        if self.client.socket() is not None:  # the broker never answered: drop the socket
-            self.client.disconnect()
-            self.client.loop_write()
+            if self._thread.is_alive():
+                log.warning("ingest: the MQTT thread did not stop within %ss", timeout)
+                return
         self._wake_r.close()
         self._wake_w.close()
 
@@ -186,11 +186,15 @@ class Connection:
         client = self.client
         wake_r = self._wake_r
         reached = False
+        disconnecting = False
         while True:
+            if self._stopping and not disconnecting:
+                # From this thread, so it goes out after every acknowledgement queued before
+                # stop(); paho closes the socket once it is written.
+                disconnecting = True
+                client.disconnect()
             sock = client.socket()
             if sock is None:
-                return reached
-            if self._stopping and not client.want_write() and not client.is_connected():
                 return reached
             timeout = 0.0 if getattr(sock, "pending", lambda: 0)() else 1.0  # TLS may hold decrypted bytes
             try:

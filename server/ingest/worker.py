@@ -36,10 +36,10 @@ from typing import Any, Callable
 from agent.protocol import DEFAULT_PREFIX, ProtocolError, decode, parse_broker_url, parse_topic, validate
 
 from ..store import Store
-from .client import Connection
+from .client import Connection, check_paho_version
 from .metrics import LogLimiter, Metrics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("server.ingest")
 
 SHARE_GROUP = "classroom-server"
 INGEST_KINDS = ("status", "alert", "event", "heartbeat")
@@ -93,6 +93,7 @@ class Ingest:
     # ------------------------------------------------------------------ MQTT
 
     def start(self) -> "Ingest":
+        check_paho_version()
         self._thread = threading.Thread(target=self._run, name="ingest-committer", daemon=True)
         self._thread.start()
         self.connection.start()

@@ -495,3 +495,24 @@ def test_ingest_over_tls(mosquitto_factory, sqlite_store, tmp_path):
         assert ingest.flush(10) and ingest.queue_depth == 0
     finally:
         ingest.stop()
+
+
+def test_ingest_reconnects_after_the_broker_restarts(mosquitto, sqlite_store):
+    ingest = Ingest(sqlite_store, f"mqtt://{mosquitto.host}:{mosquitto.port}").start()
+    try:
+        assert ingest.subscribed.wait(10)
+        mosquitto.stop()
+        wait_until(lambda: not ingest.connected.is_set(), 10)
+        mosquitto.start()
+        # The worker's own loop backs off, comes back and subscribes again.
+        wait_until(ingest.subscribed.is_set, 30)
+        device = mqtt_client(mosquitto)
+        try:
+            events = [make_event() for _ in range(50)]
+            publish_all(device, [(topic_of("5b", "5b-pi-01", "event"), e) for e in events])
+            wait_until(lambda: sqlite_store.count("events") == len(events), 15)
+        finally:
+            close_client(device)
+    finally:
+        ingest.stop()
+    assert not ingest.connected.is_set()

@@ -1,5 +1,7 @@
 """MQTT ingest against a real mosquitto: alert -> incident timeline over HTTP, exactly-once storage,
-fuzzed payloads that change nothing, commands reaching the device, shared-subscription workers."""
+fuzzed payloads that change nothing, commands reaching the device, shared-subscription workers, a
+worker SIGKILLed mid-burst losing nothing, TLS, broker restarts; and an AST check that ingest uses
+paho's public API only."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ each round); the ratios are the medians of the per-round agent/plain ratios, bec
 2-core machine is shared and background load moves both numbers together.
 
 (c) blocked query -> event STORED on the server: the agent's runtime publishes through its
-    outbox to a local mosquitto; the server's real ingest worker (server/ingest.py) writes a
+    outbox to a local mosquitto; the server's real ingest worker (server/ingest/) writes a
     SQLite store; the bench polls the store.  One unique blocked name per sample, spaced
     apart; latency = stored (first seen by polling, 10 ms resolution) - query sent.  It
     includes the coalescing settle time (the filter waits ~1 s for repeats on purpose).

@@ -211,7 +211,7 @@ def test_teacher_commands_only_reach_their_rooms(secure_broker):
 def test_escalation_contact_reads_every_room_and_server_shared_subscription(secure_broker):
     sb = secure_broker
     _, dsl = sb.subscriber("s.patel", f"{PREFIX}/{SITE}/+/+/alert", f"{PREFIX}/{SITE}/+/+/event")
-    # exactly what server/ingest.py subscribes to
+    # exactly what server/ingest/ subscribes to
     _, collector = sb.subscriber("classroom-server", f"$share/classroom-server/{PREFIX}/+/+/+/+")
     a1 = alert_payload("1a", "1a-pi-01")
     d = sb.connect("1a-pi-01")

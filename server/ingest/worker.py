@@ -308,7 +308,7 @@ class Ingest:
                     total[key] = total[key] + value
         if total is None:
             try:
-                self.store.query("SELECT 1 AS ok")
+                self.store.ping()
             except Exception:  # noqa: BLE001 - the store is down: retry the batch later
                 return None
             total = {"events": 0, "duplicates": 0, "alerts": [], "alert_duplicates": 0, "status": 0, "heartbeats": 0}

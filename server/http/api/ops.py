@@ -38,7 +38,7 @@ def router() -> APIRouter:
             "device_alerts_open": (devices["alerts_open"], "open technician alerts"),
             "store_queue_depth": (store.queue_depth, "write tasks waiting for the store"),
             "ingest_queue_depth": (ingest.queue_depth if ingest is not None else 0,
-                                   "MQTT messages waiting to be parsed"),
+                                   "MQTT messages received but not yet committed"),
             "broker_connected": (int(bool(ingest and ingest.connected.is_set())), "1 if ingest is connected"),
         }
         return request.app.state.metrics.render(gauges)

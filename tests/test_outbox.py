@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import EVENT, HEARTBEAT, PROTECTED, Outbox, priority_for
+from agent.uplink.outbox import EVENT, HEARTBEAT, PROTECTED, Outbox, priority_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_rows_survive_sigkill(tmp_path):
     child = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from agent.outbox import Outbox
+        from agent.uplink.outbox import Outbox
         box = Outbox({str(db)!r})
         for i in range(20):
             # half as the link writes them: committed, fsync left for after the publish

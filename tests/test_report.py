@@ -9,9 +9,10 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent import protocol
-from agent.clock import FakeClock
-from agent.runtime import Runtime
-from agent.screen import Screen, hash_pin
+from agent.core.clock import FakeClock
+from agent.core.runtime import Runtime
+from agent.desktop.pin import hash_pin
+from agent.report.screen import Screen
 from runtime_fixtures import bootstrap
 from services import wait_until
 
@@ -178,12 +179,12 @@ def test_wrong_alert_id_is_ignored_with_a_log_line(make, caplog):
     rt.press("button")
     barrier(rt)
     other = str(uuid.uuid4())
-    with caplog.at_level(logging.WARNING, logger="agent.report"):
+    with caplog.at_level(logging.WARNING, logger="agent.report.alert"):
         cmd(rt, cmd="clear", alert_id=other, by="a.jones")
         cmd(rt, cmd="ack", alert_id=other, by="a.jones")
     assert rt.screen.is_blank and rt.report.alert["state"] == "raised"
     assert len(sent(rt, "alert")) == 1
-    lines = [r.getMessage() for r in caplog.records if r.name == "agent.report"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.report.alert"]
     assert lines == [f"ignored clear of alert {other} by a.jones: the open alert is {rt.report.alert['id']}",
                      f"ignored ack of alert {other} by a.jones: the open alert is {rt.report.alert['id']}"]
 
@@ -224,7 +225,7 @@ def test_unreadable_alert_state_is_ignored_with_a_log_line(tmp_path, make, caplo
     state = tmp_path / "state"
     state.mkdir()
     (state / "alert.json").write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="agent.report"):
+    with caplog.at_level(logging.WARNING, logger="agent.report.alert"):
         rt, _, _ = make()
     assert rt.report.alert is None and not rt.screen.is_blank
     assert any("alert.json: unreadable" in r.getMessage() for r in caplog.records)

@@ -1,177 +1,204 @@
-"""Lock state and lock backends: what locks the device, why, and who may unlock it.
+"""The Wayland desktop (labwc/wayfire on Raspberry Pi OS, sway): the layer-shell overlay,
+swaylock, and swayidle.
 
-Three reasons can hold a device locked at once, layered (``LockState``):
+* ``WaylandBackend`` -- the report blank: a GTK overlay on a wlr-layer-shell surface
+  above every window (programs/overlay_wayland.py, on Debian's /usr/bin/python3, where
+  python3-gi and gtk-layer-shell live), with the calm message and the staff PIN.  It
+  runs as the agent's own user; the session lets that user reach its socket with an ACL
+  (scripts/session-grant.sh).  Falls back to swaylock if it cannot run.
+* ``SwaylockBackend`` -- the report blank without layer-shell: ``swaylock -c 000000`` as
+  the session user.  Secure, but no words and no PIN: staff clear from their client.
+* ``WaylandLock`` -- ``swaylock`` as the session user (ext-session-lock: if it is killed
+  the compositor keeps the screen locked).  Staff unlock sends it SIGUSR1 (swaylock's
+  "unlock now"); in staff mode a user unlock is undone at once by locking again.
+  Without swaylock: ``loginctl lock-session``/``unlock-session``.
+* ``SwayIdle`` -- ``swayidle -w timeout N 'echo idle' resume 'echo active'`` as the
+  session user; its commands' output arrives on our pipe, so the agent needs no socket
+  for it.  Restarted if it exits.
 
-* **staff** -- a ``lock`` command from a teacher; only a staff ``unlock`` (or the staff
-  PIN on an X11 overlay) lifts it.
-* **schedule** -- the timetable (``policy.locked``: out of hours, weekends, holidays,
-  closures, locked room slots).  Lifts when the timetable says so, or for a while after
-  a staff ``unlock`` (``STAFF_OVERRIDE``, never past the next timetable change).
-* **idle** -- no input for ``policy.idle_lock_minutes``; lifted by the user's own
-  session login (the normal unlock), or by staff.
-
-Staff and schedule locks use a backend's *staff* mode: nothing a pupil knows lifts it.
-Idle uses *session* mode: the desktop's own locker, unlocked with the user's password.
-
-Backends (commands are issued through a runner so tests can see them):
-
-* ``WaylandLock`` -- labwc/wayfire: ``swaylock`` (ext-session-lock: if it is killed the
-  compositor keeps the screen locked) run as the session user.  Staff unlock sends it
-  SIGUSR1 (swaylock's "unlock now"); in staff mode a user unlock is undone at once by
-  locking again.  Without swaylock: ``loginctl lock-session``/``unlock-session``.
-* ``X11Lock`` -- the full-screen Tk overlay of agent/screen_overlay.py (shared with the
-  report blank, via ``screen.X11Backend``), run as the agent's own user so the pupil
-  cannot kill it; staff PIN accepted.  Idle lock uses LightDM's greeter (``dm-tool lock``)
-  when present, so the pupil logs back in as normal.
-* ``HeadlessLock`` -- records state and calls (servers, simulated devices, tests).
+``release_swaylock`` is how every swaylock of ours is ended (the lock's and the blank's).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import time
 from typing import Callable
+
+from .base import STAFF_MODE, IdleSource, LockBackend, ScreenBackend
+from .overlay import OverlayBackend
+from .session import CommandRunner, Session, session_command, user_session
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HeadlessLock", "LockDecision", "LockState", "WaylandLock", "X11Lock", "make_lock", "STAFF_OVERRIDE"]
+__all__ = ["OVERLAY_PYTHON", "SwayIdle", "SwaylockBackend", "WaylandBackend", "WaylandLock", "catches",
+           "release_swaylock", "wayland_overlay_available"]
 
-# A staff unlock during a timetable lock (an after-school club in a room without an
-# "open" slot) lasts this long at most, so a forgotten device locks again by itself.
-STAFF_OVERRIDE = timedelta(hours=1)
-
-STAFF_MODE = "staff"
-SESSION_MODE = "session"
+OVERLAY_PYTHON = "/usr/bin/python3"   # Debian's python3-gi and gir1.2-gtklayershell-0.1 live here
 
 
-@dataclass(frozen=True)
-class LockDecision:
-    reason: str  # staff | idle | out_of_hours | weekend | holiday | closure | schedule
-    by: str
-    mode: str  # staff | session
-    message_key: str  # key of policy.messages to show
+def wayland_overlay_available(python: str = OVERLAY_PYTHON) -> bool:
+    """Whether the GTK layer-shell overlay can run (its Python and typelib are installed)."""
+    return os.access(python, os.X_OK) and bool(
+        glob.glob("/usr/lib/*/girepository-1.0/GtkLayerShell-0.1.typelib")
+        + glob.glob("/usr/lib/girepository-1.0/GtkLayerShell-0.1.typelib"))
 
 
-class LockState:
-    """The layered lock reasons; pure (no clock read, no I/O) so a fake clock can drive it."""
-
-    def __init__(self) -> None:
-        self.staff_by: str | None = None
-        self.idle = False
-        self.schedule_reason: str | None = None
-        self.override_until: datetime | None = None
-
-    def set_schedule(self, locked: bool, reason: str | None, now: datetime) -> None:
-        self.schedule_reason = (reason or "schedule") if locked else None
-        if not locked:
-            self.override_until = None  # the timetable opened by itself; no override needed
-
-    def staff_lock(self, by: str) -> None:
-        self.staff_by = by
-
-    def staff_unlock(self, now: datetime, next_change: datetime | None) -> None:
-        self.staff_by = None
-        self.idle = False
-        if self.schedule_reason is not None:
-            until = now + STAFF_OVERRIDE
-            if next_change is not None and next_change < until:
-                until = next_change
-            self.override_until = until
-
-    def schedule_applies(self, now: datetime) -> bool:
-        if self.schedule_reason is None:
-            return False
-        if self.override_until is not None and now < self.override_until:
-            return False
-        self.override_until = None
-        return True
-
-    def decide(self, now: datetime) -> LockDecision | None:
-        if self.staff_by is not None:
-            return LockDecision("staff", self.staff_by, STAFF_MODE, "locked")
-        if self.schedule_applies(now):
-            key = "locked" if self.schedule_reason == "schedule" else "out_of_hours"
-            return LockDecision(self.schedule_reason, "schedule", STAFF_MODE, key)
-        if self.idle:
-            return LockDecision("idle", "idle", SESSION_MODE, "locked")
-        return None
+# --------------------------------------------------------------------------- report blank
 
 
-# --------------------------------------------------------------------------- backends
+class SwaylockBackend(ScreenBackend):
+    """``swaylock -c 000000`` as the session user; clearing ends it.  The fallback for a
+    Wayland compositor without layer-shell: secure (ext-session-lock) but it shows no
+    words and takes no PIN, so staff clear from the teacher client.  (A pupil cannot
+    unlock it: the session's password is not theirs on a kiosk.)
 
+    The session is agent.yaml's ``session_user`` if set, else ``session_fn()``'s."""
 
-class HeadlessLock:
-    """Remembers what a lock screen would do; tests use simulate_* for the user side."""
+    name = "swaylock"
 
-    name = "headless"
+    def __init__(self, session_user: str | None = None, runner=None, wayland_display: str | None = None,
+                 session_fn: Callable[[], Session | None] | None = None):
+        super().__init__()
+        self.session_user = session_user
+        self.session_fn = session_fn or (lambda: None)
+        self.runner = runner or CommandRunner()
+        self.wayland_display = wayland_display  # None: the session's own socket
+        self._proc = None
 
-    def __init__(self) -> None:
-        self.is_locked = False
-        self.mode: str | None = None
-        self.message: str | None = None
-        self.calls: list[tuple] = []
-        self._pending: tuple[str, str] | None = None
-        self.when_changed: Callable[[], None] = lambda: None
+    def session(self) -> Session | None:
+        session = self.session_fn()
+        if self.session_user and (session is None or session.user != self.session_user):
+            session = user_session(self.session_user, "wayland")
+        return session
 
-    def lock(self, mode: str, message: str) -> None:
-        self.calls.append(("lock", mode, message))
-        self.is_locked, self.mode, self.message = True, mode, message
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        extra = {"WAYLAND_DISPLAY": self.wayland_display} if self.wayland_display else None
+        return session_command(self.session(), ["swaylock", "-c", "000000"], extra)
 
-    def unlock(self) -> None:
-        self.calls.append(("unlock",))
-        self.is_locked, self.mode, self.message = False, None, None
+    @property
+    def is_shown(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
-    def poll(self) -> tuple[str, str] | None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            reason, by = pending
-            if self.mode == STAFF_MODE and reason == "login":
-                # A pupil's password does not lift a staff or timetable lock.
-                self.calls.append(("relock", self.mode))
-                return None
-            self.is_locked, self.mode = False, None
-        return pending
+    def show(self, message: str) -> None:
+        if self.is_shown:
+            return
+        argv, env = self.command()
+        self._proc = self.runner.spawn(argv, env=env)
 
-    def simulate_login(self, user: str) -> None:
-        self._pending = ("login", user)
-        self.when_changed()
+    def set_message(self, message: str) -> None:
+        pass  # swaylock shows no text; the LED and the teacher carry the acknowledgement
 
-    def simulate_pin(self) -> None:
-        self._pending = ("staff_pin", "staff-pin")
-        self.when_changed()
+    def hide(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            release_swaylock(proc)  # SIGUSR1, never SIGTERM: see release_swaylock
 
     def close(self) -> None:
-        pass
+        self.hide()
 
 
-class WaylandLock:
+class WaylandBackend(OverlayBackend):
+    """The GTK layer-shell overlay (programs/overlay_wayland.py) on the session's Wayland
+    socket, with the calm message and the staff PIN, on the system Python as the agent's
+    own user; swaylock if it cannot run."""
+
+    name = "wayland"
+    module = "agent.desktop.programs.overlay_wayland"
+
+    def __init__(self, session_user: str | None = None, staff_pin_hash: str | None = None, *,
+                 wayland_display: str | None = None, session_fn: Callable[[], Session | None] | None = None,
+                 python: str = OVERLAY_PYTHON, runner=None, on_event: Callable[[dict], None] | None = None):
+        super().__init__(staff_pin_hash, on_event)
+        self.session_user = session_user
+        self.session_fn = session_fn or (lambda: None)
+        self.wayland_display = wayland_display or os.environ.get("WAYLAND_DISPLAY") or "wayland-0"
+        self.python = python
+        self.fallback = SwaylockBackend(session_user, runner, wayland_display=wayland_display, session_fn=session_fn)
+        self._socket: str | None = None
+        self._private_dir: str | None = None
+
+    def socket_path(self) -> str | None:
+        """The session's Wayland socket: absolute already, or in the session user's
+        runtime dir (the named one, else the first ``wayland-N`` there)."""
+        if os.path.isabs(self.wayland_display):
+            return self.wayland_display if os.path.exists(self.wayland_display) else None
+        user = self.session_user
+        if not user:
+            session = self.session_fn()
+            user = session.user if session is not None else None
+        runtime_dir = None
+        if user:
+            try:
+                runtime_dir = f"/run/user/{pwd.getpwnam(user).pw_uid}"
+            except KeyError:
+                log.warning("session user %r does not exist", user)
+        runtime_dir = runtime_dir or os.environ.get("XDG_RUNTIME_DIR")
+        if not runtime_dir:
+            return None
+        named = os.path.join(runtime_dir, self.wayland_display)
+        if os.path.exists(named):
+            return named
+        try:
+            found = sorted(n for n in os.listdir(runtime_dir) if n.startswith("wayland-") and not n.endswith(".lock"))
+        except OSError:
+            return None
+        return os.path.join(runtime_dir, found[0]) if found else None
+
+    def stale(self) -> bool:
+        # One stat on the press path: a compositor that has gone took its socket with it
+        # (and the overlay with it, as GTK exits when its display goes).  Finding the new
+        # session's socket is launch()'s job, not every blank's.
+        return self._socket is None or not os.path.exists(self._socket)
+
+    def launch(self) -> tuple[list[str], dict[str, str]] | None:
+        self._socket = self.socket_path()
+        if self._socket is None:
+            return None
+        if self._private_dir is None:
+            # GTK wants an XDG_RUNTIME_DIR of its own; the pupil's is not ours to write.
+            # Under systemd that is in RuntimeDirectory= (the rest of the disk is read-only).
+            self._private_dir = tempfile.mkdtemp(prefix="overlay-", dir=os.environ.get("RUNTIME_DIRECTORY") or None)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WAYLAND_DISPLAY": self._socket,
+               "XDG_RUNTIME_DIR": self._private_dir, "GDK_BACKEND": "wayland",
+               "GSETTINGS_BACKEND": "memory", "NO_AT_BRIDGE": "1", "HOME": self._private_dir}
+        return [self.python, "-m", self.module], env
+
+    def close(self) -> None:
+        super().close()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
+
+
+# --------------------------------------------------------------------------- lock
+
+
+class WaylandLock(LockBackend):
     """swaylock as the session user (or logind's lock as a fallback)."""
 
     name = "wayland"
 
     def __init__(self, session_fn: Callable, runner=None, swaylock: str | None = None):
-        from .sessions import CommandRunner
-
+        super().__init__()
         self.session_fn = session_fn
         self.runner = runner or CommandRunner()
         self.swaylock = swaylock if swaylock is not None else shutil.which("swaylock")
-        self.is_locked = False
-        self.mode: str | None = None
         self._proc = None
         self._session = None
-        self.when_changed: Callable[[], None] = lambda: None
 
     def _spawn(self) -> None:
-        from .sessions import as_session_user, session_env
-
-        argv = as_session_user(self._session.user, session_env(self._session), [
+        argv, env = session_command(self._session, [
             self.swaylock, "--color", "10213f", "--show-failed-attempts", "--ignore-empty-password"])
-        self._proc = self.runner.spawn(argv)
+        self._proc = self.runner.spawn(argv, env=env)
         threading.Thread(target=self._wait, args=(self._proc,), name="swaylock-wait", daemon=True).start()
 
     def _wait(self, proc) -> None:
@@ -245,7 +272,7 @@ def catches(pid: int | None, sig: int) -> bool:
 def release_swaylock(proc) -> None:
     """Unlock a running swaylock (started directly or under runuser/setpriv) as it expects.
 
-    Shared by the lock and the report blank (agent/screen.py)."""
+    Shared by the lock and the report blank's swaylock."""
     target = _find_child(proc.pid, "swaylock") if isinstance(proc, subprocess.Popen) else proc
     # A swaylock started a moment ago may not catch SIGUSR1 yet (it would die of it
     # instead, possibly mid-lock): give it a moment to install its handler.
@@ -259,8 +286,6 @@ def release_swaylock(proc) -> None:
 
 
 def _wait_catches(pid: int | None, sig: int, timeout: float) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while pid is not None and not catches(pid, sig) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -287,94 +312,74 @@ def _find_child(pid: int, name: str):
         return _Gone()
 
 
-class X11Lock:
-    """The shared Tk overlay (agent/screen_overlay.py) for staff/timetable locks; LightDM for idle."""
+# --------------------------------------------------------------------------- idle
 
-    name = "x11"
 
-    def __init__(self, session_fn: Callable, staff_pin_hash: str | None = None, display: str | None = None,
-                 runner=None, idle_fn: Callable[[], float | None] | None = None, dm_tool: str | None = None,
-                 overlay=None):
-        from .sessions import CommandRunner
+class SwayIdle(IdleSource):
+    """swayidle in the user's Wayland session, reporting idle/active on its stdout."""
 
+    name = "wayland"
+
+    def __init__(self, session_fn: Callable, runner=None, swayidle: str | None = None,
+                 monotonic: Callable[[], float] = time.monotonic):
+        super().__init__()
         self.session_fn = session_fn
         self.runner = runner or CommandRunner()
-        self.idle_fn = idle_fn or (lambda: None)
-        self.dm_tool = dm_tool if dm_tool is not None else shutil.which("dm-tool")
-        self.display = display
-        self.staff_pin_hash = staff_pin_hash
-        self._overlay = overlay
-        self.is_locked = False
-        self.mode: str | None = None
-        self._greeter = False
-        self._user: str | None = None
-        self._pending: tuple[str, str] | None = None
-        self.when_changed: Callable[[], None] = lambda: None
+        self.swayidle = swayidle if swayidle is not None else shutil.which("swayidle")
+        self.monotonic = monotonic
+        self.timeout: int | None = None
+        self.idle_since: float | None = None
+        self._proc = None
+        self._lock = threading.Lock()
 
-    @property
-    def overlay(self):
-        if self._overlay is None:
-            from .screen import X11Backend
+    def command(self, timeout: int) -> list[str]:
+        # -w: wait for each command, so "idle" and "active" can never arrive out of order.
+        return [self.swayidle, "-w", "timeout", str(timeout), "echo idle", "resume", "echo active"]
 
-            # session_user=None: the overlay runs as the agent's own user (allowed on the
-            # display by `xhost +SI:localuser:classroom-agent`), so the pupil cannot kill it.
-            display = self.display
-            if display is None:
-                session = self.session_fn()
-                display = session.display if session is not None and (session.display or "").startswith(":") else None
-            self._overlay = X11Backend(None, self.staff_pin_hash, display, on_event=self._on_overlay)
-        return self._overlay
+    def set_timeout(self, seconds: int) -> None:
+        with self._lock:
+            if seconds == self.timeout and self._proc is not None and self._proc.poll() is None:
+                return
+            self.timeout = seconds
+            self._restart_locked()
 
-    def _on_overlay(self, event: dict) -> None:
-        if event.get("event") == "cleared" and self.is_locked:
-            self._pending = ("staff_pin", str(event.get("by") or "staff-pin"))
+    def _restart_locked(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+        self._proc = None
+        self.idle_since = None
+        session = self.session_fn()
+        if session is None or not self.swayidle or not self.timeout:
+            return
+        argv, env = session_command(session, self.command(self.timeout))
+        proc = self.runner.spawn(argv, env=env)
+        self._proc = proc
+        threading.Thread(target=self._read, args=(proc,), name="swayidle", daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout or ():
+            word = line.strip()
+            if word == "idle":
+                self.idle_since = self.monotonic()
+            elif word == "active":
+                self.idle_since = None
+            else:
+                continue
             self.when_changed()
 
-    def lock(self, mode: str, message: str) -> None:
-        session = self.session_fn()
-        self._user = session.user if session else None
-        self.mode = mode
-        if mode == SESSION_MODE and self.dm_tool and session is not None:
-            from .sessions import as_session_user, session_env
-
-            self.runner.run(as_session_user(session.user, session_env(session), [self.dm_tool, "lock"]))
-            self._greeter = True
-        else:
-            self._greeter = False
-            self.overlay.show(message)
-        self.is_locked = True
-
-    def unlock(self) -> None:
-        if self.is_locked and not self._greeter:
-            self.overlay.hide()
-        # A LightDM greeter lock cannot be lifted remotely; the user logs back in.
-        self.is_locked, self.mode, self._greeter = False, None, False
-
-    def poll(self) -> tuple[str, str] | None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.is_locked, self.mode = False, None
-            return pending
-        if self.is_locked and not self._greeter:
-            return None  # an overlay that dies is shown again by screen.OverlayBackend itself
-        if self.is_locked and self._greeter:
-            idle = self.idle_fn()
-            if idle is not None and idle < 10:
-                # Input on the user's own display means they are back past the greeter.
-                self.is_locked, self.mode, self._greeter = False, None, False
-                return ("login", self._user or "user")
-        return None
+    def idle_seconds(self) -> float | None:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                # Ended (the pupil killed it, or the session restarted): start it again.
+                if self.timeout:
+                    self._restart_locked()
+                return None if self._proc is None else 0.0
+        if self.idle_since is None:
+            return 0.0
+        return float(self.timeout or 0) + (self.monotonic() - self.idle_since)
 
     def close(self) -> None:
-        if self._overlay is not None and not self.is_locked:
-            self._overlay.close()
-
-
-def make_lock(kind: str, *, session_fn: Callable, staff_pin_hash: str | None = None,
-              idle_fn: Callable | None = None, runner=None):
-    """A lock backend by name: wayland (or swaylock), x11 or headless ('auto' is resolved by the caller)."""
-    if kind in ("wayland", "swaylock"):  # the lock is swaylock either way
-        return WaylandLock(session_fn, runner)
-    if kind == "x11":
-        return X11Lock(session_fn, staff_pin_hash, runner=runner, idle_fn=idle_fn)
-    return HeadlessLock()
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+            self._proc = None

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import psutil
 
-from .files import atomic_write
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Guard:
         tree = getattr(self.runtime, "tree", None)
         return getattr(getattr(tree, "site", None), "guard", None)
 
-    # ------------------------------------------------------------------ runtime contract
+    # ------------------------------------------------------------------ Component (agent/core/interfaces.py)
     def start(self, runtime) -> None:
         self.runtime = runtime
         self._configure(self._site_guard())
@@ -188,7 +188,7 @@ class Guard:
         runtime = self.runtime
         if runtime is None:
             return
-        if threading.current_thread() is getattr(runtime, "_thread", None):
+        if runtime.on_queue_thread():
             runtime.emit_event(kind, **fields)
         else:
             # The guard's own threads hand events to the queue thread, like every edge does.

@@ -9,7 +9,7 @@ Power loss: alerts and events are fsynced unless the broker has them first.  The
 commits the row (safe against a crash: it is in the OS), publishes, and only then
 fsyncs (``put(sync=False)`` + ``sync()``): an fsync on an SD card can take 10-20 ms, and
 the report must not wait for it.  The running agent goes one step further
-(agent/link.py, "settling"): it looks again ``SETTLE_SECONDS`` after the send and
+(agent/uplink/link.py, "settling"): it looks again ``SETTLE_SECONDS`` after the send and
 fsyncs only if the broker has not acknowledged the row by then.  Neither is less safe
 than fsync-then-publish: a power cut before the fsync completes loses the row either
 way, and here the message is usually at the broker before an SD card would have
@@ -20,7 +20,7 @@ ordinary event; alerts and report evidence are never evicted, even if that means
 table grows past its bound.
 
 Beside the messages, a small ``kept`` table holds local state that must match what was
-sent: the open alert (agent/report.py).  ``put(..., keep=("alert", state))`` stores the
+sent: the open alert (agent/report/alert.py).  ``put(..., keep=("alert", state))`` stores the
 message and the state in one transaction, so a crash can never leave a raised alert on
 its way to the teacher that the restarted agent does not know about (and one commit is
 cheaper than a file write plus a commit, on the press's path).
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

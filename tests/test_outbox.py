@@ -137,19 +137,3 @@ def test_row_count_is_kept_in_step_with_the_table(tmp_path):
     assert not box.delete(rows[0]) and box._rows == 1
     box.close()
     assert Outbox(tmp_path / "o.db")._rows == 1           # counted again on open
-
-
-def test_an_older_kept_table_is_rebuilt_without_losing_its_state(tmp_path):
-    import sqlite3
-
-    old = sqlite3.connect(tmp_path / "o.db")
-    old.executescript("CREATE TABLE kept (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                      "INSERT INTO kept VALUES ('alert', '{\"id\": \"a1\", \"state\": \"raised\"}');")
-    old.commit()
-    old.close()
-    box = Outbox(tmp_path / "o.db")
-    assert box.kept("alert") == {"id": "a1", "state": "raised"}
-    (sql,) = box._db.execute("SELECT sql FROM sqlite_master WHERE name = 'kept'").fetchone()
-    assert "WITHOUT ROWID" in sql
-    box.close()
-    assert Outbox(tmp_path / "o.db").kept("alert")["id"] == "a1"   # and again: idempotent

@@ -221,19 +221,6 @@ def test_open_alert_survives_a_restart(tmp_path, make):
                                                                      ("cleared", aid)]
 
 
-def test_unreadable_alert_state_is_ignored_with_a_log_line(tmp_path, make, caplog):
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "alert.json").write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="agent.report.alert"):
-        rt, _, _ = make()
-    assert rt.report.alert is None and not rt.screen.is_blank
-    assert any("alert.json: unreadable" in r.getMessage() for r in caplog.records)
-    rt.press("button")                                              # and reporting still works
-    barrier(rt)
-    assert sent(rt, "alert")[0]["state"] == "raised"
-
-
 def test_press_before_any_config_raises_when_config_arrives(tmp_path, make):
     rt, _, _ = make(config_dir=None)
     assert rt.policy is None
@@ -289,21 +276,6 @@ def test_timetable_boundary_reevaluates_policy(make):
     barrier(rt)
     assert seen == [False, True] and rt.policy.lock_reason == "out_of_hours"
     cmd(rt, cmd="lock", by="a.jones")                              # routed to components
-
-
-def test_an_alert_left_in_alert_json_by_an_older_agent_is_taken_over(tmp_path, make):
-    state = tmp_path / "state"
-    state.mkdir()
-    legacy = {"id": "5f0c1a8e-7f5b-4c8e-9d7e-2b1f6a9e3c11", "state": "acknowledged", "site": "penny-acres",
-              "room": "1a", "device": "1a-pi-01", "seat": "Table 1", "presses": 1, "source": "button",
-              "raised_at": "2026-11-24T10:00:00+00:00", "acknowledged_by": "a.jones"}
-    (state / "alert.json").write_text(json.dumps(legacy))
-    rt, _, _ = make()
-    assert rt.report.alert["id"] == legacy["id"] and rt.screen.message == SEEN
-    assert not (state / "alert.json").exists()                      # moved into the outbox
-    assert rt.outbox.kept("alert")["id"] == legacy["id"]
-    cmd(rt, cmd="clear", alert_id=legacy["id"], by="a.jones")
-    assert rt.outbox.kept("alert") is None and not rt.screen.is_blank
 
 
 def test_deferred_jobs_run_on_real_time_whatever_the_clock(make):

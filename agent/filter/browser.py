@@ -26,8 +26,6 @@ from ..files import atomic_write
 CHROMIUM_FILE = "classroom-safety.json"
 FIREFOX_FILE = "policies.json"
 YOUTUBE_RESTRICT = {"off": 0, "moderate": 1, "strict": 2}
-FIREFOX_KEYS = ("WebsiteFilter", "DNSOverHTTPS", "DisablePrivateBrowsing", "DisableDeveloperTools",
-                "ExtensionSettings", "DisableFirefoxAccounts")
 
 
 def _domains(policy, overrides: Iterable[str]) -> list[str]:

@@ -28,11 +28,9 @@ the screen again and still accepts ack/clear for it.  Evidence is domain names a
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
@@ -74,7 +72,7 @@ class Report:
 
     def _start(self, runtime) -> None:
         self.runtime = runtime
-        saved = runtime.kept("alert") or self._legacy_state(Path(runtime.state_dir) / "alert.json")
+        saved = runtime.kept("alert")
         if saved and saved.get("state") in OPEN_STATES and saved.get("id"):
             self._alert = saved
         if self._alert is not None:
@@ -83,21 +81,6 @@ class Report:
             key = "report_acknowledged" if self._alert["state"] == "acknowledged" else "report_raised"
             self.screen.blank(self._message(key))
             self._show_led()
-
-    def _legacy_state(self, path: Path) -> dict | None:
-        """An open alert left in ``alert.json`` by an earlier agent (now kept in the outbox)."""
-        try:
-            saved = json.loads(path.read_text())
-            if not isinstance(saved, dict):
-                raise ValueError("not an object")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); ignoring", path, exc)
-            return None
-        self.runtime.keep("alert", saved)
-        path.unlink(missing_ok=True)
-        return saved
 
     def stop(self) -> None:
         self._cancel_timer()

@@ -181,10 +181,6 @@ class ConfigSync:
         """The version of the last-known-good config, or None before the first one."""
         return self.cached.get("version") if self.cached else None
 
-    @property
-    def is_fetching(self) -> bool:
-        return not self._idle.is_set()
-
     # -------------------------------------------------------------- component API
     def start(self, runtime) -> None:
         self.runtime = runtime

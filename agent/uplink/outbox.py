@@ -48,8 +48,7 @@ HEARTBEAT = 2      # heartbeats: stale after a minute anyway
 
 # Every table and index is a page written on the alert's commit: no AUTOINCREMENT (its
 # sqlite_sequence page), no eviction index (eviction is rare and scans at most
-# max_rows), and ``kept`` is WITHOUT ROWID (no separate index for its key).  Databases
-# made before this keep AUTOINCREMENT, which costs one page; their ``kept`` is rebuilt.
+# max_rows), and ``kept`` is WITHOUT ROWID (no separate index for its key).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id       INTEGER PRIMARY KEY,
@@ -61,20 +60,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     created  TEXT    NOT NULL
 );
-DROP INDEX IF EXISTS outbox_evict;
 CREATE TABLE IF NOT EXISTS kept (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-"""
-
-KEPT_REBUILD = """
-BEGIN IMMEDIATE;
-CREATE TABLE kept_new (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-INSERT INTO kept_new SELECT key, value FROM kept;
-DROP TABLE kept;
-ALTER TABLE kept_new RENAME TO kept;
-COMMIT;
 """
 
 
@@ -113,9 +102,6 @@ class Outbox:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
-            (kept_sql,) = self._db.execute("SELECT sql FROM sqlite_master WHERE name = 'kept'").fetchone()
-            if "WITHOUT ROWID" not in kept_sql.upper():
-                self._db.executescript(KEPT_REBUILD)
         except sqlite3.OperationalError as exc:
             self._db.close()
             if "locked" in str(exc):

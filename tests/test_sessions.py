@@ -315,6 +315,18 @@ def test_a_restarted_agent_does_not_report_everyone_logging_in_again(tmp_path):
     assert [e["user"] for e in rt.of_type("logout")] == ["amira.k"]
 
 
+def test_after_a_restart_the_notice_is_put_back_once_not_every_poll(tmp_path):
+    rt, comp, table, _ = rig(tmp_path)
+    table.append(desktop("amira.k"))
+    comp.refresh()
+    presenter2 = FakePresenter()
+    comp2 = SessionsComponent(reader=lambda: list(table), poll_seconds=3600, aup=AcceptableUse(rt, presenter2))
+    comp2.start(rt)
+    for _ in range(3):
+        comp2.refresh()                      # the 15 s polls that follow
+    assert len(presenter2.notices) == 1 and presenter2.closed == []
+
+
 def test_damaged_sessions_file_means_reporting_again(tmp_path):
     rt = FakeRuntime(tmp_path)
     (rt.state_dir / "sessions.json").write_text("[1, 2")

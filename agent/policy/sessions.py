@@ -135,7 +135,9 @@ class SessionsComponent:
                 self._login(session)
             elif self.aup is not None and session.is_graphical and not session.remote \
                     and not self._primed_aup(sid):
-                self.aup.session_started(session)  # known from before a restart: notice again
+                # Known from before a restart: the notice again, once (not every poll).
+                self._aup_started.add(sid)
+                self.aup.session_started(session)
         for sid, session in list(self.sessions.items()):
             if sid not in now:
                 self.runtime.emit_event("logout", user=session.user, session=sid, session_type=session.type)

@@ -384,7 +384,7 @@ class Runtime:
                 if component.on_command(cmd):
                     return
             except Exception:  # noqa: BLE001
-                log.exception("component %s failed on cmd %s", getattr(component, "name", component), name)
+                log.exception("component %s failed on cmd %s", component.name, name)
                 return
         log.warning("cmd %s from %s: nothing on this device handles it", name, cmd.get("by"))
 
@@ -455,7 +455,7 @@ class Runtime:
             "outbox_pending": self.outbox.count(),
             "button_presses": self.button.presses,
             **self.report.status(),
-            "components": [getattr(c, "name", type(c).__name__) for c in self.components],
+            "components": [c.name for c in self.components],
         }
 
 

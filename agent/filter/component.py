@@ -256,7 +256,7 @@ class FilterComponent:
         """site.filtering from the runtime's config tree (or the one given to the constructor)."""
         if self._filtering is not None:
             return self._filtering
-        tree = getattr(self.runtime, "tree", None)
+        tree = self.runtime.tree
         return tree.site.filtering if tree is not None else None
 
     # ------------------------------------------------------------------ policy
@@ -314,7 +314,7 @@ class FilterComponent:
         from ..config.schema import is_domain
 
         urls = [self.runtime.bootstrap.broker_url, self.runtime.bootstrap.collector_url]
-        tree = getattr(self.runtime, "tree", None)
+        tree = self.runtime.tree
         if tree is not None:
             urls += [tree.site.broker.url, tree.site.collector.url]
         hosts = {(urlsplit(u).hostname or "").lower() for u in urls}
@@ -507,7 +507,7 @@ class FilterComponent:
         if policy is None:
             raise FilterError("no filter policy on this device yet")
         if allowed is None or blocked is None:
-            tree = getattr(self.runtime, "tree", None)
+            tree = self.runtime.tree
             check = tree.profiles[policy.key_stage].check if tree is not None else None
             allowed = list(check.allowed) if check else []
             blocked = list(check.blocked) if check else []

@@ -86,8 +86,8 @@ class AcceptableUse:
         self._dialogs: dict[str, object] = {}
 
     def _terms(self):
-        tree = getattr(self.runtime, "tree", None)
-        return getattr(getattr(tree, "site", None), "terms", None)
+        tree = self.runtime.tree
+        return tree.site.terms if tree is not None else None
 
     def session_started(self, session) -> None:
         policy = self.runtime.policy

@@ -133,14 +133,14 @@ class Guard:
         self.watch_mounts = tuple(str(m) for m in mounts if m)
 
     def _site_guard(self):
-        tree = getattr(self.runtime, "tree", None)
-        return getattr(getattr(tree, "site", None), "guard", None)
+        tree = self.runtime.tree if self.runtime is not None else None
+        return tree.site.guard if tree is not None else None
 
     # ------------------------------------------------------------------ Component (agent/core/interfaces.py)
     def start(self, runtime) -> None:
         self.runtime = runtime
         self._configure(self._site_guard())
-        if getattr(runtime, "policy", None) is not None:
+        if runtime.policy is not None:
             self._first_policy()
         if self.use_watchdog:
             self._start_watchdog()

@@ -78,8 +78,8 @@ class SessionsComponent:
 
     # -- SessionSource: what the runtime asks on behalf of everything else
     def desktop(self) -> Session | None:
-        bootstrap = getattr(self.runtime, "bootstrap", None)
-        return pick_desktop(list(self.sessions.values()), getattr(bootstrap, "session_user", None))
+        prefer = self.runtime.bootstrap.session_user if self.runtime is not None else None
+        return pick_desktop(list(self.sessions.values()), prefer)
 
     def current_user(self) -> str | None:
         session = self.desktop()

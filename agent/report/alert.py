@@ -37,8 +37,7 @@ from .. import protocol
 from ..config.schema import DEFAULT_MESSAGES
 
 if TYPE_CHECKING:
-    from ..core.interfaces import RuntimeAPI
-    from .screen import Screen
+    from ..core.interfaces import RuntimeAPI, ScreenLike
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Report:
 
     name = "report"
 
-    def __init__(self, screen: Screen, led=None):
+    def __init__(self, screen: ScreenLike, led=None):
         self.screen = screen
         self.led = led
         self.runtime: RuntimeAPI | None = None

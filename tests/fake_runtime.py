@@ -61,7 +61,6 @@ class FakeRuntime:
         self.desktop = make_desktop("headless")
         self.evidence_source = lambda minutes: []
         self.user = user
-        self.session = None            # what desktop_session() answers
         self.events: list[dict] = []
         self.sent: list[tuple[str, dict]] = []
         self.applied: list = []
@@ -211,9 +210,6 @@ class FakeRuntime:
     # ------------------------------------------------------------------ who is at the device
     def current_user(self):
         return self.user
-
-    def desktop_session(self):
-        return self.session
 
     # ------------------------------------------------------------------ control socket
     def register_control(self, op: str, handler) -> None:

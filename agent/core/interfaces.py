@@ -7,9 +7,9 @@ real ``Runtime`` (agent/core/runtime.py) and the one fake the tests use
 (tests/fake_runtime.py) are both checked against it (tests/test_interfaces.py).
 
 Components get what they need passed in: the runtime's own services here, the desktop's
-backends (``runtime.desktop``), the session in front (``runtime.desktop_session()``),
-and each other's services at construction (the filter is given the guard's
-``protect``).  None looks another up by name.
+backends (``runtime.desktop``, built with the session in front), and each other's
+services at construction (the filter is given the guard's ``protect``).  None looks
+another up by name.
 
 Threads: ``start``, ``stop``, ``on_policy`` and ``on_command`` run on the runtime's queue
 thread, and so does every job given to ``post``, ``call``, ``call_at``, ``call_later``
@@ -128,10 +128,8 @@ class RuntimeAPI(Protocol):
 
     def apply_config(self, tree_or_dict: ConfigTree | dict) -> bool: ...
 
-    # Who is at the device.
+    # Who is at the device (the desktop backends were given the session in front).
     def current_user(self) -> str | None: ...
-
-    def desktop_session(self) -> Session | None: ...
 
     # The control socket (agent/core/control.py).
     def register_control(self, op: str, handler: Callable[[dict], Any]) -> None: ...

@@ -110,8 +110,8 @@ def cmd_run(args) -> int:
     import signal
     import threading
 
-    from .heap import freeze_startup
-    from .runtime import Runtime
+    from .core.heap import freeze_startup
+    from .core.runtime import Runtime, default_components
 
     _setup_logging(args.verbose)
     bootstrap = _bootstrap(args.config)
@@ -129,10 +129,15 @@ def cmd_run(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # A simulated device (demo, bench) runs only the report path: no dnsmasq, browser
     # policies, locks or process guard touching the machine it runs on.
-    from .runtime import default_components
+    if args.simulate:
+        runtime = Runtime(bootstrap)
+    else:
+        from .policy.sessions import SessionsComponent
 
-    runtime = Runtime(bootstrap, components=[] if args.simulate else default_components()).start()
-    freeze_startup()  # agent/heap.py: no 40 ms collection in the middle of a press
+        sessions = SessionsComponent()  # who is at the device: for the runtime and the desktop backends
+        runtime = Runtime(bootstrap, sessions=sessions, components=default_components(sessions))
+    runtime.start()
+    freeze_startup()  # agent/core/heap.py: no 40 ms collection in the middle of a press
     try:
         stop.wait()
     finally:
@@ -141,7 +146,7 @@ def cmd_run(args) -> int:
 
 
 def _control_request(args, req: dict) -> dict:
-    from .control import request
+    from .core.control import request
 
     path = args.socket
     if path is None:
@@ -170,7 +175,7 @@ def cmd_status(args) -> int:
 def cmd_hash_pin(args) -> int:
     import getpass
 
-    from .screen import hash_pin
+    from .desktop.pin import hash_pin
 
     pin = args.pin if args.pin is not None else getpass.getpass("Staff PIN (4-12 digits): ")
     try:
@@ -223,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hash_pin)
 
     from .filter.commands import add_parser as add_filter_parser  # filter show / filter check
-    add_filter_parser(sub)
+    add_filter_parser(sub, load_policy)
     return parser
 
 

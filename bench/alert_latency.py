@@ -4,7 +4,7 @@
 Measures, in one run against its own mosquitto on a free loopback port:
 
 (a) button edge -> blank issued: a gpiozero MockFactory pin drives the REAL agent
-    (agent/runtime.py: ReportButton -> Report.press -> Screen.blank, headless backend);
+    (agent/core/runtime.py: ReportButton -> Report.press -> Screen.blank, headless backend);
     t0 = just before ``pin.drive_low()``, t1 = ``Screen.blank_issued_at``.  The agent
     runs in its own process, as it does on a device: the bench's own threads (reading
     the teacher's lines, polling) would otherwise compete with it for the GIL.  Its
@@ -355,9 +355,10 @@ def start_agent(tmp: Path, port: int, password: str | None):
     from gpiozero.pins.mock import MockFactory
 
     from agent.config.schema import AgentBootstrap
-    from agent.heap import freeze_startup
-    from agent.runtime import Runtime
-    from agent.screen import HeadlessBackend, Screen
+    from agent.core.heap import freeze_startup
+    from agent.core.runtime import Runtime
+    from agent.desktop.headless import HeadlessScreen
+    from agent.report.screen import Screen
 
     state = Path(tempfile.mkdtemp(prefix="alert-bench-", dir="/var/tmp"))
     if password:
@@ -370,7 +371,7 @@ def start_agent(tmp: Path, port: int, password: str | None):
                           state_dir=str(state), control_socket=str(tmp / "control.sock"),
                           config_dir=str(ROOT / "config"), screen_backend="headless")
     factory = MockFactory()
-    screen = Screen(HeadlessBackend())
+    screen = Screen(HeadlessScreen())
     runtime = Runtime(boot, screen=screen, pin_factory=factory, control=False).start()
     wait_for(lambda: runtime.link is not None and runtime.link.connected.is_set(), 15, "the agent to connect")
     freeze_startup()  # as `classroom-agent run` does after start-up

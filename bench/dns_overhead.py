@@ -4,7 +4,7 @@
 In one run, on free loopback ports (tests/services.py), with dnsperf:
 
 (a) the agent's dnsmasq, run by the REAL filter component (agent/filter) inside the
-    REAL agent runtime (agent/runtime.py): allowlist servers-file, address=/#/,
+    REAL agent runtime (agent/core/runtime.py): allowlist servers-file, address=/#/,
     log-queries to the file the agent follows (the follower thread runs during the bench);
 (b) a plain dnsmasq forwarder (no-resolv, server=<stub>, same cache size, no logging);
 
@@ -92,8 +92,9 @@ def start_agent(tmp: Path, broker: Mosquitto, stub: Dnsmasq):
 
     from agent.config.schema import AgentBootstrap, Filtering
     from agent.filter.component import FilterComponent
-    from agent.runtime import Runtime
-    from agent.screen import HeadlessBackend, Screen
+    from agent.core.runtime import Runtime
+    from agent.desktop.headless import HeadlessScreen
+    from agent.report.screen import Screen
 
     boot = AgentBootstrap(device=DEVICE, site=SITE, broker_url=f"mqtt://127.0.0.1:{broker.port}",
                           collector_url="http://127.0.0.1:9", credentials=str(tmp / "none.yaml"),
@@ -101,7 +102,7 @@ def start_agent(tmp: Path, broker: Mosquitto, stub: Dnsmasq):
                           config_dir=str(ROOT / "config"), screen_backend="headless",
                           dnsmasq_dir=str(tmp / "dnsmasq"), chromium_policy_dir=str(tmp / "chromium" / "managed"),
                           firefox_policy_dir=str(tmp / "firefox" / "policies"), apply_nftables=False)
-    runtime = Runtime(boot, screen=Screen(HeadlessBackend()), pin_factory=MockFactory(), control=False)
+    runtime = Runtime(boot, screen=Screen(HeadlessScreen()), pin_factory=MockFactory(), control=False)
     filt = FilterComponent(filtering=Filtering(upstream_dns=["127.0.0.1"]), port=free_port(),
                            filter_port=free_port(), upstream_port=stub.port)
     runtime.add_component(filt)

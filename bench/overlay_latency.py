@@ -4,7 +4,7 @@
 DESIGN.md's target for "button edge -> blank issued" is p99 <= 5 ms, and on a Pi the
 screen should follow within one frame plus the panel.  This bench runs a headless sway
 desktop (as ``nobody``, 800x600, pixman renderer), puts the real GTK layer-shell overlay
-(agent/screen_overlay_wayland.py) on it through ``Screen``/``WaylandBackend``, and for
+(agent/desktop/programs/overlay_wayland.py) on it through ``Screen``/``WaylandBackend``, and for
 each of ``--rounds`` presses measures:
 
 * issued:  ``Screen.blank()`` called -> returned (the line is down the pipe);
@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from common import percentile  # noqa: E402 - also puts the repo and tests/ on sys.path
-from agent.screen import Screen, WaylandBackend, wayland_overlay_available  # noqa: E402
+from agent.desktop.wayland import WaylandBackend, wayland_overlay_available  # noqa: E402
+from agent.report.screen import Screen  # noqa: E402
 
 FRAME_MS = 1000 / 60
 

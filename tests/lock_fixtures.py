@@ -1,114 +1,19 @@
-"""Fixtures for the lock / sessions / guard tests: a fake runtime, a recording command
-runner, and a real Xvfb display.
-
-``FakeRuntime`` implements exactly the runtime contract of COMMON.md (emit_event, post,
-call_later, clock, policy, bootstrap, state_dir, current_user) with a FakeClock, and
-validates every event it is given with agent.protocol, so a component that emits a
-malformed event fails its test.
+"""Fixtures for the lock / sessions / guard tests: a recording command runner, a real
+Xvfb display, and a real program named like a bypass tool.  The runtime these tests
+give their components is tests/fake_runtime.py's ``FakeRuntime``.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import queue
 import subprocess
-import threading
-from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from agent import protocol
-from agent.clock import FakeClock
-from agent.config import effective_policy, load_tree
 from services import require_binary, spawn, terminate, wait_until
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "config"
-
-
-class FakeTimer:
-    def __init__(self, due, fn):
-        self.due, self.fn, self.cancelled = due, fn, False
-
-    def cancel(self):
-        self.cancelled = True
-
-
-class FakeRuntime:
-    def __init__(self, tmp_path, device="5b-pi-01", start: datetime | None = None, user="pupil1"):
-        self.tree = load_tree(EXAMPLE)
-        self.device = device
-        self.clock = FakeClock(start)
-        self.state_dir = Path(tmp_path) / "state"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap = SimpleNamespace(device=device, site="penny-acres", session_user=None,
-                                         screen_backend="headless", staff_pin_hash=None,
-                                         state_dir=str(self.state_dir))
-        self.events: list[dict] = []
-        self.timers: list[FakeTimer] = []
-        self.posted: "queue.SimpleQueue" = queue.SimpleQueue()
-        self.components: list = []
-        self.user = user
-        self.policy = self.evaluate()
-
-    def evaluate(self):
-        self.policy = effective_policy(self.tree, self.device, self.clock())
-        return self.policy
-
-    def set_time(self, moment: datetime):
-        self.clock.set(moment)
-        return self.evaluate()
-
-    def emit_event(self, type, **fields):  # noqa: A002
-        event = {"id": protocol.new_id(), "type": type, "ts": protocol.now_ts(self.clock()),
-                 "site": self.policy.site, "room": self.policy.room, "device": self.device, **fields}
-        protocol.validate("event", event)
-        protocol.decode(protocol.encode(event))  # must be JSON-serialisable
-        self.events.append(event)
-        return event
-
-    def post(self, fn, *args):
-        # The test's main thread plays the queue thread: run at once.  Other threads
-        # (watchdog, overlay reader) queue; the test runs those with run_posted().
-        if threading.current_thread() is threading.main_thread():
-            fn(*args)
-        else:
-            self.posted.put((fn, args))
-
-    def run_posted(self, timeout: float = 5.0) -> int:
-        """Run posted jobs until one has run and the queue is empty; return how many ran."""
-        ran = 0
-        fn, args = self.posted.get(timeout=timeout)
-        while True:
-            fn(*args)
-            ran += 1
-            try:
-                fn, args = self.posted.get_nowait()
-            except queue.Empty:
-                return ran
-
-    def call_later(self, seconds, fn, *args):
-        timer = FakeTimer(self.clock() + timedelta(seconds=seconds), lambda: fn(*args))
-        self.timers.append(timer)
-        return timer
-
-    def due_timers(self):
-        return [t for t in self.timers if not t.cancelled and t.due <= self.clock()]
-
-    def run_due(self) -> int:
-        due = self.due_timers()
-        for t in due:
-            t.cancelled = True
-            t.fn()
-        return len(due)
-
-    def current_user(self):
-        return self.user
-
-    def of_type(self, kind):
-        return [e for e in self.events if e["type"] == kind]
 
 
 class FakeProc:
@@ -164,11 +69,6 @@ class RecordingRunner:
         proc.stdin_text = stdin_text
         self.spawned.append(proc)
         return proc
-
-
-@pytest.fixture
-def fake_runtime(tmp_path):
-    return FakeRuntime(tmp_path)
 
 
 @pytest.fixture

@@ -310,15 +310,16 @@ def test_real_agent_press_reaches_teacher_who_acks_and_clears(secure_broker, fac
     """The whole loop: GPIO press on the real agent -> blank -> alert over the secured broker ->
     classroom-alerts -> "I'm coming" -> the pupil's screen says so -> clear -> screen back."""
     from agent.config.schema import AgentBootstrap
-    from agent.runtime import Runtime
-    from agent.screen import HeadlessBackend, Screen
+    from agent.core.runtime import Runtime
+    from agent.desktop.headless import HeadlessScreen
+    from agent.report.screen import Screen
 
     sb = secure_broker
     boot = AgentBootstrap(device="5b-pi-01", site=SITE, broker_url=f"mqtt://127.0.0.1:{sb.broker.port}",
                           collector_url="http://127.0.0.1:9", credentials=str(sb.out / "credentials" / "5b-pi-01.yaml"),
                           state_dir=str(tmp_path / "state"), control_socket=str(tmp_path / "control.sock"),
                           config_dir=str(ROOT / "config"), screen_backend="headless")
-    screen = Screen(HeadlessBackend())
+    screen = Screen(HeadlessScreen())
     runtime = Runtime(boot, screen=screen, pin_factory=factory, control=False).start()
     client = start_client(sb)
     try:

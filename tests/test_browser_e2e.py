@@ -137,8 +137,9 @@ def test_real_agent_press_shows_live_and_teacher_buttons_reach_it(collector, bro
     from selenium.webdriver.common.by import By
 
     from agent.config.schema import AgentBootstrap
-    from agent.runtime import Runtime
-    from agent.screen import HeadlessBackend, Screen
+    from agent.core.runtime import Runtime
+    from agent.desktop.headless import HeadlessScreen
+    from agent.report.screen import Screen
     from server_fixtures import REPO
 
     boot = AgentBootstrap(device=DEVICE, site=SITE, broker_url=f"mqtt://127.0.0.1:{collector.broker.port}",
@@ -146,7 +147,7 @@ def test_real_agent_press_shows_live_and_teacher_buttons_reach_it(collector, bro
                           state_dir=str(tmp_path / "state"), control_socket=str(tmp_path / "control.sock"),
                           config_dir=str(REPO / "config"), screen_backend="headless")
     factory = MockFactory()
-    screen = Screen(HeadlessBackend())
+    screen = Screen(HeadlessScreen())
     runtime = Runtime(boot, screen=screen, pin_factory=factory, control=False).start()
     recorder = CmdRecorder(collector.broker, protocol.topic(PREFIX, SITE, "5b", DEVICE, "cmd"))
     try:

@@ -3,7 +3,7 @@
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.button import ReportButton, StatusLED
+from agent.report.button import ReportButton, StatusLED
 from agent.config.pins import make_pin_factory
 from agent.errors import UserError
 

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from agent.config import load_tree
-from agent.configsync import ConfigSync, cache_path, load_cached, save_cached
+from agent.uplink.configsync import ConfigSync, cache_path, load_cached, save_cached
 from server_fixtures import PASSWORD, REPO, STAFF, tree  # noqa: F401
 from services import wait_until
 from web_fixtures import DEVICE_PASSWORD, collector, enrol_device  # noqa: F401
@@ -208,8 +208,9 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
     from gpiozero.pins.mock import MockFactory
 
     from agent.config.schema import AgentBootstrap
-    from agent.runtime import Runtime
-    from agent.screen import HeadlessBackend, Screen
+    from agent.core.runtime import Runtime
+    from agent.desktop.headless import HeadlessScreen
+    from agent.report.screen import Screen
     from server.rollout import read_files
 
     api = httpx.Client(base_url=collector.url, timeout=30)
@@ -226,7 +227,7 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
     boot = AgentBootstrap(device=DEVICE, site="penny-acres", broker_url=f"mqtt://127.0.0.1:{collector.broker.port}",
                           collector_url=collector.url, credentials=str(creds), state_dir=str(tmp_path / "state"),
                           control_socket=str(tmp_path / "control.sock"), screen_backend="headless")
-    runtime = Runtime(boot, screen=Screen(HeadlessBackend()), pin_factory=MockFactory(), control=False)
+    runtime = Runtime(boot, screen=Screen(HeadlessScreen()), pin_factory=MockFactory(), control=False)
     sync = next(c for c in runtime.components if isinstance(c, ConfigSync))
     runtime.start()
 

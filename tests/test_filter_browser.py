@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from agent.filter import browser
-from filter_fixtures import RecordingRuntime, filter_root, with_domains  # noqa: F401
+from fake_runtime import FakeRuntime
+from filter_fixtures import filter_root, with_domains  # noqa: F401
 from services import free_port, require_binary
 
 
 @pytest.fixture
 def policy(filter_root):
-    rt = RecordingRuntime(filter_root)
+    rt = FakeRuntime(filter_root)
     yield rt.policy
     rt.close()
 

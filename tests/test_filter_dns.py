@@ -10,7 +10,7 @@ import pytest
 
 from agent.filter import dnsclient
 from filter_fixtures import (  # noqa: F401 - fixtures
-    SCHOOL_TIME, RecordingRuntime, filter_root, filtering_for, make_filter, stub_upstream, with_domains,
+    SCHOOL_TIME, filter_root, filter_runtime, filtering_for, make_filter, stub_upstream, with_domains,
 )
 from services import require_binary, wait_until
 
@@ -82,7 +82,7 @@ def test_safe_search_rewrites_only_allowed_engines(make_filter):
 def test_blocked_query_is_one_event_with_dfe_fields(make_filter):
     comp, rt = make_filter()
     assert ask(comp, "tiktok.com") == ("NXDOMAIN", [])
-    wait_until(lambda: "tiktok.com" in comp.coalescer._open, 5)
+    wait_until(lambda: "tiktok.com" in comp.blocked.coalescer._open, 5)
     assert rt.of_type("blocked") == []          # settling: repeats may still come
     rt.clock.advance(1)                         # (the runtime clock drives the window)
     event = wait_until(lambda: rt.of_type("blocked"), 5)[0]
@@ -97,14 +97,14 @@ def test_blocked_query_is_one_event_with_dfe_fields(make_filter):
 def test_retried_blocked_domain_is_coalesced(make_filter):
     comp, rt = make_filter(settle_seconds=1.0)
     flood(comp.port, "facebook.com", 200)
-    wait_until(lambda: comp.coalescer._open["facebook.com"].count == 200, 10)
+    wait_until(lambda: comp.blocked.coalescer._open["facebook.com"].count == 200, 10)
     rt.clock.advance(1)
     events = wait_until(lambda: rt.of_type("blocked"), 10)
     assert len(events) == 1
     assert events[0]["domain"] == "facebook.com" and events[0]["count"] == 200
     # Later in the same window (clock still inside it): counted into one more event at window end.
     flood(comp.port, "facebook.com", 3)
-    wait_until(lambda: comp.coalescer._open["facebook.com"].count == 3, 5)
+    wait_until(lambda: comp.blocked.coalescer._open["facebook.com"].count == 3, 5)
     rt.clock.advance(1)
     rt.call(comp._tick)
     assert len(rt.of_type("blocked")) == 1      # already reported in this window: wait for its end
@@ -235,7 +235,7 @@ def test_bad_allowlist_keeps_the_current_filter(make_filter, caplog):
 def test_filter_disabled_without_dnsmasq(filter_root, caplog):
     from agent.filter.component import FilterComponent
 
-    rt = RecordingRuntime(filter_root)
+    rt = filter_runtime(filter_root)
     try:
         comp = FilterComponent(filtering=filtering_for(), dnsmasq_binary=None, port=1)
         import agent.filter.component as component_module
@@ -293,7 +293,7 @@ def test_query_log_rotation_with_real_dnsmasq(make_filter):
     wait_until(lambda: (comp.paths.dir / "queries.log.1").exists(), 10)
     # dnsmasq (as its own user) reopened a fresh log: blocked attempts are still seen.
     ask(comp, "after-rotation.example.com")
-    wait_until(lambda: "after-rotation.example.com" in comp.coalescer._open, 10)
+    wait_until(lambda: "after-rotation.example.com" in comp.blocked.coalescer._open, 10)
     assert comp.paths.querylog.stat().st_size < 4000
 
 
@@ -341,7 +341,7 @@ def test_one_page_visit_counts_once_not_per_record_type(make_filter):
     # All three look-ups have reached the agent (evidence counts query lines)...
     wait_until(lambda: [r["count"] for r in rt.evidence_source(10) if r["domain"] == "snapchat.com"] == [3], 5)
     rt.call(lambda: None)                            # ...and the queue has handled them
-    assert comp.coalescer._open["snapchat.com"].count == 1
+    assert comp.blocked.coalescer._open["snapchat.com"].count == 1
     rt.clock.advance(2)
     [event] = wait_until(lambda: rt.of_type("blocked"), 5)
     assert event["domain"] == "snapchat.com" and event["count"] == 1

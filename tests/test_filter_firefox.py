@@ -20,7 +20,8 @@ import pytest
 
 from agent.config.schema import AgentBootstrap
 from agent.filter import browser
-from filter_fixtures import RecordingRuntime, filter_root, with_domains  # noqa: F401
+from fake_runtime import FakeRuntime
+from filter_fixtures import filter_root, with_domains  # noqa: F401
 from marionette import Firefox, MarionetteError
 from services import free_port, require_binary
 
@@ -34,7 +35,7 @@ class _Page(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def policy(filter_root):
-    rt = RecordingRuntime(filter_root)
+    rt = FakeRuntime(filter_root)
     yield rt.policy
     rt.close()
 

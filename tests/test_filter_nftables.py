@@ -9,7 +9,8 @@ import pytest
 from agent.filter import nftables
 from agent.filter.dnsmasq import (DnsmasqPaths, build_spec, render_conf, render_front_conf, render_hosts,
                                   render_servers)
-from filter_fixtures import STUB_RECORDS, RecordingRuntime, filter_root  # noqa: F401
+from fake_runtime import FakeRuntime
+from filter_fixtures import STUB_RECORDS, filter_root  # noqa: F401
 from services import dig, require_binary, require_root, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,7 +46,7 @@ def test_ruleset_redirects_dns_and_blocks_dot_in_a_namespace(netns, dnsmasq_fact
     dnsmasq_factory(STUB_RECORDS, port=53, netns=ns, listen_address="127.0.0.53")
 
     # The agent's dnsmasq, from the generated config, as the unprivileged dnsmasq user.
-    rt = RecordingRuntime(filter_root)
+    rt = FakeRuntime(filter_root)
     rt.close()
     paths = DnsmasqPaths(filter_root / "dnsmasq")
     paths.dir.mkdir(mode=0o755)

@@ -16,8 +16,9 @@ def make_runtime(root, components, control=False):
     from gpiozero.pins.mock import MockFactory
 
     from agent.config.schema import AgentBootstrap
-    from agent.runtime import Runtime
-    from agent.screen import HeadlessBackend, Screen
+    from agent.core.runtime import Runtime
+    from agent.desktop.headless import HeadlessScreen
+    from agent.report.screen import Screen
 
     boot = AgentBootstrap(device="5b-pi-01", site="penny-acres", broker_url="mqtt://127.0.0.1:9",
                           collector_url="http://127.0.0.1:9", credentials=str(root / "none.yaml"),
@@ -25,7 +26,7 @@ def make_runtime(root, components, control=False):
                           config_dir=str(REPO / "config"), screen_backend="headless",
                           dnsmasq_dir=str(root / "dnsmasq"), chromium_policy_dir=str(root / "chromium" / "managed"),
                           firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False)
-    return Runtime(boot, screen=Screen(HeadlessBackend()), pin_factory=MockFactory(), connect=False,
+    return Runtime(boot, screen=Screen(HeadlessScreen()), pin_factory=MockFactory(), connect=False,
                    control=control, components=components)
 
 
@@ -112,7 +113,7 @@ def test_filter_check_through_the_running_agent(filter_root, stub_upstream, caps
         blocked_names.discard("use-application-dns.net")   # the canary is not evidence
         wait_until(lambda: blocked_names <= {row["domain"] for row in runtime.evidence_source(10)}, 5)
         runtime.call(comp._tick)
-        assert not comp.coalescer._open and outbox_events(runtime, "blocked") == []
+        assert not comp.blocked.coalescer._open and outbox_events(runtime, "blocked") == []
         # Checked locally (technician's laptop style): same verdicts, but not recorded.
         with pytest.raises(SystemExit) as done:
             agent_main(["filter", "check", "--config", str(REPO / "config"), "--device", "5b-pi-01",

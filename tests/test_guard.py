@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 import psutil
 import pytest
 
-from agent.guard import Guard, comm_names, read_mounts
-from lock_fixtures import FakeRuntime, PupilTool
+from agent.policy.guard import Guard, comm_names, read_mounts
+from fake_runtime import FakeRuntime
+from lock_fixtures import PupilTool
 from services import skip_or_fail, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.timeout(40)

@@ -1,4 +1,4 @@
-"""agent/heap.py: the start-up heap is frozen, so full collections walk only newer objects."""
+"""agent/core/heap.py: the start-up heap is frozen, so full collections walk only newer objects."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 # In a child process: freezing is for the whole process, and this one runs every test.
 PROBE = """
 import gc, json
-import agent.runtime, server.alerts.cli            # what an agent or a teacher client imports
-from agent.heap import freeze_startup
+import agent.core.runtime, server.alerts.cli       # what an agent or a teacher client imports
+from agent.core.heap import freeze_startup
 before = len(gc.get_objects())
 frozen = freeze_startup()
 print(json.dumps({"before": before, "frozen": frozen, "after": len(gc.get_objects()),

@@ -7,7 +7,8 @@ import time
 import psutil
 import pytest
 
-from agent import heartbeat, protocol
+from agent import protocol
+from agent.uplink import heartbeat
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -61,9 +62,9 @@ def test_unreadable_disk_path_gives_none_not_a_crash():
 def test_the_running_agent_sends_it_every_heartbeat_seconds(tmp_path, mosquitto):
     from gpiozero.pins.mock import MockFactory
 
-    from agent.clock import FakeClock
-    from agent.runtime import Runtime
-    from agent.screen import Screen
+    from agent.core.clock import FakeClock
+    from agent.core.runtime import Runtime
+    from agent.report.screen import Screen
     from runtime_fixtures import Subscriber, bootstrap
     from services import wait_until
 

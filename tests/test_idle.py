@@ -10,9 +10,12 @@ import subprocess
 
 import pytest
 
-from agent.clock import FakeClock
-from agent.idle import HeadlessIdle, SwayIdle, X11Idle, x11_idle_ms
-from agent.sessions import Session
+from agent.core.clock import FakeClock
+from agent.desktop.headless import HeadlessIdle
+from agent.desktop.programs.x11_idle import x11_idle_ms
+from agent.desktop.wayland import SwayIdle
+from agent.desktop.x11 import X11Idle
+from agent.desktop.session import Session
 from lock_fixtures import RecordingRunner, xvfb  # noqa: F401 - fixture
 from services import require_binary, wait_until
 
@@ -109,7 +112,8 @@ def test_swayidle_missing_means_unknown():
 
 
 def test_headless_devices_never_idle_lock():
-    from agent.idle import NoIdle, make_idle
+    from agent.desktop.backends import make_desktop
+    from agent.desktop.headless import NoIdle
 
-    source = make_idle("headless", clock=FakeClock(), session_fn=lambda: None)
+    source = make_desktop("headless").idle
     assert isinstance(source, NoIdle) and source.idle_seconds() is None

@@ -9,8 +9,8 @@ import pytest
 
 from agent.errors import UserError
 from agent.config.credentials import load_credentials
-from agent.link import Link
-from agent.outbox import Outbox
+from agent.uplink.link import Link
+from agent.uplink.outbox import Outbox
 from runtime_fixtures import PREFIX, Subscriber, publish
 from services import mosquitto_passwd, wait_until
 
@@ -112,7 +112,7 @@ def test_send_is_stored_until_puback_and_resent_after_outage(tmp_path, mosquitto
 @pytest.mark.timeout(30)
 def test_the_sending_thread_writes_while_paho_is_busy(tmp_path, mosquitto):
     """On plain TCP the thread that sends writes the socket itself: an alert gets out
-    even while paho's network thread is stuck in a callback (agent/link.py _Client)."""
+    even while paho's network thread is stuck in a callback (agent/uplink/link.py _Client)."""
     import threading
 
     sub = Subscriber(mosquitto, PREFIX + "/alert")
@@ -164,14 +164,14 @@ def test_malformed_cmd_is_ignored_with_one_log_line(tmp_path, mosquitto, caplog)
         first = {"cmd": "ack", "alert_id": "00000000-0000-4000-8000-000000000002", "by": "a.jones"}
         publish(mosquitto, PREFIX + "/cmd", first)
         wait_until(lambda: commands, 10)
-        with caplog.at_level(logging.WARNING, logger="agent.link"):
+        with caplog.at_level(logging.WARNING, logger="agent.uplink.link"):
             for raw in bad:
                 publish(mosquitto, PREFIX + "/cmd", raw)
             good = {"cmd": "ack", "alert_id": "00000000-0000-4000-8000-000000000001", "by": "a.jones"}
             publish(mosquitto, PREFIX + "/cmd", good)
             wait_until(lambda: len(commands) == 2, 10)
         assert commands == [first, good]                       # the link kept running
-        lines = [r.getMessage() for r in caplog.records if r.name == "agent.link"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "agent.uplink.link"]
         assert len(lines) == len(bad) and link.ignored_commands == len(bad)
         assert all(line.startswith(f"ignored cmd on {PREFIX}/cmd: ") and "\n" not in line for line in lines)
         assert "cmd: 'explode' is not one of" in lines[2] and "alert_id: is required" in lines[3]

@@ -9,10 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.idle import HeadlessIdle
-from agent.lock import STAFF_OVERRIDE, HeadlessLock, LockState
-from agent.lockcomponent import LockComponent
-from lock_fixtures import FakeRuntime
+from agent.desktop.headless import HeadlessIdle
+from agent.desktop.headless import HeadlessLock
+from agent.policy.lock import STAFF_OVERRIDE, LockState
+from agent.policy.lock import LockComponent
+from fake_runtime import FakeRuntime
 
 pytestmark = pytest.mark.timeout(30)
 UTC = timezone.utc
@@ -29,7 +30,7 @@ def rig(tmp_path):
     rt = FakeRuntime(tmp_path, start=utc(2026, 11, 24, 10, 0))
     backend = HeadlessLock()
     idle = HeadlessIdle(rt.clock)
-    comp = LockComponent(backend=backend, idle=idle, session_fn=lambda: None)
+    comp = LockComponent(backend=backend, idle=idle)
     comp.start(rt)
     return rt, comp, backend, idle
 
@@ -80,7 +81,7 @@ def test_input_resets_the_idle_countdown(rig):
 def test_idle_minutes_follow_the_profile(tmp_path):
     rt = FakeRuntime(tmp_path, device="reception-pi-01", start=utc(2026, 11, 24, 10, 0))
     backend = HeadlessLock()
-    comp = LockComponent(backend=backend, idle=HeadlessIdle(rt.clock), session_fn=lambda: None)
+    comp = LockComponent(backend=backend, idle=HeadlessIdle(rt.clock))
     comp.start(rt)
     assert rt.policy.idle_lock_minutes == 5  # EYFS
     rt.clock.advance(5 * 60)
@@ -233,7 +234,7 @@ def test_backend_failure_still_reports_the_lock(tmp_path):
             raise OSError("swaylock missing")
 
     rt = FakeRuntime(tmp_path, start=utc(2026, 11, 24, 10, 0))
-    comp = LockComponent(backend=Broken(), idle=HeadlessIdle(rt.clock), session_fn=lambda: None)
+    comp = LockComponent(backend=Broken(), idle=HeadlessIdle(rt.clock))
     comp.start(rt)
     with pytest.raises(OSError):
         comp.on_command({"cmd": "lock", "by": "m.khan"})

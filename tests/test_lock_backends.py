@@ -8,9 +8,11 @@ import signal
 
 import pytest
 
-from agent import sessions
-from agent.lock import SESSION_MODE, STAFF_MODE, WaylandLock, X11Lock
-from agent.sessions import Session
+from agent.desktop import session as sessions
+from agent.desktop.base import SESSION_MODE, STAFF_MODE
+from agent.desktop.wayland import WaylandLock
+from agent.desktop.x11 import X11Lock
+from agent.desktop.session import Session
 from lock_fixtures import RecordingRunner
 
 pytestmark = pytest.mark.timeout(20)

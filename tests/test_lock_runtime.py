@@ -10,14 +10,14 @@ from datetime import datetime, timezone
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.clock import FakeClock
-from agent.guard import Guard
-from agent.idle import HeadlessIdle
-from agent.lock import HeadlessLock
-from agent.lockcomponent import LockComponent
-from agent.runtime import Runtime
-from agent.screen import Screen
-from agent.sessions import Session, SessionsComponent
+from agent.core.clock import FakeClock
+from agent.core.runtime import Runtime
+from agent.desktop.headless import HeadlessIdle, HeadlessLock
+from agent.desktop.session import Session
+from agent.policy.guard import Guard
+from agent.policy.lock import LockComponent
+from agent.policy.sessions import SessionsComponent
+from agent.report.screen import Screen
 from lock_fixtures import PupilTool
 from runtime_fixtures import PREFIX, Subscriber, bootstrap, publish
 
@@ -32,16 +32,16 @@ def _has(rt, name):
 def device(tmp_path, mosquitto):
     clock = FakeClock(datetime(2026, 11, 24, 15, 50, tzinfo=timezone.utc))  # 15:50 GMT, in school
     pins = MockFactory()
-    rt = Runtime(bootstrap(tmp_path, mosquitto), clock=clock, screen=Screen(), pin_factory=pins)
+    table = [Session(id="c1", user="amira.k", uid=1001, type="x11", display=":0", seat="seat0")]
+    # The runtime is given its sessions source, as `classroom-agent run` gives it one.
+    sessions = SessionsComponent(reader=lambda: list(table), poll_seconds=3600)
+    rt = Runtime(bootstrap(tmp_path, mosquitto), clock=clock, screen=Screen(), pin_factory=pins, sessions=sessions)
     backend = HeadlessLock()
     idle = HeadlessIdle(clock)
-    table = [Session(id="c1", user="amira.k", uid=1001, type="x11", display=":0", seat="seat0")]
     # Whatever the runtime registers itself (after integration), these are the instances
     # under test; duplicates are not added.
     if not _has(rt, "lock"):
-        rt.add_component(LockComponent(backend=backend, idle=idle, session_fn=lambda: None))
-    if not _has(rt, "sessions"):
-        rt.add_component(SessionsComponent(reader=lambda: list(table), poll_seconds=3600))
+        rt.add_component(LockComponent(backend=backend, idle=idle))
     if not _has(rt, "guard"):
         rt.add_component(Guard(bypass_processes=["tor"], end_bypass_processes=True, watch_mounts=[],
                                poll_seconds=0.2))
@@ -96,7 +96,7 @@ def test_a_bypass_tool_is_ended_by_the_running_agent(device, tmp_path):
 
 
 def test_the_production_set_has_sessions_lock_and_guard_and_knows_the_user(device):
-    from agent.runtime import default_components
+    from agent.core.runtime import default_components
 
     names = [getattr(c, "name", None) for c in default_components()]
     assert {"sessions", "lock", "guard"} <= set(names)

@@ -10,8 +10,9 @@ import signal
 import psutil
 import pytest
 
-from agent.idle import SwayIdle
-from agent.lock import STAFF_MODE, WaylandLock, catches
+from agent.desktop.wayland import SwayIdle
+from agent.desktop.base import STAFF_MODE
+from agent.desktop.wayland import WaylandLock, catches
 from services import require_binary, wait_until
 from wayland_fixtures import USER, sway_session  # noqa: F401 - a fixture
 

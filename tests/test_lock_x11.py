@@ -8,11 +8,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from agent.idle import HeadlessIdle
-from agent.lock import STAFF_MODE, X11Lock
-from agent.lockcomponent import LockComponent
-from agent.screen import hash_pin
-from lock_fixtures import FakeRuntime, xvfb  # noqa: F401 - fixture
+from agent.desktop.headless import HeadlessIdle
+from agent.desktop.base import STAFF_MODE
+from agent.desktop.x11 import X11Lock
+from agent.policy.lock import LockComponent
+from agent.desktop.pin import hash_pin
+from fake_runtime import FakeRuntime
+from lock_fixtures import xvfb  # noqa: F401 - fixture
 from services import require_binary, wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.integration]
@@ -42,7 +44,7 @@ def test_staff_lock_shows_a_full_screen_window_only_the_pin_clears(xvfb, tmp_pat
     require_binary("xwininfo")
     rt = FakeRuntime(tmp_path, start=datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc))
     backend = X11Lock(lambda: None, staff_pin_hash=hash_pin(PIN), display=xvfb.display, dm_tool="")
-    comp = LockComponent(backend=backend, idle=HeadlessIdle(rt.clock), session_fn=lambda: None)
+    comp = LockComponent(backend=backend, idle=HeadlessIdle(rt.clock))
     comp.start(rt)
     try:
         comp.on_command({"cmd": "lock", "by": "m.khan"})
@@ -88,7 +90,7 @@ def test_the_pupil_cannot_kill_the_lock_window(xvfb):
     account gets 'Operation not permitted' trying to end it."""
     import psutil
 
-    from agent.sessions import Session
+    from agent.desktop.session import Session
     from services import require_root
 
     require_root()
@@ -114,7 +116,7 @@ def test_a_lock_window_that_dies_is_shown_again(xvfb):
     import os
     import signal
 
-    from agent.sessions import Session
+    from agent.desktop.session import Session
 
     pupil = Session(id="1", user="nobody", uid=65534, type="x11", display=xvfb.display)
     backend = X11Lock(lambda: pupil, staff_pin_hash=None, dm_tool="")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import EVENT, HEARTBEAT, PROTECTED, Outbox, priority_for
+from agent.uplink.outbox import EVENT, HEARTBEAT, PROTECTED, Outbox, priority_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_rows_survive_sigkill(tmp_path):
     child = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from agent.outbox import Outbox
+        from agent.uplink.outbox import Outbox
         box = Outbox({str(db)!r})
         for i in range(20):
             # half as the link writes them: committed, fsync left for after the publish
@@ -137,19 +137,3 @@ def test_row_count_is_kept_in_step_with_the_table(tmp_path):
     assert not box.delete(rows[0]) and box._rows == 1
     box.close()
     assert Outbox(tmp_path / "o.db")._rows == 1           # counted again on open
-
-
-def test_an_older_kept_table_is_rebuilt_without_losing_its_state(tmp_path):
-    import sqlite3
-
-    old = sqlite3.connect(tmp_path / "o.db")
-    old.executescript("CREATE TABLE kept (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                      "INSERT INTO kept VALUES ('alert', '{\"id\": \"a1\", \"state\": \"raised\"}');")
-    old.commit()
-    old.close()
-    box = Outbox(tmp_path / "o.db")
-    assert box.kept("alert") == {"id": "a1", "state": "raised"}
-    (sql,) = box._db.execute("SELECT sql FROM sqlite_master WHERE name = 'kept'").fetchone()
-    assert "WITHOUT ROWID" in sql
-    box.close()
-    assert Outbox(tmp_path / "o.db").kept("alert")["id"] == "a1"   # and again: idempotent

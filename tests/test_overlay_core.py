@@ -1,4 +1,4 @@
-"""The overlay's toolkit-free half (agent/overlay.py): the JSON-lines conversation with
+"""The overlay's toolkit-free half (agent/desktop/programs/overlay_core.py): the JSON-lines conversation with
 the agent, malformed lines, the staff PIN and its lockout, and what happens when the
 agent goes away.  Both real drawings (Tk under Xvfb, GTK under sway) are tested in
 test_screen.py and test_screen_wayland.py."""
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from agent.overlay import LOCKOUT_SECONDS, MAX_TRIES, STAFF_HINT, OverlayCore
-from agent.screen import hash_pin
+from agent.desktop.programs.overlay_core import LOCKOUT_SECONDS, MAX_TRIES, STAFF_HINT, OverlayCore
+from agent.desktop.pin import hash_pin
 
 RAISED = "Well done for telling. A grown-up is coming."
 

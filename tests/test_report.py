@@ -9,9 +9,10 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent import protocol
-from agent.clock import FakeClock
-from agent.runtime import Runtime
-from agent.screen import Screen, hash_pin
+from agent.core.clock import FakeClock
+from agent.core.runtime import Runtime
+from agent.desktop.pin import hash_pin
+from agent.report.screen import Screen
 from runtime_fixtures import bootstrap
 from services import wait_until
 
@@ -178,12 +179,12 @@ def test_wrong_alert_id_is_ignored_with_a_log_line(make, caplog):
     rt.press("button")
     barrier(rt)
     other = str(uuid.uuid4())
-    with caplog.at_level(logging.WARNING, logger="agent.report"):
+    with caplog.at_level(logging.WARNING, logger="agent.report.alert"):
         cmd(rt, cmd="clear", alert_id=other, by="a.jones")
         cmd(rt, cmd="ack", alert_id=other, by="a.jones")
     assert rt.screen.is_blank and rt.report.alert["state"] == "raised"
     assert len(sent(rt, "alert")) == 1
-    lines = [r.getMessage() for r in caplog.records if r.name == "agent.report"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.report.alert"]
     assert lines == [f"ignored clear of alert {other} by a.jones: the open alert is {rt.report.alert['id']}",
                      f"ignored ack of alert {other} by a.jones: the open alert is {rt.report.alert['id']}"]
 
@@ -218,19 +219,6 @@ def test_open_alert_survives_a_restart(tmp_path, make):
     # the unsent raise is still in the outbox, then the later transitions with the same id
     assert [(a["state"], a["id"]) for a in sent(rt2, "alert")] == [("raised", aid), ("escalated", aid),
                                                                      ("cleared", aid)]
-
-
-def test_unreadable_alert_state_is_ignored_with_a_log_line(tmp_path, make, caplog):
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "alert.json").write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="agent.report"):
-        rt, _, _ = make()
-    assert rt.report.alert is None and not rt.screen.is_blank
-    assert any("alert.json: unreadable" in r.getMessage() for r in caplog.records)
-    rt.press("button")                                              # and reporting still works
-    barrier(rt)
-    assert sent(rt, "alert")[0]["state"] == "raised"
 
 
 def test_press_before_any_config_raises_when_config_arrives(tmp_path, make):
@@ -288,21 +276,6 @@ def test_timetable_boundary_reevaluates_policy(make):
     barrier(rt)
     assert seen == [False, True] and rt.policy.lock_reason == "out_of_hours"
     cmd(rt, cmd="lock", by="a.jones")                              # routed to components
-
-
-def test_an_alert_left_in_alert_json_by_an_older_agent_is_taken_over(tmp_path, make):
-    state = tmp_path / "state"
-    state.mkdir()
-    legacy = {"id": "5f0c1a8e-7f5b-4c8e-9d7e-2b1f6a9e3c11", "state": "acknowledged", "site": "penny-acres",
-              "room": "1a", "device": "1a-pi-01", "seat": "Table 1", "presses": 1, "source": "button",
-              "raised_at": "2026-11-24T10:00:00+00:00", "acknowledged_by": "a.jones"}
-    (state / "alert.json").write_text(json.dumps(legacy))
-    rt, _, _ = make()
-    assert rt.report.alert["id"] == legacy["id"] and rt.screen.message == SEEN
-    assert not (state / "alert.json").exists()                      # moved into the outbox
-    assert rt.outbox.kept("alert")["id"] == legacy["id"]
-    cmd(rt, cmd="clear", alert_id=legacy["id"], by="a.jones")
-    assert rt.outbox.kept("alert") is None and not rt.screen.is_blank
 
 
 def test_deferred_jobs_run_on_real_time_whatever_the_clock(make):

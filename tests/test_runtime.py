@@ -15,10 +15,10 @@ import pytest
 import yaml
 from gpiozero.pins.mock import MockFactory
 
-from agent.clock import FakeClock
-from agent.control import request
-from agent.runtime import Runtime
-from agent.screen import Screen
+from agent.core.clock import FakeClock
+from agent.core.control import request
+from agent.core.runtime import Runtime
+from agent.report.screen import Screen
 from runtime_fixtures import PREFIX, REPO, Subscriber, bootstrap, publish
 from services import spawn, terminate, wait_until
 
@@ -142,7 +142,7 @@ def test_sigkill_after_press_with_broker_down_then_restart_delivers(tmp_path, mo
     try:
         wait_until(lambda: request(sock, {"op": "ping"})["ok"], 20,
                    message=lambda: (tmp_path / "agent.log").read_text())
-        # `run` freezes its start-up heap (agent/heap.py), so no long collection lands on a press.
+        # `run` freezes its start-up heap (agent/core/heap.py), so no long collection lands on a press.
         wait_until(lambda: "objects frozen out of the garbage collector's way" in (tmp_path / "agent.log").read_text(),
                    20, message="the agent never froze its start-up objects")
         assert request(sock, {"op": "press", "source": "key"}) == {"ok": True}
@@ -220,6 +220,6 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert out.stderr.count("\n") == 1 and out.stderr.startswith("classroom-agent: error: ")
         assert expected in out.stderr, out.stderr
     out = subprocess.run([*AGENT, "hash-pin", "--pin", "2468"], capture_output=True, text=True, env=env, timeout=30)
-    from agent.screen import verify_pin
+    from agent.desktop.pin import verify_pin
 
     assert out.returncode == 0 and verify_pin("2468", out.stdout.strip())

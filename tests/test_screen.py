@@ -9,9 +9,15 @@ import threading
 
 import pytest
 
-import agent.screen
-from agent.screen import (HeadlessBackend, Screen, SwaylockBackend, WaylandBackend, X11Backend, detect_backend,
-                          hash_pin, make_screen, verify_pin)
+import agent.desktop.wayland
+from agent.desktop.backends import detect_kind, make_desktop
+from agent.desktop.base import ScreenBackend
+from agent.desktop.headless import HeadlessScreen
+from agent.desktop.overlay import OverlayBackend
+from agent.desktop.pin import hash_pin, verify_pin
+from agent.desktop.wayland import SwaylockBackend, WaylandBackend
+from agent.desktop.x11 import X11Backend
+from agent.report.screen import Screen
 from services import require_binary, spawn, terminate, wait_until
 
 RAISED = "Well done for telling. A grown-up is coming."
@@ -35,20 +41,44 @@ def test_pin_hash_round_trip_and_bad_input(pin_hash):
             hash_pin(bad)
 
 
+class RecordingBackend(ScreenBackend):
+    """What the screen told its backend, in order."""
+
+    name = "recording"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def show(self, message):
+        self.calls.append(("show", message))
+
+    def set_message(self, message):
+        self.calls.append(("message", message))
+
+    def hide(self):
+        self.calls.append(("hide", None))
+
+
 def test_headless_records_state_and_issue_time():
-    screen = Screen(HeadlessBackend())
+    screen = Screen(HeadlessScreen())
     assert not screen.is_blank and screen.blank_issued_at is None
     screen.blank(RAISED)
     assert screen.is_blank and screen.message == RAISED and screen.blank_issued_at > 0
+    assert screen.backend.is_shown and screen.backend.message == RAISED
     screen.set_message(SEEN)
-    assert screen.message == SEEN
+    assert screen.message == SEEN and screen.backend.message == SEEN
     screen.unblank()
-    assert not screen.is_blank and screen.message is None
-    assert screen.history == [("blank", RAISED), ("message", SEEN), ("unblank", None)]
+    assert not screen.is_blank and screen.message is None and not screen.backend.is_shown
+    recorded = Screen(RecordingBackend())
+    recorded.blank(RAISED)
+    recorded.set_message(SEEN)
+    recorded.unblank()
+    assert recorded.backend.calls == [("show", RAISED), ("message", SEEN), ("hide", None)]
 
 
 def test_headless_staff_pin(pin_hash):
-    screen = Screen(HeadlessBackend())
+    screen = Screen(HeadlessScreen())
     cleared = []
     screen.when_cleared = cleared.append
     screen.blank(RAISED)
@@ -60,13 +90,19 @@ def test_headless_staff_pin(pin_hash):
 
 
 class RecordingRunner:
+    """The one command runner's spawn(), recorded as (argv, env): the environment a program
+    run as the session user gets is in argv (``env -i K=V... program``)."""
+
     def __init__(self):
         self.calls = []
         self.procs = []
 
-    def start(self, argv, env=None):
+    def spawn(self, argv, env=None, stdin_text=None):
         proc = FakeProc()
-        self.calls.append((list(argv), dict(env or {})))
+        argv = list(argv)
+        if "-i" in argv:
+            env = dict(a.split("=", 1) for a in argv[argv.index("-i") + 1:] if "=" in a and not a.startswith("-"))
+        self.calls.append((argv, dict(env or {})))
         self.procs.append(proc)
         return proc
 
@@ -96,27 +132,35 @@ def test_swaylock_runs_as_session_user():
     assert argv[-3:] == ["swaylock", "-c", "000000"]
     assert env["WAYLAND_DISPLAY"] == "wayland-1"
     assert env["XDG_RUNTIME_DIR"] == "/run/user/65534"
-    if os.geteuid() == 0:
+    # The one way to run a session program (agent/desktop/session.py): runuser as root,
+    # setpriv with every capability dropped as the unprivileged service.
+    if os.getuid() == 0:
         assert argv[:4] == ["runuser", "-u", "nobody", "--"]
-        assert "WAYLAND_DISPLAY=wayland-1" in argv and "XDG_RUNTIME_DIR=/run/user/65534" in argv
+    else:
+        assert argv[0] == "setpriv" and "--reuid=nobody" in argv and "--inh-caps=-all" in argv
+    assert "WAYLAND_DISPLAY=wayland-1" in argv and "XDG_RUNTIME_DIR=/run/user/65534" in argv
     screen.unblank()
     assert runner.procs[0].terminated
     screen.blank(RAISED)
     assert len(runner.calls) == 2
 
 
+def make_screen(kind, **kw):
+    return Screen(make_desktop(kind, **kw).screen)
+
+
 def test_backend_detection():
     none = dict(x11_socket="", compositors=())
-    assert detect_backend({"WAYLAND_DISPLAY": "wayland-0"}, **none) == "wayland"
-    assert detect_backend({"DISPLAY": ":0"}, **none) == "x11"
-    assert detect_backend({}, **none) == "headless"
+    assert detect_kind({"WAYLAND_DISPLAY": "wayland-0"}, **none) == "wayland"
+    assert detect_kind({"DISPLAY": ":0"}, **none) == "x11"
+    assert detect_kind({}, **none) == "headless"
     assert make_screen("headless").backend_name == "headless"
     assert make_screen("wayland", runner=RecordingRunner()).backend_name == "wayland"
     assert make_screen("swaylock", runner=RecordingRunner()).backend_name == "swaylock"
 
 
 def test_wayland_without_the_overlay_packages_falls_back_to_swaylock(monkeypatch, caplog):
-    monkeypatch.setattr(agent.screen, "wayland_overlay_available", lambda: False)
+    monkeypatch.setattr(agent.desktop.wayland, "wayland_overlay_available", lambda: False)
     assert make_screen("wayland", runner=RecordingRunner()).backend_name == "swaylock"
     assert "gir1.2-gtklayershell-0.1" in caplog.text and "no message" in caplog.text
 
@@ -237,7 +281,7 @@ def test_x11_overlay_ignores_escape_and_alt_f4_and_clears_with_pin(xvfb, pin_has
 
 FAKE_OVERLAY = r"""
 import os, sys
-from agent.overlay import OverlayCore
+from agent.desktop.programs.overlay_core import OverlayCore
 class Fake(OverlayCore):
     def draw_show(self): pass
     def draw_hide(self): pass
@@ -252,7 +296,7 @@ while True:
 """
 
 
-class FakeOverlayBackend(agent.screen.OverlayBackend):
+class FakeOverlayBackend(OverlayBackend):
     """The real backend machinery around a stand-in overlay drawing nothing."""
 
     name = "fake"

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.screen import OVERLAY_PYTHON, Screen, WaylandBackend, hash_pin, wayland_overlay_available
+from agent.desktop.pin import hash_pin
+from agent.desktop.wayland import OVERLAY_PYTHON, WaylandBackend, wayland_overlay_available
+from agent.report.screen import Screen
 from services import require_binary, skip_or_fail, spawn, terminate, wait_until
 from wayland_fixtures import sway_session, wayland_socket, wtype  # noqa: F401 - a fixture
 
@@ -192,12 +194,12 @@ def test_the_session_grant_lets_the_agents_user_reach_the_socket(sway_session, o
         os.chown(runtime, 1, 1)           # "daemon" stands in for classroom-agent
         overlay = ["runuser", "-u", "daemon", "--", "env", "-i", "PATH=/usr/bin:/bin", f"PYTHONPATH={code}",
                    f"WAYLAND_DISPLAY={socket}", f"XDG_RUNTIME_DIR={runtime}", "GSETTINGS_BACKEND=memory",
-                   "NO_AT_BRIDGE=1", OVERLAY_PYTHON, "-m", "agent.screen_overlay_wayland"]
+                   "NO_AT_BRIDGE=1", OVERLAY_PYTHON, "-m", "agent.desktop.programs.overlay_wayland"]
 
         refused = subprocess.run(overlay, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
         assert refused.returncode == 1
         assert refused.stderr.strip().splitlines()[-1] == \
-            f"screen_overlay_wayland: error: cannot open the Wayland display {socket}"
+            f"overlay_wayland: error: cannot open the Wayland display {socket}"
 
         # The script goes in on stdin: the session user need not be able to read the checkout
         # (a clone inside a 0700 directory), as a pupil cannot read a technician's.
@@ -226,8 +228,8 @@ def test_the_agent_end_to_end_press_ack_on_screen_and_the_pin_clear_published(tm
     alert for everyone."""
     from gpiozero.pins.mock import MockFactory
 
-    from agent.clock import FakeClock
-    from agent.runtime import Runtime
+    from agent.core.clock import FakeClock
+    from agent.core.runtime import Runtime
     from runtime_fixtures import PREFIX, Subscriber, bootstrap, publish
 
     sub = Subscriber(mosquitto, PREFIX + "/alert")

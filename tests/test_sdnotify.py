@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from agent import sdnotify
+from agent.core import sdnotify
 
 pytestmark = pytest.mark.timeout(20)
 

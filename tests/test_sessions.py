@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.aup import AcceptableUse, AupRecords, TkPresenter, term_key
-from agent.sessions import Session, SessionsComponent, is_shared_account, read_sessions
-from lock_fixtures import FakeRuntime, RecordingRunner, xvfb  # noqa: F401 - fixture
+from agent.desktop.x11 import TkPresenter
+from agent.policy.aup import AcceptableUse, AupRecords, term_key
+from agent.desktop.session import Session, is_shared_account, read_sessions
+from agent.policy.sessions import SessionsComponent
+from fake_runtime import FakeRuntime
+from lock_fixtures import RecordingRunner, xvfb  # noqa: F401 - fixture
 from services import require_binary, require_root, wait_until
 
 pytestmark = pytest.mark.timeout(40)
@@ -265,7 +268,7 @@ def test_real_aup_dialog_and_notice_on_a_display(xvfb):
 
 
 def test_headless_screen_shows_nothing_but_remembers(tmp_path):
-    from agent.aup import HeadlessPresenter
+    from agent.desktop.headless import HeadlessPresenter
 
     rt = FakeRuntime(tmp_path)  # bootstrap.screen_backend == "headless"
     aup = AcceptableUse(rt)
@@ -277,7 +280,7 @@ def test_headless_screen_shows_nothing_but_remembers(tmp_path):
 
 @pytest.mark.parametrize("service_uid", [0, 999], ids=["runuser-as-root", "setpriv-as-service"])
 def test_as_session_user_really_switches_user_and_leaks_nothing(monkeypatch, service_uid):
-    from agent import sessions
+    from agent.desktop import session as sessions
 
     require_root("switching users")
     real = sessions.as_session_user
@@ -310,6 +313,18 @@ def test_a_restarted_agent_does_not_report_everyone_logging_in_again(tmp_path):
     table.clear()
     comp2.refresh()
     assert [e["user"] for e in rt.of_type("logout")] == ["amira.k"]
+
+
+def test_after_a_restart_the_notice_is_put_back_once_not_every_poll(tmp_path):
+    rt, comp, table, _ = rig(tmp_path)
+    table.append(desktop("amira.k"))
+    comp.refresh()
+    presenter2 = FakePresenter()
+    comp2 = SessionsComponent(reader=lambda: list(table), poll_seconds=3600, aup=AcceptableUse(rt, presenter2))
+    comp2.start(rt)
+    for _ in range(3):
+        comp2.refresh()                      # the 15 s polls that follow
+    assert len(presenter2.notices) == 1 and presenter2.closed == []
 
 
 def test_damaged_sessions_file_means_reporting_again(tmp_path):

@@ -15,7 +15,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from agent.sessions import Session
+from agent.desktop.session import Session
 from services import require_binary, require_root, skip_or_fail, spawn, terminate, wait_until
 
 USER = "nobody"

@@ -12,7 +12,7 @@ import yaml
 
 from ..errors import UserError
 
-log = logging.getLogger("agent.link")  # the agent's connection log, where this was always reported
+log = logging.getLogger("agent.uplink.link")  # the agent's connection log, where this was always reported
 
 
 def load_credentials(path: str | Path | None) -> tuple[str | None, str | None]:

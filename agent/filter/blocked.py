@@ -7,13 +7,19 @@ so the DSL sees it within a couple of seconds) or when the window closes, whiche
 first.  Repeats that arrive after that event but inside the same window are counted
 into one more event when the window closes, so nothing is lost and the log stays short.
 
-Pure logic driven by the caller's clock: tests move time, the component ticks it.
+``BlockedCoalescer`` is pure logic driven by the caller's clock: tests move time, the
+component ticks it.  ``BlockedEvents`` is the filter's use of it: refused names in,
+batches out to whoever builds the event, and the names the agent's own checks look up
+left out (they are not a pupil's attempts).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable, Iterable
 
 
 @dataclass
@@ -90,3 +96,52 @@ class BlockedCoalescer:
         batch = Batch(domain, w.count, w.first, w.last)
         w.sent, w.count, w.first, w.last = True, 0, None, None
         return batch
+
+
+class BlockedEvents:
+    """Refused look-ups to ``send(batch)`` calls, coalesced (queue thread, but for
+    ``expect`` / ``is_expected``, which any thread may call)."""
+
+    def __init__(self, send: Callable[[Batch], None], window_seconds: float = 60, settle_seconds: float = 1.0):
+        self.send = send
+        self.coalescer = BlockedCoalescer(window_seconds, settle_seconds)
+        self._expected: dict[str, float] = {}   # name -> monotonic time until which it is ours
+        self._expected_lock = threading.Lock()
+
+    def configure(self, window_seconds: float, settle_seconds: float) -> None:
+        self.coalescer.window = timedelta(seconds=window_seconds)
+        self.coalescer.settle = timedelta(seconds=min(settle_seconds, window_seconds))
+
+    @property
+    def is_gathering(self) -> bool:
+        """Some window is open: attempts are being counted."""
+        return len(self.coalescer) > 0
+
+    def add(self, names: Iterable[str], now: datetime) -> bool:
+        """Count refused *names*; True when the first window opened (time to tick faster)."""
+        idle = not self.is_gathering
+        for name in names:
+            for batch in self.coalescer.add(name, now):
+                self.send(batch)
+        return idle and self.is_gathering
+
+    def flush_due(self, now: datetime) -> None:
+        for batch in self.coalescer.due(now):
+            self.send(batch)
+
+    def flush_all(self) -> None:
+        """Everything counted so far (stopping): nothing is lost."""
+        for batch in self.coalescer.flush_all():
+            self.send(batch)
+
+    def expect(self, names: Iterable[str], seconds: float) -> None:
+        """The agent itself looks *names* up for the next *seconds*: not pupil attempts."""
+        until = time.monotonic() + seconds
+        with self._expected_lock:
+            for name in names:
+                self._expected[name] = until
+
+    def is_expected(self, name: str) -> bool:
+        with self._expected_lock:
+            until = self._expected.get(name)
+            return until is not None and until > time.monotonic()

@@ -5,6 +5,9 @@ servers-file, safe-search hosts, Chromium and Firefox policies, the nftables rul
 a technician can inspect it without touching the device.  ``check`` resolves the
 profile's test domains; when the agent is running it asks the agent (control socket op
 ``filter-check``), which also sends the ``filter_check`` event for the DfE check log.
+
+agent/cli.py wires these in with ``add_parser(sub, load_policy)``: it hands over its own
+``--config/--device/--at`` reader rather than this module importing the CLI back.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import getpass
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
-from ..cli import load_policy
 from ..errors import UserError
 
 PARTS = ("front", "dnsmasq", "servers", "hosts", "chromium", "firefox", "nftables")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, load_policy: Callable) -> None:
+    """Add ``filter show|check`` to the CLI's subparsers; *load_policy(args)* returns
+    (tree, effective policy) for ``--config``, ``--device`` and ``--at``."""
     p = sub.add_parser("filter", help="inspect and check the device's web filter")
+    p.set_defaults(load_policy=load_policy)
     fsub = p.add_subparsers(dest="filter_command", metavar="ACTION")
     fsub.required = True
 
@@ -83,7 +89,7 @@ def render_all(tree, policy, *, dnsmasq_dir: str, port: int = 53,
 
 
 def cmd_show(args) -> int:
-    tree, policy = load_policy(args)
+    tree, policy = args.load_policy(args)
     parts = render_all(tree, policy, dnsmasq_dir=args.dnsmasq_dir, port=args.port, filter_port=args.filter_port)
     chosen = [args.part] if args.part else list(PARTS)
     for i, name in enumerate(chosen):
@@ -104,13 +110,13 @@ def cmd_check(args) -> int:
     if args.config:
         if not args.device:
             raise UserError("--device: required with --config")
-        tree, policy = load_policy(args)
+        tree, policy = args.load_policy(args)
         check = tree.profiles[policy.key_stage].check
         results = check_domains(check.allowed, check.blocked, server=args.server, port=args.port)
         fields = event_fields(results, policy.key_stage, _who())
         fields["recorded"] = False
     else:
-        from ..control import request
+        from ..core.control import request
 
         try:
             reply = request(args.socket, {"op": "filter-check", "by": _who()}, timeout=60)

@@ -1,11 +1,14 @@
 """The filter component: keeps dnsmasq, the browser policies and nftables in step with policy.
 
-Runtime contract (COMMON.md): ``start(runtime)``, ``stop()``, ``on_policy(policy)``,
-``on_command(cmd) -> bool``; everything that changes state runs on the runtime's queue
-thread.  Three helper threads only feed the queue: the query-log follower (parses
-dnsmasq's log), a ticker (flushes coalesced ``blocked`` events, closes expired
-overrides) and short-lived workers for network look-ups (safe-search endpoints, checks),
-so a slow upstream never delays a button press.
+A runtime component (agent/core/interfaces.py; docs/architecture.md): ``start(runtime)``,
+``stop()``, ``on_policy(policy)``, ``on_command(cmd) -> bool``; everything that changes
+state runs on the runtime's queue thread.  Three helper threads only feed the queue:
+the query-log follower (parses dnsmasq's log), the ``Ticker`` (flushes coalesced
+``blocked`` events, closes expired overrides, supervises dnsmasq) and short-lived
+workers for network look-ups (safe-search endpoints, checks), so a slow upstream never
+delays a button press.  Blocked attempts become events through ``BlockedEvents``
+(blocked.py); teacher overrides are audited by ``OverrideAudit`` (overrides.py); the
+``filter-check`` control op is registered with the runtime once, at start.
 
 Failure rules:
 - a bad allowlist or an invalid override changes nothing: the files on disk, dnsmasq and
@@ -22,30 +25,74 @@ import os
 import socket
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..protocol import now_ts
 from . import browser, nftables
-from .blocked import Batch, BlockedCoalescer
+from .blocked import Batch, BlockedEvents
 from .check import check_domains, event_fields
 from .dnsmasq import (DnsmasqPaths, DnsmasqProcess, FilterError, FilterSpec, build_spec, dnsmasq_user,
                       find_dnsmasq, render_conf, render_front_conf, render_hosts, render_servers, resolve_targets,
                       write_atomic)
 from .evidence import Evidence
-from .overrides import Override, OverrideError, OverrideStore, parse_allow
+from .overrides import OverrideAudit, OverrideError, OverrideStore, parse_allow
 from .querylog import QueryLogFollower, Record
+
+if TYPE_CHECKING:
+    from ..core.interfaces import RuntimeAPI
 
 log = logging.getLogger(__name__)
 
 # Safe-search endpoints are re-resolved this often (their addresses rarely change).
 TARGET_REFRESH_SECONDS = 3600
 TARGET_RETRY_SECONDS = 2
-IDLE_TICK_SECONDS = 1.0   # the ticker's pace with no blocked attempts pending (_tick_loop)
+IDLE_TICK_SECONDS = 1.0   # the ticker's pace with no blocked attempts pending
+CONTROL_OP = "filter-check"  # `classroom-agent filter check` asks the running agent here
+
+
+class Ticker:
+    """A thread that posts *tick* to the queue every *fast* seconds while *busy()* (blocked
+    attempts are being gathered) and every *idle* seconds otherwise (supervising dnsmasq,
+    expiring overrides), so an idle agent does not wake its queue thread five times a
+    second.  ``poke()`` wakes it at once."""
+
+    def __init__(self, post: Callable, tick: Callable[[], None], busy: Callable[[], bool], fast: float,
+                 idle: float = IDLE_TICK_SECONDS):
+        self.post, self.tick, self.busy, self.fast, self.idle = post, tick, busy, fast, idle
+        self._now = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="filter-ticker", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._now.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._now.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            self._now.wait(self.fast if self.busy() else self.idle)
+            self._now.clear()
+            if self._stop.is_set():
+                return
+            self.post(self.tick)
 
 
 class FilterComponent:
+    """The filter as a runtime component.  *protect*: the guard's ``protect(path, content)``,
+    told about each browser policy file before it is written (so a pupil's edit is put
+    back); *filtering*: site.filtering, else the runtime tree's."""
+
     name = "filter"
 
     def __init__(self, *, filtering=None, dnsmasq_dir: str | None = None, port: int = 53,
@@ -54,8 +101,10 @@ class FilterComponent:
                  chromium_dir: str | None = None, firefox_dir: str | None = None, write_browser: bool = True,
                  apply_nftables: bool | None = None, settle_seconds: float = 1.0, tick_seconds: float = 0.2,
                  log_async: int | None = 50, state_dir: str | None = None, front: bool = True,
-                 filter_port: int = 5391, log_max_bytes: int = 8 * 1024 * 1024):
+                 filter_port: int = 5391, log_max_bytes: int = 8 * 1024 * 1024,
+                 protect: Callable[[Path, bytes], None] | None = None):
         self._filtering = filtering
+        self.protect = protect
         self._dnsmasq_dir = dnsmasq_dir
         self.port = port
         self.listen = listen
@@ -77,13 +126,14 @@ class FilterComponent:
         self.front = front
         self.filter_port = filter_port if front else port
 
-        self.runtime = None
+        self.runtime: RuntimeAPI | None = None
         self.dns_enabled = False
         self.policy = None
         self.spec: FilterSpec | None = None
         self.evidence = Evidence()
-        self.coalescer = BlockedCoalescer(60, settle_seconds)
+        self.blocked = BlockedEvents(self._emit_blocked, 60, settle_seconds)
         self.overrides: OverrideStore | None = None
+        self.audit: OverrideAudit | None = None
         self.dnsmasq: DnsmasqProcess | None = None        # the logging filter
         self.front_proc: DnsmasqProcess | None = None     # the caching front
         self.follower: QueryLogFollower | None = None
@@ -93,14 +143,14 @@ class FilterComponent:
         self._targets: dict[str, list[str]] = {}
         self._resolve_attempt_at = 0.0
         self._resolving = False
-        self._expected: dict[str, float] = {}   # domains our own checks query: not pupil attempts
-        self._expected_lock = threading.Lock()
         self._stop = threading.Event()
-        self._tick_now = threading.Event()  # set when blocked attempts open a window (and on stop)
-        self._ticker: threading.Thread | None = None
+        self.ticker = Ticker(self._post, self._tick, lambda: self.blocked.is_gathering, tick_seconds)
+
+    def _post(self, fn: Callable, *args) -> None:
+        self.runtime.post(fn, *args)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, runtime) -> None:
+    def start(self, runtime: RuntimeAPI) -> None:
         self.runtime = runtime
         boot = runtime.bootstrap
         self.paths = DnsmasqPaths(Path(self._dnsmasq_dir or boot.dnsmasq_dir))
@@ -109,7 +159,10 @@ class FilterComponent:
         self.overrides = OverrideStore(self._state_dir or runtime.state_dir)
         if self.overrides.all():
             log.info("filter: %d teacher override(s) still open from before the restart", len(self.overrides))
+        self.audit = OverrideAudit(runtime.emit_event, lambda: self.policy.key_stage if self.policy else None,
+                                   lambda: runtime.policy is not None)
         runtime.evidence_source = self.evidence_for
+        runtime.register_control(CONTROL_OP, self._control_check)
         self._stop.clear()
         if self.manage_dnsmasq:
             self._start_dnsmasq()
@@ -119,8 +172,7 @@ class FilterComponent:
             self.follower = QueryLogFollower(self.paths.querylog, self._on_records, max_bytes=self.log_max_bytes,
                                              on_rotate=self._reopen_log if self.dnsmasq else None)
             self.follower.start()
-        self._ticker = threading.Thread(target=self._tick_loop, name="filter-ticker", daemon=True)
-        self._ticker.start()
+        self.ticker.start()
 
     def _start_dnsmasq(self) -> None:
         binary = self._binary or find_dnsmasq()
@@ -185,16 +237,14 @@ class FilterComponent:
 
     def stop(self) -> None:
         self._stop.set()
-        self._tick_now.set()
-        if self._ticker is not None:
-            self._ticker.join(5)
-            self._ticker = None
+        self.ticker.stop()
         if self.follower is not None:
             self.follower.stop()
             self.follower = None
+        if self.runtime is not None:
+            self.runtime.unregister_control(CONTROL_OP)
         if self.runtime is not None and self.policy is not None:
-            for batch in self.coalescer.flush_all():
-                self._emit_blocked(batch)
+            self.blocked.flush_all()
         for proc in (self.front_proc, self.dnsmasq):
             if proc is not None:
                 proc.stop()
@@ -206,7 +256,7 @@ class FilterComponent:
         """site.filtering from the runtime's config tree (or the one given to the constructor)."""
         if self._filtering is not None:
             return self._filtering
-        tree = getattr(self.runtime, "tree", None)
+        tree = self.runtime.tree
         return tree.site.filtering if tree is not None else None
 
     # ------------------------------------------------------------------ policy
@@ -215,8 +265,7 @@ class FilterComponent:
         if filtering is None:
             log.error("filter: no site filtering settings yet; keeping the filter as it was")
             return
-        self.coalescer.window = timedelta(seconds=filtering.coalesce_seconds)
-        self.coalescer.settle = timedelta(seconds=min(self.settle_seconds, filtering.coalesce_seconds))
+        self.blocked.configure(filtering.coalesce_seconds, self.settle_seconds)
         first = self.policy is None
         # Overrides that expired while the agent was down never open again.
         gone = self.overrides.expired(self.runtime.clock()) if first else []
@@ -228,7 +277,7 @@ class FilterComponent:
             self.runtime.emit_event("config_rejected", version=policy.config_version, errors=[self.last_error],
                                     kept=self.policy.config_version if self.policy else None, part="filter")
         # Closed either way: at start the files are fail-closed until a policy applies.
-        self._audit_closed(gone, self.runtime.clock())
+        self.audit.closed(gone, self.runtime.clock())
 
     def _apply(self, policy, filtering) -> bool:
         """Compile and install; on any problem leave everything as it was and return False."""
@@ -265,7 +314,7 @@ class FilterComponent:
         from ..config.schema import is_domain
 
         urls = [self.runtime.bootstrap.broker_url, self.runtime.bootstrap.collector_url]
-        tree = getattr(self.runtime, "tree", None)
+        tree = self.runtime.tree
         if tree is not None:
             urls += [tree.site.broker.url, tree.site.collector.url]
         hosts = {(urlsplit(u).hostname or "").lower() for u in urls}
@@ -275,8 +324,7 @@ class FilterComponent:
         if not self.write_browser:
             return
         # Policy files a pupil (or anyone but the agent) edits are put back by the guard.
-        guard = next((c for c in getattr(self.runtime, "components", []) if getattr(c, "name", "") == "guard"), None)
-        protect = guard.protect if guard is not None else None
+        protect = self.protect
         try:
             browser.write_chromium(self.chromium_dir,
                                    browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic,
@@ -362,7 +410,7 @@ class FilterComponent:
             return False
         filtering = self.filtering()
         if filtering is None or self.policy is None:
-            self._reject_override(cmd, "no filter policy on this device yet")
+            self.audit.rejected(cmd, "no filter policy on this device yet")
             return True
         now = self.runtime.clock()
         lesson_end = self.policy.next_change if self.policy.in_school_hours else None
@@ -370,7 +418,7 @@ class FilterComponent:
             ov = parse_allow(cmd, now, default_minutes=filtering.override_default_minutes,
                              max_minutes=filtering.override_max_minutes, lesson_end=lesson_end)
         except OverrideError as exc:
-            self._reject_override(cmd, str(exc))
+            self.audit.rejected(cmd, str(exc))
             return True
         previous = self.overrides.put(ov)
         if not self._apply(self.policy, filtering):
@@ -379,62 +427,25 @@ class FilterComponent:
                 self.overrides.put(previous)
             else:
                 self.overrides.remove(ov.domain)
-            self._reject_override(cmd, self.last_error or "filter could not be updated")
+            self.audit.rejected(cmd, self.last_error or "filter could not be updated")
             return True
-        log.info("filter: %s opened %s until %s (%s)", ov.by, ov.domain, now_ts(ov.expires), ov.reason or "no reason")
-        self.runtime.emit_event("override_opened", **self._override_fields(ov),
-                                replaces=previous.id if previous else None)
+        self.audit.opened(ov, previous)
         return True
 
-    def _override_fields(self, ov: Override) -> dict:
-        return {"override_id": ov.id, "domain": ov.domain, "by": ov.by, "reason": ov.reason,
-                "opened": now_ts(ov.opened), "expires": now_ts(ov.expires),
-                "profile": self.policy.key_stage if self.policy else None}
-
-    def _reject_override(self, cmd, reason: str) -> None:
-        domain = cmd.get("domain") if isinstance(cmd, dict) else None
-        by = cmd.get("by") if isinstance(cmd, dict) else None
-        domain = domain if isinstance(domain, str) else repr(domain)
-        by = by if isinstance(by, str) else repr(by)
-        # %r: a hostile payload must not forge extra log lines.
-        log.warning("filter: allow %r from %r refused: %s", domain[:100], by[:64], " ".join(reason.split()))
-        if self.runtime is not None and self.runtime.policy is not None:
-            self.runtime.emit_event("override_rejected", domain=domain[:253], by=by[:64], error=reason)
-
-    def _audit_closed(self, gone: list[Override], now) -> None:
-        for ov in gone:
-            log.info("filter: override for %s (by %s) expired", ov.domain, ov.by)
-            self.runtime.emit_event("override_closed", **self._override_fields(ov), closed=now_ts(now),
-                                    why="expired")
-
     # ------------------------------------------------------------------ ticking
-    def _tick_loop(self) -> None:
-        # Every tick_seconds while blocked attempts are being gathered; once a second when
-        # there are none (supervising dnsmasq, expiring overrides), so an idle agent does
-        # not wake its queue thread five times a second.  A new attempt wakes it at once.
-        while True:
-            self._tick_now.wait(self.tick_seconds if len(self.coalescer) else IDLE_TICK_SECONDS)
-            self._tick_now.clear()
-            if self._stop.is_set():
-                return
-            self.runtime.post(self._tick)
-
     def _tick(self) -> None:
-        control = getattr(self.runtime, "control", None)
-        if control is not None and "filter-check" not in getattr(control, "handlers", {"filter-check": 0}):
-            # `classroom-agent filter check` asks us here (the socket starts after the components).
-            control.handlers["filter-check"] = self._control_check
+        """The ticker's turn (queue thread): flush settled blocked events, close expired
+        overrides, restart a dnsmasq that died, retry safe-search endpoints."""
         if self.policy is None or self._stop.is_set():
             return
         now = self.runtime.clock()
-        for batch in self.coalescer.due(now):
-            self._emit_blocked(batch)
+        self.blocked.flush_due(now)
         gone = self.overrides.expired(now)
         if gone:
             filtering = self.filtering()
             if filtering is None or not self._apply(self.policy, filtering):
                 log.error("filter: could not re-apply after closing overrides: %s", self.last_error)
-            self._audit_closed(gone, now)   # after the filter really closed
+            self.audit.closed(gone, now)   # after the filter really closed
         for proc in (self.dnsmasq, self.front_proc):
             if proc is not None and not proc.is_running:
                 log.error("filter: dnsmasq (%s) exited (%s); restarting it", proc.conf.name,
@@ -460,7 +471,7 @@ class FilterComponent:
         for r in records:
             if r.kind == "query":
                 self.evidence.add(r.name, now)
-            elif not self._is_expected(r.name):
+            elif not self.blocked.is_expected(r.name):
                 self.evidence.mark_blocked(r.name)
                 # One page = A + AAAA + HTTPS look-ups: count attempts by their A query.
                 if r.qtype in ("A", ""):
@@ -469,12 +480,8 @@ class FilterComponent:
             self.runtime.post(self._on_blocked, blocked, now)
 
     def _on_blocked(self, names: list[str], now) -> None:
-        idle = not len(self.coalescer)
-        for name in names:
-            for batch in self.coalescer.add(name, now):
-                self._emit_blocked(batch)
-        if idle and len(self.coalescer):
-            self._tick_now.set()  # back to tick_seconds while the window is open
+        if self.blocked.add(names, now):
+            self.ticker.poke()  # back to tick_seconds while the window is open
 
     def _emit_blocked(self, batch: Batch) -> None:
         policy = self.policy
@@ -491,11 +498,6 @@ class FilterComponent:
             last_seen=now_ts(batch.last_seen),
         )
 
-    def _is_expected(self, name: str) -> bool:
-        with self._expected_lock:
-            until = self._expected.get(name)
-            return until is not None and until > time.monotonic()
-
     # ------------------------------------------------------------------ evidence, checks
     def evidence_for(self, minutes: int) -> list[dict]:
         return self.evidence.recent(minutes, self.runtime.clock())
@@ -508,26 +510,18 @@ class FilterComponent:
         if policy is None:
             raise FilterError("no filter policy on this device yet")
         if allowed is None or blocked is None:
-            tree = getattr(self.runtime, "tree", None)
+            tree = self.runtime.tree
             check = tree.profiles[policy.key_stage].check if tree is not None else None
             allowed = list(check.allowed) if check else []
             blocked = list(check.blocked) if check else []
-        with self._expected_lock:
-            until = time.monotonic() + 30
-            for d in blocked:
-                self._expected[d] = until
+        self.blocked.expect(blocked, 30)
         try:
             results = check_domains(allowed, blocked, server=self.listen, port=self.port)
         finally:
-            with self._expected_lock:
-                # The log follower may lag a little behind our queries.
-                until = time.monotonic() + 2
-                for d in blocked:
-                    self._expected[d] = until
+            self.blocked.expect(blocked, 2)  # the log follower may lag a little behind our queries
         fields = event_fields(results, policy.key_stage, by)
         self.runtime.post(lambda: self.runtime.emit_event("filter_check", **fields))
         return fields
-
 
     def _control_check(self, req: dict) -> dict:
         """Control socket op ``filter-check`` (runs on the control thread, not the queue)."""

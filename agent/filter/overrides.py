@@ -10,6 +10,10 @@ to every device of the room (the teacher client does that); each device handles 
 Open overrides live in ``state_dir/filter-overrides.json`` (written atomically), so the
 expiry survives an agent restart; an override that expired while the agent was down is
 closed (and audited) as soon as the agent starts.
+
+Every change is audited (DfE: all changes to the filtering policy are logged):
+``OverrideAudit`` sends ``override_opened``, ``override_rejected`` and
+``override_closed`` events, and logs a line for each.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Callable
 
 from ..files import atomic_write
 from ..config.schema import check_domain
@@ -167,3 +172,38 @@ class OverrideStore:
 
     def next_expiry(self) -> datetime | None:
         return min((o.expires for o in self._items.values()), default=None)
+
+
+class OverrideAudit:
+    """The events and log lines of overrides' lives.  *emit*: the runtime's ``emit_event``;
+    *profile*: the key stage the filter enforces now (None before its first policy);
+    *can_emit*: whether an event can be addressed yet (the runtime has a policy)."""
+
+    def __init__(self, emit: Callable[..., dict], profile: Callable[[], str | None],
+                 can_emit: Callable[[], bool] = lambda: True):
+        self.emit = emit
+        self.profile = profile
+        self.can_emit = can_emit
+
+    def fields(self, ov: Override) -> dict:
+        return {"override_id": ov.id, "domain": ov.domain, "by": ov.by, "reason": ov.reason,
+                "opened": now_ts(ov.opened), "expires": now_ts(ov.expires), "profile": self.profile()}
+
+    def opened(self, ov: Override, previous: Override | None) -> None:
+        log.info("filter: %s opened %s until %s (%s)", ov.by, ov.domain, now_ts(ov.expires), ov.reason or "no reason")
+        self.emit("override_opened", **self.fields(ov), replaces=previous.id if previous else None)
+
+    def rejected(self, cmd, reason: str) -> None:
+        domain = cmd.get("domain") if isinstance(cmd, dict) else None
+        by = cmd.get("by") if isinstance(cmd, dict) else None
+        domain = domain if isinstance(domain, str) else repr(domain)
+        by = by if isinstance(by, str) else repr(by)
+        # %r: a hostile payload must not forge extra log lines.
+        log.warning("filter: allow %r from %r refused: %s", domain[:100], by[:64], " ".join(reason.split()))
+        if self.can_emit():
+            self.emit("override_rejected", domain=domain[:253], by=by[:64], error=reason)
+
+    def closed(self, gone: list[Override], now: datetime) -> None:
+        for ov in gone:
+            log.info("filter: override for %s (by %s) expired", ov.domain, ov.by)
+            self.emit("override_closed", **self.fields(ov), closed=now_ts(now), why="expired")

@@ -39,8 +39,6 @@ _YOUTUBE_NAMES = ("www.youtube.com", "m.youtube.com", "youtubei.googleapis.com",
                   "youtube.googleapis.com", "www.youtube-nocookie.com")
 YOUTUBE_TARGETS = {"strict": "restrict.youtube.com", "moderate": "restrictmoderate.youtube.com"}
 
-ALL_TARGETS = frozenset({r.target for r in _SEARCH} | set(YOUTUBE_TARGETS.values()))
-
 
 def covered(name: str, domains) -> bool:
     """True if *name* is one of *domains* or a subdomain of one."""

@@ -9,7 +9,7 @@ Power loss: alerts and events are fsynced unless the broker has them first.  The
 commits the row (safe against a crash: it is in the OS), publishes, and only then
 fsyncs (``put(sync=False)`` + ``sync()``): an fsync on an SD card can take 10-20 ms, and
 the report must not wait for it.  The running agent goes one step further
-(agent/link.py, "settling"): it looks again ``SETTLE_SECONDS`` after the send and
+(agent/uplink/link.py, "settling"): it looks again ``SETTLE_SECONDS`` after the send and
 fsyncs only if the broker has not acknowledged the row by then.  Neither is less safe
 than fsync-then-publish: a power cut before the fsync completes loses the row either
 way, and here the message is usually at the broker before an SD card would have
@@ -20,7 +20,7 @@ ordinary event; alerts and report evidence are never evicted, even if that means
 table grows past its bound.
 
 Beside the messages, a small ``kept`` table holds local state that must match what was
-sent: the open alert (agent/report.py).  ``put(..., keep=("alert", state))`` stores the
+sent: the open alert (agent/report/alert.py).  ``put(..., keep=("alert", state))`` stores the
 message and the state in one transaction, so a crash can never leave a raised alert on
 its way to the teacher that the restarted agent does not know about (and one commit is
 cheaper than a file write plus a commit, on the press's path).
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ HEARTBEAT = 2      # heartbeats: stale after a minute anyway
 
 # Every table and index is a page written on the alert's commit: no AUTOINCREMENT (its
 # sqlite_sequence page), no eviction index (eviction is rare and scans at most
-# max_rows), and ``kept`` is WITHOUT ROWID (no separate index for its key).  Databases
-# made before this keep AUTOINCREMENT, which costs one page; their ``kept`` is rebuilt.
+# max_rows), and ``kept`` is WITHOUT ROWID (no separate index for its key).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id       INTEGER PRIMARY KEY,
@@ -61,20 +60,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     created  TEXT    NOT NULL
 );
-DROP INDEX IF EXISTS outbox_evict;
 CREATE TABLE IF NOT EXISTS kept (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-"""
-
-KEPT_REBUILD = """
-BEGIN IMMEDIATE;
-CREATE TABLE kept_new (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-INSERT INTO kept_new SELECT key, value FROM kept;
-DROP TABLE kept;
-ALTER TABLE kept_new RENAME TO kept;
-COMMIT;
 """
 
 
@@ -113,9 +102,6 @@ class Outbox:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
-            (kept_sql,) = self._db.execute("SELECT sql FROM sqlite_master WHERE name = 'kept'").fetchone()
-            if "WITHOUT ROWID" not in kept_sql.upper():
-                self._db.executescript(KEPT_REBUILD)
         except sqlite3.OperationalError as exc:
             self._db.close()
             if "locked" in str(exc):

@@ -10,8 +10,9 @@ everything alive into the permanent generation (``gc.freeze()``), so later colle
 walk only what was made since (a few thousand objects): the worst press in the bench went
 from 39 ms to under 4 ms.  The frozen objects live as long as the process anyway; if one
 is dropped later, reference counting still frees it (only a reference cycle among frozen
-objects would stay, and start-up makes none worth the name).  classroom-agent and
-classroom-alerts both call it; tests, which build many runtimes in one process, do not.
+objects would stay, and start-up makes none worth the name).  ``classroom-agent run``
+calls it (classroom-alerts does the same with its own two lines: the server side imports
+only the agent's contract); tests, which build many runtimes in one process, do not.
 """
 
 from __future__ import annotations

@@ -1,11 +1,26 @@
-"""The lock component: idle lock, out-of-hours lock and staff lock/unlock on a device.
+"""The lock: idle lock, out-of-hours lock and staff lock/unlock on a device.
 
-Glue between the runtime (policy, commands, events, clock) and agent/lock.py (state and
-backends) and agent/idle.py.  Everything happens on the runtime's queue thread: ``tick``
-runs from a runtime timer when the next idle check is due (``threshold - idle`` away, so
-an active desktop costs one check per lock period), or at once when a backend reports
-something (the user unlocked, the staff PIN was typed).  It returns the seconds until it
-next needs to run, so tests drive it with a fake clock and no sleeping.
+Three reasons can hold a device locked at once, layered (``LockState``):
+
+* **staff** -- a ``lock`` command from a teacher; only a staff ``unlock`` (or the staff
+  PIN on an X11 overlay) lifts it.
+* **schedule** -- the timetable (``policy.locked``: out of hours, weekends, holidays,
+  closures, locked room slots).  Lifts when the timetable says so, or for a while after
+  a staff ``unlock`` (``STAFF_OVERRIDE``, never past the next timetable change).
+* **idle** -- no input for ``policy.idle_lock_minutes``; lifted by the user's own
+  session login (the normal unlock), or by staff.
+
+Staff and schedule locks use a backend's *staff* mode: nothing a pupil knows lifts it.
+Idle uses *session* mode: the desktop's own locker, unlocked with the user's password.
+The backends (swaylock, the X11 overlay, LightDM's greeter, headless) and the idle
+sources are the desktop's (agent/desktop/), the ones the runtime built unless given.
+
+``LockComponent`` is the glue between the runtime (policy, commands, events, clock) and
+them.  Everything happens on the runtime's queue thread: ``tick`` runs from a runtime
+timer when the next idle check is due (``threshold - idle`` away, so an active desktop
+costs one check per lock period), or at once when a backend reports something (the user
+unlocked, the staff PIN was typed).  It returns the seconds until it next needs to run,
+so tests drive it with a fake clock and no sleeping.
 
 Events: ``lock`` {reason, by, mode, user} and ``unlock`` {reason, by, user}.
 """
@@ -13,53 +28,109 @@ Events: ``lock`` {reason, by, mode, user} and ``unlock`` {reason, by, user}.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from .lock import SESSION_MODE, LockDecision, LockState, make_lock
+from ..desktop.base import SESSION_MODE, STAFF_MODE, IdleSource, LockBackend
+
+if TYPE_CHECKING:
+    from ..core.interfaces import RuntimeAPI
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LockComponent"]
+__all__ = ["LockComponent", "LockDecision", "LockState", "STAFF_OVERRIDE"]
+
+# A staff unlock during a timetable lock (an after-school club in a room without an
+# "open" slot) lasts this long at most, so a forgotten device locks again by itself.
+STAFF_OVERRIDE = timedelta(hours=1)
+
+@dataclass(frozen=True)
+class LockDecision:
+    reason: str  # staff | idle | out_of_hours | weekend | holiday | closure | schedule
+    by: str
+    mode: str  # staff | session
+    message_key: str  # key of policy.messages to show
+
+
+class LockState:
+    """The layered lock reasons; pure (no clock read, no I/O) so a fake clock can drive it."""
+
+    def __init__(self) -> None:
+        self.staff_by: str | None = None
+        self.idle = False
+        self.schedule_reason: str | None = None
+        self.override_until: datetime | None = None
+
+    def set_schedule(self, locked: bool, reason: str | None, now: datetime) -> None:
+        self.schedule_reason = (reason or "schedule") if locked else None
+        if not locked:
+            self.override_until = None  # the timetable opened by itself; no override needed
+
+    def staff_lock(self, by: str) -> None:
+        self.staff_by = by
+
+    def staff_unlock(self, now: datetime, next_change: datetime | None) -> None:
+        self.staff_by = None
+        self.idle = False
+        if self.schedule_reason is not None:
+            until = now + STAFF_OVERRIDE
+            if next_change is not None and next_change < until:
+                until = next_change
+            self.override_until = until
+
+    def schedule_applies(self, now: datetime) -> bool:
+        if self.schedule_reason is None:
+            return False
+        if self.override_until is not None and now < self.override_until:
+            return False
+        self.override_until = None
+        return True
+
+    def decide(self, now: datetime) -> LockDecision | None:
+        if self.staff_by is not None:
+            return LockDecision("staff", self.staff_by, STAFF_MODE, "locked")
+        if self.schedule_applies(now):
+            key = "locked" if self.schedule_reason == "schedule" else "out_of_hours"
+            return LockDecision(self.schedule_reason, "schedule", STAFF_MODE, key)
+        if self.idle:
+            return LockDecision("idle", "idle", SESSION_MODE, "locked")
+        return None
+
+
+
+# --------------------------------------------------------------------------- component
 
 MAX_SLEEP = 60.0  # re-check at least this often (policy, clock jumps, a dead idle watcher)
 LOCKED_POLL = 5.0  # while locked, how often to ask the backend whether the user is back
 
 
 class LockComponent:
+    """The lock as a runtime component (agent/core/interfaces.py: ``Component``).
+
+    *backend* and *idle*: the runtime's desktop ones (``runtime.desktop``) unless given."""
+
     name = "lock"
 
-    def __init__(self, backend=None, idle=None, session_fn=None, backend_kind: str | None = None):
+    def __init__(self, backend: LockBackend | None = None, idle: IdleSource | None = None):
         self.backend = backend
         self.idle = idle
-        self.session_fn = session_fn
-        self.backend_kind = backend_kind
         self.state = LockState()
         self.current: LockDecision | None = None
         self.policy = None
-        self.runtime = None
+        self.runtime: RuntimeAPI | None = None
         self._timer = None
         self._stopped = False
 
-    # ------------------------------------------------------------------ runtime contract
-    def start(self, runtime) -> None:
+    # ------------------------------------------------------------------ Component
+    def start(self, runtime: RuntimeAPI) -> None:
         self.runtime = runtime
-        if self.session_fn is None:
-            self.session_fn = self._default_session
-        kind = self.backend_kind or getattr(runtime.bootstrap, "screen_backend", "headless") or "headless"
-        if kind == "auto":
-            from .screen import detect_backend
-
-            kind = detect_backend()
-        if self.idle is None:
-            from .idle import make_idle
-
-            self.idle = make_idle(kind, clock=runtime.clock, session_fn=self.session_fn)
         if self.backend is None:
-            self.backend = make_lock(kind, session_fn=self.session_fn,
-                                     staff_pin_hash=getattr(runtime.bootstrap, "staff_pin_hash", None),
-                                     idle_fn=self.idle.idle_seconds)
-        for source in (self.backend, self.idle):
-            if hasattr(source, "when_changed"):
-                source.when_changed = self.wake
+            self.backend = runtime.desktop.lock
+        if self.idle is None:
+            self.idle = runtime.desktop.idle
+        self.backend.when_changed = self.wake
+        self.idle.when_changed = self.wake
         if runtime.policy is not None:
             self.on_policy(runtime.policy)
 
@@ -113,14 +184,6 @@ class LockComponent:
             return self.runtime.current_user()
         except Exception:  # noqa: BLE001 - unknown user is fine in an event
             return None
-
-    def _default_session(self):
-        for component in getattr(self.runtime, "components", []) or []:
-            if getattr(component, "name", None) == "sessions":
-                return component.desktop()
-        from .sessions import pick_desktop, read_sessions
-
-        return pick_desktop(read_sessions(), getattr(self.runtime.bootstrap, "session_user", None))
 
     def tick(self) -> float:
         """Check the backend and the idle time; apply; return seconds until the next check."""

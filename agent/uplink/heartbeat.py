@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from .protocol import now_ts
+from ..protocol import now_ts
 
 __all__ = ["collect", "temperature"]
 

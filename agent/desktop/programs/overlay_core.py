@@ -1,9 +1,8 @@
 """The blank-screen overlay's toolkit-free half, shared by both drawings of it.
 
-``agent/screen_overlay.py`` draws the overlay with Tk on X11 and
-``agent/screen_overlay_wayland.py`` with GTK on a Wayland layer-shell surface; both are
-child processes of agent/screen.py and both hold an ``OverlayCore`` for everything that
-is not drawing:
+``overlay_x11`` draws the overlay with Tk on X11 and ``overlay_wayland`` with GTK on a
+Wayland layer-shell surface; both are child processes of agent/desktop/overlay.py and
+both hold an ``OverlayCore`` for everything that is not drawing:
 
 * the conversation with the agent, JSON lines on stdin: ``{"op":"config","pin_hash":...}``,
   ``{"op":"show","message":...}``, ``{"op":"message","message":...}``, ``{"op":"hide"}``,
@@ -15,8 +14,8 @@ is not drawing:
 If the agent goes away while the overlay is shown, the overlay stays up (the pupil must
 not see the page again) and the PIN still clears it.
 
-This module imports nothing outside the standard library and ``agent.screen``'s PIN
-check, because the Wayland drawing runs on the system Python (where GTK lives), not the
+This module imports nothing outside the standard library and ``agent.desktop.pin``,
+because the Wayland drawing runs on the system Python (where GTK lives), not the
 agent's virtualenv.
 """
 
@@ -26,7 +25,7 @@ import json
 import sys
 import time
 
-from agent.screen import verify_pin
+from agent.desktop.pin import verify_pin
 
 BG = "#10213f"          # calm dark blue, not an alarming black or red
 FG = "#ffffff"

@@ -6,7 +6,7 @@ published on the device's ``alert`` topic with the same ``id``.  Order on a pres
 
 1. blank the screen (on the pressing thread, before anything else: DESIGN rule 1);
 2. still on the pressing thread: commit the alert and its ``raised`` message to the
-   outbox together and publish it (agent/link.py: the fsync follows only if the
+   outbox together and publish it (agent/uplink/link.py: the fsync follows only if the
    broker has not acknowledged it within moments); light the button's LED;
 3. on the runtime's queue thread, ``FOLLOW_UP_DELAY`` later: start the escalation
    timer (runtime clock, so tests can use a fake one; counted from the press), and
@@ -22,21 +22,22 @@ transitions of one alert are committed and sent in the order they happened.
 Repeated presses while an alert is open do not make new alerts: they are counted
 (``presses`` on every later transition and a ``press_repeated`` event).  The open
 alert is kept in the outbox database, committed in the same transaction as the message
-that announces each transition (agent/outbox.py), so a restarted agent blanks the
-screen again and still accepts ack/clear for it.  Evidence is domain names and times only.
+that announces each transition (agent/uplink/outbox.py), so a restarted agent blanks
+the screen again and still accepts ack/clear for it.  Evidence is domain names and times only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import protocol
-from .config.schema import DEFAULT_MESSAGES
+from .. import protocol
+from ..config.schema import DEFAULT_MESSAGES
+
+if TYPE_CHECKING:
+    from ..core.interfaces import RuntimeAPI, ScreenLike
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,10 @@ class Report:
 
     name = "report"
 
-    def __init__(self, screen, led=None):
+    def __init__(self, screen: ScreenLike, led=None):
         self.screen = screen
         self.led = led
-        self.runtime = None
+        self.runtime: RuntimeAPI | None = None
         self._alert: dict[str, Any] | None = None
         self._timer = None
         self._pending_press: str | None = None
@@ -63,14 +64,14 @@ class Report:
         self._lock = threading.RLock()
         screen.when_cleared = self._screen_cleared
 
-    # ------------------------------------------------------------------ component interface
-    def start(self, runtime) -> None:
+    # ------------------------------------------------------------------ Component (agent/core/interfaces.py)
+    def start(self, runtime: RuntimeAPI) -> None:
         with self._lock:
             self._start(runtime)
 
     def _start(self, runtime) -> None:
         self.runtime = runtime
-        saved = runtime.outbox.kept("alert") or self._legacy_state(Path(runtime.state_dir) / "alert.json")
+        saved = runtime.kept("alert")
         if saved and saved.get("state") in OPEN_STATES and saved.get("id"):
             self._alert = saved
         if self._alert is not None:
@@ -79,21 +80,6 @@ class Report:
             key = "report_acknowledged" if self._alert["state"] == "acknowledged" else "report_raised"
             self.screen.blank(self._message(key))
             self._show_led()
-
-    def _legacy_state(self, path: Path) -> dict | None:
-        """An open alert left in ``alert.json`` by an earlier agent (now kept in the outbox)."""
-        try:
-            saved = json.loads(path.read_text())
-            if not isinstance(saved, dict):
-                raise ValueError("not an object")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); ignoring", path, exc)
-            return None
-        self.runtime.outbox.keep("alert", saved)
-        path.unlink(missing_ok=True)
-        return saved
 
     def stop(self) -> None:
         self._cancel_timer()
@@ -142,7 +128,7 @@ class Report:
     def _save(self) -> None:
         """Keep the alert's state when no message carries it (a repeated press)."""
         if self.runtime is not None:
-            self.runtime.outbox.keep("alert", self._alert)
+            self.runtime.keep("alert", self._alert)
 
     @staticmethod
     def _payload(a: dict, state: str, by: str | None, ts: str, **extra) -> dict:
@@ -215,7 +201,7 @@ class Report:
         # teacher's client.
         rt.defer(FOLLOW_UP_DELAY, self._follow_up, alert_id)
         # One commit holds the alert and its "raised" message; the fsync follows the
-        # publish (agent/outbox.py): the alert must not wait for an SD card.
+        # publish (agent/uplink/outbox.py): the alert must not wait for an SD card.
         self._publish("raised", "pupil", checked=policy is self._checked_policy, source=source)
         # The pupil's feedback is the blank screen, already up; the button's LED can
         # follow the alert out by a fraction of a millisecond.

@@ -9,7 +9,9 @@ request per line and answering one JSON line:
 
 Anything else gets ``{"ok": false, "error": "..."}`` and the server carries on.  The
 desktop binds the report key / accessibility switch to ``classroom-agent press --source
-key``, so this socket is also the keyboard path of the report button.
+key``, so this socket is also the keyboard path of the report button.  Components add
+their own ops through the runtime (``register_control``: the filter's ``filter-check``),
+which calls ``register`` / ``unregister`` here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import socket
 import socketserver
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +50,31 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-class ControlServer:
-    """Serve *handlers* ({op: fn(request) -> dict | None}) on the unix socket at *path*."""
+Handler = Callable[[dict], Any]
 
-    def __init__(self, path: str | Path, handlers: dict[str, Callable[[dict], Any]]):
+
+class ControlServer:
+    """Serve *handlers* ({op: fn(request) -> dict | None}) on the unix socket at *path*.
+
+    Handlers run on the socket's own threads, one per connection."""
+
+    def __init__(self, path: str | Path, handlers: Mapping[str, Handler]):
         self.path = Path(path)
-        self.handlers = dict(handlers)
-        self.handlers.setdefault("ping", lambda req: None)
+        self._handlers: dict[str, Handler] = {"ping": lambda req: None, **handlers}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        """The ops served now (read-only: ``register`` / ``unregister`` change them)."""
+        return MappingProxyType(self._handlers)
+
+    def register(self, op: str, handler: Handler) -> None:
+        """Serve *op* with *handler* from now on (replacing any earlier one)."""
+        self._handlers[op] = handler
+
+    def unregister(self, op: str) -> None:
+        self._handlers.pop(op, None)
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +100,9 @@ class ControlServer:
             log.warning("control socket: ignored malformed request: %s", str(exc).splitlines()[0][:120])
             return {"ok": False, "error": f"malformed request: {exc}"}
         op = req.get("op")
-        handler = self.handlers.get(op) if isinstance(op, str) else None
+        handler = self._handlers.get(op) if isinstance(op, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown op {op!r} (known: {', '.join(sorted(self.handlers))})"}
+            return {"ok": False, "error": f"unknown op {op!r} (known: {', '.join(sorted(self._handlers))})"}
         try:
             result = handler(req)
         except ValueError as exc:

@@ -1,7 +1,8 @@
-"""The X11 blank-screen overlay process (``python -m agent.screen_overlay``): the Tk drawing.
+"""The X11 blank-screen overlay process (``python -m agent.desktop.programs.overlay_x11``): the Tk drawing.
 
-Run by agent/screen.py's X11 backend as the agent's own user (so the pupil cannot kill
-it).  The conversation with the agent and the staff PIN live in agent/overlay.py.
+Run by agent/desktop/x11.py (the report blank and the staff lock) as the agent's own
+user, so the pupil cannot kill it.  The conversation with the agent and the staff PIN
+live in overlay_core.py.
 
 While shown it covers every screen, stays on top (re-raised twice a second), grabs the
 keyboard and pointer, and no key closes it: Escape, Alt+F4, Alt+Tab and the window
@@ -14,7 +15,7 @@ import os
 import sys
 import tkinter as tk
 
-from agent.overlay import BG, FG, HINT_FG, STAFF_HINT, OverlayCore
+from agent.desktop.programs.overlay_core import BG, FG, HINT_FG, STAFF_HINT, OverlayCore
 
 
 class Overlay(OverlayCore):
@@ -94,7 +95,7 @@ def main() -> int:
     try:
         overlay = Overlay()
     except tk.TclError as exc:
-        print(f"screen_overlay: error: cannot open the display: {exc}", file=sys.stderr)
+        print(f"overlay_x11: error: cannot open the display: {exc}", file=sys.stderr)
         return 1
     overlay.run()
     return 0

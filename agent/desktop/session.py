@@ -1,15 +1,32 @@
-"""Who is logged in: login/logout from the system's session records, and shared-login policy.
+"""Who is logged in, and THE way to run a program as them.
 
-Sources, best first: systemd-logind (``loginctl list-sessions --output=json`` then
-``loginctl show-session`` once per new session, for its type and display), else utmp
-via ``psutil.users()`` (no systemd, containers, tests).  ``SessionsComponent`` turns
-differences between two readings into ``login``/``logout`` events carrying user,
-device (added by the runtime), ts and session id, which is all the server needs to
-flag one user on two devices at once.  A shared or generic account (``reception``,
-``guest``, ``pi``...) on a profile that does not allow it also raises ``shared_login``.
+Sessions, best source first: systemd-logind (``loginctl list-sessions --output=json``
+then ``loginctl show-session`` once per new session, for its type and display), else
+utmp via ``psutil.users()`` (no systemd, containers, tests).  ``pick_desktop`` says
+which session's screen is in front of the pupil; ``is_shared_account`` spots class and
+device logins (``reception``, ``year5``, ``pi``...).  agent/policy/sessions.py turns
+the readings into login/logout events.
 
-This module also owns running a program *as the desktop user* with the right
-environment (``as_session_user``), used by the lock, idle and AUP code.
+Which user runs what (docs/architecture.md says the same):
+
+* **The agent's own user** runs the overlays (the report blank, the staff lock on
+  X11): agent/desktop/overlay.py starts them directly, with ``agent_env``.  The pupil
+  cannot kill a process of another user, and the session lets ours draw
+  (scripts/session-grant.sh).  The libXss idle helper (programs/x11_idle.py) is ours
+  too: it holds one display connection for the agent, like an overlay.
+* **The session user** runs everything that must act inside the pupil's session:
+  swaylock (the lock, and the report blank's swaylock fallback), ``dm-tool lock``,
+  swayidle, xprintidle, the AUP dialog and the monitoring notice.  Always as
+  ``as_session_user(user, session_env(session), argv)`` (``session_command`` wraps the
+  two), through ``CommandRunner``: ``runuser`` as real root, ``setpriv`` with every
+  capability dropped otherwise (the service runs as ``classroom-agent`` with
+  CAP_SETUID/CAP_SETGID), and with exactly the session's environment, nothing of the
+  agent's.  Only when no session is known at all (nobody in logind or utmp, no
+  ``session_user`` in agent.yaml) does ``session_command`` run the program as the
+  agent's own user with ``agent_env``: a developer's agent inside their own desktop,
+  where a blank that may work beats none.
+
+No other module builds a session prefix or a session environment.
 """
 
 from __future__ import annotations
@@ -21,19 +38,17 @@ import pwd
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import psutil
-
-from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CommandRunner", "Session", "SessionsComponent", "as_session_user", "is_shared_account", "read_sessions",
-    "session_env",
+    "CommandRunner", "Session", "agent_env", "as_session_user", "is_shared_account", "pick_desktop", "read_sessions",
+    "session_command", "session_env", "user_session",
 ]
 
 # Account names that are generic whatever the profile lists: a class or device login
@@ -69,7 +84,8 @@ class Session:
 
 
 class CommandRunner:
-    """Runs and spawns programs; tests swap in a recording runner to see the exact argv."""
+    """THE command runner: every program the desktop code starts in a session (and
+    loginctl) goes through one; tests swap in a recording runner to see the exact argv."""
 
     def run(self, argv: Sequence[str], timeout: float = 10.0, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -141,6 +157,40 @@ def _primary_gid(user: str) -> int | str:
         return pwd.getpwnam(user).pw_gid
     except KeyError:
         return user
+
+
+def session_command(session: Session | None, argv: Sequence[str],
+                    extra: dict[str, str] | None = None) -> tuple[list[str], dict[str, str] | None]:
+    """(argv, env) for the runner that run *argv* inside *session*, as its user.
+
+    With a session: ``as_session_user(session.user, session_env(session, extra), argv)``
+    and env None (the environment travels in argv).  With none known: *argv* itself, as
+    the agent's own user, with ``agent_env(extra)`` (the module docstring says when)."""
+    if session is None:
+        return list(argv), agent_env(extra)
+    return as_session_user(session.user, session_env(session, extra), argv), None
+
+
+def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a program the agent runs as itself on the display (an
+    overlay): a PATH and the display variables the agent was given, nothing else."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    for key in ("XDG_RUNTIME_DIR", "WAYLAND_DISPLAY", "DISPLAY", "XAUTHORITY"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+def user_session(user: str, type: str = "tty") -> Session | None:  # noqa: A002 - logind's word
+    """A Session for *user* when only the name is known (agent.yaml's ``session_user``
+    with no logind or utmp record for it); None if there is no such account."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        log.warning("session user %r does not exist", user)
+        return None
+    return Session(id=f"user-{user}", user=user, uid=entry.pw_uid, type=type)
 
 
 # --------------------------------------------------------------------------- reading sessions
@@ -220,146 +270,3 @@ def pick_desktop(sessions: Sequence[Session], prefer_user: str | None = None) ->
     ranked = sorted(local, key=lambda s: (s.user != prefer_user if prefer_user else False, not s.is_graphical,
                                           s.seat is None, -(s.started or 0)))
     return ranked[0] if ranked else None
-
-
-# --------------------------------------------------------------------------- component
-
-
-@dataclass
-class SessionsComponent:
-    """Emits login/logout/shared_login, and runs the AUP + monitoring notice on login."""
-
-    reader: Callable[[], list[Session]] | None = None
-    poll_seconds: float = 15.0
-    aup: object | None = None  # agent.aup.AcceptableUse
-    name: str = "sessions"
-    sessions: dict[str, Session] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.runtime = None
-        self._timer = None
-        self._stopped = False
-        self._cache: dict[str, Session] = {}
-        self._runner = CommandRunner()
-        self._primed = False
-        self._aup_started: set[str] = set()  # sessions whose notice/AUP this run has shown
-
-    # -- runtime contract
-    def start(self, runtime) -> None:
-        self.runtime = runtime
-        if self.aup is None:
-            from .aup import AcceptableUse
-
-            self.aup = AcceptableUse(runtime)
-        self._load_known()
-        if runtime.policy is not None:
-            self._primed = True
-            self.refresh()
-        self._schedule()
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.aup is not None:
-            self.aup.close()
-
-    def on_policy(self, policy) -> None:
-        if not self._primed:
-            # Components start before the first config is loaded; events need a room.
-            self._primed = True
-            self.refresh()
-
-    def on_command(self, cmd: dict) -> bool:
-        return False
-
-    # -- queries other components use
-    def desktop(self) -> Session | None:
-        bootstrap = getattr(self.runtime, "bootstrap", None)
-        return pick_desktop(list(self.sessions.values()), getattr(bootstrap, "session_user", None))
-
-    def current_user(self) -> str | None:
-        session = self.desktop()
-        return session.user if session else None
-
-    # -- work
-    def _read(self) -> list[Session]:
-        if self.reader is not None:
-            return self.reader()
-        return read_sessions(self._runner, self._cache)
-
-    def _schedule(self) -> None:
-        if not self._stopped:
-            self._timer = self.runtime.call_later(self.poll_seconds, self._poll)
-
-    def _poll(self) -> None:
-        self._schedule()
-        self.refresh()
-
-    # A restarted agent must not report everyone as logging in again: the sessions it
-    # has already reported are kept in state_dir (ids and users only).
-    def _known_path(self):
-        from pathlib import Path
-
-        return Path(self.runtime.state_dir) / "sessions.json"
-
-    def _load_known(self) -> None:
-        try:
-            data = json.loads(self._known_path().read_text())
-            self.sessions = {sid: Session(id=sid, user=str(v["user"]), type=str(v.get("type", "tty")))
-                             for sid, v in data.items() if isinstance(v, dict) and "user" in v}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("%s unreadable (%s); current sessions will be reported as new", self._known_path(), exc)
-
-    def _save_known(self) -> None:
-        path = self._known_path()
-        try:
-            atomic_write(path, json.dumps({s.id: {"user": s.user, "type": s.type}
-                                           for s in self.sessions.values()}), 0o600)
-        except OSError as exc:
-            log.warning("cannot save %s: %s", path, exc)
-
-    def refresh(self) -> None:
-        """Compare a fresh reading with the last one and report the difference (queue thread)."""
-        try:
-            now = {s.id: s for s in self._read()}
-        except Exception as exc:  # noqa: BLE001 - a broken reading must not stop the agent
-            log.warning("cannot read sessions: %s", exc)
-            return
-        changed = set(now) != set(self.sessions)
-        for sid, session in now.items():
-            if sid not in self.sessions:
-                self._login(session)
-            elif self.aup is not None and session.is_graphical and not session.remote \
-                    and not self._primed_aup(sid):
-                self.aup.session_started(session)  # known from before a restart: notice again
-        for sid, session in list(self.sessions.items()):
-            if sid not in now:
-                self.runtime.emit_event("logout", user=session.user, session=sid, session_type=session.type)
-                if self.aup is not None:
-                    self.aup.session_ended(session)
-        self.sessions = now
-        self._aup_started.intersection_update(now)
-        if changed:
-            self._save_known()
-        for sid in list(self._cache):
-            if sid not in now:
-                del self._cache[sid]
-
-    def _primed_aup(self, sid: str) -> bool:
-        return sid in self._aup_started
-
-    def _login(self, session: Session) -> None:
-        policy = self.runtime.policy
-        shared = is_shared_account(session.user, getattr(policy, "shared_accounts", ()))
-        self.runtime.emit_event("login", user=session.user, session=session.id, session_type=session.type,
-                                tty=session.tty or session.display, remote=session.remote, shared=shared)
-        if shared and not getattr(policy, "shared_login_allowed", False):
-            self.runtime.emit_event("shared_login", user=session.user, session=session.id,
-                                    key_stage=getattr(policy, "key_stage", None),
-                                    reason="shared accounts are not allowed on this key stage")
-        if self.aup is not None and session.is_graphical and not session.remote:
-            self._aup_started.add(session.id)
-            self.aup.session_started(session)

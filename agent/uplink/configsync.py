@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import requests
 
-from .config import ConfigInvalid, ConfigTree
-from .files import atomic_write
+from ..config import ConfigInvalid, ConfigTree
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def config_url(collector_url: str, device: str) -> str:
 
 def check_compiled(data: Any, device: str) -> ConfigTree:
     """Validate a compiled config body; raise ConfigInvalid with a one-line reason."""
-    from .config.yamlsrc import SourceError
+    from ..config.yamlsrc import SourceError
 
     def bad(msg: str):
         return ConfigInvalid([SourceError("<compiled config>", 0, "", msg)])
@@ -168,7 +168,7 @@ class ConfigSync:
     @classmethod
     def from_bootstrap(cls, bootstrap) -> "ConfigSync":
         """Built from agent.yaml: collector URL, device id, state dir, credentials file, CA."""
-        from .config.credentials import load_credentials
+        from ..config.credentials import load_credentials
 
         username, password = load_credentials(bootstrap.credentials)
         auth = (username, password) if username and password else None
@@ -180,10 +180,6 @@ class ConfigSync:
     def version(self) -> str | None:
         """The version of the last-known-good config, or None before the first one."""
         return self.cached.get("version") if self.cached else None
-
-    @property
-    def is_fetching(self) -> bool:
-        return not self._idle.is_set()
 
     # -------------------------------------------------------------- component API
     def start(self, runtime) -> None:

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import psutil
 
-from .files import atomic_write
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,14 @@ class Guard:
         self.watch_mounts = tuple(str(m) for m in mounts if m)
 
     def _site_guard(self):
-        tree = getattr(self.runtime, "tree", None)
-        return getattr(getattr(tree, "site", None), "guard", None)
+        tree = self.runtime.tree if self.runtime is not None else None
+        return tree.site.guard if tree is not None else None
 
-    # ------------------------------------------------------------------ runtime contract
+    # ------------------------------------------------------------------ Component (agent/core/interfaces.py)
     def start(self, runtime) -> None:
         self.runtime = runtime
         self._configure(self._site_guard())
-        if getattr(runtime, "policy", None) is not None:
+        if runtime.policy is not None:
             self._first_policy()
         if self.use_watchdog:
             self._start_watchdog()
@@ -188,7 +188,7 @@ class Guard:
         runtime = self.runtime
         if runtime is None:
             return
-        if threading.current_thread() is getattr(runtime, "_thread", None):
+        if runtime.on_queue_thread():
             runtime.emit_event(kind, **fields)
         else:
             # The guard's own threads hand events to the queue thread, like every edge does.

@@ -1,11 +1,11 @@
-"""The Wayland blank-screen overlay process (``python3 -m agent.screen_overlay_wayland``):
+"""The Wayland blank-screen overlay process (``python3 -m agent.desktop.programs.overlay_wayland``):
 the GTK drawing on a wlr-layer-shell surface.
 
-Run by agent/screen.py's Wayland backend on the system Python (GTK and
-gtk-layer-shell come from Debian: ``python3-gi``, ``gir1.2-gtklayershell-0.1``), as the
-agent's own user so the pupil cannot kill it; the desktop session lets that user reach
-its Wayland socket (docs/deploy-pi.md, "Wayland overlay").  The conversation with the
-agent and the staff PIN live in agent/overlay.py.
+Run by agent/desktop/wayland.py on the system Python (GTK and gtk-layer-shell come from
+Debian: ``python3-gi``, ``gir1.2-gtklayershell-0.1``), as the agent's own user so the
+pupil cannot kill it; the desktop session lets that user reach its Wayland socket
+(docs/deploy-pi.md, "Wayland overlay").  The conversation with the agent and the staff
+PIN live in overlay_core.py.
 
 Why a layer-shell surface: labwc and wayfire (Raspberry Pi OS) and sway put the
 ``overlay`` layer above every window, full-screen ones included, and a surface with
@@ -27,7 +27,7 @@ gi.require_version("Gtk", "3.0")
 gi.require_version("GtkLayerShell", "0.1")
 from gi.repository import Gdk, GLib, Gtk, GtkLayerShell  # noqa: E402
 
-from agent.overlay import BG, FG, HINT_FG, STAFF_HINT, OverlayCore  # noqa: E402
+from agent.desktop.programs.overlay_core import BG, FG, HINT_FG, STAFF_HINT, OverlayCore  # noqa: E402
 
 CSS = """
 window { background-color: %(bg)s; }
@@ -153,7 +153,7 @@ def main() -> int:
                                f"{os.environ.get('WAYLAND_DISPLAY') or '(WAYLAND_DISPLAY is not set)'}")
         overlay = WaylandOverlay()
     except RuntimeError as exc:
-        print(f"screen_overlay_wayland: error: {exc}", file=sys.stderr)
+        print(f"overlay_wayland: error: {exc}", file=sys.stderr)
         return 1
     overlay.run()
     return 0

@@ -1,29 +1,28 @@
-"""The agent runtime: one event-queue thread that owns the agent's state and wires the
-components together (see COMMON.md "The agent runtime contract").
+"""The agent runtime: the one event-queue thread that owns the agent's state, and the
+wiring of the components around it (docs/architecture.md, "The agent runtime").
 
 Threads exist only at the edges: gpiozero's pin thread (button), paho's network
 thread (MQTT), the control socket and the overlay reader.  They hand work to the
 runtime with ``post(fn, *args)``; everything that changes agent state runs on the
-queue thread, so components need no locks of their own.  The one exception is on
-purpose: a report press blanks the screen and raises the alert on the pressing thread,
-with the report's own lock (agent/report.py says why).
+queue thread (agent/core/scheduler.py), so components need no locks of their own.  The
+one exception is on purpose: a report press blanks the screen and raises the alert on
+the pressing thread, with the report's own lock (agent/report/alert.py says why).
 
-Timers: ``call_later``/``call_at`` run on the runtime clock (a ``FakeClock`` in tests,
-so policy times can be stepped).  ``defer(seconds, ...)`` runs after real seconds
-whatever the clock says: it is for housekeeping (agent/link.py's settling, the
-report's evidence), never for policy.  Scheduling wakes the queue thread only when the
-job is due before the thread's next turn, and only once however many are scheduled.
+Components follow agent/core/interfaces.py: ``name``, ``start(runtime)``, ``stop()``,
+``on_policy(policy)``, ``on_command(cmd) -> bool``, and use only the ``RuntimeAPI``
+this class provides.  ``start`` runs first, then ``on_policy`` with the current policy
+whenever there is one (at start, on every config change, and at every timetable
+boundary ``policy.next_change``).
 
-Components are plain objects: ``name``, ``start(runtime)``, ``stop()``,
-``on_policy(policy)``, ``on_command(cmd) -> bool``.  ``start`` runs first, then
-``on_policy`` with the current policy whenever there is one (at start, on every config
-change, and at every timetable boundary ``policy.next_change``).
+The runtime builds the desktop once (agent/desktop/backends.py: the screen, lock and
+idle backends and the AUP presenter) and hands the pieces on; who is at the device
+comes from the ``sessions`` source it is given (agent/policy/sessions.py).
 
 Config: a local tree (``bootstrap.config_dir``) or the cached compiled config at
-``state_dir/config.json``.  Without a local tree the runtime adds agent/configsync.py,
-which fetches from the collector and calls ``apply_config(tree_or_dict)``: that
-validates, keeps the last-known-good config on failure, and reports
-``config_applied`` / ``config_rejected`` events.
+``state_dir/config.json``.  Without a local tree the runtime adds
+agent/uplink/configsync.py, which fetches from the collector and calls
+``apply_config(tree_or_dict)``: that validates, keeps the last-known-good config on
+failure, and reports ``config_applied`` / ``config_rejected`` events.
 
 ``default_components()`` is the production set (filter, sessions, lock, guard) that
 ``classroom-agent run`` adds; tests and simulated devices (``run --simulate``) leave it out.
@@ -31,213 +30,103 @@ validates, keeps the last-known-good config on failure, and reports
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
-import queue
 import threading
 import time
-from concurrent.futures import Future
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, protocol
-from .button import ReportButton, StatusLED
-from .config.pins import make_pin_factory
+from .. import __version__, protocol
+from ..config import ConfigInvalid, ConfigTree, effective_policy, load_tree
+from ..config.pins import make_pin_factory
+from ..desktop.backends import make_desktop
+from ..desktop.base import Desktop
+from ..desktop.session import Session, pick_desktop, read_sessions
+from ..errors import problems_line
+from ..report.alert import Report
+from ..report.button import ReportButton, StatusLED
+from ..report.screen import Screen
+from ..uplink.outbox import Outbox, priority_for
 from .clock import SystemClock
-from .config import ConfigInvalid, ConfigTree, effective_policy, load_tree
-from .errors import problems_line
-from .outbox import Outbox
-from .report import Report
-from .screen import Screen, make_screen
+from .control import ControlServer
+from .interfaces import Component, SessionSource
+from .scheduler import Scheduler, Timer, safely
+from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
-# Longest the queue thread sleeps without re-reading the wall clock (NTP steps, suspend).
-_MAX_WAIT = 30.0
-
-
-class Timer:
-    __slots__ = ("due", "seq", "fn", "args", "cancelled")
-
-    def __init__(self, due: datetime, seq: int, fn: Callable, args: tuple):
-        self.due, self.seq, self.fn, self.args, self.cancelled = due, seq, fn, args, False
-
-    def __lt__(self, other: "Timer") -> bool:
-        return (self.due, self.seq) < (other.due, other.seq)
-
-    def cancel(self) -> None:
-        self.cancelled = True
+__all__ = ["Runtime", "default_components"]
 
 
 class Runtime:
-    """The running agent.  ``start()`` / ``stop()``; see the module docstring for the API."""
+    """The running agent.  ``start()`` / ``stop()``; see the module docstring.
 
-    def __init__(self, bootstrap, *, clock=None, screen: Screen | None = None, pin_factory=None,
-                 outbox_max_rows: int = 10_000, connect: bool = True, control: bool = True,
-                 components: list | None = None):
+    *screen*, *desktop*: given by tests, else built from the bootstrap; *sessions*: who is
+    at the device (also run as a component); *connect*: open the MQTT link; *control*:
+    serve the control socket."""
+
+    def __init__(self, bootstrap, *, clock=None, screen: Screen | None = None, desktop: Desktop | None = None,
+                 sessions: SessionSource | None = None, pin_factory=None, outbox_max_rows: int = 10_000,
+                 connect: bool = True, control: bool = True, components: list | None = None):
         self.bootstrap = bootstrap
         self.clock = clock or SystemClock()
         self.state_dir = Path(bootstrap.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.screen = screen or make_screen(bootstrap.screen_backend, session_user=bootstrap.session_user,
-                                            staff_pin_hash=bootstrap.staff_pin_hash, user_fn=self.current_user)
+        self.sessions = sessions
+        self.desktop = desktop or make_desktop(bootstrap.screen_backend, session_user=bootstrap.session_user,
+                                               staff_pin_hash=bootstrap.staff_pin_hash,
+                                               session_fn=self.desktop_session)
+        self.screen = screen or Screen(self.desktop.screen)
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(bootstrap.pin_factory)
         self.outbox = Outbox(self.state_dir / "outbox.db", max_rows=outbox_max_rows)
         self.tree: ConfigTree | None = None
         self.policy = None
         self.link = None
-        self.control = None
-        self.components: list[Any] = []
+        self.control: ControlServer | None = None
+        self.components: list[Component] = []
         self.evidence_source: Callable[[int], list[dict]] = lambda minutes: []
         self.report = Report(self.screen)
         self.button = ReportButton(None, when_pressed=self.report.press)
         self.led: StatusLED | None = None
+        self.scheduler = Scheduler(self.clock)
+        # The scheduler's own bound methods, not wrappers around them: the press calls
+        # defer() on its way to the teacher, and a wrapper would be one more call there.
+        self.post = self.scheduler.post
+        self.call = self.scheduler.call
+        self.call_at = self.scheduler.call_at
+        self.call_later = self.scheduler.call_later
+        self.defer = self.scheduler.defer
+        self.on_queue_thread = self.scheduler.on_queue_thread
         self._hardware = None
         self._connect = connect
         self._control_enabled = control
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._timers: list[Timer] = []
-        self._deferred: list[tuple[float, int, Callable, tuple]] = []  # (monotonic due, seq, fn, args)
-        self._wake_pending = False
-        self._wake_at = 0.0  # monotonic time of the queue thread's next turn
-        self._timer_lock = threading.Lock()
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
+        self._control_handlers: dict[str, Callable[[dict], Any]] = {}
         self._stopped = False
         self._policy_timer: Timer | None = None
         self._heartbeat_timer: Timer | None = None
         self._boot_monotonic = time.monotonic()
         self.add_component(self.report)
         if connect and not bootstrap.config_dir:
-            from .configsync import ConfigSync  # config comes from the collector
+            from ..uplink.configsync import ConfigSync  # config comes from the collector
 
             self.add_component(ConfigSync.from_bootstrap(bootstrap))
-        for component in components or ():
+        components = list(components or ())
+        if sessions is not None and sessions not in components:
+            components.insert(0, sessions)
+        for component in components:
             self.add_component(component)
-        self.clock.subscribe(self._wake)
-        from .sdnotify import Notifier
-
         self.notifier = Notifier()
-
-    # ------------------------------------------------------------------ queue thread
-    def post(self, fn: Callable, *args) -> None:
-        """Run ``fn(*args)`` on the queue thread (from any thread)."""
-        self._queue.put((fn, args))
-
-    def call(self, fn: Callable, *args, timeout: float = 10.0):
-        """Run ``fn(*args)`` on the queue thread and return its result (from another thread)."""
-        if threading.current_thread() is self._thread or self._thread is None:
-            return fn(*args)
-        fut: Future = Future()
-
-        def run():
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001
-                fut.set_exception(exc)
-        self.post(run)
-        return fut.result(timeout)
-
-    def call_at(self, when: datetime, fn: Callable, *args) -> Timer:
-        """Run ``fn(*args)`` on the queue thread once ``runtime.clock()`` reaches *when*."""
-        timer = Timer(when, next(self._seq), fn, args)
-        with self._timer_lock:
-            heapq.heappush(self._timers, timer)
-            early = self.clock.is_fake or (when - self.clock()).total_seconds() < self._wake_at - time.monotonic()
-        if early:
-            self._wake()  # otherwise the thread's next turn comes first and sees it
-        return timer
-
-    def call_later(self, seconds: float, fn: Callable, *args) -> Timer:
-        return self.call_at(self.clock() + timedelta(seconds=seconds), fn, *args)
-
-    def defer(self, seconds: float, fn: Callable, *args) -> None:
-        """Run ``fn(*args)`` on the queue thread after *seconds* of real time."""
-        with self._timer_lock:
-            heapq.heappush(self._deferred, (time.monotonic() + seconds, next(self._seq), fn, args))
-            early = seconds < self._wake_at - time.monotonic()
-        if early:
-            self._wake()
 
     @property
     def is_idle(self) -> bool:
         """No deferred housekeeping is waiting (tests and benches: the agent has settled)."""
-        with self._timer_lock:
-            return not self._deferred
-
-    def _wake(self) -> None:
-        # One token is enough: the loop reads every timer after taking it.  (Several jobs
-        # are scheduled at once after a press; each extra token was an extra turn.)
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._queue.put((None, ()))
-
-    def _next_wait(self) -> float | None:
-        with self._timer_lock:
-            while self._timers and self._timers[0].cancelled:
-                heapq.heappop(self._timers)
-            if not self._timers:
-                wait = None if self.clock.is_fake else _MAX_WAIT
-            elif self.clock.is_fake:
-                # Fake time moves only by advance(), which wakes us; but a due timer runs now.
-                wait = 0 if self._timers[0].due <= self.clock() else None
-            else:
-                wait = max(0.0, min(_MAX_WAIT, (self._timers[0].due - self.clock()).total_seconds()))
-            if self._deferred:
-                real = max(0.0, self._deferred[0][0] - time.monotonic())
-                wait = real if wait is None else min(wait, real)
-            self._wake_at = float("inf") if wait is None else time.monotonic() + wait
-            return wait
-
-    def _run_due(self) -> None:
-        now = self.clock()
-        while True:
-            with self._timer_lock:
-                if not self._timers or self._timers[0].due > now:
-                    break
-                timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
-                self._safely(timer.fn, timer.args)
-        moment = time.monotonic()
-        while True:
-            with self._timer_lock:
-                if not self._deferred or self._deferred[0][0] > moment:
-                    return
-                _, _, fn, args = self._deferred[0]
-            self._safely(fn, args)
-            with self._timer_lock:  # popped only now, so is_idle covers a job that is running
-                heapq.heappop(self._deferred)
-
-    def _safely(self, fn: Callable, args: tuple) -> None:
-        try:
-            fn(*args)
-        except Exception:  # noqa: BLE001 - one failing job must not stop the agent
-            log.exception("runtime job %s failed", getattr(fn, "__qualname__", fn))
-
-    def _loop(self) -> None:
-        self._started.set()
-        while True:
-            try:
-                fn, args = self._queue.get(timeout=self._next_wait())
-            except queue.Empty:
-                fn, args = None, ()
-            if fn is _STOP:
-                return
-            if fn is None:
-                self._wake_pending = False  # before reading the timers: see _wake
-            else:
-                self._safely(fn, args)
-            self._run_due()
+        return self.scheduler.is_idle
 
     # ------------------------------------------------------------------ lifecycle
-    def add_component(self, component) -> None:
+    def add_component(self, component: Component) -> None:
         self.components.append(component)
-        if self._thread is not None:
+        if self.scheduler.is_running:
             self.post(self._start_component, component)
 
     def _start_component(self, component) -> None:
@@ -247,14 +136,12 @@ class Runtime:
 
     def start(self) -> "Runtime":
         self.screen.start()
-        self._thread = threading.Thread(target=self._loop, name="runtime", daemon=True)
-        self._thread.start()
+        self.scheduler.start()
         self.call(self._boot)
         self._start_watchdog()
         if self._control_enabled:
-            from .control import ControlServer
-
             self.control = ControlServer(self.bootstrap.control_socket, {
+                **self._control_handlers,  # what components registered as they started
                 "press": lambda req: self.press(str(req.get("source") or "control")),
                 # status is read on the queue thread, so it sees a consistent state
                 "status": lambda req: {"status": self.call(self.status, timeout=5)},
@@ -277,7 +164,7 @@ class Runtime:
 
     def _boot(self) -> None:
         for component in list(self.components):
-            self._safely(component.start, (self,))
+            safely(component.start, (self,))
         tree = self._load_local_config()
         if tree is not None:
             self._apply_config(tree)
@@ -292,13 +179,12 @@ class Runtime:
         self.notifier.stopping()
         if self.control is not None:
             self.control.stop()
-        if self._thread is not None and self._thread.is_alive():
+        if self.scheduler.is_running:
             try:
                 self.call(self._shutdown_components)
             except Exception:  # noqa: BLE001
                 log.exception("stopping components failed")
-            self._queue.put((_STOP, ()))
-            self._thread.join(10)
+            self.scheduler.stop(10)
         if self.link is not None:
             self.link.stop()
         self.button.close()
@@ -309,7 +195,7 @@ class Runtime:
 
     def _shutdown_components(self) -> None:
         for component in reversed(self.components):
-            self._safely(component.stop, ())
+            safely(component.stop)
 
     def press(self, source: str = "control") -> None:
         """A report press from the control socket or the report key."""
@@ -365,7 +251,7 @@ class Runtime:
                                                f"{self.bootstrap.site!r}"])
         previous = self.tree.version if self.tree is not None else None
         self.tree = tree
-        # (The cached copy, state_dir/config.json, is written by agent/configsync.py alone.)
+        # (The cached copy, state_dir/config.json, is written by agent/uplink/configsync.py alone.)
         self._set_policy(policy)
         if tree.version != previous:
             log.info("config %s applied (was %s)", tree.version, previous)
@@ -389,7 +275,7 @@ class Runtime:
         if policy.next_change is not None:
             self._policy_timer = self.call_at(policy.next_change, self._reevaluate)
         for component in list(self.components):
-            self._safely(component.on_policy, (policy,))
+            safely(component.on_policy, (policy,))
 
     def _reevaluate(self) -> None:
         """A timetable boundary: lessons start, school ends, a club's slot opens."""
@@ -428,8 +314,8 @@ class Runtime:
                 return
             log.warning("device moved to room %s: reconnecting under the new topics", self.policy.room)
             self.link.stop()
-        from .config.credentials import load_credentials
-        from .link import Link
+        from ..config.credentials import load_credentials
+        from ..uplink.link import Link
 
         username, password = load_credentials(self.bootstrap.credentials)
         self.link = Link(broker_url=self.bootstrap.broker_url, prefix=prefix, site=self.policy.site,
@@ -447,7 +333,7 @@ class Runtime:
 
     def send(self, kind: str, payload: dict, *, keep: tuple[str, dict | None] | None = None) -> int | None:
         """Store-and-publish on this device's *kind* topic (outbox first); ``keep``: local
-        state committed in the same transaction (agent/outbox.py)."""
+        state committed in the same transaction (agent/uplink/outbox.py)."""
         if self.link is not None:
             return self.link.send(kind, payload, keep=keep)
         if self.policy is None:
@@ -458,10 +344,15 @@ class Runtime:
         # Not connecting (tests, offline tools): still durable, sent by a later run.
         prefix = self.tree.site.broker.prefix
         topic = protocol.topic(prefix, self.policy.site, self.policy.room, self.bootstrap.device, kind)
-        from .outbox import priority_for
-
         return self.outbox.put(topic, protocol.encode(payload), protocol.QOS[kind], kind,
                                priority=priority_for(kind, payload.get("type")), keep=keep)
+
+    def keep(self, key: str, value: dict | None) -> None:
+        """Set (or with None, remove) local state kept beside the outbox (the open alert)."""
+        self.outbox.keep(key, value)
+
+    def kept(self, key: str) -> dict | None:
+        return self.outbox.kept(key)
 
     def emit_event(self, type: str, **fields) -> dict:  # noqa: A002 - the contract's name
         """Build an event (id, type, ts, site, room, device + fields), store it, publish it."""
@@ -485,7 +376,7 @@ class Runtime:
             log.info("reload-config requested by %s", cmd.get("by"))
             self.reload_config()
             return
-        # Without a local tree, reload-config goes to the collector sync (agent/configsync.py).
+        # Without a local tree, reload-config goes to the collector sync (agent/uplink/configsync.py).
         for component in self.components:
             if component is self.report:
                 continue
@@ -493,16 +384,17 @@ class Runtime:
                 if component.on_command(cmd):
                     return
             except Exception:  # noqa: BLE001
-                log.exception("component %s failed on cmd %s", getattr(component, "name", component), name)
+                log.exception("component %s failed on cmd %s", component.name, name)
                 return
         log.warning("cmd %s from %s: nothing on this device handles it", name, cmd.get("by"))
 
+    # ------------------------------------------------------------------ who is at the device
     def current_user(self) -> str | None:
+        """agent.yaml's ``session_user``, else the sessions source's, else utmp's first."""
         if self.bootstrap.session_user:
             return self.bootstrap.session_user
-        for component in self.components:  # agent/sessions.py knows whose desktop is in front
-            if getattr(component, "name", None) == "sessions":
-                return component.current_user()
+        if self.sessions is not None:
+            return self.sessions.current_user()
         try:
             import psutil
 
@@ -510,6 +402,24 @@ class Runtime:
             return users[0].name if users else None
         except Exception:  # noqa: BLE001
             return None
+
+    def desktop_session(self) -> Session | None:
+        """The session whose screen is in front of the pupil (the desktop backends ask)."""
+        if self.sessions is not None:
+            return self.sessions.desktop()
+        return pick_desktop(read_sessions(), self.bootstrap.session_user)
+
+    # ------------------------------------------------------------------ control socket
+    def register_control(self, op: str, handler: Callable[[dict], Any]) -> None:
+        """Serve control-socket op *op* with *handler* (on the socket's threads) while running."""
+        self._control_handlers[op] = handler
+        if self.control is not None:
+            self.control.register(op, handler)
+
+    def unregister_control(self, op: str) -> None:
+        self._control_handlers.pop(op, None)
+        if self.control is not None:
+            self.control.unregister(op)
 
     # ------------------------------------------------------------------ heartbeat
     def _schedule_heartbeat(self) -> None:
@@ -526,7 +436,7 @@ class Runtime:
             return
         version = self.tree.version if self.tree else ""
         try:
-            from .heartbeat import collect
+            from ..uplink.heartbeat import collect
         except ImportError:
             payload = {"ts": protocol.now_ts(self.clock()), "uptime": round(time.monotonic() - self._boot_monotonic, 1),
                        "user": self.current_user(), "config_version": version}
@@ -545,20 +455,46 @@ class Runtime:
             "outbox_pending": self.outbox.count(),
             "button_presses": self.button.presses,
             **self.report.status(),
-            "components": [getattr(c, "name", type(c).__name__) for c in self.components],
+            "components": [c.name for c in self.components],
         }
 
 
-def default_components() -> list:
+def default_components(sessions: SessionSource | None = None) -> list:
     """The components of a real classroom device, besides the report and config sync every
-    runtime has.  One that cannot be built is left out with a log line: the report button
-    must run whatever else fails."""
-    found = []
-    for module, cls in (("agent.filter.component", "FilterComponent"), ("agent.sessions", "SessionsComponent"),
-                        ("agent.lockcomponent", "LockComponent"), ("agent.guard", "Guard")):
+    runtime has: filter, sessions (*sessions* if given, the same one the runtime is given
+    as its sessions source), lock, guard.  One that cannot be built is left out with a
+    log line: the report button must run whatever else fails."""
+
+    def build(what: str, make: Callable[[], Any]):
         try:
-            mod = __import__(module, fromlist=[cls])
-            found.append(getattr(mod, cls)())
+            return make()
         except Exception as exc:  # noqa: BLE001
-            log.error("component %s unavailable: %s", cls, exc)
-    return found
+            log.error("component %s unavailable: %s", what, exc)
+            return None
+
+    def guard():
+        from ..policy.guard import Guard
+
+        return Guard()
+
+    def web_filter(protect):
+        from ..filter.component import FilterComponent
+
+        return FilterComponent(protect=protect)
+
+    def session_component():
+        from ..policy.sessions import SessionsComponent
+
+        return SessionsComponent()
+
+    def lock():
+        from ..policy.lock import LockComponent
+
+        return LockComponent()
+
+    the_guard = build("Guard", guard)
+    # The browser policy files the filter writes are the guard's to protect.
+    found = [build("FilterComponent", lambda: web_filter(the_guard.protect if the_guard is not None else None)),
+             sessions if sessions is not None else build("SessionsComponent", session_component),
+             build("LockComponent", lock), the_guard]
+    return [c for c in found if c is not None]

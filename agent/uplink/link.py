@@ -5,7 +5,7 @@ agent/protocol.py).  mqtt-io idioms: a retained ``status`` topic that says ``onl
 on connect, and the same topic as the Last Will saying ``offline`` so the server knows
 when a device drops without a goodbye.
 
-Sending goes through the durable outbox (agent/outbox.py): ``send()`` stores the
+Sending goes through the durable outbox (agent/uplink/outbox.py): ``send()`` stores the
 message, then publishes it; the PUBACK (``on_publish``) deletes the row.  Rows that
 paho is not already carrying (written while offline, or left by a previous run of the
 agent) are published again, oldest first, each time the connection comes up.
@@ -32,8 +32,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
-from . import __version__
-from . import protocol
+from .. import __version__, protocol
 from .outbox import HEARTBEAT, Outbox, priority_for
 
 log = logging.getLogger(__name__)
@@ -187,7 +186,7 @@ class Link:
         qos = protocol.QOS[kind]
         priority = priority_for(kind, payload.get("type") if kind == "event" else None)
         if priority != HEARTBEAT and self._later is not None and self.is_connected:
-            self._settle_soon()  # now, not after the send: see agent/report.py's follow-ups
+            self._settle_soon()  # now, not after the send: see agent/report/alert.py's follow-ups
         with self._send_lock:
             row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False, keep=keep)
             published = self.is_connected

@@ -1,0 +1,144 @@
+"""The desktop's four roles as abstract base classes, and ``Desktop``, one backend per role.
+
+gpiozero puts every pin library behind one ``Factory``; the desktop does the same with
+its backends (agent/desktop/headless.py, x11.py, wayland.py), so the callers (the
+report's ``Screen``, the lock component, the AUP) are written once against these:
+
+* ``ScreenBackend`` -- the report blank: ``show(message)``, ``set_message(message)``,
+  ``hide()``; ``start()`` gets it ready ahead of a press (an overlay starts hidden, so a
+  press is one line down a pipe); ``when_cleared(by)`` is called when staff clear it on
+  the device itself (the PIN).
+* ``LockBackend`` -- staff, timetable and idle locks: ``lock(mode, message)``,
+  ``unlock()``, and ``poll()`` for what the user did meanwhile (``("login", user)`` or
+  ``("staff_pin", by)``); it calls ``when_changed()`` from any thread when ``poll`` has
+  something to say.
+* ``IdleSource`` -- seconds since the last input (None: unknown, so never lock on a
+  guess); ``set_timeout`` tells a push source (swayidle) the threshold; it may call
+  ``when_changed()`` as well.
+* ``Presenter`` -- the acceptable-use dialog and the monitoring notice:
+  ``notice(session, text)``, ``dialog(session, text, on_accept)``, ``close(handle)``.
+
+``backends.make_desktop(kind, ...)`` builds a ``Desktop``; the runtime builds one, once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# Lock modes.  A *staff* lock (a teacher's lock, the timetable) is lifted by nothing a
+# pupil knows; a *session* lock (idle) is the desktop's own locker, lifted by the user's
+# own password.
+STAFF_MODE = "staff"
+SESSION_MODE = "session"
+
+
+def _nothing() -> None:
+    pass
+
+
+class ScreenBackend(ABC):
+    """Whatever hides the pupil's screen.  Every method returns without waiting on anything
+    but a local pipe or a process start: it runs on the pressing thread."""
+
+    name = "screen"
+
+    def __init__(self) -> None:
+        # Set by the Screen: staff cleared it on the device (the PIN), with who did it.
+        self.when_cleared: Callable[[str], None] | None = None
+
+    @property
+    def description(self) -> str:
+        """The name ``status`` shows (an overlay says when its fallback is what blanks)."""
+        return self.name
+
+    def start(self) -> None:
+        """Get ready ahead of a press; nothing to do by default."""
+
+    @abstractmethod
+    def show(self, message: str) -> None:
+        """Cover the screen with *message*."""
+
+    @abstractmethod
+    def set_message(self, message: str) -> None:
+        """Change the words while shown."""
+
+    @abstractmethod
+    def hide(self) -> None:
+        """Give the screen back."""
+
+    def close(self) -> None:
+        """Release whatever the backend runs (the agent is stopping)."""
+
+
+class LockBackend(ABC):
+    """Whatever locks the device.  ``is_locked`` and ``mode`` say what it is doing now."""
+
+    name = "lock"
+
+    def __init__(self) -> None:
+        self.is_locked = False
+        self.mode: str | None = None
+        self.when_changed: Callable[[], None] = _nothing
+
+    @abstractmethod
+    def lock(self, mode: str, message: str) -> None:
+        """Lock in *mode* (STAFF_MODE or SESSION_MODE), showing *message* where it can."""
+
+    @abstractmethod
+    def unlock(self) -> None:
+        """Lift the lock (a staff unlock or the timetable opening)."""
+
+    @abstractmethod
+    def poll(self) -> tuple[str, str] | None:
+        """What the user did since the last poll: ``("login", user)``, ``("staff_pin", by)``, or None."""
+
+    def close(self) -> None:
+        """The agent is stopping; a locked screen stays locked."""
+
+
+class IdleSource(ABC):
+    """How long since the user last touched the keyboard or mouse."""
+
+    name = "idle"
+
+    def __init__(self) -> None:
+        self.when_changed: Callable[[], None] = _nothing
+
+    @abstractmethod
+    def idle_seconds(self) -> float | None:
+        """Seconds without input; None when unknown (never lock on a guess)."""
+
+    def set_timeout(self, seconds: int) -> None:
+        """The idle-lock threshold (a push source reports crossing it)."""
+
+    def close(self) -> None:
+        """Stop whatever the source runs."""
+
+
+class Presenter(ABC):
+    """Shows the acceptable-use rules and the monitoring notice on a session's screen."""
+
+    @abstractmethod
+    def notice(self, session, text: str) -> Any:
+        """Show the notice for the whole session; returns a handle for ``close``."""
+
+    @abstractmethod
+    def dialog(self, session, text: str, on_accept: Callable[[], None]) -> Any:
+        """Show the rules with an "I agree" button; ``on_accept()`` (any thread) when pressed."""
+
+    @abstractmethod
+    def close(self, handle) -> None:
+        """Take a notice or dialog down."""
+
+
+@dataclass(frozen=True)
+class Desktop:
+    """One backend per role, chosen together (agent/desktop/backends.py)."""
+
+    kind: str  # wayland | swaylock | x11 | headless: what was detected or configured
+    screen: ScreenBackend
+    lock: LockBackend
+    idle: IdleSource
+    presenter: Presenter

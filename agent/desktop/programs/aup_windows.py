@@ -1,0 +1,55 @@
+"""The acceptable-use dialog and the monitoring notice: tiny Tk programs.
+
+``python -m agent.desktop.programs.aup_windows dialog|notice`` with the text on stdin,
+run as the desktop user by agent/desktop/x11.py's ``TkPresenter`` (agent/policy/aup.py
+decides when).  The dialog prints only the word ``accepted`` when the pupil agrees;
+closing it is not agreeing.  The notice has no title bar and no close button: it stays
+for the whole session.  Standard library only.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _dialog(text: str) -> int:  # pragma: no cover - exercised under Xvfb by hand
+    import tkinter as tk
+
+    root = tk.Tk()
+    root.title("Our computer rules")
+    root.attributes("-topmost", True)
+    root.protocol("WM_DELETE_WINDOW", lambda: None)  # closing it is not agreeing
+    tk.Label(root, text="Our computer rules", font=("sans", 22, "bold")).pack(padx=24, pady=(20, 8))
+    tk.Label(root, text=text, font=("sans", 16), justify="left", wraplength=700).pack(padx=24, pady=8)
+
+    def agree():
+        print("accepted", flush=True)
+        root.destroy()
+
+    button = tk.Button(root, text="I agree", font=("sans", 20, "bold"), command=agree)
+    button.pack(pady=(8, 24), ipadx=20, ipady=8)
+    button.focus_set()
+    button.bind("<Return>", lambda _e: agree())  # keyboard-only devices and switch access
+    root.mainloop()
+    return 0
+
+
+def _notice(text: str) -> int:  # pragma: no cover
+    import tkinter as tk
+
+    root = tk.Tk()
+    root.overrideredirect(True)  # no title bar, no close button: it is a notice, not a window
+    root.attributes("-topmost", True)
+    label = tk.Label(root, text=text, font=("sans", 9), wraplength=360, justify="left", bg="#ffffe0", padx=6, pady=3)
+    label.pack()
+    root.update_idletasks()
+    root.geometry(f"+{root.winfo_screenwidth() - root.winfo_reqwidth() - 8}+"
+                  f"{root.winfo_screenheight() - root.winfo_reqheight() - 40}")
+    root.mainloop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a child
+    kind = sys.argv[1] if len(sys.argv) > 1 else ""
+    body = sys.stdin.read()
+    sys.exit({"dialog": _dialog, "notice": _notice}.get(kind, lambda _t: 2)(body))

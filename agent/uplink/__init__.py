@@ -1,0 +1,3 @@
+"""Getting things off the device: the MQTT link (``link``), the durable outbox it sends
+from (``outbox``), config fetched from the collector (``configsync``) and the heartbeat
+payload (``heartbeat``)."""

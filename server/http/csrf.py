@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 from typing import Iterable
 from urllib.parse import parse_qs, urlsplit
@@ -124,9 +125,14 @@ class CsrfGuard:
                     problem = "the CSRF token does not match this session; reload the page and try again"
         if problem is None:
             return await self.app(scope, receive, send)
-        body = json.dumps({"detail": f"refused: {problem}"}).encode()
+        if "text/html" in headers.get("accept", ""):  # a browser: a page it can show
+            body = (f"<!doctype html><title>Refused</title><h1>Refused</h1><p>refused: {html.escape(problem)}</p>"
+                    '<p><a href="/">Back to the dashboard</a></p>').encode()
+            kind = b"text/html; charset=utf-8"
+        else:
+            body, kind = json.dumps({"detail": f"refused: {problem}"}).encode(), b"application/json"
         await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -44,7 +44,14 @@ class EventsTable:
     """Store methods for events and the ingest batch (mixed into ``Store``)."""
 
     def _insert_event_rows(self, tx: Tx, rows: list[tuple]) -> int:
-        return tx.insert_new("events", EVENT_COLUMNS, "id", rows)
+        from .incidents import foreign_evidence  # (incidents.py imports this module)
+
+        # Evidence naming another device's alert is not that alert's evidence (incidents.py).
+        refused = foreign_evidence(tx, rows, EVENT_COLUMNS)
+        if refused:
+            rows = [row for i, row in enumerate(rows) if i not in refused]
+            self._bump(evidence_refused=len(refused))
+        return tx.insert_new("events", EVENT_COLUMNS, "id", rows) if rows else 0
 
     # ------------------------------------------------------------------ ingest
 

@@ -3,19 +3,26 @@
 Each alert id becomes one incident (id = alert id) as its transitions are ingested
 (``record_alert``, also called inside the ingest batch).  Transitions are de-duplicated
 by ``(alert_id, state)``; resends can arrive out of order, so the incident always shows
-the latest transition by device time and the raise time once it is known.  Staff changes
-(category, tags, status, outcome) are recorded as actions next to notes and checklist
-ticks.  What staff may see of it is decided in server/incidents.py, not here.
+the latest transition by device time and the raise time once it is known.  An incident belongs to the
+device that raised it: a transition or evidence from another device naming its id is
+refused (logged, counted as ``alerts_refused``), and evidence is read back only from the
+incident's own device.  Staff changes (category, tags, status, outcome) are recorded as
+actions next to notes and checklist ticks.  What staff may see of it is decided in server/incidents.py, not here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from typing import Sequence
 
 from .engine import StoreError, Tx
 from .events import str_or_none
 from .schema import new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 # Incident fields staff may change (PATCH); everything else comes from the device.
 INCIDENT_FIELDS = ("category", "tags", "status", "outcome")
@@ -38,6 +45,16 @@ class IncidentsTable:
         return new
 
     def _record_alert(self, tx: Tx, alert: dict, now: str) -> bool:
+        owner = _other_owner(tx, alert["id"], alert["site"], alert["room"], alert["device"])
+        if owner is not None:
+            # One device's credentials must not change another device's incident by
+            # reusing its alert id (ingest has already checked the payload names the
+            # device whose topic it came on).
+            _refusals.warn("alert %s %s from %s/%s/%s refused: that incident belongs to %s/%s/%s",
+                           alert["id"], alert["state"], alert["site"], alert["room"], alert["device"],
+                           owner["site"], owner["room"], owner["device"])
+            self._bump(alerts_refused=1)
+            return False
         inserted = tx.execute(
             "INSERT INTO alert_transitions (alert_id, state, ts, by_whom, site, room, device, seat, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id, state) DO NOTHING",
@@ -108,9 +125,11 @@ class IncidentsTable:
         return row
 
     def evidence(self, incident_id: str) -> list[dict]:
-        """report_evidence events for an alert: domains and times only (never imagery)."""
-        rows = self.query("SELECT id, ts, device, data FROM events WHERE type = 'report_evidence' AND alert_id = ? "
-                          "ORDER BY ts", (incident_id,))
+        """report_evidence events for an alert: domains and times only (never imagery), and only
+        those sent by the incident's own device (another device naming this alert id is not evidence)."""
+        rows = self.query("SELECT e.id, e.ts, e.device, e.data FROM events e JOIN incidents i ON i.id = e.alert_id "
+                          "WHERE e.type = 'report_evidence' AND e.alert_id = ? AND e.site = i.site "
+                          "AND e.room = i.room AND e.device = i.device ORDER BY e.ts", (incident_id,))
         out = []
         for row in rows:
             data = json.loads(row["data"])
@@ -166,6 +185,54 @@ class IncidentsTable:
             return True
 
         return action if self.write(run) else None
+
+
+def _other_owner(tx: Tx, alert_id: str, site: str, room: str, device: str) -> dict | None:
+    """The incident's (site, room, device) if *alert_id* is already another device's incident."""
+    row = tx.query_one("SELECT site, room, device FROM incidents WHERE id = ?", (alert_id,))
+    if row is None or (row["site"], row["room"], row["device"]) == (site, room, device):
+        return None
+    return row
+
+
+def foreign_evidence(tx: Tx, rows: Sequence[tuple], columns: Sequence[str]) -> set[int]:
+    """Indexes of ``report_evidence`` event *rows* (tuples in *columns* order) whose alert id is
+    another device's incident: refused at ingest, one log line each (rate-limited)."""
+    col = {name: i for i, name in enumerate(columns)}
+    refused = set()
+    for index, row in enumerate(rows):
+        if row[col["type"]] != "report_evidence" or not row[col["alert_id"]]:
+            continue
+        owner = _other_owner(tx, row[col["alert_id"]], row[col["site"]], row[col["room"]], row[col["device"]])
+        if owner is not None:
+            _refusals.warn("report_evidence %s from %s/%s/%s refused: alert %s belongs to %s/%s/%s",
+                           row[col["id"]], row[col["site"]], row[col["room"]], row[col["device"]],
+                           row[col["alert_id"]], owner["site"], owner["room"], owner["device"])
+            refused.add(index)
+    return refused
+
+
+class _RateLimitedLog:
+    """One line per refusal, at most ``rate`` lines a second (a hostile device must not fill the log)."""
+
+    def __init__(self, rate: int = 20) -> None:
+        self.rate = rate
+        self._second = 0
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def warn(self, message: str, *args) -> None:
+        now = int(time.monotonic())
+        with self._lock:
+            if now != self._second:
+                self._second, self._count = now, 0
+            self._count += 1
+            if self._count > self.rate:
+                return
+        log.warning(message, *args)
+
+
+_refusals = _RateLimitedLog()
 
 
 def _transition(row: dict) -> dict:

@@ -1,7 +1,7 @@
 """bench/ingest.py: sustained events/s from MQTT into the store, SQLite and PostgreSQL.
 
 Starts its own mosquitto and PostgreSQL on free loopback ports (tests/services.py),
-runs the server's real ingest workers (server/ingest.py; two processes by default, as
+runs the server's real ingest workers (server/ingest/; two processes by default, as
 ``classroom-server serve --ingest-workers 2`` does on a 2-core machine) against a fresh store, and has
 several publisher processes (``mosquitto_pub``, one per simulated device) send N ``blocked``
 events with QoS 1 (as the outbox does).

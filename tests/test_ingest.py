@@ -1,8 +1,11 @@
 """MQTT ingest against a real mosquitto: alert -> incident timeline over HTTP, exactly-once storage,
-fuzzed payloads that change nothing, commands reaching the device, shared-subscription workers."""
+fuzzed payloads that change nothing, commands reaching the device, shared-subscription workers, a
+worker SIGKILLed mid-burst losing nothing, TLS, broker restarts; and an AST check that ingest uses
+paho's public API only."""
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import threading
@@ -14,7 +17,7 @@ from server.ingest import Ingest, Metrics
 from services import close_client, mqtt_client, wait_until
 
 from server_fixtures import *  # noqa: F401,F403
-from server_fixtures import make_alert, make_event, make_heartbeat, make_status, topic_of
+from server_fixtures import REPO, make_alert, make_event, make_heartbeat, make_status, topic_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -293,3 +296,225 @@ def test_persistent_session_keeps_messages_across_a_server_restart(mosquitto, sq
         wait_until(lambda: sqlite_store.count("events") == 20, 15)
     finally:
         second.stop()
+
+
+# --------------------------------------------------------------------------- paho's public API only
+
+INGEST_PACKAGE = REPO / "server" / "ingest"
+
+
+def private_paho_uses(source: str, filename: str = "<source>") -> list[str]:
+    """Every place *source* reaches into paho's internals: a ``_``-prefixed name imported
+    from paho, a class derived from a paho class (so no override of paho's ``_`` methods),
+    and any ``obj._name`` / ``getattr(obj, "_name")`` on an object other than ``self`` or
+    ``cls`` (the package's own private state is only ever reached through ``self``)."""
+    tree = ast.parse(source, filename)
+    paho_names: set[str] = set()
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "paho":
+                    paho_names.add(alias.asname or "paho")
+                    if any(part.startswith("_") for part in alias.name.split(".")):
+                        problems.append(f"{filename}:{node.lineno}: imports private module {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "paho":
+            if any(part.startswith("_") for part in node.module.split(".")):
+                problems.append(f"{filename}:{node.lineno}: imports from private module {node.module}")
+            for alias in node.names:
+                paho_names.add(alias.asname or alias.name)
+                if alias.name.startswith("_"):
+                    problems.append(f"{filename}:{node.lineno}: imports private {node.module}.{alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                root = base
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in paho_names:
+                    problems.append(f"{filename}:{node.lineno}: class {node.name} derives from paho's "
+                                    f"{ast.unparse(base)}")
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                problems.append(f"{filename}:{node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "setattr", "hasattr", "delattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")):
+            problems.append(f"{filename}:{node.lineno}: {ast.unparse(node)}")
+    return problems
+
+
+def test_ingest_uses_only_paho_public_api():
+    files = sorted(INGEST_PACKAGE.glob("*.py"))
+    assert {p.name for p in files} >= {"__init__.py", "client.py", "worker.py"}
+    problems = [line for path in files
+                for line in private_paho_uses(path.read_text(), str(path.relative_to(REPO)))]
+    assert problems == []
+
+
+def test_private_paho_check_finds_each_kind_of_violation():
+    planted = '''
+import paho.mqtt.client as mqtt
+from paho.mqtt.client import _ConnectionState
+from paho.mqtt._packet import decode_publish
+
+class FastClient(mqtt.Client):
+    def _packet_read(self):
+        return self._in_packet
+
+def read(client):
+    client._sock.recv(1)
+    getattr(client, "_in_packet")
+    return mqtt._socketpair_compat()
+'''
+    found = "\n".join(private_paho_uses(planted))
+    for expected in ("private paho.mqtt.client._ConnectionState", "private module paho.mqtt._packet",
+                     "class FastClient derives from paho's mqtt.Client", "client._sock",
+                     "getattr(client, '_in_packet')", "mqtt._socketpair_compat"):
+        assert expected in found
+    assert private_paho_uses("class Mine:\n    def go(self):\n        return self._state\n") == []
+
+
+def test_paho_version_check_and_pin():
+    from importlib.metadata import version
+
+    from server.ingest.client import TESTED_PAHO, check_paho_version
+
+    assert check_paho_version(TESTED_PAHO) is None
+    line = check_paho_version("2.9.0")
+    assert "2.9.0" in line and TESTED_PAHO in line and "\n" not in line
+    # The pin is what makes the warning rare: the tested version, exactly.
+    assert f'"paho-mqtt=={TESTED_PAHO}"' in (REPO / "pyproject.toml").read_text()
+    assert version("paho-mqtt") == TESTED_PAHO
+
+
+# --------------------------------------------------------------------------- at-least-once, end to end
+
+KILLED_WORKER = '''
+import sys, threading
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+from server.ingest import Ingest
+from server.store import Store
+
+db, broker, ready, hung, hang_at = sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), int(sys.argv[6])
+store = Store.open(db)
+real = store.ingest
+calls = 0
+
+
+def ingest(items, wait=True):
+    global calls
+    calls += 1
+    if calls == hang_at:
+        real(items)  # committed...
+        hung.write_text(str(len(items)))
+        threading.Event().wait()  # ...and never acknowledged: the SIGKILL comes first
+    return real(items, wait=wait)
+
+
+store.ingest = ingest
+worker = Ingest(store, broker, client_id="killed-worker", session_expiry=600, batch_size=100).start()
+if worker.subscribed.wait(30):
+    ready.write_text("subscribed")
+threading.Event().wait()
+'''
+
+
+def test_worker_killed_mid_burst_loses_nothing_and_stores_nothing_twice(mosquitto_factory, tmp_path):
+    import signal
+    import sys
+
+    from server.store import Store
+    from services import spawn, terminate
+
+    # Unlimited queue: what the broker holds for the dead worker must not be dropped
+    # (classroom-server broker-config writes a large max_queued_messages for the same reason).
+    broker = mosquitto_factory("max_queued_messages 0\n")
+    url = f"mqtt://{broker.host}:{broker.port}"
+    db = f"sqlite:///{tmp_path}/server.db"
+    ready, hung = tmp_path / "ready", tmp_path / "hung"
+    proc = spawn([sys.executable, "-c", KILLED_WORKER, str(REPO), db, url, str(ready), str(hung), "3"],
+                 log_path=tmp_path / "worker.log", cwd=str(REPO))
+    store = Store.open(db)
+    second = None
+    try:
+        wait_until(ready.exists, 30, message=lambda: (tmp_path / "worker.log").read_text())
+        device = mqtt_client(broker)
+        try:
+            events = [make_event(device="5b-pi-01", domain=f"d{i}.example") for i in range(2000)]
+            infos = [device.publish(topic_of("5b", "5b-pi-01", "event"), protocol.encode(e), qos=1) for e in events]
+            # The worker has committed its third batch and will never acknowledge it.
+            wait_until(hung.exists, 30, message=lambda: (tmp_path / "worker.log").read_text())
+            stored_at_kill = store.count("events")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            for info in infos:
+                info.wait_for_publish(30)
+        finally:
+            close_client(device)
+        assert 0 < stored_at_kill < len(events)
+        # The same worker id comes back: the broker still holds its session, with the
+        # messages it never acknowledged (committed or not) and those sent while it was dead.
+        second = Ingest(store, url, client_id="killed-worker", session_expiry=600).start()
+        wait_until(lambda: store.count("events") == len(events), 30)
+        assert second.flush(10)
+        counts = store.query("SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids FROM events")[0]
+        assert counts == {"n": len(events), "ids": len(events)}
+        assert {r["id"] for r in store.query("SELECT id FROM events")} == {e["id"] for e in events}
+        # The committed-but-unacknowledged batch came again and was dropped by its event ids.
+        assert second.metrics.get("ingest_duplicates_total") >= 1
+    finally:
+        if second is not None:
+            second.stop()
+        terminate(proc)
+        store.close()
+
+
+def test_ingest_over_tls(mosquitto_factory, sqlite_store, tmp_path):
+    import subprocess
+
+    from services import free_port, require_binary
+
+    openssl = require_binary("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    tls_port = free_port()
+    broker = mosquitto_factory(f"listener {tls_port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n")
+    ingest = Ingest(sqlite_store, f"mqtts://127.0.0.1:{tls_port}", ca_file=str(cert)).start()
+    try:
+        assert ingest.subscribed.wait(10), "ingest did not subscribe over TLS"
+        device = mqtt_client(broker)  # devices on the plain listener; ingest reads through TLS
+        try:
+            events = [make_event() for _ in range(500)]
+            publish_all(device, [(topic_of("5b", "5b-pi-01", "event"), e) for e in events])
+            wait_until(lambda: sqlite_store.count("events") == len(events), 15)
+        finally:
+            close_client(device)
+        assert ingest.flush(10) and ingest.queue_depth == 0
+    finally:
+        ingest.stop()
+
+
+def test_ingest_reconnects_after_the_broker_restarts(mosquitto, sqlite_store):
+    ingest = Ingest(sqlite_store, f"mqtt://{mosquitto.host}:{mosquitto.port}").start()
+    try:
+        assert ingest.subscribed.wait(10)
+        mosquitto.stop()
+        wait_until(lambda: not ingest.connected.is_set(), 10)
+        mosquitto.start()
+        # The worker's own loop backs off, comes back and subscribes again.
+        wait_until(ingest.subscribed.is_set, 30)
+        device = mqtt_client(mosquitto)
+        try:
+            events = [make_event() for _ in range(50)]
+            publish_all(device, [(topic_of("5b", "5b-pi-01", "event"), e) for e in events])
+            wait_until(lambda: sqlite_store.count("events") == len(events), 15)
+        finally:
+            close_client(device)
+    finally:
+        ingest.stop()
+    assert not ingest.connected.is_set()

@@ -5,8 +5,8 @@ Each alert id becomes one incident (id = alert id) as its transitions are ingest
 by ``(alert_id, state)``; resends can arrive out of order, so the incident always shows
 the latest transition by device time and the raise time once it is known.  An incident belongs to the
 device that raised it: a transition or evidence from another device naming its id is
-refused (logged, counted as ``alerts_refused``), and evidence is read back only from the
-incident's own device.  Staff changes (category, tags, status, outcome) are recorded as
+refused (in the ingest batch: counted and logged by ingest, ``refused`` in its result), and
+evidence is read back only from the incident's own device.  Staff changes (category, tags, status, outcome) are recorded as
 actions next to notes and checklist ticks.  What staff may see of it is decided in server/incidents.py, not here.
 """
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from typing import Sequence
 
 from .engine import StoreError, Tx
@@ -44,16 +42,18 @@ class IncidentsTable:
         self._bump(alerts_inserted=int(new), alerts_duplicate=int(not new))
         return new
 
-    def _record_alert(self, tx: Tx, alert: dict, now: str) -> bool:
+    def _record_alert(self, tx: Tx, alert: dict, now: str, refused: list | None = None) -> bool:
         owner = _other_owner(tx, alert["id"], alert["site"], alert["room"], alert["device"])
         if owner is not None:
             # One device's credentials must not change another device's incident by
             # reusing its alert id (ingest has already checked the payload names the
-            # device whose topic it came on).
-            _refusals.warn("alert %s %s from %s/%s/%s refused: that incident belongs to %s/%s/%s",
-                           alert["id"], alert["state"], alert["site"], alert["room"], alert["device"],
-                           owner["site"], owner["room"], owner["device"])
-            self._bump(alerts_refused=1)
+            # device whose topic it came on).  The caller logs and counts *refused*.
+            why = (f"alert {alert['id']} {alert['state']} from {alert['site']}/{alert['room']}/{alert['device']} "
+                   f"refused: that incident belongs to {owner['site']}/{owner['room']}/{owner['device']}")
+            if refused is None:
+                log.warning("%s", why)
+            else:
+                refused.append(why)
             return False
         inserted = tx.execute(
             "INSERT INTO alert_transitions (alert_id, state, ts, by_whom, site, room, device, seat, received_at) "
@@ -84,7 +84,11 @@ class IncidentsTable:
     # ------------------------------------------------------------------ reading
 
     def list_incidents(self, *, rooms: Sequence[str] | None = None, status: str | None = None,
-                       since: str | None = None, limit: int = 200) -> list[dict]:
+                       since: str | None = None, received_since: str | None = None,
+                       limit: int = 200) -> list[dict]:
+        """Incidents with their timelines, newest first.  *since* compares the device's raise
+        time; *received_since* the collector's (``created_at``: a device clock that is wrong
+        does not move it)."""
         where, params = [], []
         if rooms is not None:
             if not rooms:
@@ -97,6 +101,9 @@ class IncidentsTable:
         if since:
             where.append("raised_at >= ?")
             params.append(since)
+        if received_since:
+            where.append("created_at >= ?")
+            params.append(received_since)
         sql = "SELECT * FROM incidents" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self.query(sql + " ORDER BY raised_at DESC, id LIMIT ?", (*params, int(limit)))
         if rows:
@@ -195,44 +202,20 @@ def _other_owner(tx: Tx, alert_id: str, site: str, room: str, device: str) -> di
     return row
 
 
-def foreign_evidence(tx: Tx, rows: Sequence[tuple], columns: Sequence[str]) -> set[int]:
-    """Indexes of ``report_evidence`` event *rows* (tuples in *columns* order) whose alert id is
-    another device's incident: refused at ingest, one log line each (rate-limited)."""
+def foreign_evidence(tx: Tx, rows: Sequence[tuple], columns: Sequence[str]) -> dict[int, str]:
+    """``{index: why}`` for the ``report_evidence`` event *rows* (tuples in *columns* order)
+    whose alert id is another device's incident: the caller drops them, logs and counts."""
     col = {name: i for i, name in enumerate(columns)}
-    refused = set()
+    refused = {}
     for index, row in enumerate(rows):
         if row[col["type"]] != "report_evidence" or not row[col["alert_id"]]:
             continue
         owner = _other_owner(tx, row[col["alert_id"]], row[col["site"]], row[col["room"]], row[col["device"]])
         if owner is not None:
-            _refusals.warn("report_evidence %s from %s/%s/%s refused: alert %s belongs to %s/%s/%s",
-                           row[col["id"]], row[col["site"]], row[col["room"]], row[col["device"]],
-                           row[col["alert_id"]], owner["site"], owner["room"], owner["device"])
-            refused.add(index)
+            refused[index] = (f"report_evidence {row[col['id']]} from {row[col['site']]}/{row[col['room']]}/"
+                              f"{row[col['device']]} refused: alert {row[col['alert_id']]} belongs to "
+                              f"{owner['site']}/{owner['room']}/{owner['device']}")
     return refused
-
-
-class _RateLimitedLog:
-    """One line per refusal, at most ``rate`` lines a second (a hostile device must not fill the log)."""
-
-    def __init__(self, rate: int = 20) -> None:
-        self.rate = rate
-        self._second = 0
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def warn(self, message: str, *args) -> None:
-        now = int(time.monotonic())
-        with self._lock:
-            if now != self._second:
-                self._second, self._count = now, 0
-            self._count += 1
-            if self._count > self.rate:
-                return
-        log.warning(message, *args)
-
-
-_refusals = _RateLimitedLog()
 
 
 def _transition(row: dict) -> dict:

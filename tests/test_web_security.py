@@ -458,3 +458,23 @@ def test_there_is_one_csv_writer():
     root = Path(server.__file__).parent
     writers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "csv.writer(" in p.read_text())
     assert writers == ["safecsv.py"]
+
+
+def test_behind_the_reverse_proxy_the_dashboards_own_origin_is_still_recognised(app, sqlite_store):
+    """nginx without `proxy_set_header Host` sends Host: 127.0.0.1:8080; X-Forwarded-Host then
+    names the host the browser used.  Another origin is still refused."""
+    from fastapi.testclient import TestClient
+
+    alert = make_alert()
+    sqlite_store.record_alert(alert)
+    session, _ = session_headers(sqlite_store, "dsl")
+    proxied = {"Host": "127.0.0.1:8080", "X-Forwarded-Host": "safety.school.example",
+               "X-CSRF-Token": csrf_token(session), "Sec-Fetch-Site": "same-origin"}
+    with TestClient(app, base_url=HTTPS, follow_redirects=False, cookies={COOKIE: session}) as client:
+        ok = client.post(f"/incidents/{alert['id']}/note", data={"text": "via the proxy"},
+                         headers={**proxied, "Origin": "https://safety.school.example"})
+        assert ok.status_code == 303
+        bad = client.post(f"/incidents/{alert['id']}/note", data={"text": "forged"},
+                          headers={**proxied, "Origin": "https://wiki.school.example"})
+        assert bad.status_code == 403
+    assert [a["text"] for a in sqlite_store.get_incident(alert["id"])["actions"]] == ["via the proxy"]

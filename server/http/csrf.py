@@ -8,7 +8,7 @@ not affected.  For those requests:
 
 1. **Origin**: a browser's ``Sec-Fetch-Site`` must be ``same-origin`` (or ``none``: typed
    or bookmarked), and its ``Origin`` must be this server (host and port, as the browser
-   addressed it).  ``same-site`` is refused on purpose: SameSite=Strict cookies are still
+   addressed it: ``Host``, or ``X-Forwarded-Host`` from the reverse proxy).  ``same-site`` is refused on purpose: SameSite=Strict cookies are still
    sent from a sibling host, which is exactly the intranet-wiki attack.  Requests with
    neither header (scripts, old browsers) go on to the token check.  This applies to the
    public routes too (``POST /login``: no logging a browser in as someone else).
@@ -90,7 +90,12 @@ def origin_problem(headers: dict[str, str]) -> str | None:
     parts = urlsplit(origin.strip())
     if origin.strip() == "null" or parts.scheme not in ("http", "https") or not parts.netloc:
         return "the request's Origin is not this server"
-    if _netloc(parts.netloc, parts.scheme) != _netloc(headers.get("host", "")):
+    # The host the browser addressed: Host, or the reverse proxy's X-Forwarded-Host.  (A page
+    # on another site cannot add X-Forwarded-Host to a browser's request without a CORS
+    # preflight, which this server never grants.)
+    addressed = {_netloc(h) for h in (headers.get("host", ""), *headers.get("x-forwarded-host", "").split(","))
+                 if h.strip()}
+    if _netloc(parts.netloc, parts.scheme) not in addressed:
         return "the request's Origin is not this server"
     return None
 

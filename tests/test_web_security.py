@@ -17,7 +17,6 @@ import io
 import re
 import select
 import socket
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 

@@ -143,7 +143,7 @@ class Demo:
                      stdin=DEMO_PASSWORD + "\n")
         self.spawn("classroom-server", [
             str(BIN / "classroom-server"), "serve", "--config", str(self.dir / "config"), "--db", db,
-            "--broker", f"mqtt://127.0.0.1:{self.mqtt_port}", "--port", str(self.http_port),
+            "--broker", f"mqtt://127.0.0.1:{self.mqtt_port}", "--port", str(self.http_port), "--plain-http",
             "--mqtt-password-file", str(self.dir / "broker" / "credentials" / "classroom-server.yaml"),
             "--reports-dir", str(self.dir / "reports")])
         import requests

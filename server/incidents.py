@@ -6,11 +6,13 @@ ingested).  Here lives what the school adds: the category from the policies' lis
 the three school policies in shared/policies/, each item carrying its source -- with
 who ticked what and when, plus status and outcome.
 
-Who sees what (enforced by the API and the pages, server/http/api/incidents.py and
-server/web/pages/incidents.py, with these helpers): teachers see their own
-rooms' incidents as a timeline only (no notes, outcome, checklist or evidence); the
-DSL sees everything; evidence (domains the device resolved before the press) is DSL
-only and every view of it is written to the audit log.
+Who sees what (``VISIBLE_FIELDS``, applied by ``for_user`` in the API and the pages,
+server/http/api/incidents.py and server/web/pages/incidents.py): teachers see their own
+rooms' incidents as a timeline only, admins every room's timeline on the dashboard; the
+category, 4 Cs tags, status, outcome, notes and checklist are the DSL's alone, and so is
+filtering by status.  Evidence (domains the device resolved before the press) is DSL
+only and every view of it is written to the audit log.  The weekly report's incident
+counts by category and status are the DSL's too (server/reports/data.py ``for_role``).
 """
 
 from __future__ import annotations
@@ -193,13 +195,29 @@ def validate_tick(category: str | None, body: Any) -> tuple[str, bool, str | Non
     return item, done, note
 
 
+# Who sees which field of an incident (docs/data-protection.md, "Incidents"): what the
+# device reported is the timeline, seen by the room's teachers, admins (on the dashboard)
+# and the DSL; what the school added (classification, status, outcome, notes, checklist)
+# is the DSL's record, seen by the DSL only.  A whitelist: a new column stays DSL-only
+# until it is added to TIMELINE_FIELDS on purpose.  tests/test_api_roles.py checks every
+# route against this table.
+TIMELINE_FIELDS = ("id", "site", "room", "device", "seat", "raised_at", "alert_state", "timeline")
+RECORD_FIELDS = ("category", "tags", "status", "outcome", "created_at", "updated_at", "closed_at", "actions",
+                 "notes", "checklist")
+VISIBLE_FIELDS = {"teacher": TIMELINE_FIELDS, "admin": TIMELINE_FIELDS, "dsl": TIMELINE_FIELDS + RECORD_FIELDS}
+
+
+def sees_record(user) -> bool:
+    """True if *user* may see the DSL's record (category, tags, status, outcome, notes, ...)."""
+    return user.role == "dsl"
+
+
 def for_user(incident: dict, user) -> dict:
-    """What *user* may see of an incident (teachers: the timeline, not the DSL's record)."""
-    out = dict(incident)
-    if user.role == "dsl":
+    """What *user* may see of an incident: the DSL everything, with the checklist and notes
+    worked out; anyone else only the TIMELINE_FIELDS."""
+    if sees_record(user):
+        out = dict(incident)
         out["checklist"] = checklist(out.get("category"), out.get("actions") or [])
         out["notes"] = [a for a in out.get("actions") or [] if a["kind"] == "note"]
         return out
-    for key in ("actions", "outcome", "notes", "checklist"):
-        out.pop(key, None)
-    return out
+    return {k: incident[k] for k in VISIBLE_FIELDS.get(user.role, ()) if k in incident}

@@ -42,6 +42,17 @@ def _load_tree(config_dir: str | None):
         raise UserError(problems_line(exc.errors, f"run `classroom-server config validate {config_dir}`")) from None
 
 
+def _is_loopback(bind: str) -> bool:
+    import ipaddress
+
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
 def ingest_worker(db: str, broker: str, options: dict) -> None:
     """An extra ingest-only process (``serve --ingest-workers N``): same store, same shared
     subscription, so N processes split the MQTT load across CPU cores."""
@@ -80,10 +91,13 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # A broker-config credentials YAML or a one-line password file both work.
     password = read_password(args.mqtt_password_file) if args.mqtt_password_file else None
+    if args.plain_http and not _is_loopback(args.bind):
+        raise UserError(f"--plain-http: only with a loopback --bind (127.0.0.1 or ::1), not {args.bind!r}; "
+                        "on a network, put HTTPS in front (docs/server.md)")
     tree = _load_tree(args.config)
     prefix = args.prefix or (tree.site.broker.prefix if tree is not None else None)
     settings = Settings(db_url=args.db, config_dir=args.config, broker_url=args.broker,
-                        mqtt_username=args.mqtt_username, prefix=prefix, cookie_secure=args.secure_cookies)
+                        mqtt_username=args.mqtt_username, prefix=prefix, cookie_secure=not args.plain_http)
     store = _open_store(args.db)
     metrics = Metrics()
     ingest = None
@@ -216,7 +230,9 @@ def add_commands(sub) -> None:
     p.add_argument("--ingest-session-expiry", type=int, default=3600, metavar="SECONDS",
                    help="how long the broker keeps this worker's session and queues messages while it is "
                         "away (default 3600); 0 = clean start, a dead worker leaves nothing behind")
-    p.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind HTTPS)")
+    p.add_argument("--plain-http", action="store_true",
+                   help="local demo only: session cookies without Secure, for a browser on this machine over "
+                        "plain http://127.0.0.1 (refused with any other --bind; on a network put HTTPS in front)")
     p.add_argument("--reports-dir", default="/var/lib/classroom-server/reports", metavar="DIR",
                    help="where the weekly digest (HTML + CSV) is written; e-mail via CLASSROOM_SMTP_* (optional)")
     p.set_defaults(func=cmd_serve)

@@ -31,14 +31,18 @@ def test_login_cookie_me_logout(api):
     from fastapi.testclient import TestClient
 
     app, store, _, _, _ = api
-    with TestClient(app) as c:
+    # https: the session cookie is Secure (a client over plain http would never send it back).
+    with TestClient(app, base_url="https://testserver") as c:
         assert c.post("/api/v1/login", json={"username": "s.patel", "password": "wrong"}).status_code == 401
         assert c.post("/api/v1/login", json={"username": "nobody", "password": "wrong"}).status_code == 401
         r = c.post("/api/v1/login", json={"username": "s.patel", "password": PASSWORD})
         assert r.status_code == 200 and "httponly" in r.headers["set-cookie"].lower()
         assert "samesite=strict" in r.headers["set-cookie"].lower()
+        assert "secure" in r.headers["set-cookie"].lower()
         assert c.get("/api/v1/me").json()["role"] == "dsl"  # via the cookie
-        assert c.post("/api/v1/logout").status_code == 200
+        # A POST made with the cookie needs the session's CSRF token (server/http/csrf.py).
+        assert c.post("/api/v1/logout").status_code == 403
+        assert c.post("/api/v1/logout", headers={"X-CSRF-Token": r.json()["csrf_token"]}).status_code == 200
         c.cookies.set("classroom_session", r.json()["token"])
         assert c.get("/api/v1/me").status_code == 401  # the session is gone server-side
     actions = [a["action"] for a in store.list_audit()]
@@ -50,8 +54,10 @@ def test_login_cookie_me_logout(api):
 def test_repeated_wrong_passwords_are_throttled(api):
     from fastapi.testclient import TestClient
 
+    from server.http.throttle import LoginThrottle
+
     app, store, _, _, _ = api
-    app.state.login_throttle.limit = 3
+    app.state.login_throttle = LoginThrottle(free=3, clock=lambda: 1000.0)  # time stands still
     with TestClient(app) as c:
         codes = [c.post("/api/v1/login", json={"username": "m.khan", "password": f"guess{i}"}).status_code
                  for i in range(4)]

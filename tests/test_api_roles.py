@@ -177,3 +177,134 @@ def test_expired_disabled_and_forged_sessions_are_refused(world):
         assert client.get("/api/v1/me", headers=h).status_code == 401
         wrong = {"Authorization": "Basic " + base64.b64encode(b"5b-pi-01:wrong").decode()}
         assert client.get("/api/v1/device/whoami", headers=wrong).status_code == 401
+
+
+# --------------------------------------------------------------------------- fields (issue 14, item 2)
+
+# The reviewed field table: which fields of an incident each role may see (docs/data-protection.md).
+TIMELINE = {"id", "site", "room", "device", "seat", "raised_at", "alert_state", "timeline"}
+RECORD = {"category", "tags", "status", "outcome", "created_at", "updated_at", "closed_at", "actions", "notes",
+          "checklist"}
+FIELDS = {T: TIMELINE, A: TIMELINE, D: TIMELINE | RECORD}
+# What the DSL writes into the record below; free text is unique so it can be searched for anywhere.
+CANARIES = ("CANARY-OUTCOME-7f3", "CANARY-NOTE-7f3", "CANARY-TICK-7f3", "canary-evidence-7f3.example")
+RECORD_VALUES = {"category": "radicalisation-extremism", "tags": ["commerce"], "status": "referred",
+                 "outcome": CANARIES[0]}
+
+
+def _url(path: str, incident_id: str) -> str:
+    params = {"incident_id": incident_id, "alert_id": incident_id, "username": "m.khan", "device_id": "5b-pi-01",
+              "device": "5b-pi-01", "room": "5b", "room_id": "5b"}
+    return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: params.get(m.group(1), "x"), path)
+
+
+def _normalised(text: str) -> str:
+    # Digits only: times, ages and ids; a category, tag or status is words.
+    return re.sub(r"\d", "0", text)
+
+
+def _incident_objects(value):
+    """Every dict in a JSON answer that is an incident (has alert_state), and every report
+    incidents summary (has total and by_room)."""
+    if isinstance(value, dict):
+        if "alert_state" in value or {"total", "by_room"} <= set(value):
+            yield value
+        for v in value.values():
+            yield from _incident_objects(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _incident_objects(v)
+
+
+def test_the_field_table_is_the_reviewed_one():
+    from server import incidents as inc
+
+    assert {role: set(fields) for role, fields in inc.VISIBLE_FIELDS.items()} == FIELDS
+
+
+def test_dsl_only_fields_reach_only_the_dsl_on_every_route_and_role(world, monkeypatch):
+    """Every GET route as every role, before and after the DSL fills in the record: nobody but
+    the DSL may see anything change (API JSON, pages, CSV, the report, the live stream), the
+    DSL's free text appears nowhere else on any route (POST/PATCH too), and JSON incidents
+    carry exactly the reviewed fields."""
+    from fastapi.testclient import TestClient
+
+    from server.web.pages import rooms
+
+    monkeypatch.setattr(rooms, "STREAM_SECONDS", 0.3)  # the live stream ends by itself
+    app, store, incident_id = world
+    store.insert_events([{"id": str(uuid.uuid4()), "type": "report_evidence", "ts": iso(datetime.now(timezone.utc)),
+                          "site": "penny-acres", "room": "5b", "device": "5b-pi-01", "alert_id": incident_id,
+                          "minutes": 10, "domains": [{"domain": CANARIES[3], "ts": "2026-11-24T09:00:00.000Z",
+                                                      "count": 2}]}])
+    headers = {role: _headers(store, role) for role in ROLES}
+    routes = _routes(app)
+    gets = [(p, allowed) for m, p, allowed in routes if m == "GET"]
+    extra = ["/api/v1/incidents?status=referred", "/incidents?status=referred", "/incidents?status=open",
+             "/reports/weekly.csv", "/api/v1/reports/weekly?format=csv", "/api/v1/reports/weekly?format=html"]
+
+    def snapshot(client) -> dict:
+        out = {}
+        for path, _ in gets:
+            for role in ROLES:
+                r = client.get(_url(path, incident_id), headers=headers[role])
+                out[(path, role)] = r
+        for url in extra:
+            for role in ROLES:
+                out[(url, role)] = client.get(url, headers=headers[role])
+        return out
+
+    with TestClient(app) as client:
+        before = snapshot(client)
+        dsl = headers[D]
+        assert client.patch(f"/api/v1/incidents/{incident_id}", json=RECORD_VALUES, headers=dsl).status_code == 200
+        assert client.post(f"/api/v1/incidents/{incident_id}/notes", json={"text": CANARIES[1]},
+                           headers=dsl).status_code == 200
+        assert client.post(f"/api/v1/incidents/{incident_id}/checklist",
+                           json={"item": "prevent", "note": CANARIES[2]}, headers=dsl).status_code == 200
+        after = snapshot(client)
+
+        # Positive control: the DSL does see all of it, so the checks below can see a leak.
+        full = client.get(f"/api/v1/incidents/{incident_id}", headers=dsl)
+        assert set(full.json()) == FIELDS[D]
+        assert all(c in full.text for c in CANARIES[:3]) and "radicalisation-extremism" in full.text
+        assert CANARIES[3] in client.get(f"/api/v1/incidents/{incident_id}/evidence", headers=dsl).text
+        assert "radicalisation-extremism" in after[("/reports/weekly", D)].text
+        assert before[("/incidents", D)].text != after[("/incidents", D)].text
+
+        checked = 0
+        for (path, role), r in after.items():
+            if role == D:
+                continue
+            text = r.text
+            assert not any(c in text for c in CANARIES), f"{role} sees the DSL's record on GET {path}"
+            if path == "/api/v1/audit":
+                # Admins read the audit log: which fields changed, never their values.
+                assert not any(v in text for v in ("radicalisation", "commerce", "referred", "prevent")), text
+                continue
+            assert (before[(path, role)].status_code, _normalised(before[(path, role)].text)) == \
+                (r.status_code, _normalised(text)), f"GET {path} as {role} changed when the DSL set the record"
+            if r.headers.get("content-type", "").startswith("application/json"):
+                for obj in _incident_objects(r.json()):
+                    if "alert_state" in obj:
+                        assert set(obj) <= FIELDS.get(role, set()), (path, role, sorted(obj))
+                    else:
+                        assert not {"open", "by_category", "by_status"} & set(obj), (path, role, obj)
+            checked += 1
+        assert checked >= len(gets) * (len(ROLES) - 1)
+
+        # The teacher's own view has exactly the timeline fields; a status filter is refused.
+        seen = client.get(f"/api/v1/incidents/{incident_id}", headers=headers[T]).json()
+        assert set(seen) == FIELDS[T]
+        assert after[("/api/v1/incidents?status=referred", T)].status_code == 403
+        assert after[("/incidents?status=referred", A)].text == after[("/incidents?status=open", A)].text
+
+        # State-changing routes too: whatever they answer, a non-DSL role never gets the record back.
+        for method, path, allowed in routes:
+            if method == "GET":
+                continue
+            for role in ROLES:
+                if role == D:
+                    continue
+                r = client.request(method, _url(path, incident_id), headers=headers[role], json={})
+                assert not any(c in r.text for c in CANARIES), f"{role} sees the DSL's record on {method} {path}"

@@ -16,7 +16,7 @@ from server.web.templating import STATIC_DIR, TEMPLATES_DIR
 from server_fixtures import *  # noqa: F401,F403
 from server_fixtures import PASSWORD, STAFF, make_alert, make_event
 from services import mqtt_client, wait_until
-from web_fixtures import collector  # noqa: F401
+from web_fixtures import collector, form_client  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,9 +29,7 @@ def app(sqlite_store, app_factory):
 
 
 def browser(app):
-    from fastapi.testclient import TestClient
-
-    return TestClient(app, follow_redirects=False)
+    return form_client(app)
 
 
 def form_login(app, role):

@@ -17,7 +17,7 @@ import pytest
 from server_fixtures import PASSWORD, STAFF, add_staff  # noqa: F401
 from services import free_port, mqtt_client, wait_until
 
-__all__ = ["LiveServer", "collector", "Collector", "enrol_device", "DEVICE_PASSWORD", "CmdRecorder"]
+__all__ = ["LiveServer", "collector", "Collector", "enrol_device", "DEVICE_PASSWORD", "CmdRecorder", "form_client"]
 
 DEVICE_PASSWORD = "device-secret-5b-pi-01"
 
@@ -43,6 +43,25 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def form_client(app):
+    """An in-process client that posts the way the dashboard's forms do: over https (the
+    session cookie is Secure), with the session's ``csrf_token`` field that every form
+    carries (server/http/csrf.py; tests/test_security_web.py checks the pages really carry it)."""
+    from fastapi.testclient import TestClient
+
+    from server.http.auth import COOKIE
+    from server.http.csrf import csrf_token
+
+    class FormClient(TestClient):
+        def post(self, url, *, data=None, **kwargs):
+            session = self.cookies.get(COOKIE)
+            if session and "json" not in kwargs and "content" not in kwargs:
+                data = {**(data or {}), "csrf_token": csrf_token(session)}
+            return super().post(url, data=data, **kwargs)
+
+    return FormClient(app, base_url="https://testserver", follow_redirects=False)
 
 
 class CmdRecorder:
@@ -112,8 +131,10 @@ def collector(mosquitto, tmp_path, tree):
         if info.rc != 0:
             raise RuntimeError(f"publish failed (rc={info.rc})")
 
-    app = create_app(Settings(db_url="unused", config_dir=None), store=store, tree=tree, publisher=publish,
-                     ingest=ingest)
+    # Plain http on loopback, as `serve --plain-http` (a local demo) runs: the browsers in the
+    # end-to-end tests would not keep a Secure cookie from http://127.0.0.1.
+    app = create_app(Settings(db_url="unused", config_dir=None, cookie_secure=False), store=store, tree=tree,
+                     publisher=publish, ingest=ingest)
 
     def fan_out(kind, where, data):
         for listener in list(app.state.listeners):

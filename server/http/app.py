@@ -9,6 +9,11 @@ Every route states its roles with ``Depends(require(...))`` (auth.py) unless its
 lists it in its ``PUBLIC`` set; ``PUBLIC_ROUTES`` is their union, and the route x role
 test (tests/test_api_roles.py) checks everything else refuses every other role.
 
+Every request passes three pieces of middleware first (outermost first): headers.py
+(CSP, no framing, nosniff, no referrer to other sites), bodylimit.py (413 before a body over the limit is
+read) and csrf.py (a browser's state-changing request must be same-origin and carry the
+session's CSRF token).  Logins are throttled (throttle.py, through auth.attempt_login).
+
 Background work (ingest, retention, dark-device checks, the weekly digest) is started by
 server/serve.py, so tests can build an app around a store alone.
 """
@@ -30,14 +35,18 @@ from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
 from .api import API, alerts, audit, config, devices, incidents, login, ops, reports, users
-from .auth import LoginThrottle
+from .bodylimit import BodyLimit
+from .csrf import CsrfGuard
+from .headers import SecurityHeaders
+from .throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
 API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports)
-# FastAPI's own pages: the OpenAPI document and its browser.
-DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json"), ("GET", f"{API}/docs"), ("GET", "/docs/oauth2-redirect")})
+# FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
+# CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
+DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})
 # Routes anyone may call, as each router declares them.
 PUBLIC_ROUTES = DOCS_ROUTES.union(web.PUBLIC, *(module.PUBLIC for module in API_ROUTERS))
 
@@ -52,7 +61,9 @@ class Settings:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     prefix: str | None = None
-    cookie_secure: bool = False
+    # Session cookies are Secure (sent over HTTPS only) unless `serve --plain-http`, which
+    # only a local demo on loopback may use (serve.py refuses it with any other --bind).
+    cookie_secure: bool = True
     session_hours: int = 12
     dark_check_seconds: float = 60.0
 
@@ -78,7 +89,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             store.close()
 
     app = FastAPI(title="classroom-server", version=__version__, openapi_url=f"{API}/openapi.json",
-                  docs_url=f"{API}/docs", redoc_url=None, lifespan=lifespan)
+                  docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store
     app.state.tree = tree
@@ -96,6 +107,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     for module in API_ROUTERS:
         app.include_router(module.router())
     web.install(app)
+    # The last added is the outermost: headers on every answer, then the body limit
+    # before anything reads a body, then the CSRF check (which may read a form body).
+    app.add_middleware(CsrfGuard, public=PUBLIC_ROUTES)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

@@ -1,7 +1,7 @@
 """Staff and device authentication, and role checks as FastAPI dependencies.
 
 Staff (teacher, dsl, technician, admin) log in with a password hashed with argon2id
-(argon2-cffi).  A login creates a session: a random token given to the browser as an
+(argon2-cffi), always through ``attempt_login`` (throttled: throttle.py).  A login creates a session: a random token given to the browser as an
 HttpOnly SameSite=Strict cookie and to API clients as a bearer token; only its SHA-256
 is stored, so a stolen database holds no usable session.  Devices authenticate with
 the credentials enrolment gave them (HTTP basic, username = device id), also argon2.
@@ -34,6 +34,7 @@ from fastapi import HTTPException, Request
 from agent.config.schema import check_username
 
 from ..store import iso
+from .throttle import LoginThrottle, address_key
 
 ROLES = ("teacher", "dsl", "technician", "admin")
 COOKIE = "classroom_session"
@@ -99,42 +100,9 @@ def staff_rooms(tree, username: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- sessions
 
 
-class LoginThrottle:
-    """After ``limit`` failed logins for one username within ``window`` seconds, refuse
-    further attempts for that username until the window passes (slows password guessing;
-    argon2 alone makes each guess cost ~50 ms)."""
-
-    def __init__(self, limit: int = 10, window: float = 900.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, username: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(username, []) if now - t < self.window]
-        if times:
-            self._failures[username] = times
-        else:
-            self._failures.pop(username, None)
-        return times
-
-    def is_blocked(self, username: str) -> bool:
-        with self._lock:
-            return len(self._recent(username, time.monotonic())) >= self.limit
-
-    def failed(self, username: str) -> None:
-        with self._lock:
-            if len(self._failures) > 10000:
-                self._failures.clear()
-            self._failures.setdefault(username, []).append(time.monotonic())
-
-    def succeeded(self, username: str) -> None:
-        with self._lock:
-            self._failures.pop(username, None)
-
-
 def login(store, username: str, password: str, hours: int = SESSION_HOURS) -> str | None:
-    """Check a password; on success create a session and return its token."""
+    """Check a password; on success create a session and return its token.  Routes call
+    ``attempt_login`` (throttled and audited), never this directly."""
     row = store.get_user(username) if isinstance(username, str) else None
     if not verify_password(row["password_hash"] if row else None, password if isinstance(password, str) else ""):
         return None
@@ -146,11 +114,68 @@ def login(store, username: str, password: str, hours: int = SESSION_HOURS) -> st
     return token
 
 
-def _request_token(request: Request) -> str | None:
+@dataclass(frozen=True)
+class LoginAttempt:
+    """What ``attempt_login`` found: a session ``token``, or None and, if the throttle held
+    the attempt back without checking the password, ``retry_after`` seconds (else 0)."""
+
+    token: str | None
+    retry_after: int = 0
+
+
+def client_address(request: Request) -> str:
+    """The throttle's key for the caller's address (behind the reverse proxy, uvicorn's
+    ``proxy_headers`` has already put the X-Forwarded-For address in ``request.client``)."""
+    return address_key(request.client.host if request.client else None)
+
+
+def attempt_login(request: Request, username: str, password: str, via: str) -> LoginAttempt:
+    """THE way to log in (API and form alike): ask the throttle, check the password, tell
+    the throttle about a failure, and write the audit log (``login``, ``login.failed``,
+    ``login.throttled``, each with *via* and, for the last two, the address)."""
+    store = request.app.state.store
+    throttle: LoginThrottle = request.app.state.login_throttle
+    name = username[:64] if isinstance(username, str) else ""
+    address = client_address(request)
+    verdict = throttle.check(name, address)
+    if not verdict.allowed:
+        if throttle.may_audit():
+            store.audit(name or "?", "login.throttled", None,
+                        {"via": via, "from": address, "why": verdict.why, "retry_after": verdict.retry_after})
+        return LoginAttempt(None, verdict.retry_after)
+    hours = getattr(request.app.state.settings, "session_hours", SESSION_HOURS)
+    token = login(store, name, password, hours)
+    if token is None:
+        throttle.failed(name, address)
+        store.audit(name or "?", "login.failed", None, {"via": via, "from": address})
+        return LoginAttempt(None)
+    store.audit(name, "login", None, {"via": via})
+    return LoginAttempt(token)
+
+
+def set_session_cookie(request: Request, response, token: str) -> None:
+    """Give the browser its session: HttpOnly, SameSite=Strict, and Secure unless the
+    server was started with ``--plain-http`` (a local demo on loopback)."""
+    settings = request.app.state.settings
+    hours = getattr(settings, "session_hours", SESSION_HOURS)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+                        secure=bool(getattr(settings, "cookie_secure", True)), max_age=hours * 3600, path="/")
+
+
+def session_cookie_token(request: Request) -> str | None:
+    """The session token the browser's cookie carries (whether or not it is still valid)."""
+    return request.cookies.get(COOKIE) or None
+
+
+def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
-    return request.cookies.get(COOKIE) or None
+    return None
+
+
+def _request_token(request: Request) -> str | None:
+    return bearer_token(request) or session_cookie_token(request)
 
 
 def current_user(request: Request) -> User | None:

@@ -4,7 +4,7 @@
 (app.Settings), ``tree`` (the live ConfigTree or None; a rollout replaces it),
 ``rollouts`` (server/rollout.Rollouts), ``publisher`` (``(topic, payload_bytes, qos) ->
 None`` that reaches the broker, or None), ``metrics`` (server.ingest.Metrics), ``ingest``
-(the Ingest worker or None), ``login_throttle`` (auth.LoginThrottle) and ``listeners``
+(the Ingest worker or None), ``login_throttle`` (throttle.LoginThrottle) and ``listeners``
 (callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest).
 The dashboard adds ``live`` (server/web/live.py).
 """

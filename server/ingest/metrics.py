@@ -25,6 +25,7 @@ class Metrics:
         "ingest_status_total": "status messages applied",
         "ingest_batches_total": "store transactions written by ingest",
         "ingest_store_errors_total": "failed store writes (retried)",
+        "ingest_refused_total": "alert transitions and evidence refused: they named another device's incident",
     }
 
     def __init__(self) -> None:

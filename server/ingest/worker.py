@@ -20,8 +20,11 @@ acknowledges a batch's messages only once it is committed: a crash loses nothing
 rule 5) and the event id makes redelivery harmless.
 
 Malformed messages (bad JSON, wrong types, unknown kinds, a payload naming another
-device than its topic, oversized) are counted in ``Metrics``, logged as one line and
-dropped; they are acknowledged so the broker does not redeliver them forever.
+device than its topic, oversized, a non-alert ts more than a day ahead of the collector's
+clock: bounds.py) are counted in ``Metrics``, logged as one line and dropped; they are
+acknowledged so the broker does not redeliver them forever.  Every stored ts is in one
+text form (bounds.py).  A transition or evidence naming another device's incident is
+refused by the store in the batch and counted here (``ingest_refused_total``).
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import logging
 import threading
 import time
 from collections import deque
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from agent.protocol import DEFAULT_PREFIX, ProtocolError, decode, parse_broker_url, parse_topic, validate
 
 from ..store import Store
+from .bounds import TooFarAhead, bound_ts
 from .client import Connection, check_paho_version
 from .metrics import LogLimiter, Metrics
 
@@ -176,6 +181,7 @@ class Ingest:
         mids = []
         malformed = ignored = 0
         topics = self._topics
+        now = datetime.now(timezone.utc)
         for topic, payload, mid, qos in messages:
             if qos == 1:
                 mids.append(mid)
@@ -192,7 +198,11 @@ class Ingest:
                 if b"\\u0000" in payload:
                     # Valid JSON, but PostgreSQL text cannot hold NUL: refused on every backend alike.
                     raise ProtocolError("payload contains a NUL character (\\u0000)")
-            except ProtocolError as exc:
+                # The collector's clock and the store's one time format (bounds.py).
+                note = bound_ts(where.kind, data, now) if where.kind in INGEST_KINDS else None
+                if note is not None and self._log_limit.allow():
+                    log.warning("ingest: alert %s on %.200s: %s", data.get("id"), topic, note)
+            except (ProtocolError, TooFarAhead) as exc:
                 malformed += 1
                 if self._log_limit.allow():
                     log.warning("ingest: dropped malformed message on %.200s: %s", topic, str(exc)[:300])
@@ -260,6 +270,13 @@ class Ingest:
             m.inc("ingest_alerts_stored_total", len(result["alerts"]))
             m.inc("ingest_heartbeats_total", result["heartbeats"])
             m.inc("ingest_status_total", result["status"])
+            refused = result.get("refused") or []
+            if refused:
+                # Another device's incident named (store/incidents.py): kept out, said once each.
+                m.inc("ingest_refused_total", len(refused))
+                for why in refused:
+                    if self._log_limit.allow():
+                        log.warning("ingest: %s", why)
         with self._cond:
             self._done += sum(n for _, _, n in acks)
             self._cond.notify_all()

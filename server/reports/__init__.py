@@ -10,10 +10,10 @@ The names below are the package's API (the dashboard, the JSON API, ``serve``, t
 
 from __future__ import annotations
 
-from .data import TOP_DOMAINS, Report, Week, build, collect
+from .data import TOP_DOMAINS, Report, Week, build, collect, for_role
 from .digest import DIGEST_HOUR, DigestScheduler, SmtpConfigError, SmtpSettings, due_week, run_digest, send_email
 from .render import CSV_FIELDS, chart, render_csv, render_html, svg_bar_chart
 
-__all__ = ["TOP_DOMAINS", "Report", "Week", "build", "collect", "DIGEST_HOUR", "DigestScheduler", "SmtpConfigError",
+__all__ = ["TOP_DOMAINS", "Report", "Week", "build", "collect", "for_role", "DIGEST_HOUR", "DigestScheduler", "SmtpConfigError",
            "SmtpSettings", "due_week", "run_digest", "send_email", "CSV_FIELDS", "chart", "render_csv", "render_html",
            "svg_bar_chart"]

@@ -6,7 +6,8 @@ One report per school week (Monday 00:00 to Monday 00:00, school local time):
   denied/blocked lists");
 * over-blocking candidates: the most-requested blocked domains ("avoid over-blocking":
   a domain many pupils keep asking for is probably one a lesson needs);
-* an incidents summary (counts only: no pupil detail in a digest);
+* an incidents summary (counts only: no pupil detail in a digest; the counts by category
+  and status are the DSL's, ``for_role`` leaves them out for everyone else);
 * the filtering check log (``filter_check`` events: who checked, when, what, result).
 
 Building the report (``build``) works on plain rows, so the numbers are tested without a
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
@@ -194,6 +195,20 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
     checks = [_check_row(row) for row in sorted(check_rows, key=lambda r: r.get("ts") or "")]
     return Report(week=week, site=site, by_room=by_room, blocked=blocked, overblocking=overblocking,
                   incidents=summary, checks=checks, generated_at=generated_at or now_ts())
+
+
+# The incident counts only the DSL may see: they are made of the DSL's record (category,
+# status), which docs/data-protection.md keeps from everyone else (server/incidents.py).
+DSL_ONLY_INCIDENT_COUNTS = ("open", "by_category", "by_status")
+
+
+def for_role(report: Report, role: str) -> Report:
+    """The report as *role* sees it: the DSL all of it; anyone else (technicians, admins,
+    the e-mailed and written digest) without DSL_ONLY_INCIDENT_COUNTS."""
+    if role == "dsl":
+        return report
+    incidents = {k: v for k, v in report.incidents.items() if k not in DSL_ONLY_INCIDENT_COUNTS}
+    return replace(report, incidents=incidents)
 
 
 def _check_row(row: dict) -> dict:

@@ -22,7 +22,7 @@ from agent.errors import UserError
 from agent.files import atomic_write
 from agent.protocol import now_ts
 
-from .data import Week, collect
+from .data import Week, collect, for_role
 from .render import render_csv, render_html
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ def run_digest(store, reports_dir: str | Path, *, now: datetime | None = None, t
     week = due_week(now, tz, done)
     if week is None:
         return None
-    report = collect(store, week, site)
+    # Written to a folder and mailed to a list, neither of which checks roles: the digest
+    # is the technician's view (no incident counts by category or status; data.for_role).
+    report = for_role(collect(store, week, site), "technician")
     html, csv_text = render_html(report), render_csv(report)
     out = Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,13 @@ names and domains come from outside and must never become markup.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 from html import escape
 from pathlib import Path
 
 import jinja2
 
+from ..safecsv import to_csv
 from .data import Report
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -82,16 +81,7 @@ CSV_FIELDS = ["week", "room", "key_stage", "domain", "attempts", "devices", "fir
 
 
 def render_csv(report: Report) -> str:
-    """The denied/blocked list, one row per room, key stage and domain."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(CSV_FIELDS)
-    for b in report.blocked:
-        w.writerow([report.week.key, b["room"], b["key_stage"], _csv_safe(b["domain"]), b["attempts"],
-                    b["devices"], b["first"], b["last"]])
-    return buf.getvalue()
-
-
-def _csv_safe(value: str) -> str:
-    # A "domain" comes from a device; never let a spreadsheet run it as a formula.
-    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+    """The denied/blocked list, one row per room, key stage and domain (server/safecsv.py
+    neutralises every cell: rooms, key stages and domains all come from outside)."""
+    return to_csv(CSV_FIELDS, ([report.week.key, b["room"], b["key_stage"], b["domain"], b["attempts"], b["devices"],
+                                b["first"], b["last"]] for b in report.blocked))

@@ -13,11 +13,14 @@ rule 5), so a resend after a reconnect is skipped, never stored twice.
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import Future
 from typing import Any, Sequence
 
 from .engine import Tx
 from .schema import utcnow
+
+log = logging.getLogger(__name__)
 
 # Columns of the events table, in insert order.
 EVENT_COLUMNS = ("id", "type", "ts", "site", "room", "device", "user_name", "domain", "profile", "alert_id",
@@ -43,8 +46,19 @@ def str_or_none(value: Any) -> str | None:
 class EventsTable:
     """Store methods for events and the ingest batch (mixed into ``Store``)."""
 
-    def _insert_event_rows(self, tx: Tx, rows: list[tuple]) -> int:
-        return tx.insert_new("events", EVENT_COLUMNS, "id", rows)
+    def _insert_event_rows(self, tx: Tx, rows: list[tuple], refused: list | None = None) -> int:
+        from .incidents import foreign_evidence  # (incidents.py imports this module)
+
+        # Evidence naming another device's alert is not that alert's evidence (incidents.py).
+        foreign = foreign_evidence(tx, rows, EVENT_COLUMNS)
+        if foreign:
+            rows = [row for i, row in enumerate(rows) if i not in foreign]
+            if refused is None:
+                for why in foreign.values():
+                    log.warning("%s", why)
+            else:
+                refused.extend(foreign.values())
+        return tx.insert_new("events", EVENT_COLUMNS, "id", rows) if rows else 0
 
     # ------------------------------------------------------------------ ingest
 
@@ -68,7 +82,8 @@ class EventsTable:
         in ONE transaction.
 
         Returns ``{"events": inserted, "duplicates": n, "alerts": [new transitions],
-        "status": n, "heartbeats": n}``."""
+        "alert_duplicates": n, "status": n, "heartbeats": n, "refused": [one line per transition
+        or evidence refused because it names another device's incident]}``."""
         now = utcnow()
         events, alerts, statuses, beats, touched = [], [], [], [], []
         for item in items:
@@ -84,23 +99,26 @@ class EventsTable:
                 beats.append((where, data))
 
         def run(tx: Tx) -> dict:
-            inserted = self._insert_event_rows(tx, events) if events else 0
-            new_alerts = [a for a in alerts if self._record_alert(tx, a, now)]
+            refused: list[str] = []
+            inserted = self._insert_event_rows(tx, events, refused) if events else 0
+            events_refused = len(refused)
+            new_alerts = [a for a in alerts if self._record_alert(tx, a, now, refused)]
             for where, data in statuses:
                 self._record_status(tx, where.site, where.room, where.device, data)
             if beats:
                 self._record_heartbeats(tx, beats, now)
             self._touch_devices(tx, touched, now)
-            return {"events": inserted, "duplicates": len(events) - inserted, "alerts": new_alerts,
-                    "alert_duplicates": len(alerts) - len(new_alerts), "status": len(statuses),
-                    "heartbeats": len(beats)}
+            alerts_refused = len(refused) - events_refused
+            return {"events": inserted, "duplicates": len(events) - inserted - events_refused, "alerts": new_alerts,
+                    "alert_duplicates": len(alerts) - len(new_alerts) - alerts_refused, "status": len(statuses),
+                    "heartbeats": len(beats), "refused": refused}
 
         if not wait:
             return self.write(run, wait=False)
         result = self.write(run)
         self._bump(events_inserted=result["events"], events_duplicate=result["duplicates"],
                    alerts_inserted=len(result["alerts"]), alerts_duplicate=result["alert_duplicates"],
-                   heartbeats=result["heartbeats"], status=result["status"])
+                   heartbeats=result["heartbeats"], status=result["status"], refused=len(result["refused"]))
         return result
 
     # ------------------------------------------------------------------ reading

@@ -3,19 +3,24 @@
 Each alert id becomes one incident (id = alert id) as its transitions are ingested
 (``record_alert``, also called inside the ingest batch).  Transitions are de-duplicated
 by ``(alert_id, state)``; resends can arrive out of order, so the incident always shows
-the latest transition by device time and the raise time once it is known.  Staff changes
-(category, tags, status, outcome) are recorded as actions next to notes and checklist
-ticks.  What staff may see of it is decided in server/incidents.py, not here.
+the latest transition by device time and the raise time once it is known.  An incident belongs to the
+device that raised it: a transition or evidence from another device naming its id is
+refused (in the ingest batch: counted and logged by ingest, ``refused`` in its result), and
+evidence is read back only from the incident's own device.  Staff changes (category, tags, status, outcome) are recorded as
+actions next to notes and checklist ticks.  What staff may see of it is decided in server/incidents.py, not here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Sequence
 
 from .engine import StoreError, Tx
 from .events import str_or_none
 from .schema import new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 # Incident fields staff may change (PATCH); everything else comes from the device.
 INCIDENT_FIELDS = ("category", "tags", "status", "outcome")
@@ -37,7 +42,19 @@ class IncidentsTable:
         self._bump(alerts_inserted=int(new), alerts_duplicate=int(not new))
         return new
 
-    def _record_alert(self, tx: Tx, alert: dict, now: str) -> bool:
+    def _record_alert(self, tx: Tx, alert: dict, now: str, refused: list | None = None) -> bool:
+        owner = _other_owner(tx, alert["id"], alert["site"], alert["room"], alert["device"])
+        if owner is not None:
+            # One device's credentials must not change another device's incident by
+            # reusing its alert id (ingest has already checked the payload names the
+            # device whose topic it came on).  The caller logs and counts *refused*.
+            why = (f"alert {alert['id']} {alert['state']} from {alert['site']}/{alert['room']}/{alert['device']} "
+                   f"refused: that incident belongs to {owner['site']}/{owner['room']}/{owner['device']}")
+            if refused is None:
+                log.warning("%s", why)
+            else:
+                refused.append(why)
+            return False
         inserted = tx.execute(
             "INSERT INTO alert_transitions (alert_id, state, ts, by_whom, site, room, device, seat, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id, state) DO NOTHING",
@@ -67,7 +84,11 @@ class IncidentsTable:
     # ------------------------------------------------------------------ reading
 
     def list_incidents(self, *, rooms: Sequence[str] | None = None, status: str | None = None,
-                       since: str | None = None, limit: int = 200) -> list[dict]:
+                       since: str | None = None, received_since: str | None = None,
+                       limit: int = 200) -> list[dict]:
+        """Incidents with their timelines, newest first.  *since* compares the device's raise
+        time; *received_since* the collector's (``created_at``: a device clock that is wrong
+        does not move it)."""
         where, params = [], []
         if rooms is not None:
             if not rooms:
@@ -80,6 +101,9 @@ class IncidentsTable:
         if since:
             where.append("raised_at >= ?")
             params.append(since)
+        if received_since:
+            where.append("created_at >= ?")
+            params.append(received_since)
         sql = "SELECT * FROM incidents" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self.query(sql + " ORDER BY raised_at DESC, id LIMIT ?", (*params, int(limit)))
         if rows:
@@ -108,9 +132,11 @@ class IncidentsTable:
         return row
 
     def evidence(self, incident_id: str) -> list[dict]:
-        """report_evidence events for an alert: domains and times only (never imagery)."""
-        rows = self.query("SELECT id, ts, device, data FROM events WHERE type = 'report_evidence' AND alert_id = ? "
-                          "ORDER BY ts", (incident_id,))
+        """report_evidence events for an alert: domains and times only (never imagery), and only
+        those sent by the incident's own device (another device naming this alert id is not evidence)."""
+        rows = self.query("SELECT e.id, e.ts, e.device, e.data FROM events e JOIN incidents i ON i.id = e.alert_id "
+                          "WHERE e.type = 'report_evidence' AND e.alert_id = ? AND e.site = i.site "
+                          "AND e.room = i.room AND e.device = i.device ORDER BY e.ts", (incident_id,))
         out = []
         for row in rows:
             data = json.loads(row["data"])
@@ -166,6 +192,30 @@ class IncidentsTable:
             return True
 
         return action if self.write(run) else None
+
+
+def _other_owner(tx: Tx, alert_id: str, site: str, room: str, device: str) -> dict | None:
+    """The incident's (site, room, device) if *alert_id* is already another device's incident."""
+    row = tx.query_one("SELECT site, room, device FROM incidents WHERE id = ?", (alert_id,))
+    if row is None or (row["site"], row["room"], row["device"]) == (site, room, device):
+        return None
+    return row
+
+
+def foreign_evidence(tx: Tx, rows: Sequence[tuple], columns: Sequence[str]) -> dict[int, str]:
+    """``{index: why}`` for the ``report_evidence`` event *rows* (tuples in *columns* order)
+    whose alert id is another device's incident: the caller drops them, logs and counts."""
+    col = {name: i for i, name in enumerate(columns)}
+    refused = {}
+    for index, row in enumerate(rows):
+        if row[col["type"]] != "report_evidence" or not row[col["alert_id"]]:
+            continue
+        owner = _other_owner(tx, row[col["alert_id"]], row[col["site"]], row[col["room"]], row[col["device"]])
+        if owner is not None:
+            refused[index] = (f"report_evidence {row[col['id']]} from {row[col['site']]}/{row[col['room']]}/"
+                              f"{row[col['device']]} refused: alert {row[col['alert_id']]} belongs to "
+                              f"{owner['site']}/{owner['room']}/{owner['device']}")
+    return refused
 
 
 def _transition(row: dict) -> dict:

@@ -2,8 +2,10 @@
 checklist ticks and evidence.
 
 Teachers see their own rooms' incidents as a timeline only (server/incidents.py
-``for_user``); a teacher asking about another room's incident gets the same 404 as for
-none.  Every view of evidence is written to the audit log.
+``for_user``: category, tags, status and the rest of the record are the DSL's, and so is
+the ``status`` filter); a teacher asking about another room's incident gets the same 404
+as for none.  Every view of evidence is written to the audit log; what the audit log
+(which admins read) says of a change is which fields changed, never their values.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def router() -> APIRouter:
                        status: str | None = Query(None, max_length=20),
                        since: str | None = Query(None, max_length=40),
                        limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
+        if status is not None and not inc.sees_record(user):
+            # A filter is a way to read the field: status is the DSL's.
+            raise HTTPException(403, "status: only the DSL may filter incidents by status")
         rooms = None if user.role == "dsl" else list(user.rooms)
         rows = state.store(request).list_incidents(rooms=rooms, status=status, since=since, limit=limit)
         return [inc.for_user(row, user) for row in rows]
@@ -68,9 +73,9 @@ def router() -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         store = state.store(request)
         updated = store.update_incident(incident_id, user.username, changes)
-        # The audit log is also read by admins: record what changed, not the DSL's outcome text.
-        store.audit(user.username, "incident.update", incident_id,
-                    {k: ("(text)" if k == "outcome" else v) for k, v in changes.items()})
+        # The audit log is also read by admins: record which fields changed, never their
+        # values (the DSL's record: incident_actions keeps them).
+        store.audit(user.username, "incident.update", incident_id, {"via": "api", "fields": sorted(changes)})
         return inc.for_user(updated, user)
 
     @r.post("/incidents/{incident_id}/notes")
@@ -78,7 +83,7 @@ def router() -> APIRouter:
         incident_or_404(request, incident_id, user)
         store = state.store(request)
         action = store.add_incident_action(incident_id, user.username, "note", text=body.text)
-        store.audit(user.username, "incident.note", incident_id, None)
+        store.audit(user.username, "incident.note", incident_id, {"via": "api"})
         return action
 
     @r.post("/incidents/{incident_id}/checklist")
@@ -90,7 +95,7 @@ def router() -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         store = state.store(request)
         store.add_incident_action(incident_id, user.username, "tick" if done else "untick", item=item, text=note)
-        store.audit(user.username, "incident.checklist", incident_id, {"item": item, "done": done})
+        store.audit(user.username, "incident.checklist", incident_id, {"via": "api"})
         return inc.for_user(store.get_incident(incident_id), user)
 
     @r.get("/incidents/{incident_id}/evidence")

@@ -1,4 +1,8 @@
-"""Staff sessions over the API: log in (bearer token and cookie), log out, who am I."""
+"""Staff sessions over the API: log in (bearer token and cookie), log out, who am I.
+
+A login answers with the bearer ``token`` and, for a client that uses the cookie instead,
+its ``csrf_token`` (send it as ``X-CSRF-Token`` on every POST/PATCH made with the cookie;
+server/http/csrf.py).  Logins are throttled and audited by ``auth.attempt_login``."""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import Field
 
 from .. import state
-from ..auth import COOKIE, LoginThrottle, User, any_staff, login, token_hash
+from ..auth import COOKIE, User, any_staff, attempt_login, set_session_cookie, token_hash
+from ..csrf import csrf_token
 from . import API, RequestBody
 
 PUBLIC = frozenset({("POST", f"{API}/login")})
@@ -22,24 +27,16 @@ def router() -> APIRouter:
 
     @r.post("/login")
     def do_login(body: LoginBody, request: Request, response: Response) -> dict:
-        settings = request.app.state.settings
-        store = state.store(request)
-        throttle: LoginThrottle = request.app.state.login_throttle
-        if throttle.is_blocked(body.username):
-            store.audit(body.username[:64], "login.throttled", None, None)
-            raise HTTPException(429, "too many wrong passwords for this username; wait 15 minutes or ask an admin")
-        token = login(store, body.username, body.password, settings.session_hours)
-        if token is None:
-            throttle.failed(body.username)
-            store.audit(body.username[:64], "login.failed", None, None)
+        attempt = attempt_login(request, body.username, body.password, "api")
+        if attempt.retry_after:
+            raise HTTPException(429, f"too many wrong passwords; try again in {attempt.retry_after} seconds",
+                                headers={"Retry-After": str(attempt.retry_after)})
+        if attempt.token is None:
             raise HTTPException(401, "username or password is not right")
-        throttle.succeeded(body.username)
-        store.audit(body.username, "login", None, None)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=settings.cookie_secure,
-                            max_age=settings.session_hours * 3600, path="/")
-        user = store.get_user(body.username)
-        return {"token": token, "user": {"username": user["username"], "role": user["role"],
-                                         "display_name": user["display_name"]}}
+        set_session_cookie(request, response, attempt.token)
+        user = state.store(request).get_user(body.username)
+        return {"token": attempt.token, "csrf_token": csrf_token(attempt.token),
+                "user": {"username": user["username"], "role": user["role"], "display_name": user["display_name"]}}
 
     @r.post("/logout")
     def do_logout(request: Request, response: Response, user: User = Depends(any_staff)) -> dict:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...http.api import API
 from ...http.auth import User, current_user, require
+from ...http.csrf import csrf_token_for
 from ..templating import environment
 
 
@@ -46,10 +47,14 @@ def page(*roles: str):
     return dependency
 
 
-def render(request: Request, name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+def render(request: Request, name: str, http_status: int = 200, headers: dict | None = None,
+           **context: Any) -> HTMLResponse:
+    """The page *name* with *context*; every page gets ``user`` and ``csrf_token`` (for its
+    forms' hidden ``csrf_token`` field and the ``csrf-token`` meta tag room.js reads)."""
     context.setdefault("user", getattr(request.state, "user", None))
+    context.setdefault("csrf_token", csrf_token_for(request))
     html = environment().get_template(name).render(request=request, **context)
-    return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def home_for(user: User) -> str:

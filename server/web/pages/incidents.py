@@ -1,5 +1,6 @@
-"""The incident pages: the list (teachers see their rooms), one incident's record, and the
-DSL's forms (category/status/outcome/tags, notes, checklist ticks, evidence).
+"""The incident pages: the list (teachers see their rooms, admins every room, both as the
+timeline only: server/incidents.py ``for_user``), one incident's record, and the DSL's
+forms (category/status/outcome/tags, notes, checklist ticks, evidence).
 
 Forms post and redirect back (303), so a reload never posts twice.  Evidence is shown
 only after an explicit POST (never a link a browser might prefetch), and every view of
@@ -44,10 +45,11 @@ def router() -> APIRouter:
     @r.get("/incidents")
     def incident_list(request: Request, user: User = Depends(incident_view),
                       status: str | None = Query(None, max_length=20)):
-        if status is not None and status not in inc.STATUSES:
-            status = None
+        if status is not None and (status not in inc.STATUSES or not inc.sees_record(user)):
+            status = None  # filtering by status is the DSL's (it would tell others the status)
         rooms = None if user.role in ("dsl", "admin") else list(user.rooms)
-        rows = state.store(request).list_incidents(rooms=rooms, status=status, limit=300)
+        rows = [inc.for_user(row, user)
+                for row in state.store(request).list_incidents(rooms=rooms, status=status, limit=300)]
         return render(request, "incidents.html", incidents=rows, status=status, statuses=inc.STATUSES,
                       categories=inc.CATEGORIES)
 
@@ -69,7 +71,8 @@ def router() -> APIRouter:
             return _incident_page(request, incident_id, user, error=str(exc), status=400)
         store = state.store(request)
         store.update_incident(incident_id, user.username, changes)
-        store.audit(user.username, "incident.update", incident_id, changes)
+        # Admins read the audit log: which fields changed, never their values.
+        store.audit(user.username, "incident.update", incident_id, {"via": "web", "fields": sorted(changes)})
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
 
     @r.post("/incidents/{incident_id}/note")
@@ -96,7 +99,7 @@ def router() -> APIRouter:
         store = state.store(request)
         store.add_incident_action(incident_id, user.username, "tick" if is_done else "untick",
                                   item=item, text=note_text)
-        store.audit(user.username, "incident.checklist", incident_id, {"item": item, "done": is_done})
+        store.audit(user.username, "incident.checklist", incident_id, {"via": "web"})
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
 
     @r.post("/incidents/{incident_id}/evidence")

@@ -1,7 +1,8 @@
 """Logging in and out of the dashboard, and ``/`` (to your home page, or to the login page).
 
-The session is the same as the API's (server/http/auth.py ``login``): an HttpOnly,
-SameSite=Strict cookie.  ``?next=`` only ever sends staff to a path on this site.
+The session is the same as the API's (server/http/auth.py ``attempt_login``, which also
+throttles and audits): an HttpOnly, SameSite=Strict, Secure cookie.  ``?next=`` only ever
+sends staff to a path on this site.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse
 
 from ...http import state
-from ...http.auth import COOKIE, User, current_user, login, staff_rooms, token_hash
+from ...http.auth import COOKIE, User, attempt_login, current_user, set_session_cookie, staff_rooms, token_hash
 from .base import home_for, page, render
 
 PUBLIC = frozenset({("GET", "/"), ("GET", "/login"), ("POST", "/login")})
@@ -38,20 +39,19 @@ def router() -> APIRouter:
     @r.post("/login")
     def login_submit(request: Request, username: str = Form("", max_length=64),
                      password: str = Form("", max_length=1024), next: str = Form("", max_length=500)):
-        settings = request.app.state.settings
-        hours = getattr(settings, "session_hours", 12)
-        store = state.store(request)
-        token = login(store, username, password, hours)
-        if token is None:
-            store.audit(username[:64] or "?", "login.failed", None, {"via": "web"})
+        attempt = attempt_login(request, username, password, "web")
+        if attempt.token is None:
+            if attempt.retry_after:
+                error = (f"Too many wrong passwords. Wait {attempt.retry_after} seconds and try again, "
+                         "or ask an admin to reset your password.")
+                return render(request, "login.html", http_status=429, user=None, next=_safe_next(next),
+                              username=username, error=error, headers={"Retry-After": str(attempt.retry_after)})
             return render(request, "login.html", http_status=401, user=None, next=_safe_next(next), username=username,
                           error="That username and password do not match. Try again.")
-        store.audit(username, "login", None, {"via": "web"})
-        row = store.get_user(username)
+        row = state.store(request).get_user(username)
         user = User(username, row["role"], row["display_name"], staff_rooms(state.tree(request), username))
         response = RedirectResponse(_safe_next(next) or home_for(user), status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
-                            secure=bool(getattr(settings, "cookie_secure", False)), max_age=hours * 3600, path="/")
+        set_session_cookie(request, response, attempt.token)
         return response
 
     @r.post("/logout")

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from ... import reports
 from ...http.api.reports import weekly_report
 from ...http.auth import User
+from ...http.headers import policy_for
 from .base import page
 
 PUBLIC: frozenset = frozenset()
@@ -21,13 +22,14 @@ def router() -> APIRouter:
 
     @r.get("/reports/weekly")
     def weekly(request: Request, week: str | None = Query(None, max_length=20), user: User = Depends(report_view)):
-        report = weekly_report(request, week)
-        return HTMLResponse(reports.render_html(report, links=True), headers={"Cache-Control": "no-store"})
+        report = weekly_report(request, week, user)
+        html = reports.render_html(report, links=True)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "Content-Security-Policy": policy_for(html)})
 
     @r.get("/reports/weekly.csv")
     def weekly_csv(request: Request, week: str | None = Query(None, max_length=20),
                    user: User = Depends(report_view)):
-        report = weekly_report(request, week)
+        report = weekly_report(request, week, user)
         return PlainTextResponse(reports.render_csv(report), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="blocked-{report.week.key}.csv"'})
 

@@ -33,9 +33,11 @@ OPEN_ALERT_HOURS = 24
 
 
 def open_alerts(store, room: str, now: datetime | None = None) -> list[dict]:
-    """Alerts of *room* not yet cleared (last OPEN_ALERT_HOURS), newest first."""
+    """Alerts of *room* not yet cleared, received in the last OPEN_ALERT_HOURS, newest first.
+    By the collector's clock, not the device's: a device whose clock is behind (a Pi that
+    booted without the network) must not have its press left off the teacher's page."""
     since = iso((now or datetime.now(timezone.utc)) - timedelta(hours=OPEN_ALERT_HOURS))
-    rows = store.list_incidents(rooms=[room], since=since, limit=100)
+    rows = store.list_incidents(rooms=[room], received_since=since, limit=100)
     return [{"id": r["id"], "state": r["alert_state"], "room": r["room"], "device": r["device"],
              "seat": r.get("seat"), "ts": r["raised_at"]} for r in rows if r["alert_state"] != "cleared"]
 

@@ -7,6 +7,10 @@
   var empty = document.getElementById("no-alerts");
   var conn = document.getElementById("conn");
   var soundBtn = document.getElementById("sound-toggle");
+  // The session's CSRF token (server/http/csrf.py): the API refuses a POST made with the
+  // cookie without it.
+  var csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  var csrf = csrfMeta ? csrfMeta.content : "";
   var audio = null;
   var soundOn = false;
 
@@ -93,7 +97,8 @@
     btn.disabled = true;
     fetch("/api/v1/alerts/" + encodeURIComponent(id) + "/" + btn.dataset.action, {
       method: "POST", credentials: "same-origin",
-      headers: {"Content-Type": "application/json", "Accept": "application/json"}, body: "{}"
+      headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf},
+      body: "{}"
     }).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
       li.classList.add("sent-" + btn.dataset.action);

@@ -13,8 +13,7 @@ import json
 from typing import Any, Iterable, Sequence
 
 from .engine import Tx
-from .events import str_or_none
-from .schema import new_id, utcnow
+from .schema import new_id, str_or_none, utcnow
 
 
 class DevicesTable:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import Future
-from typing import Any, Sequence
+from typing import Sequence
 
 from .engine import Tx
-from .schema import utcnow
+from .incidents import foreign_evidence
+from .schema import str_or_none, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,10 @@ def event_row(event: dict, received_at: str, raw: bytes | str | None = None) -> 
     )
 
 
-def str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 class EventsTable:
     """Store methods for events and the ingest batch (mixed into ``Store``)."""
 
     def _insert_event_rows(self, tx: Tx, rows: list[tuple], refused: list | None = None) -> int:
-        from .incidents import foreign_evidence  # (incidents.py imports this module)
-
         # Evidence naming another device's alert is not that alert's evidence (incidents.py).
         foreign = foreign_evidence(tx, rows, EVENT_COLUMNS)
         if foreign:

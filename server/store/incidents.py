@@ -17,8 +17,7 @@ import logging
 from typing import Sequence
 
 from .engine import StoreError, Tx
-from .events import str_or_none
-from .schema import new_id, utcnow
+from .schema import new_id, str_or_none, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -235,6 +236,11 @@ def apply(tx) -> None:
             tx.execute(statement)
         tx.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?) "
                    "ON CONFLICT (version) DO NOTHING", (version, utcnow()))
+
+
+def str_or_none(value: Any) -> str | None:
+    """A payload's optional text field as stored: the text, or NULL for anything else."""
+    return value if isinstance(value, str) else None
 
 
 def utcnow() -> str:

@@ -1,7 +1,8 @@
 """``classroom-server serve``, ``user add`` and ``enrol-token``: running the collector.
 
 ``serve`` runs, in one process: the HTTP API (uvicorn), one MQTT ingest worker, the
-daily retention pass and the dark-device checker.  Run several ``serve`` processes (or
+daily retention pass, the dark-device checker and, with ``--notify FILE``, the escalation
+e-mails and webhooks (server/notify/).  Run several ``serve`` processes (or
 machines) against one PostgreSQL database and they share the ingest load through the
 MQTT 5 shared subscription.  Secrets come from files or stdin, never the command line
 (which other users can read in ``ps``), and are never logged.
@@ -40,6 +41,23 @@ def _load_tree(config_dir: str | None):
         return load_tree(Path(config_dir))
     except ConfigInvalid as exc:
         raise UserError(problems_line(exc.errors, f"run `classroom-server config validate {config_dir}`")) from None
+
+
+def _load_notify(path: str | None, tree):
+    """The checked notify file (server/notify/settings.py), or None; one-line errors."""
+    if not path:
+        return None
+    from agent.config import ConfigInvalid
+
+    from .notify import load_notify, notify_warnings
+
+    try:
+        settings = load_notify(path)
+    except ConfigInvalid as exc:
+        raise UserError(problems_line(exc.errors, f"run `classroom-server notify check {path}`")) from None
+    for warning in notify_warnings(settings, tree):
+        logging.getLogger("server.notify").warning("notify: %s", warning)
+    return settings
 
 
 def ingest_worker(db: str, broker: str, options: dict) -> None:
@@ -81,6 +99,7 @@ def cmd_serve(args) -> int:
     # A broker-config credentials YAML or a one-line password file both work.
     password = read_password(args.mqtt_password_file) if args.mqtt_password_file else None
     tree = _load_tree(args.config)
+    notify_settings = _load_notify(args.notify, tree)
     prefix = args.prefix or (tree.site.broker.prefix if tree is not None else None)
     settings = Settings(db_url=args.db, config_dir=args.config, broker_url=args.broker,
                         mqtt_username=args.mqtt_username, prefix=prefix, cookie_secure=args.secure_cookies)
@@ -130,6 +149,12 @@ def cmd_serve(args) -> int:
         for listener in list(app.state.listeners):
             listener("device_alert", None, alert)
 
+    notifier = None
+    if notify_settings is not None:
+        from .notify import Notifier
+
+        notifier = Notifier(store, notify_settings, lambda: app.state.tree, app.state.presence)
+        app.state.listeners.append(notifier.listener)  # after presence: it has seen every _watch before
     dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds, on_alert=dark_alert)
     retention = Retention(store, lambda: app.state.tree)
     from .reports import DigestScheduler, SmtpSettings  # weekly digest (docs/dashboard.md)
@@ -138,12 +163,16 @@ def cmd_serve(args) -> int:
     dark.start()
     retention.start()
     digest.start()
+    if notifier is not None:
+        notifier.start()
     try:
         uvicorn.run(app, host=args.bind, port=args.port, log_level="info", proxy_headers=True)
     finally:
         dark.stop()
         retention.stop()
         digest.stop()
+        if notifier is not None:
+            notifier.stop()
         if ingest is not None:
             ingest.stop()
         for proc in helpers:
@@ -216,6 +245,9 @@ def add_commands(sub) -> None:
     p.add_argument("--ingest-session-expiry", type=int, default=3600, metavar="SECONDS",
                    help="how long the broker keeps this worker's session and queues messages while it is "
                         "away (default 3600); 0 = clean start, a dead worker leaves nothing behind")
+    p.add_argument("--notify", metavar="FILE",
+                   help="escalation e-mails and webhooks: SMTP, webhooks, what to send (docs/server.md); checked "
+                        "at start like the config")
     p.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind HTTPS)")
     p.add_argument("--reports-dir", default="/var/lib/classroom-server/reports", metavar="DIR",
                    help="where the weekly digest (HTML + CSV) is written; e-mail via CLASSROOM_SMTP_* (optional)")

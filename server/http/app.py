@@ -9,8 +9,9 @@ Every route states its roles with ``Depends(require(...))`` (auth.py) unless its
 lists it in its ``PUBLIC`` set; ``PUBLIC_ROUTES`` is their union, and the route x role
 test (tests/test_api_roles.py) checks everything else refuses every other role.
 
-Background work (ingest, retention, dark-device checks, the weekly digest) is started by
-server/serve.py, so tests can build an app around a store alone.
+Background work (ingest, retention, dark-device checks, the weekly digest, escalation
+e-mails and webhooks) is started by server/serve.py, so tests can build an app around a
+store alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__, web
 from ..ingest import Metrics
+from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
@@ -86,6 +88,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.state.metrics = metrics or (ingest.metrics if ingest is not None else Metrics())
     app.state.ingest = ingest
     app.state.listeners = []
+    # Who is watching each room (teacher clients' _watch messages, dashboard tabs): the office
+    # board shows it and the notifier (serve.py) escalates a press in a room that has nobody.
+    app.state.presence = Presence(store)
+    app.state.listeners.append(app.state.presence.listener)
     app.state.login_throttle = LoginThrottle()
     _start_rollouts(app)
 

@@ -26,13 +26,13 @@ from server_fixtures import STAFF, make_alert
 
 pytestmark = pytest.mark.timeout(60)
 
-ROLES = (None, "teacher", "dsl", "technician", "admin", "device")
-T, D, TECH, A = "teacher", "dsl", "technician", "admin"
+ROLES = (None, "teacher", "dsl", "technician", "admin", "office", "device")
+T, D, TECH, A, O = "teacher", "dsl", "technician", "admin", "office"
 
 # The reviewed table for the core API (method, path) -> roles allowed.
 EXPECTED = {
-    ("POST", "/api/v1/logout"): {T, D, TECH, A},
-    ("GET", "/api/v1/me"): {T, D, TECH, A},
+    ("POST", "/api/v1/logout"): {T, D, TECH, A, O},
+    ("GET", "/api/v1/me"): {T, D, TECH, A, O},
     ("GET", "/api/v1/incident-categories"): {T, D},
     ("GET", "/api/v1/incidents"): {T, D},
     ("GET", "/api/v1/incidents/{incident_id}"): {T, D},
@@ -51,6 +51,7 @@ EXPECTED = {
     ("POST", "/api/v1/users"): {A},
     ("PATCH", "/api/v1/users/{username}"): {A},
     ("GET", "/api/v1/audit"): {D, A},
+    ("GET", "/api/v1/deliveries"): {D, A},
 }
 
 

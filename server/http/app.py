@@ -31,13 +31,13 @@ from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
-from .api import API, alerts, audit, config, devices, incidents, login, ops, reports, users
+from .api import API, alerts, audit, config, deliveries, devices, incidents, login, ops, reports, users
 from .auth import LoginThrottle
 
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports)
+API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries)
 # FastAPI's own pages: the OpenAPI document and its browser.
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json"), ("GET", f"{API}/docs"), ("GET", "/docs/oauth2-redirect")})
 # Routes anyone may call, as each router declares them.

@@ -35,7 +35,9 @@ from agent.config.schema import check_username
 
 from ..store import iso
 
-ROLES = ("teacher", "dsl", "technician", "admin")
+# office: the school office (reception), who sends an adult when a room has nobody watching;
+# sees the office board (every room's open alerts and live receivers), nothing else.
+ROLES = ("teacher", "dsl", "technician", "admin", "office")
 COOKIE = "classroom_session"
 SESSION_HOURS = 12
 

@@ -114,7 +114,7 @@ class Notifier:
             or tree.site.escalation.timeout_seconds
         if parse_ts(incident["created_at"]) < now - timedelta(seconds=timeout):
             return False  # old news (a retained alert heard again): the device's escalation covers it
-        if not _in_school_hours(tree, alert["device"], now):
+        if not in_school_hours(tree, alert["device"], now):
             return False
         return not self.presence.is_watched(alert["site"], alert["room"])
 
@@ -268,10 +268,10 @@ def recipients_for(settings: NotifySettings, tree, reason: str) -> list[tuple[st
     return list(dict.fromkeys(out))
 
 
-def _in_school_hours(tree, device: str, now: datetime) -> bool:
+def in_school_hours(tree, device: str | None, now: datetime) -> bool:
     """Site school hours, terms and closures at *now* (the same rule devices lock by)."""
     try:
-        return effective_policy(tree, device, now).in_school_hours
+        return effective_policy(tree, device or "", now).in_school_hours
     except KeyError:
         # A device not (or no longer) in the tree: the site's hours are the same for every device.
         known = tree.device_ids()

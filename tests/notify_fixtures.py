@@ -12,7 +12,7 @@ import shutil
 import ssl
 import subprocess
 import threading
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,7 +69,7 @@ class SmtpServer:
         class Handler:
             async def handle_DATA(self, smtp, session, envelope):
                 with server._lock:
-                    server.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content),
+                    server.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default),
                                             {"tls": session.ssl is not None,
                                              "authenticated": bool(getattr(session, "authenticated", False))}))
                 return "250 OK"

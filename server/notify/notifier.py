@@ -200,7 +200,7 @@ class Notifier:
             if got is not None:
                 claimed.append(got)
         # In parallel: an SMTP server that hangs must not hold up the webhooks (or other mail).
-        for future in [self._pool.submit(self.attempt, row) for row in claimed]:
+        for future in [self._pool.submit(self.attempt, row, now) for row in claimed]:
             try:
                 future.result()
             except Exception:  # noqa: BLE001 - the claim runs out and it is tried again

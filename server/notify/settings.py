@@ -176,10 +176,10 @@ def load_notify(path: str | Path) -> NotifySettings:
     if model is None:
         raise ConfigInvalid(errors)
 
-    def problem(loc: tuple, message: str) -> None:
+    def problem(loc: tuple, message: str, at: tuple | None = None) -> None:
         from agent.config.yamlsrc import format_path
 
-        errors.append(SourceError(source.file, source.line_of(loc), format_path(loc), message))
+        errors.append(SourceError(source.file, source.line_of(at or loc), format_path(loc), message))
 
     smtp = None
     if model.smtp is not None:
@@ -191,7 +191,8 @@ def load_notify(path: str | Path) -> NotifySettings:
             except ValueError as exc:
                 problem(("smtp", "password_file"), str(exc))
         if s.username and not s.password_file:
-            problem(("smtp", "password_file"), "is required with username (the password never goes in this file)")
+            problem(("smtp", "password_file"), "is required with username (the password never goes in this file)",
+                    at=("smtp", "username"))
         if s.ca_file and not Path(s.ca_file).is_file():
             problem(("smtp", "ca_file"), f"{s.ca_file}: no such file")
         smtp = Smtp(host=s.host, port=s.port, starttls=s.starttls, sender=s.sender, username=s.username,

@@ -319,3 +319,22 @@ def test_delivery_records_api_and_page_for_the_dsl(sqlite_store, app_factory, st
     assert page.status_code == 200 and "webhook: office-teams" in page.text and "HTTP 404: no such flow" in page.text
     assert staff_client(app, "teacher").get("/api/v1/deliveries").status_code == 403
     assert staff_client(app, "office").get("/deliveries").status_code == 403
+
+
+def test_an_escalation_stored_without_its_messages_is_caught_by_the_sweep(sqlite_store, notify_tree, webhooks,
+                                                                          tmp_path):
+    """A collector killed between storing an escalation and queueing its messages: the sweep
+    (once a minute, at start too) queues them; an old one (over an hour) is left alone."""
+    from server.notify import load_notify
+
+    webhooks.start()
+    settings = load_notify(write_notify_file(tmp_path, None, webhooks))
+    alert = _escalated(sqlite_store)  # stored, but no listener ever heard it
+    notifier = _notifier(sqlite_store, notify_tree, settings)
+    assert notifier.run_once() == 3  # the first round sweeps
+    assert {r["reason"] for r in sqlite_store.list_deliveries(alert_id=alert["id"])} == {"escalated"}
+    assert len(webhooks.posts) == 3
+    assert notifier.sweep() == 0
+    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    other = _escalated(sqlite_store, room="1a", device="1a-pi-01", seat=None)
+    assert notifier.sweep(later) == 0 and sqlite_store.list_deliveries(alert_id=other["id"]) == []

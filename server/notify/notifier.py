@@ -138,6 +138,8 @@ class Notifier:
             return 0
         now = now or self.clock()
         tree = self.tree_source()
+        if not self.recipients("escalated", tree):
+            return 0  # nobody to tell: the listener already said so once per escalation
         count = 0
         for alert in self.store.escalated_without_deliveries(iso(now - SWEEP_WINDOW)):
             if self._queue(alert, "escalated", tree, now):
@@ -231,6 +233,8 @@ class Notifier:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # Cleared before the round: a trigger that arrives during it wakes the next wait.
+            self._wake.clear()
             try:
                 self.run_once()
                 wait = self._seconds_to_next()
@@ -238,7 +242,6 @@ class Notifier:
                 log.exception("notify: round failed")
                 wait = 5.0
             self._wake.wait(wait)
-            self._wake.clear()
 
     def start(self) -> "Notifier":
         channels = ", ".join(self.channels) or "no channel"

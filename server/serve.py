@@ -258,7 +258,7 @@ def add_commands(sub) -> None:
     usub.required = True
     p = usub.add_parser("add", help="add a staff account; the password is read from stdin or --password-file")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--role", required=True, help="teacher, dsl, technician or admin")
+    p.add_argument("--role", required=True, help="teacher, dsl, technician, admin or office")
     p.add_argument("--display-name")
     p.add_argument("--password-file", metavar="FILE")
     p.add_argument("--db", default=DEFAULT_DB, metavar="URL")

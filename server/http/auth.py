@@ -1,6 +1,6 @@
 """Staff and device authentication, and role checks as FastAPI dependencies.
 
-Staff (teacher, dsl, technician, admin) log in with a password hashed with argon2id
+Staff (teacher, dsl, technician, admin, office) log in with a password hashed with argon2id
 (argon2-cffi).  A login creates a session: a random token given to the browser as an
 HttpOnly SameSite=Strict cookie and to API clients as a bearer token; only its SHA-256
 is stored, so a stolen database holds no usable session.  Devices authenticate with

@@ -186,6 +186,45 @@ def cmd_hash_pin(args) -> int:
 
 
 
+def cmd_enrol(args) -> int:
+    """Redeem a one-time enrolment token for this device's credentials (agent/uplink/enrol.py)."""
+    import sys
+
+    from .uplink.enrol import DEFAULT_CREDENTIALS, check_collector_url, credentials_text, redeem, \
+        resolve_owner, write_credentials
+
+    bootstrap = _bootstrap(args.config) if args.config else None
+    collector = check_collector_url(args.collector or (str(bootstrap.collector_url) if bootstrap else ""))
+    if args.token is not None and args.token_file is not None:
+        raise UserError("give --token or --token-file, not both")
+    if args.token_file == "-":
+        token = sys.stdin.readline().strip()
+    elif args.token_file:
+        try:
+            token = open(args.token_file, encoding="utf-8").readline().strip()
+        except OSError as exc:
+            raise UserError(f"--token-file: {args.token_file}: {exc.strerror}") from None
+    elif args.token is not None:
+        token = args.token
+    else:
+        raise UserError("--token is required (the one `classroom-server enrol-token` printed)")
+    path = args.credentials or (bootstrap.credentials if bootstrap else DEFAULT_CREDENTIALS)
+    owner = resolve_owner(args.owner)  # before the token is used up
+    ca_file = args.ca_file or (bootstrap.ca_file if bootstrap else None)
+    data = redeem(collector, token, ca_file=ca_file)
+    device = args.device or (bootstrap.device if bootstrap else None)
+    if device and data["username"] != device:
+        raise UserError(f"the token was for {data['username']!r}, but this device is {device!r}; nothing was "
+                        f"written; ask a technician for a token for {device}")
+    write_credentials(path, credentials_text(data, collector), owner)
+    where = f" (room {data['room']})" if data.get("room") else ""
+    who = f", owner {owner[2]}" if owner else ""
+    print(f"{data['username']}: enrolled{where}; credentials written to {path} (0600{who})")
+    if bootstrap is not None and data.get("broker_url") and data["broker_url"] != str(bootstrap.broker_url):
+        print(f"note: the collector says the broker is {data['broker_url']}, agent.yaml says {bootstrap.broker_url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog=PROG, description="The classroom-safety agent for a classroom device.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -222,6 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--source", choices=("control", "key"), default="control",
                            help="what pressed it ('key' for the desktop's report key binding)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("enrol", help="redeem a one-time enrolment token: write this device's credentials (0600)")
+    p.add_argument("--collector", metavar="URL", help="classroom-server URL (default: agent.yaml collector_url)")
+    p.add_argument("--token", metavar="TOKEN", help="the token `classroom-server enrol-token` printed")
+    p.add_argument("--token-file", metavar="FILE", help="read the token from FILE ('-': stdin) instead")
+    p.add_argument("--config", metavar="FILE", help="the device's agent.yaml: credentials path, device id, CA file")
+    p.add_argument("--credentials", metavar="FILE",
+                   help="where to write (default: agent.yaml credentials, else /etc/classroom-safety/credentials.yaml)")
+    p.add_argument("--device", metavar="ID", help="refuse a token for any other device (default: agent.yaml device)")
+    p.add_argument("--owner", metavar="USER", help="who owns the file when run as root (default classroom-agent)")
+    p.add_argument("--ca-file", metavar="FILE", help="CA certificate of the collector, if not a public CA")
+    p.set_defaults(func=cmd_enrol)
 
     p = sub.add_parser("hash-pin", help="print the staff_pin_hash for agent.yaml")
     p.add_argument("--pin", metavar="DIGITS", help="the PIN (default: ask without echo)")

@@ -7,13 +7,14 @@
 #   sudo scripts/install-agent.sh --device 5b-pi-01 --site penny-acres \
 #       --broker mqtts://classroom.penny-acres.sch.uk:8883 \
 #       --collector https://classroom.penny-acres.sch.uk \
-#       --credentials /media/usb/5b-pi-01.yaml [--ca-file ca.pem] [--session-user pupil] \
+#       --token TOKEN [--ca-file ca.pem] [--session-user pupil] \
 #       [--screen auto|wayland|swaylock|x11|headless] [--staff-pin-hash HASH] [--dry-run]
 #
 # Steps: apt packages; the `classroom-agent` system user (gpio group); the venv in
 # /opt/classroom-safety; /etc/classroom-safety/agent.yaml (root:classroom-agent 0640) and
-# credentials.yaml (classroom-agent 0600); browser policy folders; the X11 display grant;
-# the systemd unit, enabled and started.
+# credentials.yaml (classroom-agent 0600: redeemed from the one-time --token with
+# `classroom-agent enrol`, or copied from --credentials FILE); browser policy folders; the
+# X11 display grant; the systemd unit, enabled and started.
 set -euo pipefail
 
 PROG=install-agent.sh
@@ -29,7 +30,7 @@ ROOT=""
 DRY=0
 DO_PACKAGES=1
 DO_SYSTEMD=1
-DEVICE="" SITE="" BROKER="" COLLECTOR="" CREDENTIALS="" CA_FILE="" SESSION_USER="" SCREEN=auto PIN_HASH=""
+DEVICE="" SITE="" BROKER="" COLLECTOR="" CREDENTIALS="" TOKEN="" CA_FILE="" SESSION_USER="" SCREEN=auto PIN_HASH=""
 CHANGED=0
 LAST=0
 
@@ -47,7 +48,9 @@ Options:
   --site ID              the school's site id (required)
   --broker URL           mqtts://host:8883 (required)
   --collector URL        https://host (required)
-  --credentials FILE     the device's credentials YAML from `classroom-server broker-config` (required)
+  --token TOKEN          a one-time enrolment token from `classroom-server enrol-token --device ID`:
+                         redeemed at --collector for this device's own credentials (or --credentials)
+  --credentials FILE     instead of --token: a credentials YAML (username/password) made for this device
   --ca-file FILE         CA certificate for the broker/collector, if not a public CA
   --session-user USER    the desktop account whose screen is locked/blanked (default: detected)
   --screen BACKEND       auto, wayland, swaylock, x11 or headless (default auto)
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
         --broker) need_value "$@"; BROKER=$2; shift 2 ;;
         --collector) need_value "$@"; COLLECTOR=$2; shift 2 ;;
         --credentials) need_value "$@"; CREDENTIALS=$2; shift 2 ;;
+        --token) need_value "$@"; TOKEN=$2; shift 2 ;;
         --ca-file) need_value "$@"; CA_FILE=$2; shift 2 ;;
         --session-user) need_value "$@"; SESSION_USER=$2; shift 2 ;;
         --screen) need_value "$@"; SCREEN=$2; shift 2 ;;
@@ -91,7 +95,9 @@ ID_RE='^[a-z0-9][a-z0-9-]{0,62}$'
 [ -n "$SITE" ] || die "--site is required"
 [ -n "$BROKER" ] || die "--broker is required"
 [ -n "$COLLECTOR" ] || die "--collector is required"
-[ -n "$CREDENTIALS" ] || die "--credentials is required"
+[ -n "$CREDENTIALS" ] || [ -n "$TOKEN" ] || die "--token TOKEN (from \`classroom-server enrol-token\`) or --credentials FILE is required"
+[ -z "$CREDENTIALS" ] || [ -z "$TOKEN" ] || die "give --token or --credentials, not both"
+[ -z "$TOKEN" ] || [[ $TOKEN =~ ^[A-Za-z0-9_-]{16,200}$ ]] || die "--token: not a token from \`classroom-server enrol-token\`"
 [[ $DEVICE =~ $ID_RE ]] || die "--device: '$DEVICE' is not a valid id (lowercase letters, digits and '-')"
 [[ $SITE =~ $ID_RE ]] || die "--site: '$SITE' is not a valid id (lowercase letters, digits and '-')"
 [[ $BROKER =~ ^mqtts?://[^/[:space:]]+$ ]] || die "--broker: '$BROKER' is not mqtts://host:port or mqtt://host:port"
@@ -100,9 +106,11 @@ case "$SCREEN" in auto|wayland|swaylock|x11|headless) ;; *) die "--screen: '$SCR
 [ -z "$SESSION_USER" ] || [[ $SESSION_USER =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--session-user: '$SESSION_USER' is not a user name"
 [ -z "$PIN_HASH" ] || [[ $PIN_HASH =~ ^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$ ]] \
     || die "--staff-pin-hash: not a hash from \`classroom-agent hash-pin\`"
-[ -r "$CREDENTIALS" ] || die "--credentials: cannot read '$CREDENTIALS'"
-grep -Eq '^username:[[:space:]]*[^[:space:]]' "$CREDENTIALS" && grep -Eq '^password:[[:space:]]*[^[:space:]]' "$CREDENTIALS" \
-    || die "--credentials: '$CREDENTIALS' has no username: and password: lines"
+if [ -n "$CREDENTIALS" ]; then
+    [ -r "$CREDENTIALS" ] || die "--credentials: cannot read '$CREDENTIALS'"
+    grep -Eq '^username:[[:space:]]*[^[:space:]]' "$CREDENTIALS" && grep -Eq '^password:[[:space:]]*[^[:space:]]' "$CREDENTIALS" \
+        || die "--credentials: '$CREDENTIALS' has no username: and password: lines"
+fi
 [ -z "$CA_FILE" ] || grep -q 'BEGIN CERTIFICATE' "$CA_FILE" 2>/dev/null || die "--ca-file: '$CA_FILE' is not a PEM certificate"
 [ -f "$SOURCE/pyproject.toml" ] && [ -d "$SOURCE/agent" ] || die "--source: '$SOURCE' is not a classroom-safety checkout"
 if [ "$DRY" = 0 ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo), or add --dry-run"; fi
@@ -249,9 +257,27 @@ yaml+=$'\n'"screen_backend: $SCREEN"
 [ -z "$PIN_HASH" ] || yaml+=$'\n'"staff_pin_hash: '$PIN_HASH'"
 # (not `... | put`: a pipe would run put in a subshell and lose what it changed)
 put 640 root "$SERVICE_GROUP" "$ETC/agent.yaml" <<<"$yaml"
-# Only the agent reads its broker password: 0600, owned by the service user.
-put 600 "$SERVICE_USER" "$SERVICE_GROUP" "$ETC/credentials.yaml" secret <"$CREDENTIALS"
 [ -z "$CA_FILE" ] || put 644 root root "$ETC/ca.pem" <"$CA_FILE"
+# Only the agent reads its password: 0600, owned by the service user.
+if [ -n "$CREDENTIALS" ]; then
+    put 600 "$SERVICE_USER" "$SERVICE_GROUP" "$ETC/credentials.yaml" secret <"$CREDENTIALS"
+elif [ -f "$ROOT$ETC/credentials.yaml" ] && grep -Eq "^username:[[:space:]]*'?$DEVICE'?[[:space:]]*\$" "$ROOT$ETC/credentials.yaml" \
+        && [ "$(stat -c '%a %U' "$ROOT$ETC/credentials.yaml")" = "600 $SERVICE_USER" ]; then
+    # Enrolled already: a token works once, and the device has its password.
+    say "unchanged: $ETC/credentials.yaml (enrolled as $DEVICE)"
+else
+    # The token goes on stdin, never on a command line (`ps` shows those to every user).
+    enrol=("$ROOT$VENV/bin/classroom-agent" enrol --collector "$COLLECTOR" --token-file - --device "$DEVICE"
+           --credentials "$ROOT$ETC/credentials.yaml" --owner "$SERVICE_USER")
+    [ -z "$CA_FILE" ] || enrol+=(--ca-file "$ROOT$ETC/ca.pem")
+    CHANGED=1
+    if [ "$DRY" = 1 ]; then
+        say "would run: $(quote "${enrol[@]}") (token on stdin, not shown)"
+    else
+        say "run: $(quote "${enrol[@]}") (token on stdin, not shown)"
+        "${enrol[@]}" <<<"$TOKEN" || die "enrolment with --token failed (the line above says why); nothing else was changed after agent.yaml"
+    fi
+fi
 if [ "$DRY" = 0 ] && [ -x "$ROOT$VENV/bin/classroom-agent" ]; then
     "$ROOT$VENV/bin/classroom-agent" check-config "$ROOT$ETC/agent.yaml" >/dev/null \
         || die "$ETC/agent.yaml does not pass classroom-agent check-config"

@@ -17,7 +17,9 @@ Passwords come from ``--users`` (YAML ``username: password``) or are generated o
 ``OUT/credentials/`` so re-running after adding a device does not change anyone else's password.
 With ``--db`` (the collector's store), devices that enrolled through ``/api/v1/enrol`` keep the
 password they were given there: the store holds only its ``$7$`` hash, which goes into ``passwd``
-as it is.  Passwords are never printed or logged.
+as it is; and every other device's generated password gets an argon2 hash in the store
+(``record_device_logins``), so its ``credentials/`` file logs in to the collector too, not only
+to the broker.  Passwords are never printed or logged.
 """
 
 from __future__ import annotations
@@ -448,8 +450,44 @@ def cmd_broker_config(args) -> int:
     print(f"{out}: wrote mosquitto.conf, passwd ({result.hashed_by}), acl for {summary}")
     if result.enrolled:
         print(f"{len(result.enrolled)} enrolled device(s) keep their enrolment password: {', '.join(result.enrolled)}")
+    if args.db:
+        recorded = record_device_logins(args.db, out, result.accounts, tree)
+        if recorded:
+            print(f"{len(recorded)} device(s) can now also log in to the collector with their credentials/ file: "
+                  f"{', '.join(recorded)}")
     if result.generated:
         print(f"{out / 'credentials'}: generated new passwords for {len(result.generated)} account(s): "
               f"{', '.join(result.generated)} (files are 0600; copy each device's file to its "
               "/etc/classroom-safety/credentials.yaml)")
     return 0
+
+
+def record_device_logins(db_url: str, out: Path, accounts: dict[str, Account], tree: ConfigTree) -> list[str]:
+    """With ``--db``: store an argon2 hash of each device password kept in ``OUT/credentials/``
+    in the collector's registry, so a device given that file logs in to the collector
+    (config fetch, device API) as well as to the broker.  Devices that enrolled with a token
+    have no file there and are left alone; a hash that already matches is not redone.
+    Returns the devices whose collector login was (re)recorded."""
+    from .http.auth import hash_password, verify_password
+    from .store import Store
+
+    rooms = {d.id: room.room for room in tree.rooms.values() for d in room.devices}
+    store = Store.open(db_url)
+    recorded = []
+    try:
+        for name, acc in accounts.items():
+            if "device" not in acc.roles:
+                continue
+            kept = read_credentials(out / "credentials" / f"{name}.yaml")
+            if kept is None:
+                continue
+            row = store.get_device(name) or {}
+            if row.get("password_hash") and verify_password(row["password_hash"], kept["password"]):
+                continue
+            store.set_device_credentials(name, hash_password(kept["password"]), by="broker-config",
+                                         site=tree.site.site, room=rooms.get(name))
+            store.audit("cli", "device.credentials", name, {"by": "broker-config"})
+            recorded.append(name)
+    finally:
+        store.close()
+    return recorded

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_commands(sub)
 
+    from .notify.commands import add_parser as add_notify_commands  # notify check / test (docs/server.md)
+
+    add_notify_commands(sub)
+
     from .demo import add_commands as add_demo_commands  # the two-command demo (README)
 
     add_demo_commands(sub)

@@ -80,13 +80,17 @@ def enrol(store: Store, token: str, tree=None) -> dict:
             site, room = tree.site.site, room_obj.room
         except Exception:  # noqa: BLE001 - device may have been removed since the token was made
             pass
+    if room is None:  # not in the live tree: the registry may know where it was last heard
+        known = store.get_device(device) or {}
+        site, room = site or known.get("site"), known.get("room")
     store.set_device_credentials(device, hash_password(password), by="enrol-token", site=site, room=room,
                                  mqtt_hash=mosquitto_hash(password))
     device_cache.forget_device(device)
     store.audit(f"device:{device}", "device.enrol", device, {"site": site, "room": room})
-    result = {"device": device, "username": device, "password": password}
+    # site and room: what the device sends a press with before its first config arrives.
+    result = {"device": device, "username": device, "password": password, "site": site, "room": room}
     if tree is not None:
-        result.update({"site": tree.site.site, "room": room, "broker_url": tree.site.broker.url,
+        result.update({"site": tree.site.site, "broker_url": tree.site.broker.url,
                        "prefix": tree.site.broker.prefix, "collector_url": tree.site.collector.url})
     return result
 

@@ -1,7 +1,8 @@
 """``classroom-server serve``, ``user add`` and ``enrol-token``: running the collector.
 
 ``serve`` runs, in one process: the HTTP API (uvicorn), one MQTT ingest worker, the
-daily retention pass and the dark-device checker.  Run several ``serve`` processes (or
+daily retention pass, the dark-device checker and, with ``--notify FILE``, the escalation
+e-mails and webhooks (server/notify/).  Run several ``serve`` processes (or
 machines) against one PostgreSQL database and they share the ingest load through the
 MQTT 5 shared subscription.  Secrets come from files or stdin, never the command line
 (which other users can read in ``ps``), and are never logged.
@@ -53,6 +54,23 @@ def _is_loopback(bind: str) -> bool:
         return False
 
 
+def _load_notify(path: str | None, tree):
+    """The checked notify file (server/notify/settings.py), or None; one-line errors."""
+    if not path:
+        return None
+    from agent.config import ConfigInvalid
+
+    from .notify import load_notify, notify_warnings
+
+    try:
+        settings = load_notify(path)
+    except ConfigInvalid as exc:
+        raise UserError(problems_line(exc.errors, f"run `classroom-server notify check {path}`")) from None
+    for warning in notify_warnings(settings, tree):
+        logging.getLogger("server.notify").warning("notify: %s", warning)
+    return settings
+
+
 def ingest_worker(db: str, broker: str, options: dict) -> None:
     """An extra ingest-only process (``serve --ingest-workers N``): same store, same shared
     subscription, so N processes split the MQTT load across CPU cores."""
@@ -95,6 +113,7 @@ def cmd_serve(args) -> int:
         raise UserError(f"--plain-http: only with a loopback --bind (127.0.0.1 or ::1), not {args.bind!r}; "
                         "on a network, put HTTPS in front (docs/server.md)")
     tree = _load_tree(args.config)
+    notify_settings = _load_notify(args.notify, tree)
     prefix = args.prefix or (tree.site.broker.prefix if tree is not None else None)
     settings = Settings(db_url=args.db, config_dir=args.config, broker_url=args.broker,
                         mqtt_username=args.mqtt_username, prefix=prefix, cookie_secure=not args.plain_http)
@@ -144,6 +163,12 @@ def cmd_serve(args) -> int:
         for listener in list(app.state.listeners):
             listener("device_alert", None, alert)
 
+    notifier = None
+    if notify_settings is not None:
+        from .notify import Notifier
+
+        notifier = Notifier(store, notify_settings, lambda: app.state.tree, app.state.presence)
+        app.state.listeners.append(notifier.listener)  # after presence: it has seen every _watch before
     dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds, on_alert=dark_alert)
     retention = Retention(store, lambda: app.state.tree)
     from .reports import DigestScheduler, SmtpSettings  # weekly digest (docs/dashboard.md)
@@ -152,12 +177,16 @@ def cmd_serve(args) -> int:
     dark.start()
     retention.start()
     digest.start()
+    if notifier is not None:
+        notifier.start()
     try:
         uvicorn.run(app, host=args.bind, port=args.port, log_level="info", proxy_headers=True)
     finally:
         dark.stop()
         retention.stop()
         digest.stop()
+        if notifier is not None:
+            notifier.stop()
         if ingest is not None:
             ingest.stop()
         for proc in helpers:
@@ -233,6 +262,9 @@ def add_commands(sub) -> None:
     p.add_argument("--plain-http", action="store_true",
                    help="local demo only: session cookies without Secure, for a browser on this machine over "
                         "plain http://127.0.0.1 (refused with any other --bind; on a network put HTTPS in front)")
+    p.add_argument("--notify", metavar="FILE",
+                   help="escalation e-mails and webhooks: SMTP, webhooks, what to send (docs/server.md); checked "
+                        "at start like the config")
     p.add_argument("--reports-dir", default="/var/lib/classroom-server/reports", metavar="DIR",
                    help="where the weekly digest (HTML + CSV) is written; e-mail via CLASSROOM_SMTP_* (optional)")
     p.set_defaults(func=cmd_serve)
@@ -242,7 +274,7 @@ def add_commands(sub) -> None:
     usub.required = True
     p = usub.add_parser("add", help="add a staff account; the password is read from stdin or --password-file")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--role", required=True, help="teacher, dsl, technician or admin")
+    p.add_argument("--role", required=True, help="teacher, dsl, technician, admin or office")
     p.add_argument("--display-name")
     p.add_argument("--password-file", metavar="FILE")
     p.add_argument("--db", default=DEFAULT_DB, metavar="URL")

@@ -18,8 +18,9 @@ from agent.config import load_tree
 REPO = Path(__file__).resolve().parent.parent
 SITE = "penny-acres"
 PASSWORD = "correct horse battery staple"
-# Staff in the example config: m.khan is alert_staff of 5b only.
-STAFF = {"teacher": "m.khan", "dsl": "s.patel", "technician": "tech", "admin": "head"}
+# Staff in the example config: m.khan is alert_staff of 5b only; "office" is the school office's
+# escalation contact.
+STAFF = {"teacher": "m.khan", "dsl": "s.patel", "technician": "tech", "admin": "head", "office": "office"}
 
 __all__ = ["store", "sqlite_store", "tree", "app_factory", "staff_client", "make_event", "make_alert",
            "make_status", "make_heartbeat", "topic_of", "SITE", "PASSWORD", "STAFF", "REPO", "add_staff"]

@@ -62,6 +62,7 @@ def test_login_form_sets_a_strict_httponly_cookie_and_goes_home(app, sqlite_stor
     r = browser(app).post("/login", data={"username": "s.patel", "password": PASSWORD, "next": "//evil.example/x"})
     assert r.headers["location"] == "/incidents"
     assert browser(app).post("/login", data={"username": "tech", "password": PASSWORD}).headers["location"] == "/devices"
+    assert browser(app).post("/login", data={"username": "office", "password": PASSWORD}).headers["location"] == "/office"
     # Logout ends the session on the server, not just in the browser.
     assert c.post("/logout").status_code == 303
     assert c.get("/rooms/5b", headers=HTML).status_code == 303
@@ -80,27 +81,30 @@ def test_malformed_login_posts_are_refused_and_change_nothing(app, sqlite_store,
 
 
 PAGES = ["/rooms", "/rooms/5b", "/rooms/1a", "/incidents", "/devices", "/rollout", "/rollout/audit",
-         "/reports/weekly", "/reports/weekly.csv"]
+         "/reports/weekly", "/reports/weekly.csv", "/office", "/deliveries"]
 EXPECT = {
     "teacher": {"/rooms": 200, "/rooms/5b": 200, "/rooms/1a": 404, "/incidents": 200},
     "dsl": {"/rooms": 200, "/rooms/5b": 200, "/rooms/1a": 200, "/incidents": 200, "/reports/weekly": 200,
-            "/reports/weekly.csv": 200},
+            "/reports/weekly.csv": 200, "/office": 200, "/deliveries": 200},
     "technician": {"/devices": 200, "/rollout": 200, "/rollout/audit": 200, "/reports/weekly": 200,
                    "/reports/weekly.csv": 200},
     "admin": {p: 200 for p in PAGES},
+    "office": {"/office": 200},
 }
 
 
-@pytest.mark.parametrize("role", ["teacher", "dsl", "technician", "admin"])
+@pytest.mark.parametrize("role", ["teacher", "dsl", "technician", "admin", "office"])
 def test_every_page_is_role_checked(app, role):
     c = form_login(app, role)
     for path in PAGES:
         want = EXPECT[role].get(path, 403)
         assert c.get(path).status_code == want, (role, path)
-    if role in ("teacher", "technician"):  # refused before any stream starts
-        assert c.get("/rooms/1a/events").status_code == {"teacher": 404, "technician": 403}[role]
+    if role in ("teacher", "technician", "office"):  # refused before any stream starts
+        assert c.get("/rooms/1a/events").status_code == {"teacher": 404, "technician": 403, "office": 403}[role]
+    if role in ("teacher", "technician"):
+        assert c.get("/office/events").status_code == 403
     anon = browser(app)
-    for path in PAGES + ["/rooms/5b/events"]:
+    for path in PAGES + ["/rooms/5b/events", "/office/events"]:
         assert anon.get(path).status_code == 401, path
         assert anon.get(path, headers=HTML).status_code == 303, path
 

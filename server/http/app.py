@@ -14,8 +14,9 @@ Every request passes three pieces of middleware first (outermost first): headers
 read) and csrf.py (a browser's state-changing request must be same-origin and carry the
 session's CSRF token).  Logins are throttled (throttle.py, through auth.attempt_login).
 
-Background work (ingest, retention, dark-device checks, the weekly digest) is started by
-server/serve.py, so tests can build an app around a store alone.
+Background work (ingest, retention, dark-device checks, the weekly digest, escalation
+e-mails and webhooks) is started by server/serve.py, so tests can build an app around a
+store alone.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__, web
 from ..ingest import Metrics
+from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
-from .api import API, alerts, audit, config, devices, incidents, login, ops, reports, users
+from .api import API, alerts, audit, config, deliveries, devices, incidents, login, ops, reports, users
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -43,7 +45,7 @@ from .throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports)
+API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})
@@ -97,6 +99,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.state.metrics = metrics or (ingest.metrics if ingest is not None else Metrics())
     app.state.ingest = ingest
     app.state.listeners = []
+    # Who is watching each room (teacher clients' _watch messages, dashboard tabs): the office
+    # board shows it and the notifier (serve.py) escalates a press in a room that has nobody.
+    app.state.presence = Presence(store)
+    app.state.listeners.append(app.state.presence.listener)
     app.state.login_throttle = LoginThrottle()
     _start_rollouts(app)
 

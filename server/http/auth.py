@@ -1,6 +1,6 @@
 """Staff and device authentication, and role checks as FastAPI dependencies.
 
-Staff (teacher, dsl, technician, admin) log in with a password hashed with argon2id
+Staff (teacher, dsl, technician, admin, office) log in with a password hashed with argon2id
 (argon2-cffi), always through ``attempt_login`` (throttled: throttle.py).  A login creates a session: a random token given to the browser as an
 HttpOnly SameSite=Strict cookie and to API clients as a bearer token; only its SHA-256
 is stored, so a stolen database holds no usable session.  Devices authenticate with
@@ -36,7 +36,9 @@ from agent.config.schema import check_username
 from ..store import iso
 from .throttle import LoginThrottle, address_key
 
-ROLES = ("teacher", "dsl", "technician", "admin")
+# office: the school office (reception), who sends an adult when a room has nobody watching;
+# sees the office board (every room's open alerts and live receivers), nothing else.
+ROLES = ("teacher", "dsl", "technician", "admin", "office")
 COOKIE = "classroom_session"
 SESSION_HOURS = 12
 

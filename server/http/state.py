@@ -5,7 +5,8 @@
 ``rollouts`` (server/rollout.Rollouts), ``publisher`` (``(topic, payload_bytes, qos) ->
 None`` that reaches the broker, or None), ``metrics`` (server.ingest.Metrics), ``ingest``
 (the Ingest worker or None), ``login_throttle`` (throttle.LoginThrottle) and ``listeners``
-(callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest).
+(callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest) and
+``presence`` (server/presence.Presence: the live receivers of each room).
 The dashboard adds ``live`` (server/web/live.py).
 """
 
@@ -45,3 +46,8 @@ def site_and_timezone(request: Request) -> tuple[str, str]:
     """The live tree's site id and school time zone (``("", "Europe/London")`` without a tree)."""
     live = tree(request)
     return (live.site.site, live.site.timezone) if live is not None else ("", "Europe/London")
+
+
+def presence(request: Request):
+    """Who is watching each room (server/presence.py)."""
+    return request.app.state.presence

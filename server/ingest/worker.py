@@ -8,7 +8,10 @@ also subscribes (non-shared) to ``{prefix}/+/+/+/status`` to learn every device'
 retained status / Last Will at start; status is idempotent (newest ts wins).
 
 Each worker also subscribes, non-shared, to every ``alert`` topic, so the live dashboard of
-every process hears every alert whichever worker stored it.
+every process hears every alert whichever worker stored it, and to every receiver's presence
+(``{prefix}/+/+/_watch/+``, retained, before the alerts so a (re)connect learns who is watching
+before it hears of an open alert): those are not stored, only handed to the listeners in the
+order they came (server/presence.py).
 
 Why the shape: the network thread (``client.Connection``) reads every packet the socket
 holds, then validates that burst in one go with ``agent.protocol`` (parse_topic, decode,
@@ -36,7 +39,8 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from agent.protocol import DEFAULT_PREFIX, ProtocolError, decode, parse_broker_url, parse_topic, validate
+from agent.protocol import (DEFAULT_PREFIX, WATCH, ProtocolError, decode, parse_broker_url, parse_staff_topic,
+                            parse_topic, validate)
 
 from ..store import Store
 from .bounds import TooFarAhead, bound_ts
@@ -47,13 +51,17 @@ log = logging.getLogger("server.ingest")
 
 SHARE_GROUP = "classroom-server"
 INGEST_KINDS = ("status", "alert", "event", "heartbeat")
+# Read and handed to the listeners, never stored: a teacher client's presence for a room.
+PRESENCE_KINDS = ("watch",)
+LISTENED_KINDS = ("status", "alert", "watch")
 
 
 class Ingest:
     """One ingest worker.  ``start()`` connects and runs; ``stop()`` flushes and disconnects.
 
     ``listeners``: callables ``(kind, topic, data)`` called after commit for each alert
-    transition (once per process) and every status message (the live dashboard subscribes here)."""
+    transition (once per process), every status message (the live dashboard subscribes here)
+    and every receiver presence message (kind ``watch``, topic an ``agent.protocol.StaffTopic``)."""
 
     def __init__(self, store: Store, broker_url: str, *, prefix: str = DEFAULT_PREFIX,
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
@@ -112,8 +120,11 @@ class Ingest:
         # Non-shared too: every worker sees every status (retained, so only a plain
         # subscription gets it) and every alert (so each process's live dashboard shows all
         # rooms, whichever worker stored it).  Both are idempotent in the store.
+        # Presence before alerts: the broker sends retained messages in subscription order, so
+        # a (re)connect knows who is watching a room before it hears of that room's open alert.
         client.subscribe([(f"$share/{self.share_group}/{self.prefix}/+/+/+/+", 1),
-                          (f"{self.prefix}/+/+/+/status", 1), (f"{self.prefix}/+/+/+/alert", 1)])
+                          (f"{self.prefix}/+/+/+/status", 1), (f"{self.prefix}/+/+/{WATCH}/+", 1),
+                          (f"{self.prefix}/+/+/+/alert", 1)])
         self.connected.set()
         log.info("ingest: connected to %s:%s", self.host, self.port)
 
@@ -191,7 +202,7 @@ class Ingest:
                 if where is None:
                     if topic is None:
                         raise ProtocolError("topic is not UTF-8")
-                    where = parse_topic(topic, self.prefix)
+                    where = _parse_where(topic, self.prefix)
                     if len(topics) < 100000:
                         topics[topic] = where
                 data = validate(where.kind, decode(payload), where)
@@ -212,7 +223,7 @@ class Ingest:
                 if self._log_limit.allow():
                     log.warning("ingest: dropped message on %.200s: %s", topic, repr(exc)[:300])
                 continue
-            if where.kind not in INGEST_KINDS:
+            if where.kind not in INGEST_KINDS and where.kind not in PRESENCE_KINDS:
                 ignored += 1
                 continue
             # The payload as the device sent it is what gets stored (no re-encoding).
@@ -298,7 +309,7 @@ class Ingest:
                     self._seen_alerts[key] = None
                     if len(self._seen_alerts) > 10000:
                         self._seen_alerts.pop(next(iter(self._seen_alerts)))
-                if where.kind in ("status", "alert"):
+                if where.kind in LISTENED_KINDS:
                     for listener in list(self.listeners):
                         try:
                             listener(where.kind, where, data)
@@ -364,6 +375,16 @@ class Ingest:
         if self._thread:
             self._thread.join(timeout=30)
         self.connection.stop()
+
+
+def _parse_where(topic: str, prefix: str):
+    """A device topic, or a receiver's presence (``.../_watch/{staff}``), which ingest also reads."""
+    try:
+        return parse_topic(topic, prefix)
+    except ProtocolError:
+        if f"/{WATCH}/" not in topic:
+            raise
+        return parse_staff_topic(topic, prefix)
 
 
 def _settled(future) -> bool:

@@ -5,7 +5,9 @@ The SVG is rendered here (no JS library, no CDN): the same page is shown on the
 dashboard, written to the reports folder and sent as an e-mail attachment.  This module
 owns its Jinja2 environment and template (``templates/report_weekly.html``) so the
 report does not depend on the dashboard; the dashboard uses ``render_html(links=True)``
-and borrows ``short_ts``, the one timestamp format of both.  Autoescaping is on: room
+and borrows ``ts_filter``, the one timestamp format of both: the school's own time zone
+(server/localtime.py), never UTC.  The CSV keeps RFC 3339 UTC (it is data for a
+spreadsheet or a script, and a ``Z`` time cannot be misread).  Autoescaping is on: room
 names and domains come from outside and must never become markup.
 """
 
@@ -17,17 +19,17 @@ from pathlib import Path
 
 import jinja2
 
+from ..localtime import local_ts
 from ..safecsv import to_csv
 from .data import Report
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
-def short_ts(value) -> str:
-    """'2026-11-24T09:08:18.891Z' -> '2026-11-24 09:08 UTC', tolerant of None/garbage."""
-    if not value or not isinstance(value, str) or len(value) < 16:
-        return value or ""
-    return f"{value[:10]} {value[11:16]} UTC"
+@jinja2.pass_context
+def ts_filter(context, value, seconds: bool = False) -> str:
+    """``{{ value | ts }}``: in the ``tz`` the template was rendered with."""
+    return local_ts(value, context.get("tz"), seconds=seconds)
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +40,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["ts"] = short_ts
+    env.filters["ts"] = ts_filter
     return env
 
 
@@ -74,7 +76,8 @@ def chart(report: Report) -> str:
 def render_html(report: Report, *, links: bool = False) -> str:
     """A self-contained HTML page (inline CSS and SVG) for the browser, the file and e-mail;
     *links*: add the dashboard's navigation (previous week, CSV download)."""
-    return environment().get_template("report_weekly.html").render(r=report, chart=chart(report), links=links)
+    return environment().get_template("report_weekly.html").render(r=report, chart=chart(report), links=links,
+                                                                   tz=report.week.tz)
 
 
 CSV_FIELDS = ["week", "room", "key_stage", "domain", "attempts", "devices", "first_seen", "last_seen"]

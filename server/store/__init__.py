@@ -15,7 +15,8 @@ Where things are:
   events.py (events + the ingest batch), incidents.py (alert transitions, incidents,
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
-  reports.py (report runs), retention.py (purges).
+  reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
+  webhooks with every attempt, and the dashboard tabs watching a room).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -28,6 +29,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from .audit import AuditTable
+from .deliveries import DeliveriesTable
 from .devices import DevicesTable
 from .engine import Engine, StoreError, Tx, connect
 from .events import EventsTable
@@ -43,7 +45,7 @@ __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
-            RetentionTable):
+            RetentionTable, DeliveriesTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

@@ -83,6 +83,8 @@ class EventsTable:
         events, alerts, statuses, beats, touched = [], [], [], [], []
         for item in items:
             where, data = item[0], item[1]
+            if where.kind not in ("event", "alert", "status", "heartbeat"):
+                continue  # e.g. a receiver's presence: read by the listeners, not stored
             touched.append((where.site, where.room, where.device))
             if where.kind == "event":
                 events.append(event_row(data, now, item[2] if len(item) > 2 else None))

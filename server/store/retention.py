@@ -2,7 +2,8 @@
 
 Which rows go when (site.yaml ``retention``) is decided in server/retention.py; here is
 how: each purgeable table's time column (``PURGEABLE``), event purges by type, and the
-purge of closed incidents together with their timeline, notes and evidence events.
+purge of closed incidents together with their timeline, notes, evidence events and the
+escalation messages sent about them (deliveries and their attempts).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class RetentionTable:
         return self._purge("device_alerts", before, "cleared_at IS NOT NULL")
 
     def purge_closed_incidents(self, before: str, evidence_types: Sequence[str]) -> int:
-        """Delete incidents closed before *before* with their timeline, actions and evidence events
-        (events of *evidence_types* carrying the alert id); returns incidents deleted."""
+        """Delete incidents closed before *before* with their timeline, actions, evidence events
+        (events of *evidence_types* carrying the alert id) and escalation deliveries; returns
+        incidents deleted."""
 
         def run(tx: Tx) -> int:
             ids = [row["id"] for row in tx.query(
@@ -49,6 +51,9 @@ class RetentionTable:
             for incident_id in ids:
                 tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
                 tx.execute("DELETE FROM alert_transitions WHERE alert_id = ?", (incident_id,))
+                tx.execute("DELETE FROM delivery_attempts WHERE delivery_id IN "
+                           "(SELECT id FROM deliveries WHERE alert_id = ?)", (incident_id,))
+                tx.execute("DELETE FROM deliveries WHERE alert_id = ?", (incident_id,))
                 tx.execute(f"DELETE FROM events WHERE alert_id = ? AND type IN {_marks(evidence_types)}",
                            (incident_id, *evidence_types))
                 tx.execute("DELETE FROM incidents WHERE id = ?", (incident_id,))

@@ -198,6 +198,52 @@ CREATE TABLE IF NOT EXISTS rollouts (
     devices INTEGER NOT NULL
 );
 
+-- Escalations beyond the room (server/notify/): one row per (alert transition, channel,
+-- recipient), so a restart or a second collector never sends the same one twice.
+-- recipient is an e-mail address or a webhook's name, never its URL (which is a secret).
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT NOT NULL PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    claimed_until TEXT,
+    sent_at TEXT,
+    last_error TEXT,
+    UNIQUE (alert_id, state, channel, recipient)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_alert ON deliveries (alert_id);
+CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
+
+-- Every attempt at a delivery: when, the result, the error (secrets masked).
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    id TEXT NOT NULL PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    result TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_delivery ON delivery_attempts (delivery_id, ts);
+
+-- Dashboard tabs showing a room's live view (server/presence.py): a room with a recent row
+-- has a live receiver.  One row per (room, staff member), refreshed while the tab is open.
+CREATE TABLE IF NOT EXISTS room_viewers (
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    username TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (site, room, username)
+);
+
 -- Weekly digests already written, so a restart does not write/send one twice.
 CREATE TABLE IF NOT EXISTS report_runs (
     week TEXT NOT NULL PRIMARY KEY,

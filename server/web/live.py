@@ -8,8 +8,9 @@ blocks ingest.
 
 One broadcaster per app (``app.state.live``); ``get_broadcaster(app)`` creates it on
 first use so ingest and the web routes agree on the same object.  ``live_listener(app)``
-is the ingest listener (``app.state.listeners``) that feeds it; the room pages' event
-streams (pages/rooms.py) read it.
+is the ingest listener (``app.state.listeners``) that feeds it: alert transitions, device
+status and receivers' presence (``presence``); the room pages' and the office board's event
+streams (pages/rooms.py, pages/office.py) read it.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def live_listener(app):
         elif kind == "status":
             live.publish("status", {"device": where.device, "room": where.room, "state": data.get("state"),
                                     "ts": data.get("ts")})
+        elif kind == "watch":  # a teacher client came or went (server/presence.py): the office board
+            live.publish("presence", {"room": where.room, "who": where.staff, "state": data.get("state"),
+                                      "kind": "client"})
 
     listener.is_live_feed = True  # type: ignore[attr-defined]
     return listener

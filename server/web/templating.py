@@ -3,7 +3,8 @@
 Autoescaping is on for every template: device ids, domains and notes all come from
 outside and must never become markup.  The ``ts`` filter is the weekly report's
 (server/reports/render.py owns the report's own environment and template), so a time
-reads the same on every page.
+reads the same on every page: in the school's time zone, which ``render`` puts in every
+page's context as ``tz`` (pages/base.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..reports.render import short_ts
+from ..reports.render import ts_filter
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -27,5 +28,5 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["ts"] = short_ts
+    env.filters["ts"] = ts_filter
     return env

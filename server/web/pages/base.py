@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...http.api import API
+from ...http.state import site_and_timezone
 from ...http.auth import User, current_user, require
 from ...http.csrf import csrf_token_for
 from ..templating import environment
@@ -53,16 +54,20 @@ def render(request: Request, name: str, http_status: int = 200, headers: dict | 
     forms' hidden ``csrf_token`` field and the ``csrf-token`` meta tag room.js reads)."""
     context.setdefault("user", getattr(request.state, "user", None))
     context.setdefault("csrf_token", csrf_token_for(request))
+    # Every time on every page in the school's own zone (server/localtime.py), via the ts filter.
+    context.setdefault("tz", site_and_timezone(request)[1])
     html = environment().get_template(name).render(request=request, **context)
     return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def home_for(user: User) -> str:
-    """Where a user lands after logging in: their room, the incidents, or the devices."""
+    """Where a user lands after logging in: their room, the incidents, the office board or the devices."""
     if user.role == "teacher":
         return f"/rooms/{user.rooms[0]}" if len(user.rooms) == 1 else "/rooms"
     if user.role == "dsl":
         return "/incidents"
+    if user.role == "office":
+        return "/office"
     return "/devices"
 
 

@@ -5,6 +5,10 @@ publishes alert and status changes to the in-process broadcaster, and each open
 ``/rooms/{room}/events`` stream (server-sent events) waits on its own queue: no
 database polling.  Each stream starts with a snapshot of the room's open alerts and ends
 after ``STREAM_SECONDS``; the browser reconnects at once.
+
+An open stream is a live receiver for its room (server/presence.py): it is recorded when it
+opens and at each keep-alive, so a press in a room whose page nobody has open is escalated
+at once (server/notify/).
 """
 
 from __future__ import annotations
@@ -79,14 +83,25 @@ def router() -> APIRouter:
     async def room_events(room: str, request: Request, user: User = Depends(teacher_view)):
         _room_or_404(request, room, user)
         live = get_broadcaster(request.app)
-        sub = live.subscribe(lambda kind, data: data.get("room") == room)
+        sub = live.subscribe(lambda kind, data: kind in ("alert", "status") and data.get("room") == room)
         store = state.store(request)
+        presence = state.presence(request)
+        site = state.tree(request).site.site
+
+        async def seen() -> None:
+            try:
+                await asyncio.to_thread(presence.viewer_seen, site, room, user.username)
+            except Exception:  # noqa: BLE001 - the live view works without it; the store may be busy
+                pass
 
         async def stream():
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STREAM_SECONDS
             try:
                 yield "retry: 500\n\n"
+                await seen()
+                live.publish("presence", {"room": room, "who": user.username, "state": "watching",
+                                          "kind": "dashboard"})
                 # Subscribed first, then the snapshot: an alert raised in between is
                 # sent twice (harmless, same id) rather than lost.  The snapshot also
                 # lists what is open, so a page that reconnects drops alerts cleared
@@ -101,6 +116,7 @@ def router() -> APIRouter:
                         if await request.is_disconnected():
                             break
                         yield ": keep-alive\n\n"
+                        await seen()
                         continue
                     yield _sse(*item)
             finally:

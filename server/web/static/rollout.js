@@ -20,7 +20,7 @@
             state.className = "state state-" + d.state;
             state.textContent = d.state + (d.reason ? ": " + d.reason : "");
             row.querySelector(".online").textContent = d.online;
-            row.querySelector(".event").textContent = (d.event || "") + " " + (d.event_ts || "").slice(0, 16).replace("T", " ");
+            row.querySelector(".event").textContent = (d.event || "") + " " + window.schoolTime(d.event_ts, true, true);
           });
         });
       })

@@ -84,7 +84,7 @@
     li.className = "alert state-" + a.state;
     li.querySelector(".alert-device").textContent = (a.seat || a.device) + (a.seat ? " (" + a.device + ")" : "");
     li.querySelector(".alert-state").textContent = label(a.state) + (a.by ? " · " + a.by : "");
-    li.querySelector(".alert-ts").textContent = (a.ts || "").slice(11, 19) + " UTC";
+    li.querySelector(".alert-ts").textContent = window.schoolTime(a.ts);
     li.querySelector("button.ack").disabled = !(a.state === "raised" || a.state === "escalated");
     empty.hidden = true;
   }

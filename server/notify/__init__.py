@@ -1,0 +1,18 @@
+"""Escalation beyond the room: e-mail and webhooks when a report is not answered, or is
+made in a room nobody is watching (DESIGN.md "The promise": the office and the DSL are
+told by a channel that does not depend on anyone having a page open).
+
+settings.py (the notify file: SMTP, webhooks, what to send, retries; its secrets stay on
+the collector), message.py (what a message says: room, seat, time in the school's zone,
+links; never names or evidence), channels.py (one attempt by SMTP or HTTP POST, secrets
+masked), notifier.py (which transitions, to whom, delivery records, retries).  The rows
+live in server/store/deliveries.py; who is watching a room in server/presence.py.
+"""
+
+from .channels import DeliveryError, EmailChannel, WebhookChannel
+from .message import Notice
+from .notifier import Notifier
+from .settings import NotifySettings, load_notify, notify_warnings
+
+__all__ = ["DeliveryError", "EmailChannel", "Notice", "Notifier", "NotifySettings", "WebhookChannel", "load_notify",
+           "notify_warnings"]

@@ -212,14 +212,15 @@ def test_cli_bad_input_is_one_line(tmp_path):
     cases = [
         (["run", "--config", str(tmp_path / "missing.yaml")], "missing.yaml: cannot read"),
         (["run", "--config", str(bad)], f"{bad}:4: broker_url: "),
-        (["hash-pin", "--pin", "12ab"], "PIN: a staff PIN is 4 to 12 digits"),
+        (["hash-pin", "--pin", "12ab"], "PIN: a staff PIN is 6 to 12 digits"),
+        (["hash-pin", "--pin", "2468"], "PIN: a staff PIN is 6 to 12 digits"),
     ]
     for argv, expected in cases:
         out = subprocess.run([*AGENT, *argv], capture_output=True, text=True, env=env, timeout=30)
         assert out.returncode == 1, argv
         assert out.stderr.count("\n") == 1 and out.stderr.startswith("classroom-agent: error: ")
         assert expected in out.stderr, out.stderr
-    out = subprocess.run([*AGENT, "hash-pin", "--pin", "2468"], capture_output=True, text=True, env=env, timeout=30)
+    out = subprocess.run([*AGENT, "hash-pin", "--pin", "246801"], capture_output=True, text=True, env=env, timeout=30)
     from agent.desktop.pin import verify_pin
 
-    assert out.returncode == 0 and verify_pin("2468", out.stdout.strip())
+    assert out.returncode == 0 and verify_pin("246801", out.stdout.strip())

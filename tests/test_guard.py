@@ -101,6 +101,60 @@ def test_a_process_that_execs_into_a_bypass_tool_is_caught(tmp_path, rt):
         tool.close()
 
 
+class InstalledTool:
+    """A real program installed on the device as a bypass tool (``bin/tor``: a copy of
+    sleep with bytes of its own appended, so its hash is nobody else's), and a pupil who
+    copies it to a name of their own and runs that (``cp /usr/bin/tor ~/x; ~/x``)."""
+
+    def __init__(self, name: str = "tor"):
+        import os
+        import secrets
+        import tempfile
+        from pathlib import Path
+
+        self.root = Path(tempfile.mkdtemp(prefix="installed-", dir="/tmp"))
+        self.root.chmod(0o755)
+        self.bin = self.root / "bin"
+        self.bin.mkdir(mode=0o755)
+        self.path = self.bin / name
+        self.path.write_bytes(Path("/bin/sleep").read_bytes() + secrets.token_bytes(32))
+        self.path.chmod(0o755)
+        self.home = self.root / "home"                          # the pupil's own folder
+        self.home.mkdir()
+        os.chown(self.home, 65534, 65534)
+
+    def close(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how,matched", [("cp", "sha256"), ("ln -s", "path")])
+def test_a_renamed_copy_or_a_link_of_an_installed_tool_is_caught(rt, how, matched):
+    from services import require_root
+
+    require_root()
+    tool = InstalledTool("tor")
+    # The pupil's own copy (or link) under a harmless name, run from their folder.
+    pupil = PupilTool("x", script=f'{how} "{tool.path}" "{tool.home}/notes" && exec "{tool.home}/notes" 300')
+    bystander = PupilTool("notes")                            # a different program with the same name
+    guard = Guard(bypass_processes=["tor"], end_bypass_processes=True, watch_mounts=[], use_watchdog=False,
+                  search_path=[str(tool.bin)])
+    guard.runtime = rt
+    try:
+        assert guard.known_paths[str(tool.path)] == "tor" and "tor" in guard.known_hashes.values()
+        wait_until(lambda: pupil.comm() == "notes", timeout=5)  # neither its name nor argv[0] says tor
+        found = guard.check_processes()
+        assert [(f["pid"], f["name"], f["matched"]) for f in found] == [(pupil.pid, "tor", matched)]
+        assert pupil.wrapper.wait(timeout=10) is not None       # ended
+        [ev] = rt.of_type("bypass_process")
+        assert (ev["name"], ev["action"], ev["user"], ev["matched"]) == ("tor", "ended", "nobody", matched)
+        assert ev["exe"].startswith(str(tool.path) if matched == "path" else str(tool.home))
+        assert bystander.wrapper.poll() is None                 # same name, other program: left alone
+    finally:
+        pupil.close()
+        bystander.close()
+        tool.close()
+
+
 def test_site_guard_config_is_used_and_blank_names_ignored(rt):
     guard = Guard()
     guard.runtime = rt

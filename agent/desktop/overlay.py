@@ -22,7 +22,8 @@ disconnect any window), so while it should be showing it is held up three ways:
   on X11), and the watch keeps trying to bring the overlay back.
 
 Every one of these is reported through ``when_tampered(fields)`` (the guard sends it as a
-``tamper`` event), at most once per kind every ``REPORT_SECONDS``.  A wrong staff PIN
+``tamper`` event), at most once per kind and action every ``REPORT_SECONDS`` (the next
+report counts the ones left out in ``repeats``).  A wrong staff PIN
 typed on the overlay updates the device's ``PinBackoffFile`` (agent/desktop/pin.py),
 which every overlay is given when it starts and on every show; every
 ``PinBackoff.REPORT_EVERY``-th wrong try in a row is reported too.
@@ -238,8 +239,6 @@ class OverlayBackend(ScreenBackend):
         while self._deaths and now - self._deaths[0] > self.DEATH_WINDOW:
             self._deaths.popleft()
         if len(self._deaths) >= self.MAX_DEATHS and self.fallback is not None:
-            log.error("the %s overlay keeps ending; covering the screen with %s as well", self.name,
-                      self.fallback.name)
             self._tampered("overlay_ended", "fallback", exit=proc.returncode)
             self._fall_back(wanted)
             return
@@ -258,8 +257,6 @@ class OverlayBackend(ScreenBackend):
         wanted = self._wanted
         if len(self._restores) >= self.MAX_RESTORES and wanted is not None and self.fallback is not None \
                 and not self.fell_back:
-            log.error("the %s overlay keeps being pushed off the screen; covering it with %s as well",
-                      self.name, self.fallback.name)
             self._tampered("overlay_fought", "fallback", restores=len(self._restores))
             self._fall_back(wanted)
 
@@ -282,6 +279,7 @@ class OverlayBackend(ScreenBackend):
         now = time.monotonic()
         if self.fell_back and now - self._fell_back_at < self.FALLBACK_RETRY:
             return  # engaged a moment ago; a display-manager lock must not be started every second
+        log.error("the %s overlay cannot hold the screen; covering it with %s as well", self.name, self.fallback.name)
         self.fell_back = True
         self._fell_back_at = now
         try:
@@ -293,11 +291,12 @@ class OverlayBackend(ScreenBackend):
     def _tampered(self, what: str, action: str, **details) -> None:
         """Report *what* happened (``action``: what was done about it), rate-limited per kind."""
         now = time.monotonic()
-        last, repeats = self._reported.get(what, (None, 0))
+        key = f"{what}:{action}"
+        last, repeats = self._reported.get(key, (None, 0))
         if last is not None and now - last < self.REPORT_SECONDS and what != "pin_failures":
-            self._reported[what] = (last, repeats + 1)
+            self._reported[key] = (last, repeats + 1)
             return
-        self._reported[what] = (now, 0)
+        self._reported[key] = (now, 0)
         fields = {"what": what, "action": action, **details}
         if repeats:
             fields["repeats"] = repeats

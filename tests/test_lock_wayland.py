@@ -218,3 +218,29 @@ def test_the_blanks_swaylock_fallback_comes_back_when_the_pupil_ends_it(sway_ses
         blank.hide()
         for p in swaylocks():
             p.kill()
+
+
+def test_an_output_the_pupils_session_adds_is_covered_too(sway_session):
+    """sway lets the session's user add an output (``swaymsg create_output``; on a Pi, a
+    second HDMI screen): it must not show the desktop while the lock is up."""
+    if not wayland_overlay_available():
+        skip_or_fail("the Wayland overlay needs python3-gi and gir1.2-gtklayershell-0.1")
+    require_binary("swaymsg")
+    lock = make_desktop("wayland", session_fn=lambda: sway_session).lock
+    tampered: list[dict] = []
+    lock.when_tampered = tampered.append
+    lock.lock(STAFF_MODE, "Your teacher has locked this computer.")
+    try:
+        wait_until(lambda: (lock.overlay.drawn() or {}).get("shown"), timeout=20, message="the lock never showed")
+        assert lock.overlay.drawn()["windows"] == 1
+        ipc = next(p for p in wayland_socket(sway_session).parent.iterdir() if p.name.startswith("sway-ipc"))
+        added = as_pupil(sway_session, "env", f"SWAYSOCK={ipc}", "swaymsg", "create_output")
+        assert added.returncode == 0, added.stderr
+        wait_until(lambda: (lock.overlay.drawn() or {}).get("windows") == 2, timeout=15,
+                   message=lambda: f"the new output is not covered: {lock.overlay.drawn()}")
+        assert lock.overlay.drawn()["shown"] and lock.is_locked
+        wait_until(lambda: tampered, timeout=10)
+        assert (tampered[0]["what"], tampered[0]["action"]) == ("overlay_output_added", "restored")
+    finally:
+        lock.unlock()
+        lock.overlay.close()

@@ -13,7 +13,7 @@ swaylock, and swayidle.
   ask for is reported (``when_tampered``) and it is started again at once.
 * ``WaylandLock`` -- staff and timetable locks: a ``WaylandBackend`` overlay of its own
   (the agent's user, so nothing the pupil runs can end it), showing the lock message and
-  taking the staff PIN.  The idle lock, and every lock where the overlay cannot run: 
+  taking the staff PIN.  The idle lock, and every lock where the overlay cannot run:
   ``swaylock`` as the session user (ext-session-lock: if it is killed the compositor
   keeps the screen locked).  Staff unlock sends it SIGUSR1; in staff mode any exit the
   agent did not ask for is reported and undone at once by locking again.  Without

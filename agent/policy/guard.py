@@ -12,7 +12,8 @@
   account (uid >= 1000) is looked at: ``/proc/PID/exe`` of another user's process is
   closed to the agent (no CAP_SYS_PTRACE), so a small helper runs *as that user* (the
   one way to run a program as a user, agent/desktop/session.py) and says where each
-  executable is, and the SHA-256 of those outside the system's own directories.
+  executable is, and the SHA-256 of those outside the system's own directories (for a
+  program that hides even from its own user, as Tor does, the file its argv[0] names).
   Limits: a copy that was changed by one byte, a tool never installed on the device,
   or one run by an interpreter (``python3 tor.py``) is not recognised this way; the
   DNS filter, nftables and the school's upstream filter are what stop those.
@@ -63,20 +64,30 @@ SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/", "/snap/"
 HASH_LIMIT = 256 * 1024 * 1024  # bigger executables are not hashed (no bypass tool is this big)
 
 # Run as the process's own user: where each executable is, and the SHA-256 of those
-# outside the system directories.  Standard library only (it runs on /usr/bin/python3).
+# outside the system directories.  A program that made itself non-dumpable (Tor does, by
+# default) hides /proc/PID/exe even from its own user: then its argv[0] (absolute, or
+# relative to the user's home) names the file instead.  Standard library only (it runs on
+# /usr/bin/python3).
 EXE_HELPER = r"""
 import hashlib, json, os, sys
 system, limit = tuple(json.loads(sys.argv[1])), int(sys.argv[2])
 for pid in sys.argv[3:]:
     try:
-        exe = os.readlink("/proc/%s/exe" % pid)
+        exe, source = os.readlink("/proc/%s/exe" % pid), "/proc/%s/exe" % pid
     except OSError:
-        continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+        except OSError:
+            continue
+        if "/" not in argv0:
+            continue  # found on PATH: one of the system's own
+        exe = source = os.path.realpath(os.path.join(os.path.expanduser("~"), argv0))
     out = {"pid": int(pid), "exe": exe}
     if not exe.startswith(system):
         try:
             digest, size = hashlib.sha256(), 0
-            with open("/proc/%s/exe" % pid, "rb") as f:
+            with open(source, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     size += len(chunk)
                     if size > limit:
@@ -347,20 +358,26 @@ class Guard:
         return [f for f in found if f]
 
     def _uid(self, pid: int) -> int | None:
+        """The real uid (from status: /proc/PID itself is root's once a process is non-dumpable)."""
         try:
-            return os.stat(f"{self.proc_root}/{pid}").st_uid
-        except OSError:
-            return None
+            with open(f"{self.proc_root}/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
 
     def _match_executables(self, uid: int, pids: list[int]) -> list[tuple[int, str, str, str]]:
         """(pid, tool, "path" | "sha256", executable) for *pids* (all *uid*'s) running a
         copy of, or a link to, an installed bypass tool; asked of a helper run as *uid*."""
         try:
-            user = pwd.getpwuid(uid).pw_name
+            entry = pwd.getpwuid(uid)
         except KeyError:
             return []
+        user = entry.pw_name
         python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-        argv = as_session_user(user, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        argv = as_session_user(user, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": entry.pw_dir},
                                [python, "-I", "-S", "-c", EXE_HELPER, json.dumps(SYSTEM_DIRS), str(HASH_LIMIT),
                                 *map(str, pids)])
         try:

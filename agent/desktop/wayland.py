@@ -162,6 +162,8 @@ class WaylandBackend(OverlayBackend):
         self.wayland_display = wayland_display or os.environ.get("WAYLAND_DISPLAY") or "wayland-0"
         self.python = python
         self.fallback = SwaylockBackend(session_user, runner, wayland_display=wayland_display, session_fn=session_fn)
+        # The fallback's own put-backs (the pupil ending it) are reported as this screen's.
+        self.fallback.when_tampered = lambda fields: self._tampered(**fields)
         self._socket: str | None = None
         self._private_dir: str | None = None
 

@@ -102,6 +102,13 @@ def test_malformed_lines_are_ignored_with_a_message(overlay, capsys, line, why):
     assert not overlay.visible
 
 
+def test_a_mangled_config_line_never_shows_the_pin_hash(overlay, capsys):
+    pin_hash = hash_pin(PIN)
+    overlay.feed(b'{"op": "config", "pin_hash": "' + pin_hash.encode() + b'"\n')   # no closing brace
+    err = capsys.readouterr().err
+    assert "ignored bad line" in err and pin_hash.split("$")[-1][:12] not in err and "scrypt" not in err
+
+
 def test_escape_alt_f4_and_letters_do_nothing_the_pin_clears(overlay):
     overlay.feed(b'{"op": "show", "message": "hi"}\n')
     for keysym, char in (("Escape", "\x1b"), ("F4", ""), ("Tab", "\t"), ("w", "w"), ("q", "q")):

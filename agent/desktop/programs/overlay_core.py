@@ -98,7 +98,9 @@ class OverlayCore:
                     raise ValueError("not an object")
                 self.handle(req)
             except (ValueError, TypeError) as exc:
-                print(f"overlay: ignored bad line {line[:80]!r}: {exc}", file=sys.stderr)
+                # Never the PIN hash in a log, even from a mangled config line.
+                shown = line[:80] if b"pin_hash" not in line else b"(a config line, not shown)"
+                print(f"overlay: ignored bad line {shown!r}: {exc}", file=sys.stderr)
 
     def handle(self, req: dict) -> None:
         op = req.get("op")

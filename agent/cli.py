@@ -43,6 +43,8 @@ def cmd_check_config(args) -> int:
             tree = load_tree(args.tree)
         except ConfigInvalid as exc:
             problems += [str(e) for e in exc.errors]
+    if bootstrap is not None and bootstrap.staff_pin_file:
+        problems += _pin_file_problems(bootstrap.staff_pin_file)
     if bootstrap is not None and tree is not None:
         try:
             tree.find_device(bootstrap.device)
@@ -55,6 +57,23 @@ def cmd_check_config(args) -> int:
         return print_problems(PROG, problems)
     print(f"{args.file}: ok" + (f" ({bootstrap.device} in tree {args.tree}, version {tree.version})" if tree else ""))
     return 0
+
+
+def _pin_file_problems(path: str) -> list[str]:
+    """The staff PIN file's problems, as config problem lines (none if it is absent: no PIN)."""
+    from .desktop.pin import read_pin_file
+
+    try:
+        read_pin_file(path)
+    except FileNotFoundError:
+        return []
+    except PermissionError:
+        return [f"{path}:1: staff_pin_file: cannot read it (run check-config as root or as the agent's user)"]
+    except OSError as exc:
+        return [f"{path}:1: staff_pin_file: {exc.strerror or exc}"]
+    except ValueError as exc:
+        return [f"{path}:1: staff_pin_file: {str(exc).removeprefix(f'{path}: ')}"]
+    return []
 
 
 def _load_any(path: str) -> ConfigTree:
@@ -175,13 +194,23 @@ def cmd_status(args) -> int:
 def cmd_hash_pin(args) -> int:
     import getpass
 
-    from .desktop.pin import hash_pin
+    from .desktop.pin import MAX_DIGITS, MIN_DIGITS, hash_pin
 
-    pin = args.pin if args.pin is not None else getpass.getpass("Staff PIN (4-12 digits): ")
+    pin = args.pin if args.pin is not None else getpass.getpass(f"Staff PIN ({MIN_DIGITS}-{MAX_DIGITS} digits): ")
     try:
-        print(hash_pin(pin))
+        hashed = hash_pin(pin)
     except ValueError as exc:
         raise UserError(f"PIN: {exc}") from None
+    if args.out is None:
+        print(hashed)
+        return 0
+    from .files import atomic_write
+
+    try:
+        atomic_write(args.out, hashed + "\n", 0o600)
+    except OSError as exc:
+        raise UserError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"wrote {args.out} (mode 0600); make the agent's user its owner: chown classroom-agent {args.out}")
     return 0
 
 
@@ -274,8 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-file", metavar="FILE", help="CA certificate of the collector, if not a public CA")
     p.set_defaults(func=cmd_enrol)
 
-    p = sub.add_parser("hash-pin", help="print the staff_pin_hash for agent.yaml")
+    p = sub.add_parser("hash-pin", help="hash a staff PIN (6-12 digits) for the staff PIN file")
     p.add_argument("--pin", metavar="DIGITS", help="the PIN (default: ask without echo)")
+    p.add_argument("--out", metavar="FILE", help="write the hash to FILE, mode 0600 (the staff_pin_file), "
+                                                  "instead of printing it")
     p.set_defaults(func=cmd_hash_pin)
 
     from .filter.commands import add_parser as add_filter_parser  # filter show / filter check

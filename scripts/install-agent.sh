@@ -8,13 +8,17 @@
 #       --broker mqtts://classroom.penny-acres.sch.uk:8883 \
 #       --collector https://classroom.penny-acres.sch.uk \
 #       --token TOKEN [--ca-file ca.pem] [--session-user pupil] \
-#       [--screen auto|wayland|swaylock|x11|headless] [--staff-pin-hash HASH] [--dry-run]
+#       [--screen auto|wayland|swaylock|x11|headless] [--staff-pin-file FILE] [--dry-run]
 #
-# Steps: apt packages; the `classroom-agent` system user (gpio group); the venv in
-# /opt/classroom-safety; /etc/classroom-safety/agent.yaml (root:classroom-agent 0640) and
+# Steps: apt packages; the `classroom-agent` system user (gpio group) and the press-only
+# `classroom-press` group (the agent and the desktop users: they may press the report
+# button through the control socket and do nothing else there); the venv in
+# /opt/classroom-safety; /etc/classroom-safety/agent.yaml (root:classroom-agent 0640),
 # credentials.yaml (classroom-agent 0600: redeemed from the one-time --token with
-# `classroom-agent enrol`, or copied from --credentials FILE); browser policy folders; the
-# X11 display grant; the systemd unit, enabled and started.
+# `classroom-agent enrol`, or copied from --credentials FILE) and staff-pin (classroom-agent
+# 0600); browser policy folders; the display grants (the session's, and LightDM's
+# display-setup hook); the systemd unit, enabled and started.  Secrets (the broker password,
+# the token, the PIN hash) are never printed.
 set -euo pipefail
 
 PROG=install-agent.sh
@@ -30,18 +34,19 @@ ROOT=""
 DRY=0
 DO_PACKAGES=1
 DO_SYSTEMD=1
-DEVICE="" SITE="" BROKER="" COLLECTOR="" CREDENTIALS="" TOKEN="" CA_FILE="" SESSION_USER="" SCREEN=auto PIN_HASH=""
+PRESS_GROUP=classroom-press
+DEVICE="" SITE="" BROKER="" COLLECTOR="" CREDENTIALS="" TOKEN="" CA_FILE="" SESSION_USER="" SCREEN=auto PIN_HASH="" PIN_FILE=""
 CHANGED=0
 LAST=0
 
-PACKAGES=(python3 python3-venv python3-tk python3-lgpio dnsmasq-base nftables x11-xserver-utils xprintidle
+PACKAGES=(python3 python3-venv python3-tk python3-lgpio dnsmasq-base nftables x11-xserver-utils xauth xprintidle
           swayidle swaylock python3-gi gir1.2-gtklayershell-0.1 acl)
 
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*"; }
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --device ID            this device's id, as in its room file (required)
@@ -52,9 +57,12 @@ Options:
                          redeemed at --collector for this device's own credentials (or --credentials)
   --credentials FILE     instead of --token: a credentials YAML (username/password) made for this device
   --ca-file FILE         CA certificate for the broker/collector, if not a public CA
-  --session-user USER    the desktop account whose screen is locked/blanked (default: detected)
+  --session-user USER    the desktop account whose screen is locked/blanked (default: detected);
+                         also put in the press group
   --screen BACKEND       auto, wayland, swaylock, x11 or headless (default auto)
-  --staff-pin-hash HASH  from `classroom-agent hash-pin`
+  --staff-pin-file FILE  a file with the staff PIN's hash, from `classroom-agent hash-pin --out FILE`
+  --staff-pin-hash HASH  the hash itself (it shows in `ps` while the script runs: prefer the file)
+  --press-group NAME     the press-only group for the control socket (default classroom-press)
   --source DIR           the classroom-safety source to install (default: this checkout)
   --service-user NAME    the service account (default classroom-agent)
   --root DIR             install into DIR (an SD card image mounted there); implies
@@ -79,6 +87,8 @@ while [ $# -gt 0 ]; do
         --session-user) need_value "$@"; SESSION_USER=$2; shift 2 ;;
         --screen) need_value "$@"; SCREEN=$2; shift 2 ;;
         --staff-pin-hash) need_value "$@"; PIN_HASH=$2; shift 2 ;;
+        --staff-pin-file) need_value "$@"; PIN_FILE=$2; shift 2 ;;
+        --press-group) need_value "$@"; PRESS_GROUP=$2; shift 2 ;;
         --source) need_value "$@"; SOURCE=$2; shift 2 ;;
         --service-user) need_value "$@"; SERVICE_USER=$2; shift 2 ;;
         --root) need_value "$@"; ROOT=${2%/}; DO_PACKAGES=0; DO_SYSTEMD=0; shift 2 ;;
@@ -104,8 +114,27 @@ ID_RE='^[a-z0-9][a-z0-9-]{0,62}$'
 [[ $COLLECTOR =~ ^https?://[^[:space:]]+$ ]] || die "--collector: '$COLLECTOR' is not an http(s) URL"
 case "$SCREEN" in auto|wayland|swaylock|x11|headless) ;; *) die "--screen: '$SCREEN' is not auto, wayland, swaylock, x11 or headless" ;; esac
 [ -z "$SESSION_USER" ] || [[ $SESSION_USER =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--session-user: '$SESSION_USER' is not a user name"
-[ -z "$PIN_HASH" ] || [[ $PIN_HASH =~ ^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$ ]] \
-    || die "--staff-pin-hash: not a hash from \`classroom-agent hash-pin\`"
+if [ -n "$PIN_FILE" ]; then
+    [ -z "$PIN_HASH" ] || die "--staff-pin-file and --staff-pin-hash: give one of them"
+    [ -r "$PIN_FILE" ] || die "--staff-pin-file: cannot read '$PIN_FILE'"
+    PIN_HASH="$(grep -v '^[[:space:]]*#' "$PIN_FILE" | tr -d '[:space:]')"
+    PIN_OPT=--staff-pin-file
+else
+    PIN_OPT=--staff-pin-hash
+fi
+# scrypt$N$r$p$DIGITS$salt$hash, DIGITS 6-12 (agent/desktop/pin.py); never echo it back.
+if [ -n "$PIN_HASH" ] && ! [[ $PIN_HASH =~ ^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$([0-9]+)\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$ ]]; then
+    if [[ $PIN_HASH =~ ^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$ ]]; then
+        die "$PIN_OPT: made by an older hash-pin that allowed 4-digit PINs; make a new one of 6 or more digits"
+    fi
+    die "$PIN_OPT: not a hash from \`classroom-agent hash-pin\`"
+fi
+if [ -n "$PIN_HASH" ] && { [ "${BASH_REMATCH[1]}" -lt 6 ] || [ "${BASH_REMATCH[1]}" -gt 12 ]; }; then
+    die "$PIN_OPT: the PIN has ${BASH_REMATCH[1]} digits; a staff PIN needs 6 to 12"
+fi
+[[ $PRESS_GROUP =~ ^[a-z_][a-z0-9_.-]{0,31}$ ]] || die "--press-group: '$PRESS_GROUP' is not a group name"
+agent_group="$(id -gn "$SERVICE_USER" 2>/dev/null || echo "$SERVICE_USER")"
+[ "$PRESS_GROUP" != "$agent_group" ] || die "--press-group: must not be the agent's own group ($agent_group), which can read its config"
 if [ -n "$CREDENTIALS" ]; then
     [ -r "$CREDENTIALS" ] || die "--credentials: cannot read '$CREDENTIALS'"
     grep -Eq '^username:[[:space:]]*[^[:space:]]' "$CREDENTIALS" && grep -Eq '^password:[[:space:]]*[^[:space:]]' "$CREDENTIALS" \
@@ -207,6 +236,31 @@ else
         --comment "classroom-safety agent" "$SERVICE_USER"
 fi
 SERVICE_GROUP="$(id -gn "$SERVICE_USER" 2>/dev/null || echo "$SERVICE_USER")"
+
+# The press-only group: owns the control socket, nothing else.  The agent is in it (to
+# give it the socket) and so are the desktop users (to press); nobody else's files are
+# readable through it.
+in_group() { id -nG "$1" 2>/dev/null | tr ' ' '\n' | grep -qx "$2"; }
+if [ -n "$ROOT" ]; then
+    say "skipped (--root): on the device: groupadd --system $PRESS_GROUP; usermod -a -G $PRESS_GROUP $SERVICE_USER" \
+        "(and each desktop user)"
+else
+    if getent group "$PRESS_GROUP" >/dev/null; then
+        say "unchanged: group $PRESS_GROUP exists"
+    else
+        act groupadd --system "$PRESS_GROUP"
+    fi
+    for member in "$SERVICE_USER" $SESSION_USER; do
+        if in_group "$member" "$PRESS_GROUP"; then
+            say "unchanged: $member is in group $PRESS_GROUP"
+        elif id -u "$member" >/dev/null 2>&1 || [ "$DRY" = 1 ]; then
+            act usermod -a -G "$PRESS_GROUP" "$member"
+        else
+            say "note: user $member does not exist yet; add it later: usermod -a -G $PRESS_GROUP $member"
+        fi
+    done
+    say "note: other desktop users can press through the control socket once in $PRESS_GROUP: usermod -a -G $PRESS_GROUP USER"
+fi
 if [ -z "$ROOT" ] && getent group gpio >/dev/null; then
     if id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx gpio; then
         say "unchanged: $SERVICE_USER is in group gpio"
@@ -252,11 +306,20 @@ credentials: $ETC/credentials.yaml"
 [ -z "$CA_FILE" ] || yaml+=$'\n'"ca_file: $ETC/ca.pem"
 yaml+=$'\n'"state_dir: $STATE"
 yaml+=$'\n'"control_socket: /run/classroom-agent/control.sock"
+yaml+=$'\n'"control_group: $PRESS_GROUP"
 yaml+=$'\n'"screen_backend: $SCREEN"
 [ -z "$SESSION_USER" ] || yaml+=$'\n'"session_user: $SESSION_USER"
-[ -z "$PIN_HASH" ] || yaml+=$'\n'"staff_pin_hash: '$PIN_HASH'"
+yaml+=$'\n'"staff_pin_file: $ETC/staff-pin"
+if grep -q '^staff_pin_hash:' "$ROOT$ETC/agent.yaml" 2>/dev/null; then
+    # The old place, which the agent's group can read; the hash (maybe of a 4-digit PIN) is dropped.
+    say "note: $ETC/agent.yaml had a staff_pin_hash; the PIN hash now lives in $ETC/staff-pin only."
+    [ -n "$PIN_HASH" ] || [ -f "$ROOT$ETC/staff-pin" ] || say "note: make a new PIN of 6 or more digits:" \
+        "classroom-agent hash-pin --out pin.hash, then run this again with --staff-pin-file pin.hash"
+fi
 # (not `... | put`: a pipe would run put in a subshell and lose what it changed)
 put 640 root "$SERVICE_GROUP" "$ETC/agent.yaml" <<<"$yaml"
+# Only the agent reads the PIN hash: 0600, owned by the service user.
+[ -z "$PIN_HASH" ] || put 600 "$SERVICE_USER" "$SERVICE_GROUP" "$ETC/staff-pin" secret <<<"$PIN_HASH"
 [ -z "$CA_FILE" ] || put 644 root root "$ETC/ca.pem" <"$CA_FILE"
 # Only the agent reads its password: 0600, owned by the service user.
 if [ -n "$CREDENTIALS" ]; then
@@ -294,8 +357,21 @@ dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/firefox/policies
 step "desktop"
 # Let the agent's own user (not the pupil) draw the lock and report overlays, so the pupil
 # cannot close them: xhost on X11, an ACL on the Wayland socket (scripts/session-grant.sh).
-# X11 sessions run Xsession.d; labwc and wayfire run XDG autostart entries.
+# X11 sessions run Xsession.d; labwc and wayfire run XDG autostart entries.  The pupil
+# could revoke those, so LightDM also hands the agent the X server's own cookie when the
+# display starts (display-setup-script, as root), which nothing the pupil runs can revoke.
 put 755 root root /usr/local/libexec/classroom-safety-grant <"$SOURCE/scripts/session-grant.sh"
+if [ -d "$ROOT/etc/lightdm" ]; then
+    put 644 root root /etc/lightdm/lightdm.conf.d/90-classroom-safety.conf <<EOF
+# classroom-safety: the X server's cookie for the agent ($SERVICE_USER), so the pupil cannot
+# shut the report and lock overlays out of the display.  If another display-setup-script is
+# needed, have it call this one too.
+[Seat:*]
+display-setup-script=/usr/local/libexec/classroom-safety-grant --display-setup $SERVICE_USER
+EOF
+else
+    say "note: no LightDM here; on X11 the overlays rely on the session's xhost grant (docs/deploy-pi.md)"
+fi
 put 644 root root /etc/X11/Xsession.d/90classroom-safety <<EOF
 # classroom-safety: the agent ($SERVICE_USER) may draw the lock and report overlays.
 /usr/local/libexec/classroom-safety-grant $SERVICE_USER || true

@@ -1,6 +1,7 @@
 """Fixtures for the lock / sessions / guard tests: a recording command runner, a real
-Xvfb display, and a real program named like a bypass tool.  The runtime these tests
-give their components is tests/fake_runtime.py's ``FakeRuntime``.
+Xvfb display (``xvfb``; ``x11_session``: one that asks for a cookie, as a display
+manager's does, with a pupil at it), and a real program named like a bypass tool.  The
+runtime these tests give their components is tests/fake_runtime.py's ``FakeRuntime``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,104 @@ def xvfb():
         yield SimpleNamespace(display=display, env=env, proc=proc)
     finally:
         terminate(proc)
+
+
+class X11Session:
+    """An X display that wants the MIT cookie, as LightDM's does, and its pupil (``nobody``).
+
+    ``display_setup(dir)`` is LightDM's display-setup hook (scripts/session-grant.sh
+    --display-setup, as root): the server's cookie for the agent's user (root in the
+    tests).  The pupil has their own copy, as ~/.Xauthority, and runs X clients with
+    ``pupil(*argv)``; ``grant()`` is the session's login hook, run as the pupil, letting
+    the agent's user draw by ``xhost``.  ``agent_cookie`` is a root-only copy for tests
+    that look at the display themselves."""
+
+    user = "nobody"
+
+    def __init__(self, tmp_path: Path):
+        import secrets
+        import shutil
+        import tempfile
+
+        from services import require_root
+
+        require_root()
+        for tool in ("Xvfb", "xauth", "xhost", "xdotool", "xwininfo"):
+            require_binary(tool)
+        cookie = secrets.token_hex(16)
+        server_auth = self.server_auth = tmp_path / "server.auth"
+        self._xauth(server_auth, ":0", cookie)  # the server takes every record, whatever its display
+        read_fd, write_fd = os.pipe()
+        self.proc = spawn([shutil.which("Xvfb"), "-displayfd", str(write_fd), "-auth", str(server_auth),
+                           "-screen", "0", "1024x768x24", "-nolisten", "tcp",
+                           # no reset when the last client leaves: that would drop the session's grant
+                           "-noreset"],
+                          pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            number = f.readline().strip()
+        assert number.isdigit(), "Xvfb did not report its display"
+        self.display = f":{number}"
+        self.agent_cookie = tmp_path / "agent.xauth"
+        self._xauth(self.agent_cookie, self.display, cookie)
+        self.home = Path(tempfile.mkdtemp(prefix="pupil-home-", dir="/tmp"))
+        self.pupil_cookie = self.home / ".Xauthority"
+        self._xauth(self.pupil_cookie, self.display, cookie)
+        import pwd
+
+        entry = pwd.getpwnam(self.user)
+        for path in (self.home, self.pupil_cookie):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.uid = entry.pw_uid
+
+    @staticmethod
+    def _xauth(path: Path, display: str, cookie: str) -> None:
+        subprocess.run(["xauth", "-f", str(path), "add", display, "MIT-MAGIC-COOKIE-1", cookie],
+                       check=True, capture_output=True)
+        os.chmod(path, 0o600)
+
+    def pupil_argv(self, *argv: str) -> list[str]:
+        return ["runuser", "-u", self.user, "--", "env", "-i", "PATH=/usr/bin:/bin", f"HOME={self.home}",
+                f"DISPLAY={self.display}", f"XAUTHORITY={self.pupil_cookie}", *argv]
+
+    def pupil(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run an X client as the pupil, with their own cookie."""
+        out = subprocess.run(self.pupil_argv(*argv), capture_output=True, text=True, timeout=30)
+        assert not check or out.returncode == 0, f"{argv}: {out.stderr}"
+        return out
+
+    def grant(self) -> None:
+        import shutil
+
+        script = self.home / "session-grant.sh"  # where the pupil can read it
+        shutil.copy(Path(__file__).resolve().parent.parent / "scripts/session-grant.sh", script)
+        out = subprocess.run(self.pupil_argv("sh", str(script), "root"), capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+
+    def display_setup(self, directory: Path, agent_user: str = "root") -> Path:
+        """LightDM's display-setup hook (scripts/session-grant.sh --display-setup), as root:
+        the server's cookie for the agent, in *directory* instead of /run/classroom-safety."""
+        repo = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["sh", str(repo / "scripts/session-grant.sh"), "--display-setup", agent_user],
+                             env={"PATH": "/usr/bin:/bin", "DISPLAY": self.display, "XAUTHORITY": str(self.server_auth),
+                                  "CLASSROOM_XAUTH_DIR": str(directory)}, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return directory / "Xauthority"
+
+    def close(self) -> None:
+        import shutil
+
+        terminate(self.proc)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture
+def x11_session(tmp_path):
+    session = X11Session(tmp_path)
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 def _has(name):

@@ -25,6 +25,16 @@ CONFIG_DIR = REPO / "config"
 PREFIX = "classroom/v1/penny-acres/1a/1a-pi-01"
 
 
+def pin_file(directory: Path, pin: str) -> str:
+    """A staff PIN file as install-agent.sh writes it (the hash, mode 0600)."""
+    from agent.desktop.pin import hash_pin
+
+    path = Path(directory) / "staff-pin"
+    path.write_text(hash_pin(pin) + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
 def bootstrap(tmp_path: Path, broker=None, **overrides) -> AgentBootstrap:
     port = broker.port if broker is not None else 1
     fields = dict(device="1a-pi-01", site="penny-acres", broker_url=f"mqtt://127.0.0.1:{port}",

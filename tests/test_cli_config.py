@@ -109,6 +109,42 @@ def test_check_config_device_not_in_tree(tmp_path, capsys):
         f"{boot}:3: device: unknown device '5b-pi-09' (did you mean '5b-pi-02'?) in {ROOT / 'config'}")
 
 
+def test_check_config_refuses_a_pin_hash_in_agent_yaml_and_a_short_old_or_exposed_pin_file(tmp_path, capsys):
+    """The PIN hash only in a file only the agent can read, of a PIN of 6 digits or more (issue 14, items 5, 11)."""
+    import base64
+    import hashlib
+
+    from agent.desktop.pin import hash_pin
+
+    pin_file = tmp_path / "staff-pin"
+    boot = tmp_path / "agent.yaml"
+    example = (ROOT / "config/agent.example.yaml").read_text()
+    boot.write_text(example + f"staff_pin_hash: '{hash_pin('246801')}'\n")
+    assert run(agent_cli.main, "check-config", str(boot)) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{boot}:{len(example.splitlines()) + 1}: staff_pin_hash: no longer read from "
+                             "agent.yaml, where the agent's group can read it; put it in staff_pin_file")
+    assert err[1:] == ["classroom-agent: 1 problem(s) found"]
+
+    boot.write_text(example + f"staff_pin_file: {pin_file}\n")
+    b64 = lambda b: base64.b64encode(b).decode().rstrip("=")  # noqa: E731
+    five = hash_pin("246801").split("$")
+    five[4] = "5"                                              # what a 5-digit PIN's hash says
+    old = "scrypt$16384$8$1${}${}".format(b64(b"salt"), b64(hashlib.scrypt(b"2468", salt=b"salt", n=16384, r=8, p=1)))
+    for content, mode, message in (
+            (old, 0o600, "made by an older hash-pin that allowed 4-digit PINs; make a new one of 6 or more digits"),
+            ("$".join(five), 0o600, "the PIN has 5 digits; a staff PIN needs 6 or more"),
+            (hash_pin("246801"), 0o640, "mode 0640 lets others read the PIN hash; make it 0600")):
+        pin_file.write_text(content + "\n")
+        pin_file.chmod(mode)
+        assert run(agent_cli.main, "check-config", str(boot)) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith(f"{pin_file}:1: staff_pin_file: {message}")
+        assert err[1:] == ["classroom-agent: 1 problem(s) found"]
+    pin_file.chmod(0o600)
+    assert run(agent_cli.main, "check-config", str(boot)) == 0
+
+
 def test_check_config_yaml_syntax(tmp_path, capsys):
     boot = tmp_path / "agent.yaml"
     boot.write_text("device: a\nsite: [b\n")

@@ -101,6 +101,87 @@ def test_a_process_that_execs_into_a_bypass_tool_is_caught(tmp_path, rt):
         tool.close()
 
 
+class InstalledTool:
+    """A real program installed on the device as a bypass tool (``bin/NAME``: a copy of
+    *source* with bytes of its own appended, so its hash is nobody else's), and a pupil's
+    folder to copy it into under a name of their own (``cp /usr/bin/tor ~/x; ~/x``)."""
+
+    def __init__(self, name: str = "tor", source: str = "/bin/sleep"):
+        import os
+        import secrets
+        import tempfile
+        from pathlib import Path
+
+        self.root = Path(tempfile.mkdtemp(prefix="installed-", dir="/tmp"))
+        self.root.chmod(0o755)
+        self.bin = self.root / "bin"
+        self.bin.mkdir(mode=0o755)
+        self.path = self.bin / name
+        self.path.write_bytes(Path(source).read_bytes() + secrets.token_bytes(32))
+        self.path.chmod(0o755)
+        self.home = self.root / "home"                          # the pupil's own folder
+        self.home.mkdir()
+        os.chown(self.home, 65534, 65534)
+
+    def close(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how,matched", [("cp", "sha256"), ("ln -s", "path")])
+def test_a_renamed_copy_or_a_link_of_an_installed_tool_is_caught(rt, how, matched):
+    from services import require_root
+
+    require_root()
+    tool = InstalledTool("tor")
+    # The pupil's own copy (or link) under a harmless name, run from their folder.
+    pupil = PupilTool("x", script=f'{how} "{tool.path}" "{tool.home}/notes" && exec "{tool.home}/notes" 300')
+    bystander = PupilTool("notes")                            # a different program with the same name
+    guard = Guard(bypass_processes=["tor"], end_bypass_processes=True, watch_mounts=[], use_watchdog=False,
+                  search_path=[str(tool.bin)])
+    guard.runtime = rt
+    try:
+        assert guard.known_paths[str(tool.path)] == "tor" and "tor" in guard.known_hashes.values()
+        wait_until(lambda: pupil.comm() == "notes", timeout=5)  # neither its name nor argv[0] says tor
+        found = guard.check_processes()
+        assert [(f["pid"], f["name"], f["matched"]) for f in found] == [(pupil.pid, "tor", matched)]
+        assert pupil.wrapper.wait(timeout=10) is not None       # ended
+        [ev] = rt.of_type("bypass_process")
+        assert (ev["name"], ev["action"], ev["user"], ev["matched"]) == ("tor", "ended", "nobody", matched)
+        assert ev["exe"].startswith(str(tool.path) if matched == "path" else str(tool.home))
+        assert bystander.wrapper.poll() is None                 # same name, other program: left alone
+    finally:
+        pupil.close()
+        bystander.close()
+        tool.close()
+
+
+def test_a_renamed_copy_of_a_tool_that_hides_itself_is_caught_by_its_file(rt):
+    """Tor makes itself non-dumpable (DisableDebuggerAttachment), which closes
+    /proc/PID/exe even to its own user; ssh-agent does the same, so a renamed copy of it
+    stands in: the file its argv[0] names is what is hashed."""
+    from services import require_binary, require_root
+
+    require_root()
+    tool = InstalledTool("ssh-agent", source=require_binary("ssh-agent"))
+    pupil = PupilTool("x", script=f'cp "{tool.path}" "{tool.home}/notes" && '
+                                  f'exec "{tool.home}/notes" -D -a "{tool.home}/agent.sock"')
+    guard = Guard(bypass_processes=["ssh-agent"], end_bypass_processes=True, watch_mounts=[], use_watchdog=False,
+                  search_path=[str(tool.bin)])
+    guard.runtime = rt
+    try:
+        wait_until(lambda: pupil.comm() == "notes" and (tool.home / "agent.sock").exists(), timeout=10)
+        hidden = subprocess.run(["runuser", "-u", "nobody", "--", "readlink", f"/proc/{pupil.pid}/exe"],
+                                capture_output=True, text=True)
+        assert hidden.returncode != 0                          # not even its own user may look
+        found = guard.check_processes()
+        assert [(f["pid"], f["name"], f["matched"], f["action"]) for f in found] == \
+            [(pupil.pid, "ssh-agent", "sha256", "ended")]
+        assert rt.of_type("bypass_process")[0]["exe"] == str(tool.home / "notes")
+    finally:
+        pupil.close()
+        tool.close()
+
+
 def test_site_guard_config_is_used_and_blank_names_ignored(rt):
     guard = Guard()
     guard.runtime = rt

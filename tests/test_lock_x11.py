@@ -19,7 +19,7 @@ from services import require_binary, wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.integration]
 
-PIN = "2468"
+PIN = "246801"
 
 
 def visible_overlay(env) -> tuple[int, int] | None:
@@ -55,7 +55,7 @@ def test_staff_lock_shows_a_full_screen_window_only_the_pin_clears(xvfb, tmp_pat
         # Escape, Alt+F4 and a wrong PIN do nothing a pupil could use.
         xdotool(xvfb.env, "key", "Escape")
         xdotool(xvfb.env, "key", "alt+F4")
-        xdotool(xvfb.env, "type", "1111")
+        xdotool(xvfb.env, "type", "111111")
         xdotool(xvfb.env, "key", "Return")
         assert comp.is_locked and visible_overlay(xvfb.env) == (1024, 768)
 

@@ -1,6 +1,6 @@
 """The overlay's toolkit-free half (agent/desktop/programs/overlay_core.py): the JSON-lines conversation with
-the agent, malformed lines, the staff PIN and its lockout, and what happens when the
-agent goes away.  Both real drawings (Tk under Xvfb, GTK under sway) are tested in
+the agent, malformed lines, the staff PIN and its growing back-off (handed over by the
+agent, so a restart does not reset it), and what happens when the agent goes away.  Both real drawings (Tk under Xvfb, GTK under sway) are tested in
 test_screen.py and test_screen_wayland.py."""
 
 import io
@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from agent.desktop.programs.overlay_core import LOCKOUT_SECONDS, MAX_TRIES, STAFF_HINT, OverlayCore
-from agent.desktop.pin import hash_pin
+from agent.desktop.programs.overlay_core import STAFF_HINT, WAIT_HINT, WRONG_HINT, OverlayCore
+from agent.desktop.pin import PinBackoff, hash_pin
 
 RAISED = "Well done for telling. A grown-up is coming."
+PIN = "246801"
 
 
 class Drawing(OverlayCore):
@@ -58,7 +59,7 @@ class Clock:
 @pytest.fixture
 def overlay():
     o = Drawing(Clock())
-    o.feed(json.dumps({"op": "config", "pin_hash": hash_pin("2468")}).encode() + b"\n")
+    o.feed(json.dumps({"op": "config", "pin_hash": hash_pin(PIN)}).encode() + b"\n")
     return o
 
 
@@ -101,6 +102,13 @@ def test_malformed_lines_are_ignored_with_a_message(overlay, capsys, line, why):
     assert not overlay.visible
 
 
+def test_a_mangled_config_line_never_shows_the_pin_hash(overlay, capsys):
+    pin_hash = hash_pin(PIN)
+    overlay.feed(b'{"op": "config", "pin_hash": "' + pin_hash.encode() + b'"\n')   # no closing brace
+    err = capsys.readouterr().err
+    assert "ignored bad line" in err and pin_hash.split("$")[-1][:12] not in err and "scrypt" not in err
+
+
 def test_escape_alt_f4_and_letters_do_nothing_the_pin_clears(overlay):
     overlay.feed(b'{"op": "show", "message": "hi"}\n')
     for keysym, char in (("Escape", "\x1b"), ("F4", ""), ("Tab", "\t"), ("w", "w"), ("q", "q")):
@@ -110,28 +118,51 @@ def test_escape_alt_f4_and_letters_do_nothing_the_pin_clears(overlay):
     type_keys(overlay, "45", enter=False)
     overlay.key("BackSpace")
     assert overlay.hint == "\u25cf\u25cf"
-    type_keys(overlay, "68")                                  # "2" + "4" + "68"
+    type_keys(overlay, "6801")                                # "2" + "4" + "6801"
     assert not overlay.visible
-    assert overlay.events()[-2:] == [{"event": "cleared", "by": "staff-pin"}, {"event": "hidden"}]
+    cleared, hidden = overlay.events()[-2:]
+    assert (cleared["event"], cleared["by"], hidden) == ("cleared", "staff-pin", {"event": "hidden"})
 
 
-def test_wrong_pins_lock_entry_for_a_while(overlay):
+def test_wrong_pins_cost_a_growing_wait_reported_to_the_agent(overlay):
     overlay.feed(b'{"op": "show", "message": "hi"}\n')
-    for _ in range(MAX_TRIES):
-        type_keys(overlay, "1111")
-    assert overlay.hint == "Staff: that PIN was not right"
-    type_keys(overlay, "2468")                                # right, but locked out
-    assert overlay.visible and overlay.hint == "Too many tries. Wait a moment."
-    overlay.clock.now += LOCKOUT_SECONDS
-    type_keys(overlay, "2468")
+    for _ in range(PinBackoff.FREE_TRIES - 1):
+        type_keys(overlay, "111111")
+        assert overlay.hint == WRONG_HINT                     # a slip or two costs nothing
+    type_keys(overlay, "111111")
+    assert overlay.hint == WAIT_HINT
+    type_keys(overlay, PIN)                                   # right, but not even checked while waiting
+    assert overlay.visible and overlay.hint == WAIT_HINT
+    overlay.clock.now += PinBackoff.BASE_SECONDS
+    type_keys(overlay, "111111")                              # the next wrong one waits twice as long
+    overlay.clock.now += PinBackoff.BASE_SECONDS
+    type_keys(overlay, PIN)
+    assert overlay.visible
+    overlay.clock.now += PinBackoff.BASE_SECONDS
+    type_keys(overlay, PIN)
     assert not overlay.visible
-    assert [e["event"] for e in overlay.events()].count("pin_wrong") == MAX_TRIES
+    wrong = [e for e in overlay.events() if e["event"] == "pin_wrong"]
+    assert [e["backoff"]["failures"] for e in wrong] == [1, 2, 3, 4]
+    assert wrong[-1]["backoff"]["locked_until"] == 1000.0 + PinBackoff.BASE_SECONDS + 2 * PinBackoff.BASE_SECONDS
+    assert overlay.events()[-2]["event"] == "cleared" and overlay.events()[-2]["backoff"]["failures"] == 0
+
+
+def test_the_agents_backoff_is_what_a_new_overlay_enforces(overlay):
+    """An overlay started after a restart gets the device's back-off from the agent."""
+    saved = PinBackoff(failures=7, locked_until=overlay.clock.now + 600, last_failure=overlay.clock.now)
+    overlay.feed(json.dumps({"op": "show", "message": "hi", "backoff": saved.to_dict()}).encode() + b"\n")
+    type_keys(overlay, PIN)
+    assert overlay.visible and overlay.hint == WAIT_HINT
+    overlay.clock.now += 600
+    type_keys(overlay, "111111")                              # the 8th wrong try: the longest wait yet
+    assert overlay.events()[-1]["backoff"]["failures"] == 8
+    assert overlay.backoff.wait(overlay.clock.now) == min(PinBackoff.MAX_SECONDS, PinBackoff.BASE_SECONDS * 2 ** 5)
 
 
 def test_no_pin_configured_means_only_the_agent_clears(overlay):
     overlay.feed(b'{"op": "config", "pin_hash": 1234}\n{"op": "show", "message": "hi"}\n')
     assert overlay.pin_hash is None
-    type_keys(overlay, "2468")
+    type_keys(overlay, PIN)
     assert overlay.visible
 
 
@@ -139,7 +170,7 @@ def test_agent_gone_while_shown_keeps_it_up_until_the_pin(overlay):
     overlay.feed(b'{"op": "show", "message": "hi"}\n')
     overlay.feed(b"")                                         # the agent died
     assert overlay.visible and not overlay.quitted
-    type_keys(overlay, "2468")
+    type_keys(overlay, PIN)
     assert not overlay.visible and overlay.quitted
 
 

@@ -11,7 +11,6 @@ from gpiozero.pins.mock import MockFactory
 from agent import protocol
 from agent.core.clock import FakeClock
 from agent.core.runtime import Runtime
-from agent.desktop.pin import hash_pin
 from agent.report.screen import Screen
 from runtime_fixtures import bootstrap
 from services import wait_until
@@ -189,13 +188,16 @@ def test_wrong_alert_id_is_ignored_with_a_log_line(make, caplog):
                      f"ignored ack of alert {other} by a.jones: the open alert is {rt.report.alert['id']}"]
 
 
-def test_staff_pin_clears(make):
-    pin_hash = hash_pin("2468")
-    rt, _, _ = make(staff_pin_hash=pin_hash)
+def test_staff_pin_clears(make, tmp_path):
+    from agent.desktop.pin import read_pin_file
+    from runtime_fixtures import pin_file
+
+    rt, _, _ = make(staff_pin_file=pin_file(tmp_path, "246801"))
+    pin_hash = read_pin_file(rt.bootstrap.staff_pin_file)
     rt.press("button")
     barrier(rt)
-    assert not rt.screen.try_pin("1111", pin_hash)
-    assert rt.screen.try_pin("2468", pin_hash)
+    assert not rt.screen.try_pin("111111", pin_hash)
+    assert rt.screen.try_pin("246801", pin_hash)
     barrier(rt)
     assert sent(rt, "alert")[-1]["state"] == "cleared" and sent(rt, "alert")[-1]["by"] == "staff-pin"
     assert rt.report.alert is None and not rt.led.is_lit

@@ -204,6 +204,70 @@ def test_cli_press_and_status_through_the_control_socket(tmp_path, agent):
     assert out.returncode == 1 and out.stderr.startswith("classroom-agent: error: cannot reach the agent at")
 
 
+PUPIL_CLIENT = r"""
+import json, socket, sys
+with socket.socket(socket.AF_UNIX) as s:
+    try:
+        s.connect(sys.argv[1])
+    except OSError as exc:
+        print(json.dumps({"connect": exc.strerror}))
+        sys.exit(0)
+    s.sendall(sys.argv[2].encode() + b"\n")
+    print(s.makefile().readline().strip())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_press_group_may_press_and_nothing_else(tmp_path, mosquitto):
+    """A desktop user in the press group (``nogroup`` here, ``nobody``'s) reaches the socket
+    and may press; ``status`` and any other op are for root and the agent only (peer
+    credentials); an account outside the group cannot connect at all.  (issue 14, item 5)"""
+    import grp
+    import shutil
+    import stat
+    import tempfile
+
+    from services import require_root
+
+    require_root("running clients as other users")
+    private = Path(tempfile.mkdtemp(prefix="agent-run-", dir="/tmp"))   # like the unit's RuntimeDirectory
+    private.chmod(0o750)
+    sock = private / "control.sock"
+    pins = MockFactory()
+    rt = Runtime(bootstrap(tmp_path, mosquitto, control_socket=str(sock), control_group="nogroup"),
+                 clock=FakeClock(), screen=Screen(), pin_factory=pins).start()
+
+    def client(user_args, req):
+        out = subprocess.run([*user_args, "/usr/bin/python3", "-I", "-c", PUPIL_CLIENT, str(sock), json.dumps(req)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+    pupil = ["runuser", "-u", "nobody", "--"]
+    outsider = ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "--"]
+    try:
+        nogroup = grp.getgrnam("nogroup").gr_gid
+        assert (os.stat(sock).st_gid, stat.S_IMODE(os.stat(sock).st_mode)) == (nogroup, 0o660)
+        assert (private.stat().st_gid, stat.S_IMODE(private.stat().st_mode)) == (nogroup, 0o710)  # traverse only
+        listing = subprocess.run([*pupil, "ls", str(private)], capture_output=True, text=True)
+        assert listing.returncode != 0 and "permission denied" in listing.stderr.lower()
+
+        assert client(pupil, {"op": "ping"}) == {"ok": True}
+        refused = client(pupil, {"op": "status"})
+        assert refused["ok"] is False and "status" in refused["error"] and "may only ping and press" in refused["error"]
+        assert "status" not in client(pupil, {"op": "explode"})["error"]   # no list of the other ops either
+        assert client(pupil, {"op": "press", "source": "key"}) == {"ok": True}
+        wait_until(lambda: rt.report.alert, 10)
+        assert rt.report.alert["source"] == "key" and rt.screen.is_blank
+
+        assert client(outsider, {"op": "press"}) == {"connect": "Permission denied"}
+        assert request(sock, {"op": "status"})["status"]["alert"]["state"] == "raised"  # root still may
+    finally:
+        pins.pin(17).drive_high()
+        rt.stop()
+        pins.close()
+        shutil.rmtree(private, ignore_errors=True)
+
+
 @pytest.mark.timeout(60)
 def test_cli_bad_input_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -212,14 +276,15 @@ def test_cli_bad_input_is_one_line(tmp_path):
     cases = [
         (["run", "--config", str(tmp_path / "missing.yaml")], "missing.yaml: cannot read"),
         (["run", "--config", str(bad)], f"{bad}:4: broker_url: "),
-        (["hash-pin", "--pin", "12ab"], "PIN: a staff PIN is 4 to 12 digits"),
+        (["hash-pin", "--pin", "12ab"], "PIN: a staff PIN is 6 to 12 digits"),
+        (["hash-pin", "--pin", "2468"], "PIN: a staff PIN is 6 to 12 digits"),
     ]
     for argv, expected in cases:
         out = subprocess.run([*AGENT, *argv], capture_output=True, text=True, env=env, timeout=30)
         assert out.returncode == 1, argv
         assert out.stderr.count("\n") == 1 and out.stderr.startswith("classroom-agent: error: ")
         assert expected in out.stderr, out.stderr
-    out = subprocess.run([*AGENT, "hash-pin", "--pin", "2468"], capture_output=True, text=True, env=env, timeout=30)
+    out = subprocess.run([*AGENT, "hash-pin", "--pin", "246801"], capture_output=True, text=True, env=env, timeout=30)
     from agent.desktop.pin import verify_pin
 
-    assert out.returncode == 0 and verify_pin("2468", out.stdout.strip())
+    assert out.returncode == 0 and verify_pin("246801", out.stdout.strip())

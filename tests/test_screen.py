@@ -26,18 +26,18 @@ SEEN = "A grown-up has seen your message."
 
 @pytest.fixture(scope="module")
 def pin_hash():
-    return hash_pin("2468")
+    return hash_pin("246801")
 
 
 def test_pin_hash_round_trip_and_bad_input(pin_hash):
-    assert pin_hash.startswith("scrypt$16384$8$1$")
-    assert verify_pin("2468", pin_hash)
-    assert not verify_pin("2469", pin_hash)
-    assert hash_pin("2468") != pin_hash                       # salted
-    for stored in (None, "", "2468", "md5$x", "scrypt$a$b$c$d$e", "scrypt$16384$8$1$!!$!!", pin_hash[:-6]):
-        assert not verify_pin("2468", stored)
-    for bad in ("12", "abcd", "1234567890123", ""):
-        with pytest.raises(ValueError, match="4 to 12 digits"):
+    assert pin_hash.startswith("scrypt$16384$8$1$6$")        # the PIN's length is in the hash
+    assert verify_pin("246801", pin_hash)
+    assert not verify_pin("246802", pin_hash)
+    assert hash_pin("246801") != pin_hash                     # salted
+    for stored in (None, "", "246801", "md5$x", "scrypt$a$b$c$d$e", "scrypt$16384$8$1$6$!!$!!", pin_hash[:-6]):
+        assert not verify_pin("246801", stored)
+    for bad in ("12", "2468", "24680", "abcdef", "1234567890123", ""):
+        with pytest.raises(ValueError, match="6 to 12 digits"):
             hash_pin(bad)
 
 
@@ -82,10 +82,10 @@ def test_headless_staff_pin(pin_hash):
     cleared = []
     screen.when_cleared = cleared.append
     screen.blank(RAISED)
-    assert not screen.try_pin("1111", pin_hash)
+    assert not screen.try_pin("111111", pin_hash)
     assert screen.is_blank and cleared == []
-    assert not screen.try_pin("2468", None)                   # no PIN configured: only a clear command works
-    assert screen.try_pin("2468", pin_hash)
+    assert not screen.try_pin("246801", None)                 # no PIN configured: only a clear command works
+    assert screen.try_pin("246801", pin_hash)
     assert not screen.is_blank and cleared == ["staff-pin"]
 
 
@@ -265,12 +265,12 @@ def test_x11_overlay_ignores_escape_and_alt_f4_and_clears_with_pin(xvfb, pin_has
         screen.set_message(SEEN)
         for key in ("Escape", "alt+F4", "ctrl+w", "alt+Tab"):
             _x(xvfb, "xdotool", "key", key)
-        _x(xvfb, "xdotool", "type", "1357")                   # a wrong PIN...
+        _x(xvfb, "xdotool", "type", "135791")                 # a wrong PIN...
         _x(xvfb, "xdotool", "key", "Return")
         # ...answered after the keys before it were handled: X delivers them in order.
-        wait_until(lambda: {"event": "pin_wrong"} in events, 10)
+        wait_until(lambda: any(e.get("event") == "pin_wrong" for e in events), 10)
         assert _visible(xvfb) and screen.is_blank and cleared == []
-        _x(xvfb, "xdotool", "type", "2468")
+        _x(xvfb, "xdotool", "type", "246801")
         _x(xvfb, "xdotool", "key", "Return")
         wait_until(lambda: cleared == ["staff-pin"], 10, message=lambda: f"events: {events}")
         assert not screen.is_blank

@@ -35,7 +35,7 @@ SEEN = "A grown-up has seen your message."
 
 @pytest.fixture(scope="module")
 def pin_hash():
-    return hash_pin("2468")
+    return hash_pin("246801")
 
 
 @pytest.fixture
@@ -92,12 +92,12 @@ def test_blank_covers_the_output_with_the_message_and_only_the_pin_clears_it(wat
     watched.screen.set_message(SEEN)                          # the teacher acknowledged
     assert watched.drawn()["shown"] and watched.drawn()["message"] == SEEN
 
-    wtype(sway_session, "1111", "-k", "Return")
+    wtype(sway_session, "111111", "-k", "Return")
     watched.next("pin_wrong")
     assert watched.drawn()["hint"] == "Staff: that PIN was not right"
     assert watched.screen.is_blank and watched.cleared == []
 
-    wtype(sway_session, "2468", "-k", "Return")
+    wtype(sway_session, "246801", "-k", "Return")
     watched.next("cleared")
     watched.next("hidden")
     assert watched.cleared == ["staff-pin"] and not watched.screen.is_blank
@@ -230,12 +230,13 @@ def test_the_agent_end_to_end_press_ack_on_screen_and_the_pin_clear_published(tm
 
     from agent.core.clock import FakeClock
     from agent.core.runtime import Runtime
-    from runtime_fixtures import PREFIX, Subscriber, bootstrap, publish
+    from runtime_fixtures import PREFIX, Subscriber, bootstrap, pin_file, publish
 
     sub = Subscriber(mosquitto, PREFIX + "/alert")
     pins = MockFactory()
     rt = Runtime(bootstrap(tmp_path, mosquitto, screen_backend="wayland", session_user=sway_session.user,
-                           staff_pin_hash=pin_hash), clock=FakeClock(), pin_factory=pins).start()
+                           staff_pin_file=pin_file(tmp_path, "246801")), clock=FakeClock(),
+                 pin_factory=pins).start()
     try:
         overlay = rt.screen.backend
         assert isinstance(overlay, WaylandBackend)
@@ -250,7 +251,7 @@ def test_the_agent_end_to_end_press_ack_on_screen_and_the_pin_clear_published(tm
         publish(mosquitto, PREFIX + "/cmd", {"cmd": "ack", "alert_id": raised["id"], "by": "a.jones"})
         wait_until(lambda: drawn().get("message") == SEEN, timeout=15, message=lambda: f"still {drawn()}")
 
-        wtype(sway_session, "2468", "-k", "Return")
+        wtype(sway_session, "246801", "-k", "Return")
         cleared = sub.wait_for("alert", state="cleared")
         assert (cleared["id"], cleared["by"]) == (raised["id"], "staff-pin")
         wait_until(lambda: drawn().get("shown") is False, timeout=15, message=lambda: f"still {drawn()}")

@@ -66,7 +66,7 @@ def headless_sway(log_path: Path, user: str = USER) -> Iterator[Session]:
 
 
 def wtype(session: Session, *args: str) -> None:
-    """Type into the session as its user: ``wtype(s, "2468", "-k", "Return")``."""
+    """Type into the session as its user: ``wtype(s, "246801", "-k", "Return")``."""
     binary = require_binary("wtype")
     # Each wtype run is a new virtual keyboard, and the first key it sends can arrive
     # before the client has its keymap and be dropped; a Shift tap goes first.

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # --------------------------------------------------------------------------- values
 
@@ -394,6 +394,17 @@ class Room(Model):
 class AgentBootstrap(Model):
     """The small per-device file (/etc/classroom-safety/agent.yaml)."""
 
+    @field_validator("staff_pin_hash")
+    @classmethod
+    def _no_pin_hash_here(cls, value):
+        if value is not None:
+            # agent.yaml is readable by the agent's group; a hash there can be cracked offline.
+            raise ValueError("no longer read from agent.yaml, where the agent's group can read it; put it in "
+                             "staff_pin_file (/etc/classroom-safety/staff-pin, mode 0600, owner the agent's user: "
+                             "`classroom-agent hash-pin --out FILE`, or install-agent.sh --staff-pin-hash) "
+                             "and delete this line")
+        return value
+
     device: Id = Field(description="This device's id, as in its room file.")
     site: Id = Field(description="The school's site id.")
     broker_url: MqttUrl = Field(description="MQTT broker URL.")
@@ -405,6 +416,10 @@ class AgentBootstrap(Model):
                            description="Outbox and cached config live here; one agent per state_dir (the outbox is locked).")
     control_socket: str = Field(default="/run/classroom-agent/control.sock",
                                 description="Local socket for `classroom-agent press` and status.")
+    control_group: str | None = Field(
+        default="classroom-press",
+        description="Group whose members may press the report button through control_socket, and do nothing "
+        "else there: the desktop users. Never the agent's own group (which can read this file and the outbox).")
     config_dir: str | None = Field(default=None, description="Use a local config tree instead of the collector (demo/offline).")
     pin_factory: str | None = Field(default=None,
                                     description="gpiozero pin factory (lgpio, rpigpio, mock); default from GPIOZERO_PIN_FACTORY.")
@@ -412,7 +427,12 @@ class AgentBootstrap(Model):
         default="auto", description="Report blank: wayland (layer-shell overlay with message and PIN), swaylock "
         "(Wayland without layer-shell: no message), x11 (Tk overlay), headless; auto detects.")
     session_user: str | None = Field(default=None, description="Desktop user whose screen is blanked; default: detected.")
-    staff_pin_hash: str | None = Field(default=None, description="Hashed staff PIN that clears the screen on the device.")
+    staff_pin_file: str | None = Field(
+        default="/etc/classroom-safety/staff-pin",
+        description="File (mode 0600, owned by the agent's user) with the staff PIN's hash from `classroom-agent "
+        "hash-pin`; the PIN (6 to 12 digits) clears the blank and the lock on the device. No file: no PIN.")
+    staff_pin_hash: str | None = Field(
+        default=None, description="Refused: the PIN hash lives in staff_pin_file, which only the agent can read.")
     chromium_policy_dir: str = Field(default="/etc/chromium/policies/managed")
     firefox_policy_dir: str = Field(default="/etc/firefox/policies",
                                     description="Where Firefox (Debian's firefox-esr too) reads policies.json.")

@@ -42,6 +42,7 @@ from ..config import ConfigInvalid, ConfigTree, effective_policy, load_tree
 from ..config.pins import make_pin_factory
 from ..desktop.backends import make_desktop
 from ..desktop.base import Desktop
+from ..desktop.pin import load_staff_pin
 from ..desktop.session import Session, pick_desktop, read_sessions
 from ..errors import problems_line
 from ..report.alert import Report
@@ -75,8 +76,8 @@ class Runtime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.sessions = sessions
         self.desktop = desktop or make_desktop(bootstrap.screen_backend, session_user=bootstrap.session_user,
-                                               staff_pin_hash=bootstrap.staff_pin_hash,
-                                               session_fn=self.desktop_session)
+                                               staff_pin_hash=load_staff_pin(bootstrap.staff_pin_file),
+                                               session_fn=self.desktop_session, state_dir=self.state_dir)
         self.screen = screen or Screen(self.desktop.screen)
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(bootstrap.pin_factory)
         self.outbox = Outbox(self.state_dir / "outbox.db", max_rows=outbox_max_rows)
@@ -145,7 +146,7 @@ class Runtime:
                 "press": lambda req: self.press(str(req.get("source") or "control")),
                 # status is read on the queue thread, so it sees a consistent state
                 "status": lambda req: {"status": self.call(self.status, timeout=5)},
-            })
+            }, group=self.bootstrap.control_group)
             self.control.start()
         self.notifier.ready(f"device {self.bootstrap.device}, config {self.tree.version if self.tree else 'none yet'}")
         return self

@@ -3,11 +3,15 @@
 ``screen_backend`` in agent.yaml names the kind; ``auto`` detects it once, here:
 
 * ``wayland``  -- labwc/wayfire (Raspberry Pi OS): the layer-shell overlay for the
-  report blank (swaylock if its packages are missing, the X11 overlay via Xwayland if
-  swaylock is missing too), swaylock for locks, swayidle for idle time.
+  report blank and for staff and timetable locks (swaylock if its packages are missing,
+  the X11 overlay via Xwayland if swaylock is missing too), swaylock for the idle lock,
+  swayidle for idle time.
 * ``swaylock`` -- Wayland without layer-shell: swaylock blanks (no words, no PIN) and locks.
-* ``x11``      -- the Tk overlay blanks and holds staff locks, LightDM's greeter idle
-  locks, XScreenSaver gives idle time.
+* ``x11``      -- the Tk overlay blanks and holds staff locks (the display manager's lock
+  if it cannot), LightDM's greeter idle locks, XScreenSaver gives idle time.
+
+The overlays of one device share one staff-PIN back-off (agent/desktop/pin.py), kept in
+``state_dir`` so a restart does not reset it.
 * ``headless`` -- nothing is drawn (servers, simulated devices, tests).
 
 Every graphical kind shows the acceptable-use windows with Tk (Xwayland on Wayland).
@@ -23,6 +27,7 @@ from typing import Callable, Sequence
 from . import wayland
 from .base import Desktop
 from .headless import HeadlessLock, HeadlessPresenter, HeadlessScreen, NoIdle
+from .pin import PinBackoffFile
 from .session import Session
 from .x11 import TkPresenter, X11Backend, X11Idle, X11Lock
 
@@ -53,10 +58,12 @@ def _running(*names: str) -> bool:
 
 
 def make_desktop(kind: str = "auto", *, session_user: str | None = None, staff_pin_hash: str | None = None,
-                 session_fn: Callable[[], Session | None] | None = None, runner=None) -> Desktop:
+                 session_fn: Callable[[], Session | None] | None = None, runner=None,
+                 state_dir: str | os.PathLike | None = None) -> Desktop:
     """The backends for *kind* ('auto' detects).  *session_fn* says which session is in
     front of the pupil (the runtime asks agent/policy/sessions.py); *session_user* is
-    agent.yaml's, when it names one; *runner* replaces the command runner (tests)."""
+    agent.yaml's, when it names one; *runner* replaces the command runner (tests);
+    *state_dir* keeps the staff-PIN back-off across restarts."""
     if kind == "auto":
         kind = detect_kind()
     if kind not in KINDS:
@@ -64,16 +71,21 @@ def make_desktop(kind: str = "auto", *, session_user: str | None = None, staff_p
     session_fn = session_fn or (lambda: None)
     if kind == "headless":
         return Desktop(kind, HeadlessScreen(), HeadlessLock(), NoIdle(), HeadlessPresenter())
-    screen = _screen(kind, session_user, staff_pin_hash, session_fn, runner)
-    if kind in ("wayland", "swaylock"):  # the lock is swaylock either way
-        return Desktop(kind, screen, wayland.WaylandLock(session_fn, runner), wayland.SwayIdle(session_fn, runner),
-                       TkPresenter(runner))
+    backoff = PinBackoffFile(os.path.join(state_dir, "pin-backoff.json") if state_dir else None)
+    screen = _screen(kind, session_user, staff_pin_hash, session_fn, runner, backoff)
+    if kind in ("wayland", "swaylock"):
+        overlay = kind == "wayland" and wayland.wayland_overlay_available()
+        return Desktop(kind, screen, wayland.WaylandLock(session_fn, runner, session_user=session_user,
+                                                         staff_pin_hash=staff_pin_hash, pin_backoff=backoff,
+                                                         overlay=overlay),
+                       wayland.SwayIdle(session_fn, runner), TkPresenter(runner))
     idle = X11Idle(runner=runner, session_fn=session_fn)
-    return Desktop(kind, screen, X11Lock(session_fn, staff_pin_hash, runner=runner, idle_fn=idle.idle_seconds),
+    return Desktop(kind, screen, X11Lock(session_fn, staff_pin_hash, runner=runner, idle_fn=idle.idle_seconds,
+                                         pin_backoff=backoff),
                    idle, TkPresenter(runner))
 
 
-def _screen(kind: str, session_user, staff_pin_hash, session_fn, runner):
+def _screen(kind: str, session_user, staff_pin_hash, session_fn, runner, backoff: PinBackoffFile):
     if kind == "wayland" and not wayland.wayland_overlay_available():
         log.warning("the Wayland overlay needs python3-gi and gir1.2-gtklayershell-0.1; "
                     "blanking with swaylock, which shows no message and takes no PIN")
@@ -82,7 +94,8 @@ def _screen(kind: str, session_user, staff_pin_hash, session_fn, runner):
         log.warning("swaylock is not installed; using the X11 overlay via XWayland")
         kind = "x11"
     if kind == "wayland":
-        return wayland.WaylandBackend(session_user, staff_pin_hash, session_fn=session_fn, runner=runner)
+        return wayland.WaylandBackend(session_user, staff_pin_hash, session_fn=session_fn, runner=runner,
+                                      pin_backoff=backoff)
     if kind == "swaylock":
         return wayland.SwaylockBackend(session_user, runner, session_fn=session_fn)
-    return X11Backend(staff_pin_hash)
+    return X11Backend(staff_pin_hash, session_fn=session_fn, runner=runner, pin_backoff=backoff)

@@ -12,6 +12,10 @@ report's ``Screen``, the lock component, the AUP) are written once against these
   ``unlock()``, and ``poll()`` for what the user did meanwhile (``("login", user)`` or
   ``("staff_pin", by)``); it calls ``when_changed()`` from any thread when ``poll`` has
   something to say.
+
+Both call ``when_tampered(fields)`` (any thread) when something undid what they show and
+they put it back: ``{"what": ..., "action": ...}`` plus details; the guard
+(agent/policy/guard.py) reports it as a ``tamper`` event.
 * ``IdleSource`` -- seconds since the last input (None: unknown, so never lock on a
   guess); ``set_timeout`` tells a push source (swayidle) the threshold; it may call
   ``when_changed()`` as well.
@@ -38,6 +42,9 @@ def _nothing() -> None:
     pass
 
 
+TamperCallback = Callable[[dict], None]
+
+
 class ScreenBackend(ABC):
     """Whatever hides the pupil's screen.  Every method returns without waiting on anything
     but a local pipe or a process start: it runs on the pressing thread."""
@@ -47,6 +54,8 @@ class ScreenBackend(ABC):
     def __init__(self) -> None:
         # Set by the Screen: staff cleared it on the device (the PIN), with who did it.
         self.when_cleared: Callable[[str], None] | None = None
+        # Set by the guard: something undid the blank and it was put back.
+        self.when_tampered: TamperCallback | None = None
 
     @property
     def description(self) -> str:
@@ -81,6 +90,13 @@ class LockBackend(ABC):
         self.is_locked = False
         self.mode: str | None = None
         self.when_changed: Callable[[], None] = _nothing
+        self.when_tampered: TamperCallback | None = None  # set by the guard, as for a screen
+
+    def tampered(self, fields: dict) -> None:
+        """Report *fields* through ``when_tampered`` (for the backends and their overlays)."""
+        callback = self.when_tampered
+        if callback is not None:
+            callback(fields)
 
     @abstractmethod
     def lock(self, mode: str, message: str) -> None:

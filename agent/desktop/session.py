@@ -9,14 +9,15 @@ the readings into login/logout events.
 
 Which user runs what (docs/architecture.md says the same):
 
-* **The agent's own user** runs the overlays (the report blank, the staff lock on
-  X11): agent/desktop/overlay.py starts them directly, with ``agent_env``.  The pupil
-  cannot kill a process of another user, and the session lets ours draw
-  (scripts/session-grant.sh).  The libXss idle helper (programs/x11_idle.py) is ours
-  too: it holds one display connection for the agent, like an overlay.
+* **The agent's own user** runs the overlays (the report blank, and staff and
+  timetable locks): agent/desktop/overlay.py starts them directly, with ``agent_env``.
+  The pupil cannot kill or signal a process of another user, and the session lets ours
+  draw (scripts/session-grant.sh).  The libXss idle helper (programs/x11_idle.py) is
+  ours too: it holds one display connection for the agent, like an overlay.
 * **The session user** runs everything that must act inside the pupil's session:
-  swaylock (the lock, and the report blank's swaylock fallback), ``dm-tool lock``,
-  swayidle, xprintidle, the AUP dialog and the monitoring notice.  Always as
+  swaylock (the idle lock, and the fallbacks when the overlay cannot run), ``dm-tool
+  lock``, swayidle, xprintidle, the AUP dialog, the monitoring notice, and the guard's
+  look at that user's own programs (agent/policy/guard.py).  Always as
   ``as_session_user(user, session_env(session), argv)`` (``session_command`` wraps the
   two), through ``CommandRunner``: ``runuser`` as real root, ``setpriv`` with every
   capability dropped otherwise (the service runs as ``classroom-agent`` with

@@ -4,14 +4,20 @@ swaylock, and swayidle.
 * ``WaylandBackend`` -- the report blank: a GTK overlay on a wlr-layer-shell surface
   above every window (programs/overlay_wayland.py, on Debian's /usr/bin/python3, where
   python3-gi and gtk-layer-shell live), with the calm message and the staff PIN.  It
-  runs as the agent's own user; the session lets that user reach its socket with an ACL
-  (scripts/session-grant.sh).  Falls back to swaylock if it cannot run.
+  runs as the agent's own user, so the pupil can neither kill nor signal it; the session
+  lets that user reach its socket with an ACL (scripts/session-grant.sh).  Falls back to
+  swaylock if it cannot run.
 * ``SwaylockBackend`` -- the report blank without layer-shell: ``swaylock -c 000000`` as
-  the session user.  Secure, but no words and no PIN: staff clear from their client.
-* ``WaylandLock`` -- ``swaylock`` as the session user (ext-session-lock: if it is killed
-  the compositor keeps the screen locked).  Staff unlock sends it SIGUSR1 (swaylock's
-  "unlock now"); in staff mode a user unlock is undone at once by locking again.
-  Without swaylock: ``loginctl lock-session``/``unlock-session``.
+  the session user.  No words and no PIN: staff clear from their client.  It runs as
+  the pupil, who can end it (SIGUSR1 is its "unlock now"), so any exit the agent did not
+  ask for is reported (``when_tampered``) and it is started again at once.
+* ``WaylandLock`` -- staff and timetable locks: a ``WaylandBackend`` overlay of its own
+  (the agent's user, so nothing the pupil runs can end it), showing the lock message and
+  taking the staff PIN.  The idle lock, and every lock where the overlay cannot run:
+  ``swaylock`` as the session user (ext-session-lock: if it is killed the compositor
+  keeps the screen locked).  Staff unlock sends it SIGUSR1; in staff mode any exit the
+  agent did not ask for is reported and undone at once by locking again.  Without
+  swaylock: ``loginctl lock-session``/``unlock-session``.
 * ``SwayIdle`` -- ``swayidle -w timeout N 'echo idle' resume 'echo active'`` as the
   session user; its commands' output arrives on our pipe, so the agent needs no socket
   for it.  Restarted if it exits.
@@ -33,8 +39,9 @@ import threading
 import time
 from typing import Callable
 
-from .base import STAFF_MODE, IdleSource, LockBackend, ScreenBackend
+from .base import SESSION_MODE, STAFF_MODE, IdleSource, LockBackend, ScreenBackend
 from .overlay import OverlayBackend
+from .pin import PinBackoffFile
 from .session import CommandRunner, Session, session_command, user_session
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,8 @@ class SwaylockBackend(ScreenBackend):
 
     name = "swaylock"
 
+    RESTART_WINDOW = 60.0
+
     def __init__(self, session_user: str | None = None, runner=None, wayland_display: str | None = None,
                  session_fn: Callable[[], Session | None] | None = None):
         super().__init__()
@@ -73,6 +82,8 @@ class SwaylockBackend(ScreenBackend):
         self.runner = runner or CommandRunner()
         self.wayland_display = wayland_display  # None: the session's own socket
         self._proc = None
+        self._lock = threading.Lock()
+        self._ends: list[float] = []
 
     def session(self) -> Session | None:
         session = self.session_fn()
@@ -89,16 +100,43 @@ class SwaylockBackend(ScreenBackend):
         return self._proc is not None and self._proc.poll() is None
 
     def show(self, message: str) -> None:
-        if self.is_shown:
+        with self._lock:
+            if self.is_shown:
+                return
+            argv, env = self.command()
+            proc = self._proc = self.runner.spawn(argv, env=env)
+        threading.Thread(target=self._wait, args=(proc,), name="swaylock-blank-wait", daemon=True).start()
+
+    def _wait(self, proc) -> None:
+        """An exit nobody here asked for (the pupil's SIGUSR1, a kill): report, cover again."""
+        try:
+            code = proc.wait()
+        except Exception:  # noqa: BLE001 - fakes in tests may not wait
             return
-        argv, env = self.command()
-        self._proc = self.runner.spawn(argv, env=env)
+        with self._lock:
+            if self._proc is not proc:
+                return  # hidden on purpose
+            self._proc = None
+            now = time.monotonic()
+            self._ends = [t for t in self._ends if now - t < self.RESTART_WINDOW] + [now]
+            ends = len(self._ends)
+        log.warning("the blank's swaylock ended (%s) while it should cover the screen; starting it again", code)
+        if self.when_tampered is not None:
+            try:
+                self.when_tampered({"what": "blank_client_ended", "action": "restarted", "exit": code})
+            except Exception:  # noqa: BLE001
+                log.exception("tamper report failed")
+        if ends > 2:
+            time.sleep(min(5.0, 0.5 * ends))  # not a hot loop if it cannot lock at all
+        self.show("")
 
     def set_message(self, message: str) -> None:
         pass  # swaylock shows no text; the LED and the teacher carry the acknowledgement
 
     def hide(self) -> None:
-        proc, self._proc = self._proc, None
+        with self._lock:
+            proc, self._proc = self._proc, None
+            self._ends = []
         if proc is not None and proc.poll() is None:
             release_swaylock(proc)  # SIGUSR1, never SIGTERM: see release_swaylock
 
@@ -116,13 +154,16 @@ class WaylandBackend(OverlayBackend):
 
     def __init__(self, session_user: str | None = None, staff_pin_hash: str | None = None, *,
                  wayland_display: str | None = None, session_fn: Callable[[], Session | None] | None = None,
-                 python: str = OVERLAY_PYTHON, runner=None, on_event: Callable[[dict], None] | None = None):
-        super().__init__(staff_pin_hash, on_event)
+                 python: str = OVERLAY_PYTHON, runner=None, on_event: Callable[[dict], None] | None = None,
+                 pin_backoff: PinBackoffFile | None = None):
+        super().__init__(staff_pin_hash, on_event, pin_backoff)
         self.session_user = session_user
         self.session_fn = session_fn or (lambda: None)
         self.wayland_display = wayland_display or os.environ.get("WAYLAND_DISPLAY") or "wayland-0"
         self.python = python
         self.fallback = SwaylockBackend(session_user, runner, wayland_display=wayland_display, session_fn=session_fn)
+        # The fallback's own put-backs (the pupil ending it) are reported as this screen's.
+        self.fallback.when_tampered = lambda fields: self._tampered(**fields)
         self._socket: str | None = None
         self._private_dir: str | None = None
 
@@ -152,6 +193,10 @@ class WaylandBackend(OverlayBackend):
         except OSError:
             return None
         return os.path.join(runtime_dir, found[0]) if found else None
+
+    def display_alive(self) -> bool:
+        socket = self._socket or self.socket_path()
+        return socket is not None and os.path.exists(socket)
 
     def stale(self) -> bool:
         # One stat on the press path: a compositor that has gone took its socket with it
@@ -183,17 +228,37 @@ class WaylandBackend(OverlayBackend):
 
 
 class WaylandLock(LockBackend):
-    """swaylock as the session user (or logind's lock as a fallback)."""
+    """Staff locks on an overlay of the agent's own (when *overlay*), idle locks (and
+    staff ones without the overlay) with swaylock as the session user, or logind's lock
+    as a last resort.  *overlay*: True to build a ``WaylandBackend``, or one to use."""
 
     name = "wayland"
 
-    def __init__(self, session_fn: Callable, runner=None, swaylock: str | None = None):
+    def __init__(self, session_fn: Callable, runner=None, swaylock: str | None = None, *,
+                 session_user: str | None = None, staff_pin_hash: str | None = None,
+                 pin_backoff: PinBackoffFile | None = None, overlay: bool | OverlayBackend = False):
         super().__init__()
         self.session_fn = session_fn
         self.runner = runner or CommandRunner()
         self.swaylock = swaylock if swaylock is not None else shutil.which("swaylock")
         self._proc = None
         self._session = None
+        self._message = ""
+        self._logind_locked = False
+        self._pending: tuple[str, str] | None = None
+        if overlay is True:
+            overlay = WaylandBackend(session_user, staff_pin_hash, session_fn=session_fn, runner=runner,
+                                     pin_backoff=pin_backoff)
+        self.overlay: OverlayBackend | None = overlay or None
+        self._overlay_up = False
+        if self.overlay is not None:
+            self.overlay.on_event = self._on_overlay
+            self.overlay.when_tampered = self.tampered
+
+    def _on_overlay(self, event: dict) -> None:
+        if event.get("event") == "cleared" and self._overlay_up:
+            self._pending = ("staff_pin", str(event.get("by") or "staff-pin"))
+            self.when_changed()
 
     def _spawn(self) -> None:
         argv, env = session_command(self._session, [
@@ -210,6 +275,19 @@ class WaylandLock(LockBackend):
 
     def lock(self, mode: str, message: str) -> None:
         self.mode = mode
+        self._message = message
+        if mode == STAFF_MODE and self.overlay is not None:
+            session = self.session_fn()
+            if session is None:
+                log.info("no desktop session to lock yet; will lock it when one starts")
+                return
+            self._session = session
+            self.overlay.show(message)
+            self._overlay_up = self.is_locked = True
+            return
+        if mode == SESSION_MODE and self._overlay_up:
+            self.overlay.hide()  # the staff lock became the idle lock: the user's own locker now
+            self._overlay_up = self.is_locked = False
         if self.is_locked and (self._proc is None or self._proc.poll() is None):
             return
         self._session = self.session_fn()
@@ -221,38 +299,56 @@ class WaylandLock(LockBackend):
             self._spawn()
         else:
             self.runner.run(["loginctl", "lock-session", self._session.id])
+            self._logind_locked = True
 
     def unlock(self) -> None:
         if not self.is_locked:
             return
         self.is_locked, self.mode = False, None
+        if self._overlay_up:
+            self._overlay_up = False
+            self.overlay.hide()
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
                 release_swaylock(proc)
-        elif self._session is not None:
+        elif self._logind_locked and self._session is not None:
             self.runner.run(["loginctl", "unlock-session", self._session.id])
+        self._logind_locked = False
 
     def poll(self) -> tuple[str, str] | None:
+        pending, self._pending = self._pending, None
+        if pending is not None and self._overlay_up:
+            # Staff typed the PIN on the lock's overlay (it has hidden itself).
+            self._overlay_up = False
+            self.is_locked, self.mode = False, None
+            return pending
         if self.mode is not None and not self.is_locked:
             # Wanted locked but there was no desktop yet (boot, out of hours): try again now.
-            self.lock(self.mode, "")
+            self.lock(self.mode, self._message)
             return None
+        if self._overlay_up:
+            return None  # the overlay keeps itself up (agent/desktop/overlay.py)
         proc = self._proc
         if not self.is_locked or proc is None or proc.poll() is None:
             return None
         if self.mode == STAFF_MODE or proc.returncode != 0:
-            # The pupil's password (or a crash) must not lift a staff/timetable lock.  The
-            # session is looked up again: if the user logged out, wait for the next one.
-            log.info("lock client exited (%s) under a staff lock; locking again", proc.returncode)
+            # The pupil's password, their SIGUSR1 or a crash must not lift a staff or
+            # timetable lock.  The session is looked up again: if the user logged out,
+            # wait for the next one.
+            log.warning("lock client exited (%s) under a %s lock; locking again", proc.returncode, self.mode)
+            if self.mode == STAFF_MODE:
+                self.tampered({"what": "lock_client_ended", "action": "relocked", "exit": proc.returncode})
             self.is_locked, self._proc = False, None
-            self.lock(self.mode, "")
+            self.lock(self.mode, self._message)
             return None
         self.is_locked, self.mode, self._proc = False, None, None
         return ("login", self._session.user)
 
     def close(self) -> None:
-        pass  # leave the screen locked: a restarting agent must not expose the desktop
+        # Leave the screen locked: a restarting agent must not expose the desktop.  (The
+        # overlay, a child of ours, stays up when its pipe closes while shown.)
+        pass
 
 
 def catches(pid: int | None, sig: int) -> bool:

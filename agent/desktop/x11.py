@@ -2,10 +2,17 @@
 greeter for the idle lock, XScreenSaver idle time, and the Tk AUP windows.
 
 * ``X11Backend`` -- the report blank: a full-screen, always-on-top Tk overlay
-  (programs/overlay_x11.py), run as the agent's own user so the pupil cannot kill it;
-  it ignores Escape, Alt+F4 and Alt+Tab and accepts the staff PIN.  The session lets
-  the agent's user draw with ``xhost +SI:localuser:<agent user>``
-  (scripts/session-grant.sh).
+  (programs/overlay_x11.py), run as the agent's own user so the pupil cannot kill or
+  signal it; it ignores Escape, Alt+F4 and Alt+Tab, accepts the staff PIN, and puts its
+  window back when a pupil's X client unmaps, moves, resizes, covers or reparents it
+  (programs/x11_watch.py).  It reaches the display with the X server's own cookie,
+  which LightDM's display-setup hook copies for the agent (``AGENT_XAUTHORITY``,
+  scripts/session-grant.sh --display-setup): the pupil can revoke the
+  ``xhost +SI:localuser:<agent user>`` grant their session gave, but not a cookie.  If
+  the overlay still cannot hold the screen (killed with ``xkill`` again and again, or no
+  way back onto the display) ``DisplayManagerLock`` locks through the display manager:
+  LightDM's greeter runs on an X server of its own, which the pupil's clients cannot
+  reach.
 * ``X11Lock`` -- staff and timetable locks show the same overlay (an instance of its
   own); the idle lock uses LightDM's greeter (``dm-tool lock``, as the session user)
   when present, so the pupil logs back in as normal.
@@ -30,28 +37,99 @@ import sys
 import threading
 from typing import Callable
 
-from .base import SESSION_MODE, IdleSource, LockBackend, Presenter
+from .base import SESSION_MODE, IdleSource, LockBackend, Presenter, ScreenBackend
 from .overlay import OverlayBackend, child_env
+from .pin import PinBackoffFile
 from .session import CommandRunner, agent_env, session_command
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TkPresenter", "X11Backend", "X11Idle", "X11Lock"]
+__all__ = ["AGENT_XAUTHORITY", "DisplayManagerLock", "TkPresenter", "X11Backend", "X11Idle", "X11Lock"]
+
+# The X server's cookie, copied for the agent's user by LightDM's display-setup hook
+# (scripts/session-grant.sh --display-setup): a way onto the display the pupil cannot revoke.
+AGENT_XAUTHORITY = "/run/classroom-safety/Xauthority"
+
+
+def x11_socket(display: str) -> str | None:
+    """The unix socket of a local display (":0" -> /tmp/.X11-unix/X0); None for a remote one."""
+    if not display.startswith(":"):
+        return None
+    number = display[1:].split(".", 1)[0]
+    return f"/tmp/.X11-unix/X{number}" if number.isdigit() else None
+
+
+class DisplayManagerLock(ScreenBackend):
+    """The X11 overlay's fallback: the display manager's own lock, ``dm-tool lock`` as the
+    session user (LightDM's greeter, on an X server of its own that the pupil's clients
+    cannot reach), else ``loginctl lock-session``.  Nothing here can lift it: the user
+    logs back in, and the overlay, still wanted, is shown again (agent/desktop/overlay.py).
+    It shows no words and takes no PIN."""
+
+    name = "display-manager"
+
+    def __init__(self, session_fn: Callable, runner=None, dm_tool: str | None = None):
+        super().__init__()
+        self.session_fn = session_fn
+        self.runner = runner or CommandRunner()
+        self.dm_tool = dm_tool if dm_tool is not None else shutil.which("dm-tool")
+
+    def show(self, message: str) -> None:
+        session = self.session_fn()
+        if session is None:
+            log.error("no desktop session known: cannot lock it through the display manager")
+            return
+        argv = [self.dm_tool, "lock"] if self.dm_tool else ["loginctl", "lock-session", session.id]
+        argv, env = session_command(session, argv)
+        out = self.runner.run(argv, env=env)
+        if out.returncode != 0:
+            log.error("%s failed (%s): %s", argv[-2:], out.returncode, (out.stderr or "").strip()[:200])
+
+    def set_message(self, message: str) -> None:
+        pass  # the greeter shows no words
+
+    def hide(self) -> None:
+        pass  # the user logs back in; nobody else can lift it
 
 
 class X11Backend(OverlayBackend):
-    """The Tk overlay (programs/overlay_x11.py) on the X display, as the agent's own user."""
+    """The Tk overlay (programs/overlay_x11.py) on the X display, as the agent's own user.
+
+    *xauthority*: the cookie file to reach the display with (``AGENT_XAUTHORITY`` when it
+    exists); *session_fn* and *runner*: for the display-manager fallback."""
 
     name = "x11"
     module = "agent.desktop.programs.overlay_x11"
 
     def __init__(self, staff_pin_hash: str | None = None, display: str | None = None,
-                 on_event: Callable[[dict], None] | None = None):
-        super().__init__(staff_pin_hash, on_event)
+                 on_event: Callable[[dict], None] | None = None, *, session_fn: Callable | None = None,
+                 runner=None, xauthority: str | None = None, dm_tool: str | None = None,
+                 pin_backoff: PinBackoffFile | None = None):
+        super().__init__(staff_pin_hash, on_event, pin_backoff)
         self.display = display or os.environ.get("DISPLAY") or ":0"
+        self.xauthority = xauthority
+        if session_fn is not None:
+            self.fallback = DisplayManagerLock(session_fn, runner, dm_tool)
 
-    def launch(self) -> tuple[list[str], dict[str, str]]:
-        return [sys.executable, "-m", self.module], agent_env({"DISPLAY": self.display})
+    def cookie(self) -> str | None:
+        """The cookie file the overlay connects with, if there is one the agent can read."""
+        for path in (self.xauthority, AGENT_XAUTHORITY):
+            if path and os.access(path, os.R_OK):
+                return path
+        return None
+
+    def display_alive(self) -> bool:
+        socket = x11_socket(self.display)
+        return socket is None or os.path.exists(socket)
+
+    def launch(self) -> tuple[list[str], dict[str, str]] | None:
+        if not self.display_alive():
+            return None  # the X server has gone (a logout): nothing to draw on until the next
+        env = agent_env({"DISPLAY": self.display})
+        cookie = self.cookie()
+        if cookie is not None:
+            env["XAUTHORITY"] = cookie
+        return [sys.executable, "-m", self.module], env
 
 
 class X11Lock(LockBackend):
@@ -61,7 +139,8 @@ class X11Lock(LockBackend):
 
     def __init__(self, session_fn: Callable, staff_pin_hash: str | None = None, display: str | None = None,
                  runner=None, idle_fn: Callable[[], float | None] | None = None, dm_tool: str | None = None,
-                 overlay: OverlayBackend | None = None):
+                 overlay: OverlayBackend | None = None, xauthority: str | None = None,
+                 pin_backoff: PinBackoffFile | None = None):
         super().__init__()
         self.session_fn = session_fn
         self.runner = runner or CommandRunner()
@@ -70,6 +149,8 @@ class X11Lock(LockBackend):
         self.display = display
         self.staff_pin_hash = staff_pin_hash
         self._overlay = overlay
+        self.xauthority = xauthority
+        self.pin_backoff = pin_backoff
         self._greeter = False
         self._user: str | None = None
         self._pending: tuple[str, str] | None = None
@@ -83,7 +164,10 @@ class X11Lock(LockBackend):
             if display is None:
                 session = self.session_fn()
                 display = session.display if session is not None and (session.display or "").startswith(":") else None
-            self._overlay = X11Backend(self.staff_pin_hash, display, on_event=self._on_overlay)
+            self._overlay = X11Backend(self.staff_pin_hash, display, on_event=self._on_overlay,
+                                       session_fn=self.session_fn, runner=self.runner, xauthority=self.xauthority,
+                                       dm_tool=self.dm_tool, pin_backoff=self.pin_backoff)
+            self._overlay.when_tampered = self.tampered
         return self._overlay
 
     def _on_overlay(self, event: dict) -> None:

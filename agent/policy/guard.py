@@ -1,4 +1,4 @@
-"""Tamper and bypass guard: bypass tools, removable media, and the files the agent writes.
+"""Tamper and bypass guard: bypass tools, removable media, the files the agent writes, its screens.
 
 * **Processes** -- known filtering bypass tools and unapproved browsers
   (``site.guard.bypass_processes``: Tor, VPN clients, proxies, other browsers) are
@@ -6,13 +6,27 @@
   (SIGTERM, then SIGKILL; the unit grants CAP_KILL for exactly this).  Names come from
   ``/proc/PID/comm``, re-read every scan because psutil caches a process's name and an
   ``exec`` keeps the PID; a new PID's ``argv[0]`` is checked too.  psutil does the rest.
+  A renamed tool (``cp /usr/bin/tor ~/x; ~/x``, or a link to it) has neither name, so
+  the tools installed on the device are also known by path and SHA-256
+  (``search_path``), and the executable of every other new process of a person's
+  account (uid >= 1000) is looked at: ``/proc/PID/exe`` of another user's process is
+  closed to the agent (no CAP_SYS_PTRACE), so a small helper runs *as that user* (the
+  one way to run a program as a user, agent/desktop/session.py) and says where each
+  executable is, and the SHA-256 of those outside the system's own directories (for a
+  program that hides even from its own user, as Tor does, the file its argv[0] names).
+  Limits: a copy that was changed by one byte, a tool never installed on the device,
+  or one run by an interpreter (``python3 tor.py``) is not recognised this way; the
+  DNS filter, nftables and the school's upstream filter are what stop those.
 * **Removable media** -- a mount appearing under ``site.guard.watch_mounts`` (``/media``,
   ``/run/media``) is reported as ``removable_media``.  Triggers: watchdog on those
   directories (udisks creates the mount point) and the kernel's mount-table change
   notification (POLLPRI on /proc/self/mounts), with a slow scan as a backstop.
 * **Tamper** -- other components register the files they write (``guard.protect(path,
   content)`` *before* writing, or ``guard.write(path, content)``); if anyone else changes
-  or deletes one, the guard puts the agent's version back and reports ``tamper``.
+  or deletes one, the guard puts the agent's version back and reports ``tamper``.  The
+  desktop's report blank and lock put themselves back when something undoes them
+  (agent/desktop/overlay.py); the guard reports that as ``tamper`` too, with ``screen``
+  (``blank`` or ``lock``) and ``what``.
 
 Evidence is names, paths and times only: never file contents or full command lines.
 """
@@ -20,9 +34,12 @@ Evidence is names, paths and times only: never file contents or full command lin
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import pwd
 import select
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +48,7 @@ from typing import Callable, Iterable
 
 import psutil
 
+from ..desktop.session import CommandRunner, as_session_user
 from ..files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -39,6 +57,49 @@ __all__ = ["Guard", "comm_names", "read_mounts"]
 
 COMM_LEN = 15  # the kernel truncates /proc/PID/comm to 15 characters
 SYSTEM_UID_MAX = 1000  # Debian's UID_MIN: below it are system accounts, not people
+# Where the device's own programs are installed: the bypass tools found here are known by
+# path and hash.  Executables under SYSTEM_DIRS are root's: only their path is compared.
+SEARCH_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/", "/snap/")
+HASH_LIMIT = 256 * 1024 * 1024  # bigger executables are not hashed (no bypass tool is this big)
+
+# Run as the process's own user: where each executable is, and the SHA-256 of those
+# outside the system directories.  A program that made itself non-dumpable (Tor does, by
+# default) hides /proc/PID/exe even from its own user: then its argv[0] (absolute, or
+# relative to the user's home) names the file instead.  Standard library only (it runs on
+# /usr/bin/python3).
+EXE_HELPER = r"""
+import hashlib, json, os, sys
+system, limit = tuple(json.loads(sys.argv[1])), int(sys.argv[2])
+for pid in sys.argv[3:]:
+    try:
+        exe, source = os.readlink("/proc/%s/exe" % pid), "/proc/%s/exe" % pid
+    except OSError:
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+        except OSError:
+            continue
+        if "/" not in argv0:
+            continue  # found on PATH: one of the system's own
+        exe = source = os.path.realpath(os.path.join(os.path.expanduser("~"), argv0))
+    out = {"pid": int(pid), "exe": exe}
+    if not exe.startswith(system):
+        try:
+            digest, size = hashlib.sha256(), 0
+            with open(source, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    size += len(chunk)
+                    if size > limit:
+                        digest = None
+                        break
+                    digest.update(chunk)
+            if digest is not None:
+                out["sha256"] = digest.hexdigest()
+        except OSError:
+            pass
+    print(json.dumps(out), flush=True)
+"""
 
 
 def comm_names(proc_root: str = "/proc") -> dict[int, str]:
@@ -98,7 +159,7 @@ class Guard:
     def __init__(self, bypass_processes: Iterable[str] | None = None, end_bypass_processes: bool | None = None,
                  watch_mounts: Iterable[str] | None = None, poll_seconds: float = 5.0,
                  proc_root: str = "/proc", mounts_fn: Callable[[Iterable[str]], dict] = read_mounts,
-                 use_watchdog: bool = True):
+                 use_watchdog: bool = True, search_path: Iterable[str] = SEARCH_PATH, runner=None):
         self._bypass_arg = bypass_processes
         self._end_arg = end_bypass_processes
         self._mounts_arg = watch_mounts
@@ -109,6 +170,11 @@ class Guard:
         self.proc_root = proc_root
         self.mounts_fn = mounts_fn
         self.use_watchdog = use_watchdog
+        self.search_path = tuple(search_path)
+        self.runner = runner or CommandRunner()
+        self.known_paths: dict[str, str] = {}   # realpath of an installed bypass tool -> its name
+        self.known_hashes: dict[str, str] = {}  # its SHA-256 -> its name
+        self._hash_cache: dict[tuple, str] = {}
         self.runtime = None
         self._files: dict[str, _Protected] = {}
         self._files_lock = threading.Lock()
@@ -127,10 +193,41 @@ class Guard:
     def _configure(self, site_guard) -> None:
         names = self._bypass_arg if self._bypass_arg is not None else getattr(site_guard, "bypass_processes", [])
         self.bypass = frozenset(n.strip().lower()[:COMM_LEN] for n in names if n and n.strip())
+        self._find_installed([n.strip() for n in names if n and n.strip()])
         end = self._end_arg if self._end_arg is not None else getattr(site_guard, "end_bypass_processes", True)
         self.end_bypass = bool(end)
         mounts = self._mounts_arg if self._mounts_arg is not None else getattr(site_guard, "watch_mounts", [])
         self.watch_mounts = tuple(str(m) for m in mounts if m)
+
+    def _find_installed(self, names: list[str]) -> None:
+        """Learn the path and SHA-256 of every bypass tool installed on the device."""
+        paths, hashes = {}, {}
+        for name in names:
+            for directory in self.search_path:
+                candidate = os.path.join(directory, name)
+                try:
+                    real = os.path.realpath(candidate)
+                    st = os.stat(real)
+                except OSError:
+                    continue
+                if not os.path.isfile(real) or st.st_size > HASH_LIMIT:
+                    continue
+                if os.path.basename(real).lower() != name.lower():
+                    # A link to some other program (a wrapper, an interpreter): matching
+                    # its path or hash would catch everything else that program runs.
+                    continue
+                paths[candidate] = paths[real] = name.lower()[:COMM_LEN]
+                key = (real, st.st_size, st.st_mtime_ns, st.st_ino)
+                digest = self._hash_cache.get(key)
+                if digest is None:
+                    try:
+                        with open(real, "rb") as f:
+                            digest = hashlib.file_digest(f, "sha256").hexdigest()
+                    except OSError:
+                        continue
+                    self._hash_cache[key] = digest
+                hashes[digest] = name.lower()[:COMM_LEN]
+        self.known_paths, self.known_hashes = paths, hashes
 
     def _site_guard(self):
         tree = self.runtime.tree if self.runtime is not None else None
@@ -140,6 +237,7 @@ class Guard:
     def start(self, runtime) -> None:
         self.runtime = runtime
         self._configure(self._site_guard())
+        self._watch_screens(getattr(runtime, "desktop", None))
         if runtime.policy is not None:
             self._first_policy()
         if self.use_watchdog:
@@ -194,11 +292,28 @@ class Guard:
             # The guard's own threads hand events to the queue thread, like every edge does.
             runtime.post(lambda: runtime.emit_event(kind, **fields))
 
+    def _watch_screens(self, desktop) -> None:
+        """Report what the desktop's blank and lock say was done to them (they restore themselves)."""
+        if desktop is None:
+            return
+        for part, screen in ((desktop.screen, "blank"), (desktop.lock, "lock")):
+            part.when_tampered = lambda fields, screen=screen: self._screen_tamper(screen, fields)
+
+    def _screen_tamper(self, screen: str, fields: dict) -> None:
+        runtime = self.runtime
+        user = None
+        try:
+            user = runtime.current_user() if runtime is not None else None
+        except Exception:  # noqa: BLE001 - an unknown user is fine in an event
+            pass
+        self._emit("tamper", screen=screen, user=user, **fields)
+
     # ------------------------------------------------------------------ processes
-    def _match(self, comm: str, pid: int, new: bool) -> str | None:
+    def _match(self, comm: str, pid: int, new: bool) -> tuple[str, str] | None:
+        """(tool, "name" | "argv0") when the process is named like a bypass tool."""
         name = comm.lower()[:COMM_LEN]
         if name in self.bypass:
-            return name
+            return name, "name"
         if new:
             try:
                 with open(f"{self.proc_root}/{pid}/cmdline", "rb") as f:
@@ -207,7 +322,7 @@ class Guard:
                 return None
             base = os.path.basename(argv0).lower()[:COMM_LEN]
             if base in self.bypass:
-                return base
+                return base, "argv0"
         return None
 
     def check_processes(self) -> list[dict]:
@@ -217,6 +332,7 @@ class Guard:
         names = comm_names(self.proc_root)
         found = []
         me = os.getpid()
+        unknown: dict[int, list[int]] = {}  # uid -> new processes no name matched
         for pid, comm in names.items():
             if pid == me:
                 continue
@@ -224,14 +340,68 @@ class Guard:
             if not new:
                 continue  # same process, same program as last scan: already judged
             match = self._match(comm, pid, new)
-            if match is None or (pid, match) in self._reported:
+            if match is None:
+                if self.known_paths or self.known_hashes:
+                    uid = self._uid(pid)
+                    if uid is not None and uid >= SYSTEM_UID_MAX:
+                        unknown.setdefault(uid, []).append(pid)
                 continue
-            found.append(self._handle_bypass(pid, match))
+            if (pid, match[0]) in self._reported:
+                continue
+            found.append(self._handle_bypass(pid, match[0], matched=match[1]))
+        for uid, pids in unknown.items():
+            for pid, name, how, exe in self._match_executables(uid, pids):
+                if (pid, name) not in self._reported:
+                    found.append(self._handle_bypass(pid, name, matched=how, exe=exe))
         self._seen = names
         self._reported = {(pid, name) for pid, name in self._reported if pid in names}
         return [f for f in found if f]
 
-    def _handle_bypass(self, pid: int, name: str) -> dict | None:
+    def _uid(self, pid: int) -> int | None:
+        """The real uid (from status: /proc/PID itself is root's once a process is non-dumpable)."""
+        try:
+            with open(f"{self.proc_root}/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def _match_executables(self, uid: int, pids: list[int]) -> list[tuple[int, str, str, str]]:
+        """(pid, tool, "path" | "sha256", executable) for *pids* (all *uid*'s) running a
+        copy of, or a link to, an installed bypass tool; asked of a helper run as *uid*."""
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return []
+        user = entry.pw_name
+        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+        argv = as_session_user(user, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": entry.pw_dir},
+                               [python, "-I", "-S", "-c", EXE_HELPER, json.dumps(SYSTEM_DIRS), str(HASH_LIMIT),
+                                *map(str, pids)])
+        try:
+            out = self.runner.run(argv, timeout=30)
+        except Exception as exc:  # noqa: BLE001 - the name checks still ran
+            log.warning("guard: cannot look at %s's programs: %s", user, exc)
+            return []
+        matches = []
+        for line in (out.stdout or "").splitlines():
+            try:
+                row = json.loads(line)
+                pid, exe = int(row["pid"]), str(row["exe"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if pid not in pids:
+                continue
+            path = exe[:-len(" (deleted)")] if exe.endswith(" (deleted)") else exe
+            if path in self.known_paths:
+                matches.append((pid, self.known_paths[path], "path", path))
+            elif row.get("sha256") in self.known_hashes:
+                matches.append((pid, self.known_hashes[row["sha256"]], "sha256", exe))
+        return matches
+
+    def _handle_bypass(self, pid: int, name: str, **how) -> dict | None:
         try:
             proc = psutil.Process(pid)
             uid = proc.uids().real
@@ -251,8 +421,9 @@ class Guard:
         elif self.end_bypass:
             action = "ended" if self._end(proc) else "end_failed"
         self._reported.add((pid, name))
-        fields = {"name": name, "pid": pid, "user": user, "action": action}
-        log.warning("bypass process %s (pid %s, user %s): %s", name, pid, user, action)
+        fields = {"name": name, "pid": pid, "user": user, "action": action, **how}
+        log.warning("bypass process %s (pid %s, user %s, matched by %s): %s", name, pid, user,
+                    how.get("matched"), action)
         self._emit("bypass_process", **fields)
         return fields
 

@@ -5,7 +5,8 @@
   (the agent's own user);
 * ``overlay_core``    -- what both overlays share: the JSON-lines conversation and the staff PIN;
 * ``aup_windows``     -- the acceptable-use dialog and the monitoring notice (the session user);
-* ``x11_idle``        -- XScreenSaver idle time through libXss, for X11 without xprintidle.
+* ``x11_idle``        -- XScreenSaver idle time through libXss, for X11 without xprintidle;
+* ``x11_watch``       -- the X11 overlay's check on its own window (mapped, on top, full size), libX11.
 
 They import only the standard library, gi/tkinter and ``agent.desktop.pin``: nothing
 here may pull in the agent's virtualenv (psutil, paho, yaml, pydantic...).

@@ -4,12 +4,16 @@
 Wayland layer-shell surface; both are child processes of agent/desktop/overlay.py and
 both hold an ``OverlayCore`` for everything that is not drawing:
 
-* the conversation with the agent, JSON lines on stdin: ``{"op":"config","pin_hash":...}``,
-  ``{"op":"show","message":...}``, ``{"op":"message","message":...}``, ``{"op":"hide"}``,
-  ``{"op":"quit"}``; and JSON lines back on stdout: ``ready``, ``shown``, ``hidden``,
-  ``pin_wrong`` and ``{"event":"cleared","by":"staff-pin"}``;
+* the conversation with the agent, JSON lines on stdin: ``{"op":"config","pin_hash":...,
+  "backoff":...}``, ``{"op":"show","message":...,"backoff":...}``, ``{"op":"message",
+  "message":...}``, ``{"op":"hide"}``, ``{"op":"state","seq":N}``, ``{"op":"quit"}``; and
+  JSON lines back on stdout: ``ready``, ``shown``, ``hidden``, ``{"event":"pin_wrong",
+  "backoff":...}``, ``{"event":"cleared","by":"staff-pin","backoff":...}``,
+  ``{"event":"tampered","what":[...]}`` (a drawing that had to put itself back) and
+  ``{"event":"state",...}``;
 * the staff PIN typed on the device: digits, Backspace, Enter; every other key is
-  swallowed; five wrong tries lock entry for 30 seconds.
+  swallowed; wrong tries cost a growing wait (agent/desktop/pin.py: ``PinBackoff``),
+  which the agent keeps across restarts and hands over in ``backoff``.
 
 If the agent goes away while the overlay is shown, the overlay stays up (the pupil must
 not see the page again) and the PIN still clears it.
@@ -25,14 +29,14 @@ import json
 import sys
 import time
 
-from agent.desktop.pin import verify_pin
+from agent.desktop.pin import PinBackoff, verify_pin
 
 BG = "#10213f"          # calm dark blue, not an alarming black or red
 FG = "#ffffff"
 HINT_FG = "#8fa3c7"
 STAFF_HINT = "Staff: type the PIN and press Enter"
-MAX_TRIES = 5
-LOCKOUT_SECONDS = 30
+WAIT_HINT = "Too many tries. Wait a moment."
+WRONG_HINT = "Staff: that PIN was not right"
 MAX_PIN = 12
 
 
@@ -41,13 +45,12 @@ class OverlayCore:
     ``draw_hide()``, ``draw_message(text)``, ``draw_hint(text)``, ``drawn()`` (what its
     widgets show now) and ``quit()``."""
 
-    def __init__(self, *, clock=time.monotonic, out=None) -> None:
-        self.clock = clock
+    def __init__(self, *, clock=time.time, out=None) -> None:
+        self.clock = clock  # wall clock: the agent keeps the back-off across restarts
         self.out = out or sys.stdout
         self.pin_hash: str | None = None
         self.typed = ""
-        self.tries = 0
-        self.locked_until = 0.0
+        self.backoff = PinBackoff()
         self.shown = False
         self.stdin_open = True
         self._buf = b""
@@ -95,10 +98,14 @@ class OverlayCore:
                     raise ValueError("not an object")
                 self.handle(req)
             except (ValueError, TypeError) as exc:
-                print(f"overlay: ignored bad line {line[:80]!r}: {exc}", file=sys.stderr)
+                # Never the PIN hash in a log, even from a mangled config line.
+                shown = line[:80] if b"pin_hash" not in line else b"(a config line, not shown)"
+                print(f"overlay: ignored bad line {shown!r}: {exc}", file=sys.stderr)
 
     def handle(self, req: dict) -> None:
         op = req.get("op")
+        if "backoff" in req:
+            self.backoff = PinBackoff.from_dict(req["backoff"])  # the device's, from the agent
         if op == "config":
             pin_hash = req.get("pin_hash")
             self.pin_hash = pin_hash if isinstance(pin_hash, str) else None
@@ -110,7 +117,8 @@ class OverlayCore:
         elif op == "hide":
             self.hide()
         elif op == "state":
-            self.say(event="state", **self.drawn())
+            seq = req.get("seq")
+            self.say(event="state", **self.drawn(), **({"seq": seq} if isinstance(seq, int) else {}))
         elif op == "quit":
             self.quit()
         else:
@@ -155,17 +163,15 @@ class OverlayCore:
 
     def check_pin(self) -> None:
         typed, self.typed = self.typed, ""
-        if self.clock() < self.locked_until:
-            self.draw_hint("Too many tries. Wait a moment.")
+        now = self.clock()
+        if self.backoff.wait(now) > 0:
+            self.draw_hint(WAIT_HINT)  # not even checked: a wait is a wait
             return
         if verify_pin(typed, self.pin_hash):
-            self.tries = 0
-            self.say(event="cleared", by="staff-pin")
+            self.backoff.succeeded()
+            self.say(event="cleared", by="staff-pin", backoff=self.backoff.to_dict())
             self.hide()
             return
-        self.tries += 1
-        self.say(event="pin_wrong")
-        if self.tries >= MAX_TRIES:
-            self.tries = 0
-            self.locked_until = self.clock() + LOCKOUT_SECONDS
-        self.draw_hint("Staff: that PIN was not right")
+        self.backoff.failed(now)
+        self.say(event="pin_wrong", backoff=self.backoff.to_dict())
+        self.draw_hint(WAIT_HINT if self.backoff.wait(now) > 0 else WRONG_HINT)

@@ -12,7 +12,11 @@ Why a layer-shell surface: labwc and wayfire (Raspberry Pi OS) and sway put the
 exclusive keyboard interactivity gets every key.  So the page the pupil saw is covered,
 Alt+F4 and Alt+Tab act on windows underneath that nobody can see, and the words and the
 PIN box are ours to draw, which ``swaylock`` cannot do.  One surface per monitor; the
-first takes the keyboard.
+first takes the keyboard.  A monitor that appears later (plugged in, or an output the
+pupil's session creates or switches back on) gets a surface at once, shown if the
+overlay is; a surface the compositor closes (its output went away) while shown is made
+again; both are said as ``tampered`` for the agent to report.  ``state`` says ``shown``
+only when every monitor has a mapped surface.
 """
 
 from __future__ import annotations
@@ -49,20 +53,27 @@ class WaylandOverlay(OverlayCore):
         provider.load_from_data(css.encode())
         Gtk.StyleContext.add_provider_for_screen(Gdk.Screen.get_default(), provider,
                                                  Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION)
+        self.display = display
         self.windows: list[Gtk.Window] = []
         self.messages: list[Gtk.Label] = []
         self.hints: list[Gtk.Label] = []
+        self.monitors: list = []  # the monitor of each window, in the same order
         self._announce = False
+        self._message = ""
+        self._hint = STAFF_HINT
         monitors = [display.get_monitor(i) for i in range(display.get_n_monitors())] or [None]
-        for index, monitor in enumerate(monitors):
-            self._add_window(monitor, keyboard=index == 0)
+        for monitor in monitors:
+            self._add_window(monitor)
+        self._give_keyboard()
+        display.connect("monitor-added", self.on_monitor_added)
+        display.connect("monitor-removed", self.on_monitor_removed)
         # Default priority, not HIGH: GDK's Wayland source prepares a read before each
         # poll and only a source of at least its priority gets it cancelled; a HIGH
         # watch that maps a window deadlocks GTK in a roundtrip.
         GLib.io_add_watch(sys.stdin.fileno(), GLib.PRIORITY_DEFAULT, GLib.IO_IN | GLib.IO_HUP | GLib.IO_ERR,
                           self.on_stdin)
 
-    def _add_window(self, monitor, *, keyboard: bool) -> None:
+    def _add_window(self, monitor) -> Gtk.Window:
         win = Gtk.Window(title="classroom-safety")
         GtkLayerShell.init_for_window(win)
         GtkLayerShell.set_namespace(win, "classroom-safety")
@@ -71,25 +82,73 @@ class WaylandOverlay(OverlayCore):
                      GtkLayerShell.Edge.TOP, GtkLayerShell.Edge.BOTTOM):
             GtkLayerShell.set_anchor(win, edge, True)
         GtkLayerShell.set_exclusive_zone(win, -1)  # cover panels too, not just the windows
-        GtkLayerShell.set_keyboard_mode(win, GtkLayerShell.KeyboardMode.EXCLUSIVE if keyboard
-                                        else GtkLayerShell.KeyboardMode.NONE)
+        GtkLayerShell.set_keyboard_mode(win, GtkLayerShell.KeyboardMode.NONE)
         if monitor is not None:
             GtkLayerShell.set_monitor(win, monitor)
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
-        message = Gtk.Label(name="message", wrap=True, justify=Gtk.Justification.CENTER,
+        message = Gtk.Label(name="message", label=self._message, wrap=True, justify=Gtk.Justification.CENTER,
                             max_width_chars=30, vexpand=True)
-        hint = Gtk.Label(name="hint", label=STAFF_HINT, margin_bottom=24)
+        hint = Gtk.Label(name="hint", label=self._hint, margin_bottom=24)
         box.pack_start(message, True, True, 0)
         box.pack_end(hint, False, False, 0)
         win.add(box)
         win.connect("key-press-event", self.on_key)
-        win.connect("delete-event", lambda *a: True)  # nothing closes it but staff
-        if keyboard:
-            win.connect("realize", lambda w: w.get_frame_clock().connect("after-paint", self.on_painted, w))
+        # Nothing closes it but staff.  gtk-layer-shell asks this too when the compositor
+        # closes the surface (its output went away): then it is made again.
+        win.connect("delete-event", self.on_closed)
+        win.connect("realize", lambda w: w.get_frame_clock().connect("after-paint", self.on_painted, w))
         box.show_all()
         self.windows.append(win)
         self.messages.append(message)
         self.hints.append(hint)
+        self.monitors.append(monitor)
+        return win
+
+    def _remove_window(self, index: int) -> None:
+        win = self.windows.pop(index)
+        self.messages.pop(index)
+        self.hints.pop(index)
+        self.monitors.pop(index)
+        win.destroy()
+
+    def _give_keyboard(self) -> None:
+        """Exactly one surface takes every key: the first."""
+        for index, win in enumerate(self.windows):
+            GtkLayerShell.set_keyboard_mode(win, GtkLayerShell.KeyboardMode.EXCLUSIVE if index == 0
+                                            else GtkLayerShell.KeyboardMode.NONE)
+
+    # ------------------------------------------------------------------ monitors
+    def on_monitor_added(self, display, monitor) -> None:
+        win = self._add_window(monitor)
+        self._give_keyboard()
+        if self.shown:
+            win.show()
+            self.say(event="tampered", what=["output_added"])
+
+    def on_monitor_removed(self, display, monitor) -> None:
+        if monitor in self.monitors:
+            self._remove_window(self.monitors.index(monitor))
+            self._give_keyboard()
+
+    def on_closed(self, win, event) -> bool:
+        if self.shown and win in self.windows:
+            # Made again from idle: not from inside the handler of the surface going away.
+            GLib.idle_add(self._remake, win)
+        return True
+
+    def _remake(self, win) -> bool:
+        if win in self.windows:
+            index = self.windows.index(win)
+            monitor = self.monitors[index]
+            self._remove_window(index)
+            monitors = [self.display.get_monitor(i) for i in range(self.display.get_n_monitors())]
+            if monitor is None or monitor in monitors:
+                new = self._add_window(monitor)
+                self._give_keyboard()
+                if self.shown:
+                    new.show()
+            self.say(event="tampered", what=["closed"])
+        return False
 
     # ------------------------------------------------------------------ events
     def on_stdin(self, fd, condition) -> bool:
@@ -119,16 +178,20 @@ class WaylandOverlay(OverlayCore):
         self._announce = True  # said from on_painted, once the compositor has put it up
 
     def draw_message(self, text: str) -> None:
+        self._message = text
         for label in self.messages:
             label.set_text(text)
 
     def draw_hint(self, text: str) -> None:
+        self._hint = text
         for label in self.hints:
             label.set_text(text)
 
     def drawn(self) -> dict:
-        return {"shown": all(win.get_mapped() for win in self.windows), "message": self.messages[0].get_text(),
-                "hint": self.hints[0].get_text(), "windows": len(self.windows)}
+        # Shown means every monitor there is now has a mapped surface of ours.
+        covered = bool(self.windows) and all(win.get_mapped() for win in self.windows) \
+            and len(self.windows) >= self.display.get_n_monitors()
+        return {"shown": covered, "message": self._message, "hint": self._hint, "windows": len(self.windows)}
 
     def draw_show(self) -> None:
         for win in self.windows:

@@ -4,9 +4,12 @@ Run by agent/desktop/x11.py (the report blank and the staff lock) as the agent's
 user, so the pupil cannot kill it.  The conversation with the agent and the staff PIN
 live in overlay_core.py.
 
-While shown it covers every screen, stays on top (re-raised twice a second), grabs the
-keyboard and pointer, and no key closes it: Escape, Alt+F4, Alt+Tab and the window
-manager's close button are all swallowed.
+While shown it covers every screen, grabs the keyboard and pointer, and no key closes
+it: Escape, Alt+F4, Alt+Tab and the window manager's close button are all swallowed.
+Five times a second, and at once when X says something changed (unmapped, moved,
+resized, obscured), it asks the X server whether its window is still mapped, on top,
+at full size and a child of the root (programs/x11_watch.py); if not it puts it back
+and says ``{"event":"tampered","what":[...]}``, which the agent reports.
 """
 
 from __future__ import annotations
@@ -17,10 +20,22 @@ import tkinter as tk
 
 from agent.desktop.programs.overlay_core import BG, FG, HINT_FG, STAFF_HINT, OverlayCore
 
+CHECK_MS = 200
+
 
 class Overlay(OverlayCore):
     def __init__(self) -> None:
         super().__init__()
+        self.watch = None
+        try:
+            from agent.desktop.programs.x11_watch import WindowWatch
+
+            self.watch = WindowWatch(os.environ.get("DISPLAY", ":0"))
+        except OSError as exc:
+            print(f"overlay_x11: cannot watch the window ({exc}); it is only re-raised", file=sys.stderr)
+        self._check_pending = False
+        self._tick = None
+        self._outer: int | None = None
         self.root = tk.Tk(className="classroom-safety-overlay")
         self.root.withdraw()
         self.root.title("classroom-safety")
@@ -35,6 +50,8 @@ class Overlay(OverlayCore):
         self.hint.place(relx=0.5, rely=0.92, anchor="center")
         for seq in ("<Key>", "<Alt-F4>", "<Escape>", "<Alt-Tab>", "<Control-w>", "<Control-q>"):
             self.root.bind_all(seq, self.on_key)
+        for seq in ("<Unmap>", "<Configure>", "<Visibility>"):
+            self.root.bind(seq, self.on_changed)
         self.root.tk.createfilehandler(sys.stdin.fileno(), tk.READABLE, self.on_stdin)
 
     def on_stdin(self, fd, mask) -> None:
@@ -62,19 +79,58 @@ class Overlay(OverlayCore):
         self.root.geometry(f"{self.root.winfo_screenwidth()}x{self.root.winfo_screenheight()}+0+0")
         self.root.deiconify()
         self.root.attributes("-topmost", True)
-        self.keep_on_top()
+        self.root.update_idletasks()
+        if self._tick is None:
+            self.keep_on_top()
 
-    def keep_on_top(self) -> None:
-        if not self.shown:
+    def on_changed(self, event) -> None:
+        """X says the window changed: check now rather than at the next tick."""
+        if self.shown and not self._check_pending:
+            self._check_pending = True
+            self.root.after_idle(self.check)
+
+    def windows(self) -> tuple[int, int]:
+        """(Tk's wrapper, a child of the root; Tk's own window inside it).  The wrapper is
+        learnt once, the first time the window is up, before anyone could move it."""
+        inner = self.root.winfo_id()
+        if self._outer is None and self.watch is not None:
+            self._outer = self.watch.toplevel(inner)
+        return self._outer or inner, inner
+
+    def check(self) -> None:
+        """Is the window still mapped, on top, full size, ours?  Put it back if not."""
+        self._check_pending = False
+        if not self.shown or self.watch is None:
             return
-        self.root.lift()
-        self.root.attributes("-topmost", True)
+        # A round trip on Tk's own connection first, so the X server has done everything
+        # Tk asked (our watch is a second connection, and would otherwise see old state).
+        self.root.winfo_pointerxy()
+        width, height = self.root.winfo_screenwidth(), self.root.winfo_screenheight()
+        outer, inner = self.windows()
+        problems = self.watch.inspect(outer, inner, width, height)
+        if not problems:
+            return
+        self.watch.restore(outer, inner, width, height)
+        # Tk keeps its own idea of the window; make it agree with what was put back.
+        self.root.geometry(f"{width}x{height}+0+0")
+        self.root.deiconify()
+        self.grab()
+        self.say(event="tampered", what=problems)
+
+    def grab(self) -> None:
         self.root.focus_force()
         try:
             self.root.grab_set_global()
         except tk.TclError:
             pass  # another client holds a grab; we retry on the next tick
-        self.root.after(500, self.keep_on_top)
+
+    def keep_on_top(self) -> None:
+        self._tick = None
+        if not self.shown:
+            return
+        self.check()
+        self.grab()
+        self._tick = self.root.after(CHECK_MS, self.keep_on_top)
 
     def draw_hide(self) -> None:
         try:

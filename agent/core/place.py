@@ -88,6 +88,8 @@ def load_place(state_dir: str | Path, site: str) -> tuple[Place | None, str | No
         return None, None
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})"
+    except ValueError as exc:  # not UTF-8
+        return None, f"unusable ({exc}); ignored"
     try:
         return Place.from_dict(json.loads(text), site), None
     except ValueError as exc:

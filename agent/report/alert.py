@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 OPEN_STATES = ("raised", "escalated", "acknowledged")
 FOLLOW_UP_DELAY = 0.05  # seconds of real time after the raise (step 3 above)
+COPY_RETRY_SECONDS = 2.0  # alert.json could not be written (a full disk): try again this often
 # Room left in a report_evidence payload for everything but the domains.
 EVIDENCE_ENVELOPE = 1024
 
@@ -99,6 +100,7 @@ class Report:
         self._copy_value: dict | None = None  # what alert.json should hold
         self._copy_written: int | None = None  # the seq it holds
         self._copy_due = False
+        self._copy_failing = False
         # Reentrant: a transition may publish, and publishing may ask for the alert's state.
         self._lock = threading.RLock()
         screen.when_cleared = self._screen_cleared
@@ -246,11 +248,20 @@ class Report:
             self._copy.save(value)
         except OSError as exc:
             if self.runtime is not None:
-                self.runtime.state_problem(ALERT_FILE, f"cannot write ({exc.strerror or exc}); "
-                                           "the alert is kept in outbox.db only")
+                if not self._copy_failing:
+                    self.runtime.state_problem(ALERT_FILE, f"cannot write ({exc.strerror or exc}); "
+                                               "the alert is kept in outbox.db only")
+                self._copy_failing = True
+                with self._lock:
+                    if not self._copy_due:  # try again (a full disk gets room back)
+                        self._copy_due = True
+                        self.runtime.defer(COPY_RETRY_SECONDS, self._write_copy)
             return
         with self._lock:
             self._copy_written = value.get("seq")
+        if self._copy_failing:
+            self._copy_failing = False
+            self.runtime.state_problem(ALERT_FILE, "recovered", ongoing=False)
 
     @staticmethod
     def _payload(a: dict, state: str, by: str | None, ts: str, **extra) -> dict:

@@ -39,6 +39,8 @@ class AlertCopy:
             return None, None
         except OSError as exc:
             return None, f"cannot read ({exc.strerror or exc})"
+        except ValueError as exc:  # not UTF-8
+            return None, f"unreadable ({exc})"
         try:
             data = json.loads(text)
         except ValueError as exc:

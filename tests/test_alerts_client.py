@@ -113,6 +113,35 @@ def test_escalation_as_the_agent_sends_it():
     assert b.escalated_to == "s.patel"
 
 
+def test_times_are_shown_in_the_sites_timezone():
+    """Issue 13 item 9: the classroom clock (Europe/London: GMT in winter, BST in summer), not UTC."""
+    from zoneinfo import ZoneInfo
+
+    from server.alerts.view import local_time
+
+    london = ZoneInfo("Europe/London")
+    assert local_time("2026-11-24T10:00:00.000Z", london) == "10:00:00"      # GMT
+    assert local_time("2026-06-24T10:00:00.000Z", london) == "11:00:00"      # BST
+    board = AlertBoard()
+    board.apply_alert(alert(ts="2026-06-24T13:05:09.000Z"))
+    out = io.StringIO()
+    TerminalView(out, tz=london).render(board)
+    assert "14:05:09" in out.getvalue() and "13:05:09" not in out.getvalue()
+    lines = io.StringIO()
+    view = TerminalView(lines, as_json=True, tz=london)
+    view.alert(board.listing()[0], board)
+    assert json.loads(lines.getvalue())["time"] == "14:05:09"
+
+
+def test_an_unknown_timezone_is_one_line_with_a_suggestion(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    r = run_cli("--room", "5b", "--broker", "mqtt://127.0.0.1:1", "--username", "m.khan", "--password-file", str(pw),
+                "--timezone", "Europe/Lundon")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "--timezone: unknown timezone 'Europe/Lundon' (did you mean 'Europe/London'?)" in r.stderr
+
+
 def test_notifier_issues_notify_send():
     rec = Recording()
     board = AlertBoard()

@@ -130,7 +130,6 @@ class Runtime:
         self._policy_timer: Timer | None = None
         self._heartbeat_timer: Timer | None = None
         self._boot_monotonic = time.monotonic()
-        self.ready_at: float | None = None  # time.monotonic() when READY=1 was due
         self.add_component(self.report)
         if connect and not bootstrap.config_dir:
             from ..uplink.configsync import ConfigSync  # config comes from the collector
@@ -174,7 +173,6 @@ class Runtime:
             })
             self.control.start()
         # Protected now (see the module docstring): the button is armed, dnsmasq is closed.
-        self.ready_at = time.monotonic()
         where = self.policy.room if self.policy else (self.place.room if self.place else None)
         self.notifier.ready(f"device {self.bootstrap.device}, room {where or 'not known yet'}, "
                             f"config {self.tree.version if self.tree else 'none yet'}")

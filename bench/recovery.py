@@ -209,6 +209,28 @@ def presser(agent: Agent, stop: threading.Event, rng: random.Random) -> None:
         stop.wait(rng.uniform(0.2, 1.0))
 
 
+def late_joiner(agents: list[Agent], port: int) -> float:
+    """Every device with a report open and delivered; a new teacher client connects: how long
+    until its board shows them all (they come from the broker's retained alert topics)?"""
+    from server.alerts.client import AlertsClient
+    from server.alerts.view import TerminalView
+
+    for agent in agents:
+        agent.request({"op": "press", "source": "key"})
+    wait_for(lambda: all(a.status()["alert"] and a.status()["outbox_pending"] == 0 for a in agents), 30,
+             "the last reports to be delivered")
+    open_ids = {a.status()["alert"]["id"] for a in agents}
+    client = AlertsClient(broker=f"mqtt://127.0.0.1:{port}", username="bench.late", password="x", room="+",
+                          site=SITE, view=TerminalView(open(os.devnull, "w"), as_json=True), presence=False)
+    started = time.monotonic()
+    client.start()
+    try:
+        wait_for(lambda: open_ids <= set(client.board.alerts), 10, "the late joiner to see every open report")
+        return 1000 * (time.monotonic() - started)
+    finally:
+        client.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=len(DEVICES), help=f"agents, 1-{len(DEVICES)} (default all)")
@@ -279,6 +301,7 @@ def main() -> int:
             except SystemExit as exc:
                 print(f"recovery: {exc}", file=sys.stderr)
             sweeping.set()
+            late_join_ms = late_joiner(agents, port)
         finally:
             stop.set()
             teacher.close()
@@ -331,6 +354,8 @@ def main() -> int:
             if down_from is not None and down_from <= at < up and aid in first_seen:
                 downtime_delays.append(first_seen[aid] - up)
     p95 = percentile(reconnects, 95)
+    print(f"late joiner: a teacher client started with {len(agents)} reports open had them all "
+          f"{late_join_ms:.0f} ms after it began connecting (target <= 1000)")
     print(f"restarts: {len(ups)}; devices: {len(agents)}; reconnections measured: {len(reconnects)}"
           + (f" ({missing} device-restarts without an online status before the next kill)" if missing else ""))
     print(f"reconnect ms: p50 {percentile(reconnects, 50):.0f}  p95 {p95:.0f}  max {max(reconnects, default=0):.0f}"

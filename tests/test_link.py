@@ -344,10 +344,12 @@ def test_report_evidence_is_trimmed_to_fit_keeping_the_newest():
 
 def test_reconnect_back_off_is_jittered_and_bounded(tmp_path):
     link, box, _ = make_link(tmp_path, SimpleNamespace(port=1), reconnect_max=2.0)
-    seen = set()
+    calls = []
+    link.client.reconnect_delay_set = lambda min_delay, max_delay: calls.append((min_delay, max_delay))
     for _ in range(50):
-        link._jitter_backoff()
-        low, high = link.client._reconnect_min_delay, link.client._reconnect_max_delay
+        link._jitter_backoff()   # what each disconnection does (paho doubles from min to max itself)
+    seen = set()
+    for low, high in calls:
         assert 0.05 <= low <= 0.2 and 1.0 <= high <= 2.0
         seen.add((round(low, 3), round(high, 3)))
     assert len(seen) > 40                                               # devices do not knock in step

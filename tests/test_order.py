@@ -35,10 +35,10 @@ from agent.core.runtime import Runtime
 from agent.desktop.headless import HeadlessScreen
 from agent.report.screen import Screen
 from broker_fixtures import PREFIX, SITE, secure_broker  # noqa: F401
-from runtime_fixtures import REPO, Subscriber
+from runtime_fixtures import REPO
 from server.alerts.client import AlertsClient
 from server.alerts.view import TerminalView
-from services import find_binary, port_open, require_binary, terminate, wait_until
+from services import require_binary, terminate, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -371,3 +371,16 @@ def test_a_teacher_client_started_after_the_press_shows_it_and_not_once_cleared(
             after.close()
     finally:
         runtime.stop()
+
+
+@pytest.mark.timeout(180)
+def test_recovery_bench_runs_and_prints_its_summary_line():
+    # Numbers are the bench's business (no timed assertions here); this keeps it runnable.
+    import re
+
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "recovery.py"), "--devices", "2", "--restarts", "1"],
+                       capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"recovery presses=\d+ lost=0 duplicated_at_teacher=\d+ reconnect_p95_ms=\d+ "
+                        r"order_violations=0", last), r.stdout[-2000:]

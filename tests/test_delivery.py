@@ -370,3 +370,19 @@ def test_a_device_that_never_knew_its_room_keeps_the_press_until_a_config_arrive
     [raised] = sent(rt, "alert")
     assert raised["id"] == aid and raised["room"] == "1a"
     wait_until(lambda: [e for e in sent(rt, "event") if e["type"] == "report_evidence"], 10)
+
+
+def test_escalation_on_a_full_disk_still_goes_out(tmp_path, make, small_disk):
+    """Before: ``runtime job Report._escalate failed`` (the commit raised)."""
+    disk = small_disk("3m")
+    rt = make(state_dir=str(disk / "state"))
+    fill(disk)
+    rt.press("button")
+    rt.call(lambda: None)
+    wait_until(lambda: rt.report.alert and rt.report._timer is not None, 10)   # the follow-up set the timer
+    fill(disk, "filler-2")                          # the reserve's space too: from memory now
+    rt.clock.advance(60)
+    rt.call(lambda: None)
+    states = [a["state"] for a in sent(rt, "alert")]
+    assert states == ["raised", "escalated"] and rt.outbox.in_memory >= 1
+    assert rt.report.alert["state"] == "escalated"

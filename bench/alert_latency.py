@@ -317,7 +317,8 @@ def secure_files(tmp: Path, devices: int, password: str) -> str:
     extra = [bench_room(i) for i in range(devices)] + [("baseline", "baseline-01")]
     for room, dev in extra:
         accounts[dev] = Account(dev, ["device"], device_rules(PREFIX, SITE, room, dev))
-    accounts["bench.teacher"] = Account("bench.teacher", ["teacher"], teacher_rules(PREFIX, SITE, "baseline"))
+    accounts["bench.teacher"] = Account("bench.teacher", ["teacher"], teacher_rules(PREFIX, SITE, "baseline",
+                                                                                    "bench.teacher"))
     write_password_file(tmp / "passwd", {name: password for name in accounts})
     (tmp / "acl").write_text(render_acl(accounts))
     # mosquitto_pub/sub read default options from $XDG_CONFIG_HOME: keeps -P off argv.

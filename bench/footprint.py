@@ -11,12 +11,16 @@ Starts, in a temporary directory:
   filter when installed, heartbeats...).  No nftables (not our network namespace);
 * a bare ``python -c "import time; time.sleep(...)"`` process for the baseline.
 
+Start -> READY: the agent is started with ``NOTIFY_SOCKET`` pointing at a datagram socket of
+the bench's, as systemd's ``Type=notify`` does; ``ready_ms`` is the time from spawning the
+process to its ``READY=1`` (the button armed, dnsmasq up and closed: docs/architecture.md).
+
 Waits until the agent says ``online`` on its retained status topic, lets it settle
 (``--warmup``), then samples both processes once a second for ``--seconds`` (60 by
 default) with psutil: CPU is (user+system time used) / wall time over the window, RSS is
 the largest resident set seen.  Children (dnsmasq, helpers) are reported separately.
 
-Last line: ``footprint rss_mb=... idle_cpu_pct=... bare_rss_mb=...``
+Last line: ``footprint rss_mb=... idle_cpu_pct=... bare_rss_mb=... ready_ms=...``
 
     .venv/bin/python bench/footprint.py [--seconds 60] [--warmup 10]
 """
@@ -164,11 +168,25 @@ def main() -> int:
             wait_port(port)
             agent_yaml = write_setup(work, port)
             log = open(work / "agent.log", "wb")
-            env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            notify.bind(str(work / "notify.sock"))
+            notify.settimeout(60)
+            env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1",
+                       NOTIFY_SOCKET=str(work / "notify.sock"))
+            spawned = time.monotonic()
             agent = subprocess.Popen([agent_binary(), "run", "--config", str(agent_yaml),
                                       *(["--simulate"] if args.simulate else [])],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
             procs.append(agent)
+            try:
+                while not notify.recv(4096).startswith(b"READY=1"):
+                    pass
+            except OSError:
+                sys.stderr.write((work / "agent.log").read_text()[-3000:])
+                raise SystemExit("footprint: error: the agent never said READY=1") from None
+            ready_ms = 1000 * (time.monotonic() - spawned)
+            notify.close()
+            print(f"agent READY=1 {ready_ms:.0f} ms after it was started", flush=True)
             bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1e6)"])
             procs.append(bare)
             try:
@@ -207,7 +225,7 @@ def main() -> int:
     print(f"targets: rss <= {TARGET_RSS_MB:.0f} MB {'ok' if rss_mb <= TARGET_RSS_MB else 'OVER'}; "
           f"idle cpu <= {TARGET_CPU_PCT} % {'ok' if cpu <= TARGET_CPU_PCT else 'OVER'}; "
           f"rss vs bare python {rss_mb / bare_mb:.1f}x")
-    print(f"footprint rss_mb={rss_mb:.1f} idle_cpu_pct={cpu:.3f} bare_rss_mb={bare_mb:.1f}")
+    print(f"footprint rss_mb={rss_mb:.1f} idle_cpu_pct={cpu:.3f} bare_rss_mb={bare_mb:.1f} ready_ms={ready_ms:.0f}")
     return 0
 
 

@@ -8,8 +8,11 @@
   when installed, else hashed here in the same format.
 * ``OUT/acl``: one ``user`` block per account, derived from the device registry (DESIGN.md
   "Broker ACLs"): a device writes only under its own ``{device}`` level and reads only its own
-  ``cmd``; a teacher reads ``alert``/``status`` of the rooms where they are in ``alert_staff`` and
-  writes ``cmd`` there; escalation contacts read every room's alerts; only the server reads ``event``.
+  ``cmd`` and ``reply/+``; a teacher reads ``alert``/``status`` of the rooms where they are in
+  ``alert_staff`` and writes there only ``.../+/reply/<their username>`` (ack/clear: the device
+  takes ``by`` from that last level) and their own presence ``.../_watch/<their username>``;
+  escalation contacts read every room's alerts and reply in every room under their own name;
+  only the server (the collector) writes ``cmd`` and reads ``event``.
 * ``OUT/credentials/<user>.yaml`` (0600): ``username`` + ``password`` per account, to copy onto a
   device (agent ``credentials``) or hand to a member of staff (``classroom-alerts --password-file``).
 
@@ -40,7 +43,7 @@ import yaml
 from agent.config import ConfigTree, did_you_mean
 from agent.errors import UserError
 from agent.files import atomic_write
-from agent.protocol import MAX_PAYLOAD
+from agent.protocol import MAX_PAYLOAD, REPLY, WATCH
 
 DEFAULT_SERVER_USER = "classroom-server"
 DEVICE_WRITES = ("status", "alert", "event", "heartbeat")
@@ -78,14 +81,24 @@ class Account:
 
 
 def device_rules(prefix: str, site: str, room: str, device: str) -> list[tuple[str, str]]:
-    """A device writes only under its own {device} level and reads only its own cmd."""
+    """A device writes only under its own {device} level and reads only its own cmd and replies."""
     base = f"{prefix}/{site}/{room}/{device}"
-    return [("write", f"{base}/{kind}") for kind in DEVICE_WRITES] + [("read", f"{base}/cmd")]
+    return [("write", f"{base}/{kind}") for kind in DEVICE_WRITES] + [("read", f"{base}/cmd"),
+                                                                       ("read", f"{base}/{REPLY}/+")]
 
 
-def teacher_rules(prefix: str, site: str, room: str) -> list[tuple[str, str]]:
-    base = f"{prefix}/{site}/{room}/+"
-    return [("read", f"{base}/alert"), ("read", f"{base}/status"), ("write", f"{base}/cmd")]
+def teacher_rules(prefix: str, site: str, room: str, username: str) -> list[tuple[str, str]]:
+    """A teacher of *room*: reads its alerts and device status, answers (ack/clear) only in
+    their own name, says they are watching it; never writes ``cmd`` (the collector's alone)."""
+    base = f"{prefix}/{site}/{room}"
+    return [("read", f"{base}/+/alert"), ("read", f"{base}/+/status"),
+            ("write", f"{base}/+/{REPLY}/{username}"), ("write", f"{base}/{WATCH}/{username}")]
+
+
+def contact_rules(prefix: str, site: str, username: str) -> list[tuple[str, str]]:
+    """An escalation contact (DSL, office) answers reports from any room, in their own name."""
+    base = f"{prefix}/{site}/+"
+    return [("read", f"{base}/+/alert"), ("read", f"{base}/+/status"), ("write", f"{base}/+/{REPLY}/{username}")]
 
 
 def worker_users(server_user: str, ingest_workers: int) -> list[str]:
@@ -125,15 +138,14 @@ def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER,
     for room in tree.rooms.values():
         for name in room.alert_staff:
             acc = staff(name, "teacher")
-            for rule in teacher_rules(prefix, site, room.room):
+            for rule in teacher_rules(prefix, site, room.room, name):
                 acc.allow(*rule)
     for contact in tree.site.escalation.contacts:
         if contact.staff:
             acc = staff(contact.staff, f"escalation:{contact.role}")
             # Escalation contacts answer reports from any room, so they may also ack/clear anywhere.
-            acc.allow("read", f"{prefix}/{site}/+/+/alert")
-            acc.allow("read", f"{prefix}/{site}/+/+/status")
-            acc.allow("write", f"{prefix}/{site}/+/+/cmd")
+            for rule in contact_rules(prefix, site, contact.staff):
+                acc.allow(*rule)
     for name in worker_users(server_user, ingest_workers):
         if name in accounts:
             raise UserError(f"server user {name!r} is also a device id or a member of staff; "

@@ -68,6 +68,8 @@ class FakeRuntime:
         self.control_ops: dict = {}
         self.posted: queue.SimpleQueue = queue.SimpleQueue()
         self._kept: dict[str, dict] = {}
+        self.place = None
+        self.state_problems: list[tuple[str, str, bool]] = []
         self._cond = threading.Condition()
         self.policy = self.evaluate()
         self._thread: threading.Thread | None = None
@@ -202,6 +204,10 @@ class FakeRuntime:
 
     def kept(self, key: str):
         return self._kept.get(key)
+
+    def state_problem(self, file: str, cause: str, *, ongoing: bool = True) -> None:
+        self.state_problems.append((file, cause, ongoing))
+        self.emit_event("state_degraded", file=file, cause=cause, ongoing=ongoing)
 
     def of_type(self, kind: str) -> list[dict]:
         with self._cond:

@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS = str(ROOT / ".venv" / "bin" / "classroom-alerts")
 
 
+def reply_to(room, device, staff="+"):
+    return f"{PREFIX}/{SITE}/{room}/{device}/reply/{staff}"
+
+
 def alert(state="raised", alert_id=None, room="5b", device="5b-pi-02", **extra):
     return {"id": alert_id or new_id(), "state": state, "site": SITE, "room": room, "device": device,
             "seat": "Table 2", "ts": now_ts(), **extra}
@@ -72,6 +76,15 @@ def test_board_follows_alert_states_and_never_goes_back():
     assert board.pick(first["id"][:8]) is a and board.pick("zzz") is None
     board.apply_alert(alert("cleared", first["id"], by="m.khan"))
     assert not a.is_open and board.newest() is b
+    assert board.listing() == [b]                    # cleared alerts leave the list ...
+    _, changed = board.apply_alert(first)            # ... and a late copy of "raised" never brings one back
+    assert not changed and board.listing() == [b]
+    # Retained transitions of alerts this client never saw: open ones are shown, cleared ones are not.
+    late = alert("acknowledged", by="a.jones", raised_ts="2026-11-24T10:00:00.000Z")
+    c, changed = board.apply_alert(late)
+    assert changed and c.state == "acknowledged" and c.ts == "2026-11-24T10:00:00.000Z"
+    _, changed = board.apply_alert(alert("cleared"))
+    assert not changed and len(board.listing()) == 2
 
 
 def test_escalation_shows_who_it_went_to():
@@ -98,6 +111,35 @@ def test_escalation_as_the_agent_sends_it():
     assert a.escalated_to == "Mrs Patel (DSL), School office (01234 567890)"
     b, _ = board.apply_alert(alert("escalated", new_id(), escalated_to=["s.patel"]))
     assert b.escalated_to == "s.patel"
+
+
+def test_times_are_shown_in_the_sites_timezone():
+    """Issue 13 item 9: the classroom clock (Europe/London: GMT in winter, BST in summer), not UTC."""
+    from zoneinfo import ZoneInfo
+
+    from server.alerts.view import local_time
+
+    london = ZoneInfo("Europe/London")
+    assert local_time("2026-11-24T10:00:00.000Z", london) == "10:00:00"      # GMT
+    assert local_time("2026-06-24T10:00:00.000Z", london) == "11:00:00"      # BST
+    board = AlertBoard()
+    board.apply_alert(alert(ts="2026-06-24T13:05:09.000Z"))
+    out = io.StringIO()
+    TerminalView(out, tz=london).render(board)
+    assert "14:05:09" in out.getvalue() and "13:05:09" not in out.getvalue()
+    lines = io.StringIO()
+    view = TerminalView(lines, as_json=True, tz=london)
+    view.alert(board.listing()[0], board)
+    assert json.loads(lines.getvalue())["time"] == "14:05:09"
+
+
+def test_an_unknown_timezone_is_one_line_with_a_suggestion(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    r = run_cli("--room", "5b", "--broker", "mqtt://127.0.0.1:1", "--username", "m.khan", "--password-file", str(pw),
+                "--timezone", "Europe/Lundon")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "--timezone: unknown timezone 'Europe/Lundon' (did you mean 'Europe/London'?)" in r.stderr
 
 
 def test_notifier_issues_notify_send():
@@ -184,7 +226,7 @@ def test_raise_ack_clear_round_trip_with_pager(secure_broker, factory):
     client = box["c"] = start_client(sb, notifier=Notifier(runner=rec, binary="notify-send"), pager=pager)
     try:
         # One connection per account (the broker ties the client id to the username).
-        dev, cmds = sb.subscriber("5b-pi-02", t("5b", "5b-pi-02", "cmd"))
+        dev, cmds = sb.subscriber("5b-pi-02", reply_to("5b", "5b-pi-02"))
         raised = alert()
         sb.publish(dev, t("5b", "5b-pi-02", "alert"), encode(raised))
         wait_until(lambda: raised["id"] in client.board.alerts, 10)
@@ -195,8 +237,10 @@ def test_raise_ack_clear_round_trip_with_pager(secure_broker, factory):
         keyboard_loop(client, io.StringIO("a\nq\n"))
         cmds.wait(lambda r: len(r.payloads()) >= 1)
         ack = decode(cmds.payloads()[0])
-        validate("cmd", ack)
-        assert ack == {"cmd": "ack", "alert_id": raised["id"], "by": "m.khan"}
+        validate("reply", ack)
+        # In the teacher's own name: the last topic level, which the broker ties to the account.
+        assert ack == {"cmd": "ack", "alert_id": raised["id"]}
+        assert cmds.topics()[0] == reply_to("5b", "5b-pi-02", "m.khan")
         assert pager.is_active  # the device, not the teacher's own command, confirms the ack
         sb.publish(dev, t("5b", "5b-pi-02", "alert"), encode(alert("acknowledged", raised["id"], by="m.khan")))
         wait_until(lambda: not pager.is_active, 10)
@@ -204,9 +248,9 @@ def test_raise_ack_clear_round_trip_with_pager(secure_broker, factory):
 
         client.clear()
         cmds.wait(lambda r: len(r.payloads()) >= 2)
-        assert decode(cmds.payloads()[1]) == {"cmd": "clear", "alert_id": raised["id"], "by": "m.khan"}
+        assert decode(cmds.payloads()[1]) == {"cmd": "clear", "alert_id": raised["id"]}
         sb.publish(dev, t("5b", "5b-pi-02", "alert"), encode(alert("cleared", raised["id"], by="m.khan")))
-        wait_until(lambda: client.board.alerts[raised["id"]].state == "cleared", 10)
+        wait_until(lambda: raised["id"] not in client.board.alerts, 10)  # cleared alerts leave the list
 
         # A second report; the pager's own button acknowledges it.
         second = alert()
@@ -214,7 +258,7 @@ def test_raise_ack_clear_round_trip_with_pager(secure_broker, factory):
         wait_until(lambda: pager.led.is_lit, 10)
         factory.pin(13).drive_low()
         cmds.wait(lambda r: len(r.payloads()) >= 3)
-        assert decode(cmds.payloads()[2]) == {"cmd": "ack", "alert_id": second["id"], "by": "m.khan"}
+        assert decode(cmds.payloads()[2]) == {"cmd": "ack", "alert_id": second["id"]}
     finally:
         client.close()
 
@@ -282,12 +326,13 @@ def test_cli_once_json_and_one_shot_ack(secure_broker):
     line = next(x for x in map(json.loads, out.strip().splitlines()) if x["event"] == "alert")
     assert line["id"] == a["id"] and line["seat"] == "Table 2" and line["state"] == "raised"
 
-    _, cmds = sb.subscriber("5b-pi-01", t("5b", "5b-pi-01", "cmd"))
+    _, cmds = sb.subscriber("5b-pi-01", reply_to("5b", "5b-pi-01"))
     r = run_cli("--room", "5b", "--site", SITE, "--broker", url, "--username", "m.khan", "--password-file", pw,
                 "--ack", a["id"], "--device", "5b-pi-01", "--json")
     assert r.returncode == 0, r.stderr
     cmds.wait(lambda rec: rec.payloads())
-    assert decode(cmds.payloads()[0]) == {"cmd": "ack", "alert_id": a["id"], "by": "m.khan"}
+    assert decode(cmds.payloads()[0]) == {"cmd": "ack", "alert_id": a["id"]}
+    assert cmds.topics() == [reply_to("5b", "5b-pi-01", "m.khan")]
 
 
 @pytest.mark.integration
@@ -337,7 +382,7 @@ def test_real_agent_press_reaches_teacher_who_acks_and_clears(secure_broker, fac
         said = runtime.policy.messages.get("report_acknowledged") or DEFAULT_MESSAGES["report_acknowledged"]
         assert screen.is_blank and screen.message == said  # the pupil is told a grown-up has seen it
         client.clear()
-        wait_until(lambda: client.board.alerts[raised.id].state == "cleared", 15)
+        wait_until(lambda: raised.id not in client.board.alerts, 15)  # cleared: off the teacher's list
         assert not screen.is_blank and not runtime.report.is_open
     finally:
         client.close()

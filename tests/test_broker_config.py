@@ -40,13 +40,21 @@ def test_accounts_follow_the_registry():
     assert dev.roles == ["device"]
     assert ("write", t("5b", "5b-pi-01", "alert")) in dev.rules
     assert ("read", t("5b", "5b-pi-01", "cmd")) in dev.rules
+    assert ("read", f"{PREFIX}/{SITE}/5b/5b-pi-01/reply/+") in dev.rules
     # Nothing a device may touch lies outside its own {device} level.
     assert all(f"/5b/5b-pi-01/" in rule for _, rule in dev.rules)
     teacher = accounts["m.khan"]
+    # Issue 14 item 6: a teacher answers only in their own name, never on cmd (the collector's).
     assert set(teacher.rules) == {("read", f"{PREFIX}/{SITE}/5b/+/alert"), ("read", f"{PREFIX}/{SITE}/5b/+/status"),
-                                  ("write", f"{PREFIX}/{SITE}/5b/+/cmd")}
+                                  ("write", f"{PREFIX}/{SITE}/5b/+/reply/m.khan"),
+                                  ("write", f"{PREFIX}/{SITE}/5b/_watch/m.khan")}
     assert accounts["s.patel"].roles == ["escalation:dsl"]
     assert ("read", f"{PREFIX}/{SITE}/+/+/alert") in accounts["s.patel"].rules
+    assert ("write", f"{PREFIX}/{SITE}/+/+/reply/s.patel") in accounts["s.patel"].rules
+    # Only the collector's account may write cmd.
+    writers = sorted(name for name, acc in accounts.items() if any(a == "write" and r.endswith("/cmd")
+                                                                   for a, r in acc.rules))
+    assert writers == ["classroom-server"]
     # Only the server's rules can match an event topic.
     for name, acc in accounts.items():
         readable = [r for a, r in acc.rules if a == "read" and (r.endswith("/#") or r.endswith("/event"))]
@@ -187,24 +195,46 @@ def test_teacher_reads_own_room_alerts_only(secure_broker):
 
 
 @pytest.mark.integration
-def test_teacher_commands_only_reach_their_rooms(secure_broker):
+def test_teacher_replies_only_reach_their_rooms_and_only_in_their_own_name(secure_broker):
+    """Issue 14 item 6: a teacher answers on ``.../reply/<their username>`` in their rooms only;
+    ``cmd`` (which carries ``by`` in the payload) is the collector's alone."""
     sb = secure_broker
-    _, dev1a = sb.subscriber("1a-pi-01", t("1a", "1a-pi-01", "cmd"))
-    _, dev5b = sb.subscriber("5b-pi-01", t("5b", "5b-pi-01", "cmd"))
+    reply = f"{PREFIX}/{SITE}/{{room}}/{{device}}/reply/{{staff}}"
+    _, dev1a = sb.subscriber("1a-pi-01", t("1a", "1a-pi-01", "cmd"), reply.format(room="1a", device="1a-pi-01", staff="+"))
+    _, dev5b = sb.subscriber("5b-pi-01", t("5b", "5b-pi-01", "cmd"), reply.format(room="5b", device="5b-pi-01", staff="+"))
     teacher = sb.connect("m.khan")
-    bad = encode({"cmd": "clear", "alert_id": new_id(), "by": "m.khan"})
-    sb.publish(teacher, t("1a", "1a-pi-01", "cmd"), bad)
+    bad = encode({"cmd": "clear", "alert_id": new_id()})
+    forged_cmd = encode({"cmd": "unlock", "by": "s.patel"})
+    sb.publish(teacher, reply.format(room="1a", device="1a-pi-01", staff="m.khan"), bad)       # another room
+    sb.publish(teacher, reply.format(room="5b", device="5b-pi-01", staff="s.patel"), bad)     # another's name
+    sb.publish(teacher, t("5b", "5b-pi-01", "cmd"), forged_cmd)                               # cmd at all
     # A teacher can't forge alerts either.
     sb.publish(teacher, t("5b", "5b-pi-01", "alert"), alert_payload("5b", "5b-pi-01"))
-    good = encode({"cmd": "ack", "alert_id": new_id(), "by": "m.khan"})
-    sb.publish(teacher, t("5b", "5b-pi-01", "cmd"), good)
+    good = encode({"cmd": "ack", "alert_id": new_id()})
+    sb.publish(teacher, reply.format(room="5b", device="5b-pi-01", staff="m.khan"), good)
     dev5b.wait(lambda r: good in r.payloads())
     # 1a-pi-01's subscription was acknowledged before anything was published; the server
     # control below proves the 1a route works, so silence here is the ACL.
-    sb.publish(sb.connect("classroom-server"), t("1a", "1a-pi-01", "cmd"), good)
-    dev1a.wait(lambda r: good in r.payloads())
-    assert dev1a.payloads() == [good]
+    server_cmd = encode({"cmd": "ack", "alert_id": new_id(), "by": "m.khan"})
+    sb.publish(sb.connect("classroom-server"), t("1a", "1a-pi-01", "cmd"), server_cmd)
+    dev1a.wait(lambda r: server_cmd in r.payloads())
+    assert dev1a.payloads() == [server_cmd]
     assert dev5b.payloads() == [good]
+    assert dev5b.topics() == [reply.format(room="5b", device="5b-pi-01", staff="m.khan")]
+
+
+@pytest.mark.integration
+def test_teacher_presence_only_under_their_own_name_in_their_rooms(secure_broker):
+    sb = secure_broker
+    _, collector = sb.subscriber("classroom-server", f"{PREFIX}/{SITE}/+/_watch/+")
+    teacher = sb.connect("m.khan")
+    watching = encode({"state": "watching", "ts": "2026-11-24T10:00:00.000Z", "client": "classroom-alerts"})
+    sb.publish(teacher, f"{PREFIX}/{SITE}/1a/_watch/m.khan", watching)        # not their room
+    sb.publish(teacher, f"{PREFIX}/{SITE}/5b/_watch/a.jones", watching)       # not their name
+    sb.publish(teacher, f"{PREFIX}/{SITE}/5b/_watch/m.khan", watching)
+    # One sender's messages arrive in order: had the first two got through, they would be here first.
+    collector.wait(lambda r: r.topics())
+    assert collector.topics() == [f"{PREFIX}/{SITE}/5b/_watch/m.khan"]
 
 
 @pytest.mark.integration

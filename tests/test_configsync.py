@@ -248,7 +248,8 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
         wait_until(lambda: runtime.tree is not None and runtime.tree.version == v1, timeout=20)
         wait_until(lambda: device_row(v1), timeout=20, message="applied v1 never showed in the status")
         assert applied() == [v1]
-        # The retained reload-config then arrives: a conditional fetch, 304.
+        # Once connected (backlog drained) the device looks again: a conditional fetch, 304.
+        # (It does not act on the retained reload-config: retained commands never replay.)
         wait_until(lambda: sync.fetches >= 2 and sync.wait_idle(0), timeout=20)
         assert sync.last_result.status == "unchanged"
         assert json.loads((tmp_path / "state" / "config.json").read_text())["version"] == v1

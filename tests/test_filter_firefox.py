@@ -42,12 +42,27 @@ def policy(filter_root):
 
 @pytest.fixture
 def firefox_policy_dir():
-    """The agent's default policy directory, with whatever was there put back afterwards."""
+    """The agent's default policy directory, with whatever was there put back afterwards.
+
+    Firefox reads one machine-wide file, so two test runs on one machine take turns (a lock
+    file), rather than one reading the other's policy."""
+    import fcntl
+
+    lock = open("/run/lock/classroom-safety-firefox-policy.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield from _policy_dir()
+    finally:
+        lock.close()
+
+
+def _policy_dir():
     directory = Path(AgentBootstrap.model_fields["firefox_policy_dir"].default)
     target = directory / browser.FIREFOX_FILE
     created = [p for p in (directory.parent, directory) if not p.exists()]
     saved = target.read_bytes() if target.exists() else None
     directory.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)  # start from nothing: the agent's write is the only policy
     yield directory
     if saved is None:
         target.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ store-then-publish with resend after a broker outage, and bad cmd payloads."""
 import json
 import logging
 import socket
+from types import SimpleNamespace
 
 import pytest
 
@@ -291,3 +292,110 @@ def test_a_dropped_connection_fsyncs_what_the_broker_never_acknowledged(tmp_path
     finally:
         mosquitto.start()
         link.stop()
+
+
+# --------------------------------------------------------------------------- issue 13: order, size, reconnecting
+
+
+@pytest.mark.timeout(30)
+def test_nothing_over_the_payload_limit_is_stored_or_sent(tmp_path, mosquitto, caplog):
+    from agent import protocol
+
+    sub = Subscriber(mosquitto, PREFIX + "/event")
+    link, box, _ = make_link(tmp_path, mosquitto)
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        huge = {"id": "00000000-0000-4000-8000-000000000009", "type": "login", "ts": "2026-11-24T10:00:00.000Z",
+                "site": "penny-acres", "room": "1a", "device": "1a-pi-01", "user": "x" * protocol.MAX_PAYLOAD}
+        with caplog.at_level(logging.ERROR):
+            assert link.send("event", huge) is None
+        assert [r.getMessage() for r in caplog.records if "refused to send" in r.getMessage()] == [
+            f"refused to send a {len(protocol.encode(huge))}-byte event message (the limit is {protocol.MAX_PAYLOAD}): "
+            f"login {huge['id']}"]
+        assert box.count() == 0
+        small = dict(huge, user="pupil1", id="00000000-0000-4000-8000-00000000000a")
+        link.send("event", small)
+        sub.wait_for("event", id=small["id"])
+        assert [p["id"] for p in sub.payloads("event")] == [small["id"]]    # still connected, nothing looped
+        assert link.is_connected and link.refused == 0
+    finally:
+        link.stop()
+        sub.close()
+
+
+def test_report_evidence_is_trimmed_to_fit_keeping_the_newest():
+    from agent import protocol
+    from agent.report.alert import fit_domains
+
+    from datetime import datetime, timedelta, timezone
+
+    start = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
+    domains = [{"domain": f"site-{i:05d}.example.org", "ts": protocol.now_ts(start + timedelta(seconds=i)),
+                "count": 1} for i in range(4000)]
+    kept, left_out = fit_domains(domains)
+    assert left_out > 0 and len(kept) + left_out == 4000
+    assert kept == domains[-len(kept):]                               # the newest, in their order
+    event = {"id": protocol.new_id(), "type": "report_evidence", "ts": protocol.now_ts(), "site": "s", "room": "r",
+             "device": "d", "alert_id": protocol.new_id(), "domains": kept, "truncated": left_out}
+    assert len(protocol.encode(event)) <= protocol.MAX_PAYLOAD
+    assert fit_domains(domains[:10]) == (domains[:10], 0)
+
+
+def test_reconnect_back_off_is_jittered_and_bounded(tmp_path):
+    link, box, _ = make_link(tmp_path, SimpleNamespace(port=1), reconnect_max=2.0)
+    calls = []
+    link.client.reconnect_delay_set = lambda min_delay, max_delay: calls.append((min_delay, max_delay))
+    for _ in range(50):
+        link._jitter_backoff()   # what each disconnection does (paho doubles from min to max itself)
+    seen = set()
+    for low, high in calls:
+        assert 0.05 <= low <= 0.2 and 1.0 <= high <= 2.0
+        seen.add((round(low, 3), round(high, 3)))
+    assert len(seen) > 40                                               # devices do not knock in step
+    assert link.client.connect_timeout == 2.0
+    box.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_backlog_goes_before_anything_new_and_before_online(tmp_path, mosquitto):
+    """Rows stored while offline, then a send racing the reconnection: the subscriber sees
+    the backlog in order, then ``online``; the racing message never ahead of the backlog."""
+    import threading
+
+    sub = Subscriber(mosquitto, PREFIX + "/#", persistent=True)
+    link, box, _ = make_link(tmp_path, mosquitto)
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        mosquitto.stop()
+        wait_until(lambda: not link.is_connected, 10)
+        backlog = [dict(alert(), id=f"00000000-0000-4000-8000-00000000010{i}") for i in range(5)]
+        for a in backlog:
+            link.send("alert", a)
+        mosquitto.start()
+        late = dict(alert(), id="00000000-0000-4000-8000-000000000200", state="escalated")
+        stop = threading.Event()
+
+        def racer():  # keeps trying to send the moment the socket is up
+            while not stop.is_set():
+                if link.is_connected:
+                    link.send("alert", late)
+                    return
+        t = threading.Thread(target=racer, daemon=True)
+        t.start()
+        sub.wait_for("alert", id=late["id"], timeout=30)
+        stop.set()
+        t.join(5)
+        order = [(tp.rsplit("/", 1)[1], json.loads(p).get("id") or json.loads(p)["state"])
+                 for tp, p, _ in sub.messages]
+        after = order[max(i for i, (k, v) in enumerate(order) if (k, v) == ("status", "offline")) + 1:] \
+            if ("status", "offline") in order else order
+        ids = [v for k, v in after if k == "alert"]
+        assert ids[:5] == [a["id"] for a in backlog] and ids[-1] == late["id"]
+        # "late" was committed during the reconnection: it goes with the backlog, after it, or
+        # after online; never ahead of a row stored before it.
+        assert after.index(("alert", backlog[-1]["id"])) < after.index(("status", "online"))
+    finally:
+        link.stop()
+        sub.close()

@@ -137,3 +137,126 @@ def test_row_count_is_kept_in_step_with_the_table(tmp_path):
     assert not box.delete(rows[0]) and box._rows == 1
     box.close()
     assert Outbox(tmp_path / "o.db")._rows == 1           # counted again on open
+
+
+# --------------------------------------------------------------------------- a full or damaged disk (issue 13)
+
+from disk_fixtures import fill, small_disk  # noqa: E402,F401
+
+
+class Problems(list):
+    def __call__(self, file, cause, ongoing):
+        self.append((file, cause, ongoing))
+
+
+def test_a_full_disk_uses_the_reserve_then_memory_and_loses_nothing(small_disk):
+    disk = small_disk("3m")
+    problems = Problems()
+    box = Outbox(disk / "outbox.db", reserve_bytes=512 * 1024, on_problem=problems)
+    assert (disk / "outbox.reserve").stat().st_size == 512 * 1024
+    first = box.put("t/event", b'{"n": 0}', 1, "event")
+    filler = fill(disk)
+    # Full: the commit fails, the reserve goes, the commit is tried again and reaches the disk.
+    # (Before: "OperationalError: cannot rollback - no transaction is active" from put().)
+    second = box.put("t/alert", b'{"n": 1}', 1, "alert", keep=("alert", {"id": "a1", "state": "raised"}))
+    assert not (disk / "outbox.reserve").exists() and box.in_memory == 0
+    assert problems[-1] == ("outbox.db", "disk full: the outbox is using its reserve", True)
+    assert box.problem == "disk full: the outbox is using its reserve"
+    # The freed space fills up again: rows wait in memory, still in order, still pending.
+    fill(disk, "filler-2")
+    third = box.put("t/alert", b'{"n": 2}', 1, "alert", keep=("alert", {"id": "a1", "state": "escalated"}))
+    fourth = box.put("t/event", b'{"n": 3}', 1, "event")
+    assert box.in_memory == 2 and [p.id for p in box.pending()] == [first, second, third, fourth]
+    assert box.kept("alert") == {"id": "a1", "state": "escalated"}
+    assert "kept in memory" in problems[-1][1] and problems[-1][2] is True
+    assert box.delete_many([first, third]) == 2                     # PUBACKs still work
+    assert [p.id for p in box.pending()] == [second, fourth]
+    assert box.recover() is False                                   # still no room
+    # Space comes back: everything waiting goes to disk in one transaction, the reserve is made again.
+    filler.unlink()
+    (disk / "filler-2").unlink()
+    assert box.recover() is True
+    assert box.in_memory == 0 and box.problem is None and (disk / "outbox.reserve").exists()
+    assert problems[-1] == ("outbox.db", "recovered", False)
+    box.close()
+    again = Outbox(disk / "outbox.db")
+    assert [json.loads(p.payload)["n"] for p in again.pending()] == [1, 3]
+    assert again.kept("alert") == {"id": "a1", "state": "escalated"}
+    later = again.put("t/event", b'{"n": 4}', 1, "event")
+    assert later > fourth                                           # ids keep growing: send order holds
+
+
+def test_an_outbox_opened_on_a_full_disk_runs_from_memory(small_disk):
+    disk = small_disk("1m")
+    filler = fill(disk)
+    problems = Problems()
+    box = Outbox(disk / "outbox.db", reserve_bytes=64 * 1024, on_problem=problems)  # before: UserError, exit
+    row = box.put("t/alert", b'{"n": 1}', 1, "alert", keep=("alert", {"id": "a1", "state": "raised"}))
+    assert [p.id for p in box.pending()] == [row] and box.kept("alert")["id"] == "a1"
+    assert problems and problems[-1][2] is True
+    filler.unlink()
+    assert box.recover() is True and box.in_memory == 0
+    box.close()
+    assert [json.loads(p.payload)["n"] for p in Outbox(disk / "outbox.db").pending()] == [1]
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "malformed page"])
+def test_a_damaged_outbox_is_moved_aside_and_a_fresh_one_started(tmp_path, damage, caplog):
+    import os
+
+    db = tmp_path / "outbox.db"
+    if damage == "random bytes":
+        db.write_bytes(os.urandom(20000))
+    else:
+        box = Outbox(db, reserve_bytes=0)
+        for i in range(200):
+            box.put("t/event", json.dumps({"n": i, "pad": "x" * 200}).encode(), 1, "event")
+        box.checkpoint()
+        box.close()
+        with open(db, "r+b") as fh:                                 # scribble over a b-tree page
+            fh.seek(4096 * 3)
+            fh.write(os.urandom(4096))
+    problems = Problems()
+    box = Outbox(db, on_problem=problems)                           # before: DatabaseError, the agent exited
+    [aside] = box.moved_aside
+    assert aside.name.startswith("outbox.db.damaged-") and aside.exists() and aside.parent == tmp_path
+    assert str(aside) in caplog.text                                 # logged with its path
+    assert problems[0][0] == "outbox.db" and "moved aside" in problems[0][1]
+    assert box.pending() == [] and box.problem is None
+    box.put("t/alert", b"{}", 1, "alert")
+    box.close()
+    assert Outbox(db).count("alert") == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_truncated_wal_keeps_what_it_can_check(tmp_path):
+    """kill -9 with rows only in the WAL, then the WAL cut short (an SD card losing its
+    last writes): the outbox opens, keeps the rows before the cut, and says nothing is wrong
+    with it (the open alert comes back from its second copy: tests/test_delivery.py)."""
+    db = tmp_path / "o.db"
+    child = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from agent.uplink.outbox import Outbox
+        box = Outbox({str(db)!r}, reserve_bytes=0)
+        for i in range(40):
+            box.put("classroom/v1/s/r/d/alert", ('{{"id": "%d"}}' % i).encode(), 1, "alert")
+        print("written", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wal = Path(f"{db}-wal")
+    size = wal.stat().st_size
+    with open(wal, "r+b") as fh:
+        fh.truncate(size // 2)
+    box = Outbox(db)
+    ids = [json.loads(r.payload)["id"] for r in box.pending()]
+    assert 0 < len(ids) < 40 and ids == [str(i) for i in range(len(ids))]
+    assert box.moved_aside == [] and box.problem is None

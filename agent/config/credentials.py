@@ -33,6 +33,22 @@ def load_credentials(path: str | Path | None) -> tuple[str | None, str | None]:
     return data["username"], data["password"]
 
 
+def enrolled_room(path: str | Path | None, site: str) -> str | None:
+    """The room the collector enrolled this device in (``room:`` in the credentials file
+    ``classroom-agent enrol`` writes), if the file says so for this *site*; else None.
+    Never raises: it only helps address a press made before the first config arrives."""
+    if not path:
+        return None
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict) or data.get("site") != site:
+        return None
+    room = data.get("room")
+    return room if isinstance(room, str) and room else None
+
+
 def read_password(path: str | Path) -> str:
     """The password from a file: a broker-config credentials YAML or a single line."""
     path = Path(path)

@@ -197,6 +197,14 @@ class Broker(Model):
     url: MqttUrl = Field(description="MQTT broker, 'mqtts://host:8883' (TLS) or 'mqtt://host:1883'.")
     prefix: str = Field(default="classroom/v1", pattern=r"^[a-z0-9][a-z0-9/_-]*[a-z0-9]$",
                         description="Topic prefix for every message.")
+    reconnect_max_seconds: float = Field(
+        default=2.0, ge=0.5, le=300,
+        description="Longest wait between reconnect attempts (jittered, from 0.05-0.2 s doubling up to this): "
+                    "keep it low for a broker on the school LAN, so a device is back within it.")
+    connect_timeout_seconds: float = Field(default=2.0, ge=0.5, le=60,
+                                           description="Give up one connection attempt after this long.")
+    keepalive_seconds: int = Field(default=30, ge=5, le=600,
+                                   description="MQTT keepalive: a silent link is found dead within about twice this.")
 
 
 class Collector(Model):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..config import AgentBootstrap, ConfigTree, EffectivePolicy
     from ..desktop.base import Desktop
     from ..desktop.session import Session
+    from .place import Place
 
 __all__ = ["Clock", "Component", "RuntimeAPI", "ScreenLike", "SessionSource", "TimerHandle"]
 
@@ -97,6 +98,7 @@ class RuntimeAPI(Protocol):
     clock: Clock
     tree: ConfigTree | None        # the applied config; None before the first one
     policy: EffectivePolicy | None  # this device's effective policy now
+    place: Place | None            # where the device last knew it was (before any config: agent/core/place.py)
     desktop: Desktop               # the desktop's backends, built once by the runtime
     # The recent-domains list the report sends as evidence (the filter installs its own).
     evidence_source: Callable[[int], list[dict]]
@@ -125,6 +127,10 @@ class RuntimeAPI(Protocol):
     def keep(self, key: str, value: dict | None) -> None: ...
 
     def kept(self, key: str) -> dict | None: ...
+
+    # A state file that cannot be used (damaged, missing, a full disk): logged, sent as a
+    # ``state_degraded`` event, and while ``ongoing`` shown in the retained status.
+    def state_problem(self, file: str, cause: str, *, ongoing: bool = True) -> None: ...
 
     def apply_config(self, tree_or_dict: ConfigTree | dict) -> bool: ...
 

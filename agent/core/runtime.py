@@ -26,6 +26,21 @@ failure, and reports ``config_applied`` / ``config_rejected`` events.
 
 ``default_components()`` is the production set (filter, sessions, lock, guard) that
 ``classroom-agent run`` adds; tests and simulated devices (``run --simulate``) leave it out.
+
+The agent never exits because of its own state files (issue 13): a damaged outbox is
+moved aside, a full disk is met with the outbox's reserve and then memory, an unusable
+cached config or place file is ignored.  Each is reported once as a ``state_degraded``
+event (``file``, ``cause``, ``ongoing``) and, while it lasts, in the ``degraded`` field
+of the retained status (``state_problem``).
+
+Before any config has loaded the runtime uses where the device last knew it was
+(agent/core/place.py): the button is armed on its pins and a press is sent to that room.
+
+systemd's READY=1 means the device is protected: it is sent once the boot job has run
+(every component started: the filter's dnsmasq is up and closed, refusing every name
+until a policy opens the allowlist, or the filter has said it cannot run), the control
+socket serves presses, and the button is armed (on its configured pins, or the
+last-known ones).  Nothing on the way waits for the network.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from typing import Any, Callable
 
 from .. import __version__, protocol
 from ..config import ConfigInvalid, ConfigTree, effective_policy, load_tree
+from ..config.credentials import enrolled_room
 from ..config.pins import make_pin_factory
 from ..desktop.backends import make_desktop
 from ..desktop.base import Desktop
@@ -48,10 +64,11 @@ from ..errors import problems_line
 from ..report.alert import Report
 from ..report.button import ReportButton, StatusLED
 from ..report.screen import Screen
-from ..uplink.outbox import Outbox, priority_for
+from ..uplink.outbox import RETRY_SECONDS, Outbox, priority_for
 from .clock import SystemClock
 from .control import ControlServer
 from .interfaces import Component, SessionSource
+from .place import Place, load_place, save_place
 from .scheduler import Scheduler, Timer, safely
 from .sdnotify import Notifier
 
@@ -80,7 +97,21 @@ class Runtime:
                                                session_fn=self.desktop_session, state_dir=self.state_dir)
         self.screen = screen or Screen(self.desktop.screen)
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(bootstrap.pin_factory)
-        self.outbox = Outbox(self.state_dir / "outbox.db", max_rows=outbox_max_rows)
+        self.scheduler = Scheduler(self.clock)
+        # State-file trouble: {file: cause} while it lasts (the status's "degraded").
+        self.degraded: dict[str, str] = {}
+        self._held_events: list[tuple[str, dict]] = []
+        self._state_retry_due = False
+        self.outbox = Outbox(self.state_dir / "outbox.db", max_rows=outbox_max_rows,
+                             on_problem=lambda file, cause, ongoing: self.state_problem(file, cause, ongoing=ongoing))
+        self.place, problem = load_place(self.state_dir, bootstrap.site)
+        if problem:
+            self.state_problem("place.json", problem, ongoing=False)
+        if self.place is None:
+            # Never had a config: the room it was enrolled in, if enrolment said (agent/uplink/enrol.py).
+            room = enrolled_room(bootstrap.credentials, bootstrap.site)
+            if room is not None and protocol.ID_RE.match(room):
+                self.place = Place(site=bootstrap.site, room=room)
         self.tree: ConfigTree | None = None
         self.policy = None
         self.link = None
@@ -90,7 +121,6 @@ class Runtime:
         self.report = Report(self.screen)
         self.button = ReportButton(None, when_pressed=self.report.press)
         self.led: StatusLED | None = None
-        self.scheduler = Scheduler(self.clock)
         # The scheduler's own bound methods, not wrappers around them: the press calls
         # defer() on its way to the teacher, and a wrapper would be one more call there.
         self.post = self.scheduler.post
@@ -138,7 +168,8 @@ class Runtime:
     def start(self) -> "Runtime":
         self.screen.start()
         self.scheduler.start()
-        self.call(self._boot)
+        # However long the components take to start (dnsmasq, the desktop), READY waits for them.
+        self.call(self._boot, timeout=None)
         self._start_watchdog()
         if self._control_enabled:
             self.control = ControlServer(self.bootstrap.control_socket, {
@@ -148,7 +179,10 @@ class Runtime:
                 "status": lambda req: {"status": self.call(self.status, timeout=5)},
             }, group=self.bootstrap.control_group)
             self.control.start()
-        self.notifier.ready(f"device {self.bootstrap.device}, config {self.tree.version if self.tree else 'none yet'}")
+        # Protected now (see the module docstring): the button is armed, dnsmasq is closed.
+        where = self.policy.room if self.policy else (self.place.room if self.place else None)
+        self.notifier.ready(f"device {self.bootstrap.device}, room {where or 'not known yet'}, "
+                            f"config {self.tree.version if self.tree else 'none yet'}")
         return self
 
     def _start_watchdog(self) -> None:
@@ -169,8 +203,15 @@ class Runtime:
         tree = self._load_local_config()
         if tree is not None:
             self._apply_config(tree)
-        else:
+        if self.policy is None:
             log.error("no config yet: set config_dir in agent.yaml or let the collector deliver one")
+            if self.place is not None:
+                # Armed and addressed as last known, until a config arrives.
+                log.warning("using the last-known place until a config arrives: room %s", self.place.room)
+                hardware = self._place_hardware()
+                if hardware is not None:
+                    self._ensure_hardware(hardware)
+                self._ensure_link()
         self._schedule_heartbeat()
 
     def stop(self) -> None:
@@ -217,8 +258,9 @@ class Runtime:
         if self.config_path.exists():
             try:
                 return ConfigTree.from_dict(json.loads(self.config_path.read_text()))
-            except (OSError, ValueError, ConfigInvalid) as exc:
-                log.error("%s: cached config unusable: %s", self.config_path, str(exc).splitlines()[0])
+            except (OSError, ValueError, TypeError, KeyError, ConfigInvalid) as exc:
+                self.state_problem("config.json", f"cached config unusable ({str(exc).splitlines()[0][:200]}); "
+                                   "waiting for the collector", ongoing=False)
         return None
 
     def apply_config(self, tree_or_dict: ConfigTree | dict) -> bool:
@@ -254,6 +296,10 @@ class Runtime:
         self.tree = tree
         # (The cached copy, state_dir/config.json, is written by agent/uplink/configsync.py alone.)
         self._set_policy(policy)
+        self._keep_place(policy)
+        held, self._held_events = self._held_events, []
+        for kind, fields in held:
+            self.emit_event(kind, **fields)
         if tree.version != previous:
             log.info("config %s applied (was %s)", tree.version, previous)
             self.emit_event("config_applied", version=tree.version, previous=previous)
@@ -277,6 +323,23 @@ class Runtime:
             self._policy_timer = self.call_at(policy.next_change, self._reevaluate)
         for component in list(self.components):
             safely(component.on_policy, (policy,))
+
+    def _keep_place(self, policy) -> None:
+        """Remember where this policy puts the device, for a start without config."""
+        place = Place.of(policy, self.tree.site.broker.prefix)
+        if place == self.place:
+            return
+        try:
+            save_place(self.state_dir, place)
+        except OSError as exc:
+            self.state_problem("place.json", f"cannot write ({exc.strerror or exc})", ongoing=False)
+        self.place = place
+
+    def _place_hardware(self):
+        try:
+            return self.place.hardware_model() if self.place is not None else None
+        except ValueError:
+            return None
 
     def _reevaluate(self) -> None:
         """A timetable boundary: lessons start, school ends, a club's slot opens."""
@@ -306,26 +369,96 @@ class Runtime:
                 log.error("button LED on pin %s unavailable (%s)", hardware.led_pin, exc)
         self.report.set_led(self.led)
 
+    def address(self) -> tuple[str, str, str] | None:
+        """(prefix, site, room) this device's messages go under: from the policy, else the
+        last-known place, else None (nowhere to send them yet)."""
+        if self.policy is not None and self.tree is not None:
+            return self.tree.site.broker.prefix, self.policy.site, self.policy.room
+        if self.place is not None and self.place.room:
+            return self.place.prefix, self.place.site, self.place.room
+        return None
+
     def _ensure_link(self) -> None:
         if not self._connect:
             return
-        prefix = self.tree.site.broker.prefix
+        where = self.address()
+        if where is None:
+            return
+        prefix, site, room = where
         if self.link is not None:
-            if (self.link.room, self.link.prefix) == (self.policy.room, prefix):
+            if (self.link.prefix, self.link.site, self.link.room) == where:
                 return
-            log.warning("device moved to room %s: reconnecting under the new topics", self.policy.room)
+            log.warning("device moved to room %s: reconnecting under the new topics", room)
             self.link.stop()
         from ..config.credentials import load_credentials
         from ..uplink.link import Link
 
+        broker = self.tree.site.broker if self.tree is not None else None
         username, password = load_credentials(self.bootstrap.credentials)
-        self.link = Link(broker_url=self.bootstrap.broker_url, prefix=prefix, site=self.policy.site,
-                         room=self.policy.room, device=self.bootstrap.device, outbox=self.outbox,
+        report = self.report
+        self.link = Link(broker_url=self.bootstrap.broker_url, prefix=prefix, site=site,
+                         room=room, device=self.bootstrap.device, outbox=self.outbox,
                          on_command=lambda cmd: self.post(self._on_command, cmd),
                          username=username, password=password, ca_file=self.bootstrap.ca_file,
                          config_version=lambda: self.tree.version if self.tree else "",
-                         agent_version=__version__, later=self.defer)
+                         agent_version=__version__, later=self.defer,
+                         keepalive=broker.keepalive_seconds if broker else 30,
+                         reconnect_max=broker.reconnect_max_seconds if broker else 2.0,
+                         connect_timeout=broker.connect_timeout_seconds if broker else 2.0,
+                         republish=lambda: [("alert", last)] if (last := report.last_transition) else [],
+                         degraded=self.degraded_text,
+                         on_ready=lambda first: self.post(self._link_ready, first))
         self.link.start()
+
+    def _link_ready(self, first: bool) -> None:
+        """A connection has drained its backlog: look for a config published while the
+        device was away (a conditional fetch, 304 when there is none).  This replaces the
+        retained reload-config, which the link no longer replays (agent/uplink/link.py)."""
+        if not self.bootstrap.config_dir:
+            self._on_command({"cmd": "reload-config", "by": "reconnect" if not first else "connect"})
+
+    # ------------------------------------------------------------------ state-file trouble
+    def state_problem(self, file: str, cause: str, *, ongoing: bool = True) -> None:
+        """A state file could not be used (from any thread).  Logged at once; on the queue
+        thread: a ``state_degraded`` event and, while *ongoing*, the status's ``degraded``.
+        ``cause`` "recovered" with ``ongoing=False`` ends an ongoing one."""
+        if cause != "recovered":
+            log.error("state file %s: %s", self.state_dir / file, cause)
+        self.scheduler.post(self._state_problem, file, cause, ongoing)
+
+    def _state_problem(self, file: str, cause: str, ongoing: bool) -> None:
+        before = self.degraded_text()
+        if ongoing:
+            self.degraded[file] = cause
+        elif cause == "recovered":
+            self.degraded.pop(file, None)
+            log.warning("state file %s: recovered", self.state_dir / file)
+        if self.address() is None:
+            # Nowhere to send it yet (no config, no last-known room): with the first config.
+            self._held_events.append(("state_degraded", {"file": file, "cause": cause, "ongoing": ongoing}))
+        else:
+            self.emit_event("state_degraded", file=file, cause=cause, ongoing=ongoing)
+        if self.degraded_text() != before and self.link is not None:
+            self.link.publish_status()
+        if self.outbox.problem is not None:
+            self._retry_state_soon()
+
+    def degraded_text(self) -> str | None:
+        """What the retained status says is wrong with the state files, or None."""
+        return "; ".join(f"{file}: {cause}" for file, cause in sorted(self.degraded.items())) or None
+
+    def _retry_state_soon(self) -> None:
+        if not self._state_retry_due:
+            self._state_retry_due = True
+            self.defer(RETRY_SECONDS, self._retry_state)
+
+    def _retry_state(self) -> None:
+        """While the outbox is in trouble: try its disk again every RETRY_SECONDS."""
+        self._state_retry_due = False
+        if self._stopped:
+            return
+        if not self.outbox.recover():
+            self._retry_state_soon()
 
     # ------------------------------------------------------------------ messages
     @property
@@ -337,15 +470,23 @@ class Runtime:
         state committed in the same transaction (agent/uplink/outbox.py)."""
         if self.link is not None:
             return self.link.send(kind, payload, keep=keep)
-        if self.policy is None:
-            log.error("no config yet: cannot address a %s message; dropped", kind)
+        where = self.address()
+        if where is None:
+            log.error("no config yet and no last-known room: cannot address a %s message; dropped", kind)
             if keep is not None:
                 self.outbox.keep(*keep)
             return None
-        # Not connecting (tests, offline tools): still durable, sent by a later run.
-        prefix = self.tree.site.broker.prefix
-        topic = protocol.topic(prefix, self.policy.site, self.policy.room, self.bootstrap.device, kind)
-        return self.outbox.put(topic, protocol.encode(payload), protocol.QOS[kind], kind,
+        # Not connected yet, or not connecting (tests, offline tools): still durable, sent
+        # when the link comes up or by a later run.
+        prefix, site, room = where
+        raw = protocol.encode(payload)
+        if len(raw) > protocol.MAX_PAYLOAD:
+            log.error("refused to store a %d-byte %s message (the limit is %d)", len(raw), kind, protocol.MAX_PAYLOAD)
+            if keep is not None:
+                self.outbox.keep(*keep)
+            return None
+        topic = protocol.topic(prefix, site, room, self.bootstrap.device, kind)
+        return self.outbox.put(topic, raw, protocol.QOS[kind], kind, retain=kind in protocol.RETAINED,
                                priority=priority_for(kind, payload.get("type")), keep=keep)
 
     def keep(self, key: str, value: dict | None) -> None:
@@ -357,11 +498,11 @@ class Runtime:
 
     def emit_event(self, type: str, **fields) -> dict:  # noqa: A002 - the contract's name
         """Build an event (id, type, ts, site, room, device + fields), store it, publish it."""
-        policy = self.policy
+        where = self.address()
         event = {"id": protocol.new_id(), "type": type, "ts": protocol.now_ts(self.clock()),
-                 "site": policy.site if policy else self.bootstrap.site,
-                 "room": policy.room if policy else None, "device": self.bootstrap.device, **fields}
-        if policy is None:
+                 "site": where[1] if where else self.bootstrap.site,
+                 "room": where[2] if where else None, "device": self.bootstrap.device, **fields}
+        if where is None:
             log.warning("event %s not sent: no config yet (no room to address it to)", type)
             return event
         protocol.validate("event", event)
@@ -433,6 +574,8 @@ class Runtime:
             self.outbox.checkpoint()
         except Exception:  # noqa: BLE001 - a busy or full disk must not stop the heartbeat
             log.exception("outbox checkpoint failed")
+        if self.outbox.problem is not None:
+            self._retry_state_soon()
         if self.policy is None:
             return
         version = self.tree.version if self.tree else ""
@@ -454,6 +597,8 @@ class Runtime:
             "config_version": self.tree.version if self.tree else None,
             "connected": bool(link and link.is_connected),
             "outbox_pending": self.outbox.count(),
+            "outbox_in_memory": self.outbox.in_memory,
+            "degraded": self.degraded_text(),
             "button_presses": self.button.presses,
             **self.report.status(),
             "components": [c.name for c in self.components],

@@ -20,10 +20,23 @@ PIN on the device) holds that lock from the state change to the publish, so the
 transitions of one alert are committed and sent in the order they happened.
 
 Repeated presses while an alert is open do not make new alerts: they are counted
-(``presses`` on every later transition and a ``press_repeated`` event).  The open
-alert is kept in the outbox database, committed in the same transaction as the message
-that announces each transition (agent/uplink/outbox.py), so a restarted agent blanks
-the screen again and still accepts ack/clear for it.  Evidence is domain names and times only.
+(``presses`` on every later transition and a ``press_repeated`` event).  Evidence is
+domain names and times only, trimmed to fit the contract's payload limit.
+
+The alert survives the loss of any one state file: it is kept in two places, the outbox
+database (committed in the same transaction as the message that announces each
+transition, agent/uplink/outbox.py) and ``alert.json`` (agent/report/alert_copy.py,
+written in the deferred follow-up, off the press path).  At start the newer copy wins
+(``seq`` grows with every change); a missing or unreadable copy beside an open alert is
+reported loudly (``state_degraded``); the screen is blanked again, ack/clear still work,
+and the latest transition is published again by the link once it is connected
+(``last_transition``: the retained alert topic then tells the truth even if the broker
+lost it).
+
+A press before any config has loaded is raised with what the device knows: its id and
+site, and the room and seat it was last configured for (agent/core/place.py).  A device
+that has never known its room keeps the alert (both copies) and sends ``raised`` as soon
+as a config arrives, even after a restart.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..config.schema import DEFAULT_MESSAGES
+from .alert_copy import ALERT_FILE, AlertCopy
 
 if TYPE_CHECKING:
     from ..core.interfaces import RuntimeAPI, ScreenLike
@@ -43,6 +57,26 @@ log = logging.getLogger(__name__)
 
 OPEN_STATES = ("raised", "escalated", "acknowledged")
 FOLLOW_UP_DELAY = 0.05  # seconds of real time after the raise (step 3 above)
+COPY_RETRY_SECONDS = 2.0  # alert.json could not be written (a full disk): try again this often
+# Room left in a report_evidence payload for everything but the domains.
+EVIDENCE_ENVELOPE = 1024
+
+
+def fit_domains(domains: list, limit: int = protocol.MAX_PAYLOAD - EVIDENCE_ENVELOPE) -> tuple[list, int]:
+    """The most recent evidence entries that fit *limit* encoded bytes, in their original
+    order, and how many were left out."""
+    sizes = [len(protocol.encode(d)) + 1 if isinstance(d, dict) else 0 for d in domains]
+    if sum(sizes) + 2 <= limit:
+        return domains, 0
+    order = sorted(range(len(domains)), key=lambda i: str(domains[i].get("ts", "")) if isinstance(domains[i], dict)
+                   else "", reverse=True)
+    keep, used = set(), 2
+    for i in order:
+        if used + sizes[i] > limit:
+            break
+        keep.add(i)
+        used += sizes[i]
+    return [d for i, d in enumerate(domains) if i in keep], len(domains) - len(keep)
 
 
 class Report:
@@ -56,10 +90,17 @@ class Report:
         self.led = led
         self.runtime: RuntimeAPI | None = None
         self._alert: dict[str, Any] | None = None
+        self._last: dict | None = None        # the latest transition sent (open or cleared alert)
+        self._seq = 0                          # grows with every change; the newer copy wins at start
         self._timer = None
         self._pending_press: str | None = None
         self._next_id: str | None = None      # the next alert's id, drawn ahead (_prepare)
         self._checked_policy = None           # the policy a raise payload was last checked under
+        self._copy: AlertCopy | None = None
+        self._copy_value: dict | None = None  # what alert.json should hold
+        self._copy_written: int | None = None  # the seq it holds
+        self._copy_due = False
+        self._copy_failing = False
         # Reentrant: a transition may publish, and publishing may ask for the alert's state.
         self._lock = threading.RLock()
         screen.when_cleared = self._screen_cleared
@@ -71,9 +112,10 @@ class Report:
 
     def _start(self, runtime) -> None:
         self.runtime = runtime
-        saved = runtime.kept("alert")
-        if saved and saved.get("state") in OPEN_STATES and saved.get("id"):
-            self._alert = saved
+        self._copy = AlertCopy(runtime.state_dir)
+        chosen = self._restore(runtime)
+        if chosen is not None and chosen.get("state") in OPEN_STATES:
+            self._alert = {k: v for k, v in chosen.items() if k != "last"}
         if self._alert is not None:
             log.info("alert %s is still open (%s): blanking the screen again", self._alert["id"],
                      self._alert["state"])
@@ -81,8 +123,43 @@ class Report:
             self.screen.blank(self._message(key))
             self._show_led()
 
+    def _restore(self, runtime) -> dict | None:
+        """The newer of the alert's two copies; a missing or unreadable one beside an open
+        alert is reported.  Both copies are made to agree again."""
+        from_db = runtime.kept("alert")
+        from_file, problem = self._copy.load()
+        if problem:
+            runtime.state_problem(ALERT_FILE, problem)
+        copies = [c for c in (from_db, from_file) if c is not None]
+        if not copies:
+            return None
+        chosen = max(copies, key=lambda c: c.get("seq", 0) if isinstance(c.get("seq"), int) else 0)
+        is_open = chosen.get("state") in OPEN_STATES and isinstance(chosen.get("id"), str)
+        if is_open and from_db is None:
+            runtime.state_problem("outbox.db", f"lost the open alert {chosen['id']}; restored it from {ALERT_FILE}")
+        elif is_open and from_file is None and not problem:
+            runtime.state_problem(ALERT_FILE, f"missing; the open alert {chosen['id']} was restored from outbox.db")
+        seq = chosen.get("seq")
+        self._seq = seq if isinstance(seq, int) else 0
+        last = chosen.get("last")
+        self._last = last if isinstance(last, dict) else None
+        if is_open and self._last is None and not chosen.get("unsent"):
+            # A copy written before transitions were kept with it: rebuild the latest one.
+            a = chosen
+            self._last = self._payload(a, a["state"], a.get("acknowledged_by") or "pupil",
+                                       a.get("raised_ts") or protocol.now_ts())
+        if from_db != chosen:
+            runtime.keep("alert", chosen)
+        if from_file != chosen:
+            self._copy_value = chosen
+            runtime.defer(FOLLOW_UP_DELAY, self._write_copy)
+        else:
+            self._copy_written = self._seq
+        return chosen
+
     def stop(self) -> None:
         self._cancel_timer()
+        self._write_copy()  # the runtime's timers have stopped: a change not yet copied is copied now
 
     def on_policy(self, policy) -> None:
         with self._lock:
@@ -90,6 +167,8 @@ class Report:
             if self._pending_press is not None:
                 source, self._pending_press = self._pending_press, None
                 self._pressed(source)
+            elif self._alert is not None and self._alert.get("unsent"):
+                self._send_unsent(policy)
             elif self._alert is not None and self._alert["state"] == "raised" and self._timer is None:
                 self._schedule_escalation()
 
@@ -112,6 +191,16 @@ class Report:
     def is_open(self) -> bool:
         return self._alert is not None
 
+    @property
+    def last_transition(self) -> dict | None:
+        """The latest transition sent, for the link to publish again (retained) after it
+        connects: read without the lock (one reference), from the link's thread."""
+        last = self._last
+        alert = self._alert
+        if alert is not None and last is not None and last.get("id") != alert["id"]:
+            return None  # an alert that has not been sent yet (no room known)
+        return last
+
     def set_led(self, led) -> None:
         with self._lock:
             self.led = led
@@ -125,23 +214,82 @@ class Report:
         policy = self.runtime.policy if self.runtime is not None else None
         return (policy.messages.get(key) if policy else None) or DEFAULT_MESSAGES[key]
 
+    def _kept_value(self) -> dict:
+        """What both copies hold: the open alert with its latest transition, or the
+        cleared alert's tombstone."""
+        if self._alert is not None:
+            last = self._last if self._last is not None and self._last.get("id") == self._alert["id"] else None
+            return {**self._alert, "seq": self._seq, "last": last}
+        last = self._last or {}
+        return {"id": last.get("id", ""), "state": "cleared", "seq": self._seq, "last": self._last}
+
     def _save(self) -> None:
         """Keep the alert's state when no message carries it (a repeated press)."""
         if self.runtime is not None:
-            self.runtime.keep("alert", self._alert)
+            self._seq += 1
+            value = self._kept_value()
+            self.runtime.keep("alert", value)
+            self._copy_soon(value)
+
+    def _copy_soon(self, value: dict) -> None:
+        """Write alert.json after the message has gone (the runtime's deferred jobs)."""
+        self._copy_value = value
+        if not self._copy_due and self.runtime is not None:
+            self._copy_due = True
+            self.runtime.defer(FOLLOW_UP_DELAY, self._write_copy)
+
+    def _write_copy(self) -> None:
+        with self._lock:
+            self._copy_due = False
+            value = self._copy_value
+            if value is None or self._copy is None or value.get("seq") == self._copy_written:
+                return
+        try:
+            self._copy.save(value)
+        except OSError as exc:
+            if self.runtime is not None:
+                if not self._copy_failing:
+                    self.runtime.state_problem(ALERT_FILE, f"cannot write ({exc.strerror or exc}); "
+                                               "the alert is kept in outbox.db only")
+                self._copy_failing = True
+                with self._lock:
+                    if not self._copy_due:  # try again (a full disk gets room back)
+                        self._copy_due = True
+                        self.runtime.defer(COPY_RETRY_SECONDS, self._write_copy)
+            return
+        with self._lock:
+            self._copy_written = value.get("seq")
+        if self._copy_failing:
+            self._copy_failing = False
+            self.runtime.state_problem(ALERT_FILE, "recovered", ongoing=False)
 
     @staticmethod
     def _payload(a: dict, state: str, by: str | None, ts: str, **extra) -> dict:
-        return {"id": a["id"], "state": state, "site": a["site"], "room": a["room"], "device": a["device"],
-                "seat": a["seat"], "ts": ts, "by": by, "presses": a["presses"], **extra}
+        payload = {"id": a["id"], "state": state, "site": a["site"], "room": a["room"], "device": a["device"],
+                   "seat": a["seat"], "ts": ts, "by": by, "presses": a["presses"], **extra}
+        if state != "raised" and a.get("raised_ts"):
+            payload["raised_ts"] = a["raised_ts"]  # when the pupil pressed: for receivers that join late
+        return payload
 
-    def _publish(self, state: str, by: str | None, *, checked: bool = False, **extra) -> dict:
+    def _publish(self, state: str, by: str | None, *, checked: bool = False, copy_now: bool = True,
+                 **extra) -> dict:
         a = self._alert
-        payload = self._payload(a, state, by, protocol.now_ts(self.runtime.clock()), **extra)
+        ts = protocol.now_ts(self.runtime.clock())
+        if state == "raised":
+            a["raised_ts"] = ts
+        payload = self._payload(a, state, by, ts, **extra)
         if not checked:
             protocol.validate("alert", payload)
+        self._seq += 1
+        self._last = payload
+        if state == "cleared":
+            self._alert = None
+        value = self._kept_value()
         # The alert's own state goes into the same commit as the message about it.
-        self.runtime.send("alert", payload, keep=("alert", None if state == "cleared" else dict(a)))
+        self.runtime.send("alert", payload, keep=("alert", value))
+        self._copy_value = value
+        if copy_now:
+            self._copy_soon(value)
         return payload
 
     def _prepare(self) -> None:
@@ -154,7 +302,8 @@ class Report:
         policy = self.runtime.policy if self.runtime is not None else None
         if policy is None:
             return
-        sample = self._new_alert(policy, self._next_id, "button", self.runtime.clock())
+        sample = self._new_alert(self._next_id, "button", self.runtime.clock(), policy.site, policy.room,
+                                 policy.device, policy.seat)
         try:
             protocol.validate("alert", self._payload(sample, "raised", "pupil", protocol.now_ts(), source="button"))
         except protocol.ProtocolError as exc:  # the press checks (and reports) it again itself
@@ -163,10 +312,10 @@ class Report:
         self._checked_policy = policy
 
     @staticmethod
-    def _new_alert(policy, alert_id: str, source: str, now: datetime) -> dict:
-        return {"id": alert_id, "state": "raised", "site": policy.site, "room": policy.room,
-                "device": policy.device, "seat": policy.seat, "presses": 1, "source": source,
-                "raised_at": now.isoformat()}
+    def _new_alert(alert_id: str, source: str, now: datetime, site: str, room: str | None, device: str,
+                   seat: str | None) -> dict:
+        return {"id": alert_id, "state": "raised", "site": site, "room": room, "device": device,
+                "seat": seat or "", "presses": 1, "source": source, "raised_at": now.isoformat()}
 
     # ------------------------------------------------------------------ press
     def press(self, source: str = "button") -> None:
@@ -189,41 +338,74 @@ class Report:
             rt.post(lambda: rt.emit_event("press_repeated", alert_id=alert_id, presses=presses, source=source))
             return
         policy = rt.policy
-        if policy is None:
-            # No config yet, so no room to report to: the screen is blank; raise as soon as config arrives.
-            log.error("report pressed before any config was loaded; it will be sent when config arrives")
-            self._pending_press = source
-            return
         alert_id, self._next_id = self._next_id or protocol.new_id(), None
-        self._alert = self._new_alert(policy, alert_id, source, rt.clock())
+        if policy is not None:
+            self._alert = self._new_alert(alert_id, source, rt.clock(), policy.site, policy.room, policy.device,
+                                          policy.seat)
+        else:
+            # No config yet: what the device knows (agent/core/place.py).
+            place = rt.place
+            room = place.room if place is not None else None
+            self._alert = self._new_alert(alert_id, source, rt.clock(), rt.bootstrap.site, room,
+                                          rt.bootstrap.device, place.seat if place is not None else "")
+            if room is None:
+                log.error("report pressed before this device has ever had a config: alert %s is kept and "
+                          "will be sent as soon as a config arrives", alert_id)
+                self._alert["unsent"] = True
+                self._save()
+                rt.defer(FOLLOW_UP_DELAY, self._follow_up, alert_id)
+                self._show_led()
+                return
+            log.warning("report pressed before any config was loaded: sending it to room %s, as last known",
+                        room)
         # Follow-ups first: scheduling them may wake the queue thread, which had better
         # be back asleep before the alert leaves, not busy beside the broker and the
-        # teacher's client.
+        # teacher's client.  (They also write the alert's second copy.)
         rt.defer(FOLLOW_UP_DELAY, self._follow_up, alert_id)
         # One commit holds the alert and its "raised" message; the fsync follows the
         # publish (agent/uplink/outbox.py): the alert must not wait for an SD card.
-        self._publish("raised", "pupil", checked=policy is self._checked_policy, source=source)
+        self._publish("raised", "pupil", checked=policy is not None and policy is self._checked_policy,
+                      copy_now=False, source=source)
         # The pupil's feedback is the blank screen, already up; the button's LED can
         # follow the alert out by a fraction of a millisecond.
         self._show_led()
         log.info("report raised: alert %s (%s)", alert_id, source)
 
+    def _send_unsent(self, policy) -> None:
+        """A config has arrived for an alert pressed before the device knew its room."""
+        a = self._alert
+        a.update(site=policy.site, room=policy.room, device=policy.device, seat=policy.seat or "")
+        a.pop("unsent", None)
+        self._publish("raised", "pupil", source=a.get("source", "button"))
+        log.info("report raised: alert %s, pressed before any config, sent to room %s", a["id"], a["room"])
+        self.runtime.defer(FOLLOW_UP_DELAY, self._follow_up, a["id"])
+
     def _follow_up(self, alert_id: str) -> None:
-        """What the teacher is not waiting for: the escalation timer (counted from the
-        press), the next raise's preparation, and the evidence (the filter's recent-domain
-        list belongs to the queue thread)."""
+        """What the teacher is not waiting for: the alert's second copy, the escalation
+        timer (counted from the press), the next raise's preparation, and the evidence
+        (the filter's recent-domain list belongs to the queue thread)."""
         rt = self.runtime
+        self._write_copy()
         with self._lock:
             a = self._alert
-            if a is not None and a["id"] == alert_id and a["state"] == "raised" and self._timer is None:
+            unsent = a is not None and a["id"] == alert_id and a.get("unsent")
+            if a is not None and a["id"] == alert_id and a["state"] == "raised" and self._timer is None \
+                    and not unsent:
                 self._schedule_escalation()
             self._prepare()
+        if unsent:
+            return  # the evidence goes with the raise, once there is a room to send it to
         try:
-            domains = rt.evidence_source(rt.evidence_minutes)
+            domains = list(rt.evidence_source(rt.evidence_minutes))
         except Exception:  # noqa: BLE001 - evidence is a bonus; the alert is what matters
             log.exception("evidence source failed; sending an empty list")
             domains = []
-        rt.emit_event("report_evidence", alert_id=alert_id, domains=list(domains))
+        domains, left_out = fit_domains(domains)
+        extra = {"truncated": left_out} if left_out else {}
+        if left_out:
+            log.warning("report evidence for alert %s: %d older domain(s) left out to fit the payload limit",
+                        alert_id, left_out)
+        rt.emit_event("report_evidence", alert_id=alert_id, domains=domains, **extra)
 
     # ------------------------------------------------------------------ escalation
     def _cancel_timer(self) -> None:
@@ -245,7 +427,8 @@ class Report:
 
     def _escalate_locked(self, alert_id: str) -> None:
         self._timer = None
-        if self._alert is None or self._alert["id"] != alert_id or self._alert["state"] != "raised":
+        if self._alert is None or self._alert["id"] != alert_id or self._alert["state"] != "raised" \
+                or self._alert.get("unsent"):
             return
         policy = self.runtime.policy
         contacts = policy.escalation_contacts if policy else ()
@@ -289,13 +472,22 @@ class Report:
 
     def _close(self, by: str) -> None:
         self._cancel_timer()
+        alert_id = self._alert["id"]
         self._alert["state"] = "cleared"
         if self.screen.is_blank:
             self.screen.unblank()
-        self._show_led()  # local feedback first (state is "cleared": off), network second
-        self._publish("cleared", by)
-        log.info("alert %s cleared by %s", self._alert["id"], by)
-        self._alert = None
+        self._show_led_off()  # local feedback first, network second
+        if self._alert.get("unsent"):
+            # Never sent (no room known yet): nothing for anyone to follow; just forget it.
+            self._alert = None
+            self._save()
+        else:
+            self._publish("cleared", by)
+        log.info("alert %s cleared by %s", alert_id, by)
+
+    def _show_led_off(self) -> None:
+        if self.led is not None:
+            self.led.show(None)
 
     def _screen_cleared(self, by: str) -> None:
         """Staff typed the PIN on the device (overlay reader thread)."""

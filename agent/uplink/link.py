@@ -6,9 +6,33 @@ on connect, and the same topic as the Last Will saying ``offline`` so the server
 when a device drops without a goodbye.
 
 Sending goes through the durable outbox (agent/uplink/outbox.py): ``send()`` stores the
-message, then publishes it; the PUBACK (``on_publish``) deletes the row.  Rows that
-paho is not already carrying (written while offline, or left by a previous run of the
-agent) are published again, oldest first, each time the connection comes up.
+message, then publishes it; the PUBACK (``on_publish``) deletes the row.  Nothing bigger
+than the contract's ``MAX_PAYLOAD`` is ever stored or sent (the broker would refuse it
+and paho reconnect on the refusal, for ever): it is refused with one log line.
+
+Order (docs/protocol.md, "Delivery").  Per device, messages leave in the order they
+were committed, and after every (re)connection the backlog goes first:
+
+1. CONNACK: paho re-sends, by itself and in order, what it was carrying when the
+   connection dropped (older than anything only in the outbox).  Our ``on_connect`` runs
+   *before* those re-sends, so it publishes nothing: it subscribes to the device's
+   ``cmd`` and ``reply/+`` topics.
+2. SUBACK (paho handles it after its re-sends are queued): the drain publishes every
+   outbox row paho is not carrying, oldest first; then the latest alert transition
+   again, retained, if the backlog does not hold it (a broker that lost it, or a
+   receiver that joins later, gets the truth: ``republish``); then the retained
+   ``online`` status; and only then does ``send()`` publish directly again.  Until then
+   ``send()`` only stores, so nothing new jumps the backlog.
+
+Commands.  The device reads its own ``cmd`` (the collector, with ``by`` from the staff
+session it authenticated) and ``reply/+`` (a teacher client's ack/clear, ``by`` taken
+from the topic's last level, which the broker ties to the staff account).  Retained
+messages on either are never acted on (subscribed with "do not send retained", and
+dropped if one arrives anyway): a planted retained command must never replay.
+
+Reconnecting: bounded, jittered back-off (``reconnect_max``, 2 s by default: a school
+LAN broker is back in moments, and a thousand devices must not all knock at once) and a
+short connect timeout.
 
 The report's path to the teacher is kept short (DESIGN.md performance targets):
 
@@ -26,11 +50,13 @@ The report's path to the teacher is kept short (DESIGN.md performance targets):
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import __version__, protocol
 from .outbox import HEARTBEAT, Outbox, priority_for
@@ -40,6 +66,9 @@ log = logging.getLogger(__name__)
 # How long bookkeeping waits after a send (see the module docstring).  A PUBACK on a
 # school LAN takes a millisecond or two; an SD card's fsync takes 10-20 ms on its own.
 SETTLE_SECONDS = 0.05
+# Reconnecting: the first retry waits RECONNECT_MIN (jittered), each next one twice as
+# long, up to the cap (jittered between half and all of reconnect_max).
+RECONNECT_MIN = (0.05, 0.2)
 
 
 class _Client(mqtt.Client):
@@ -78,16 +107,25 @@ class _Client(mqtt.Client):
 class Link:
     """MQTT connection for one device.
 
-    ``on_command(cmd: dict)`` receives validated ``cmd`` payloads (paho's thread; post
-    them to the runtime).  ``send(kind, payload)`` is thread-safe and returns the
-    outbox row id.  ``is_connected``; ``connected`` is a threading.Event for tests.
+    ``on_command(cmd: dict)`` receives validated ``cmd`` payloads and teacher replies
+    (as ``{"cmd", "alert_id", "by"}``) on paho's thread: post them to the runtime.
+    ``send(kind, payload)`` is thread-safe and returns the outbox row id (None if refused).
+    ``republish()`` gives the messages to publish again after each backlog (the latest
+    alert transition); ``degraded()`` the state-file trouble for the status;
+    ``on_ready(first)`` is told when a connection has drained its backlog.
+    ``is_connected`` (the socket is up); ``connected`` (a threading.Event) is set once the
+    backlog has drained and ``send()`` publishes directly; ``subscribed`` on the SUBACK.
     """
 
     def __init__(self, *, broker_url: str, prefix: str, site: str, room: str, device: str,
                  outbox: Outbox, on_command: Callable[[dict], None] | None = None,
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
                  config_version: Callable[[], str] | str = "", agent_version: str = __version__,
-                 keepalive: int = 30, later: Callable[..., Any] | None = None):
+                 keepalive: int = 30, later: Callable[..., Any] | None = None,
+                 reconnect_max: float = 2.0, connect_timeout: float = 2.0,
+                 republish: Callable[[], list[tuple[str, dict]]] | None = None,
+                 degraded: Callable[[], str | None] | None = None,
+                 on_ready: Callable[[bool], None] | None = None):
         self.host, self.port, self.tls = protocol.parse_broker_url(broker_url, "broker_url")
         self.prefix, self.site, self.room, self.device = prefix, site, room, device
         self.outbox = outbox
@@ -95,15 +133,24 @@ class Link:
         self.agent_version = agent_version
         self._config_version = config_version
         self.keepalive = keepalive
+        self.reconnect_max = reconnect_max
         self._later = later
+        self._republish = republish or (lambda: [])
+        self._degraded = degraded or (lambda: None)
+        self._on_ready = on_ready
         self._thread: threading.Thread | None = None
+        # Set once the backlog and the online status are out: send() publishes directly again.
         self.connected = threading.Event()
-        # Set on SUBACK for our cmd topic: "connected" alone does not mean commands arrive yet.
+        # Set on SUBACK for our cmd topic: commands published from now on arrive.
         self.subscribed = threading.Event()
-        # _send_lock orders outbox writes with publishes and the resend.  paho calls
+        self._ready = False
+        self._connections = 0
+        self._sub_mid: int | None = None
+        # _send_lock orders outbox writes with publishes and the drain.  paho calls
         # on_publish while holding its own locks, so on_publish must never wait for
         # _send_lock (that deadlocks with a publish in progress): it only takes _map_lock,
-        # which is never held across a call into paho.
+        # which is never held across a call into paho.  on_disconnect may run while
+        # paho's writer holds _write_lock, so it never takes _send_lock either.
         self._send_lock = threading.Lock()
         self._map_lock = threading.Lock()
         self._inflight: dict[int, int] = {}   # paho mid -> outbox row id
@@ -113,6 +160,7 @@ class Link:
         self._acked_rows: list[int] = []      # acknowledged, to delete when settling
         self._settle_due = False
         self.acked = 0
+        self.refused = 0
         self._stopping = False
         self.ignored_commands = 0
 
@@ -123,7 +171,8 @@ class Link:
             self.client.username_pw_set(username, password)
         if self.tls:
             self.client.tls_set(ca_certs=ca_file)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.connect_timeout = connect_timeout
+        self._jitter_backoff()
         self.client.will_set(self.topic("status"), protocol.encode(self._status("offline")),
                              qos=protocol.QOS["status"], retain=True)
         self.client.on_connect = self._on_connect
@@ -137,6 +186,11 @@ class Link:
         return protocol.topic(self.prefix, self.site, self.room, self.device, kind)
 
     @property
+    def reply_filter(self) -> str:
+        """The teacher replies to this device: ``.../{device}/reply/+``."""
+        return f"{self.topic('status').rsplit('/', 1)[0]}/{protocol.REPLY}/+"
+
+    @property
     def config_version(self) -> str:
         v = self._config_version
         return v() if callable(v) else v
@@ -146,11 +200,22 @@ class Link:
         return self.client.is_connected()
 
     def _status(self, state: str) -> dict[str, Any]:
-        return {"state": state, "ts": protocol.now_ts(), "agent_version": self.agent_version,
-                "config_version": self.config_version}
+        status = {"state": state, "ts": protocol.now_ts(), "agent_version": self.agent_version,
+                  "config_version": self.config_version}
+        degraded = self._degraded() if state == "online" else None
+        if degraded:
+            status["degraded"] = degraded
+        return status
+
+    def _jitter_backoff(self) -> None:
+        """A fresh random back-off for the next run of reconnect attempts (public paho API:
+        paho doubles from min to max itself; the randomness keeps a room's devices apart)."""
+        low = random.uniform(*RECONNECT_MIN)
+        high = max(low, self.reconnect_max * random.uniform(0.5, 1.0))
+        self.client.reconnect_delay_set(min_delay=low, max_delay=high)
 
     def start(self) -> None:
-        """Connect in the background; paho retries with 1..30 s backoff for ever."""
+        """Connect in the background; paho retries (see _jitter_backoff) for ever."""
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
         if self.tls:
             self.client.loop_start()
@@ -178,20 +243,29 @@ class Link:
         self._settle()  # the runtime's timers have stopped: settle here
 
     # ------------------------------------------------------------------ sending
-    def send(self, kind: str, payload: dict[str, Any], *, keep: tuple[str, dict | None] | None = None) -> int:
-        """Store then publish one message on this device's *kind* topic; returns the outbox row id.
+    def send(self, kind: str, payload: dict[str, Any], *, keep: tuple[str, dict | None] | None = None) -> int | None:
+        """Store then publish one message on this device's *kind* topic; returns the outbox
+        row id, or None when it is over the contract's size limit (refused, one log line).
         ``keep``: local state committed with the message (``Outbox.put``)."""
         topic = self.topic(kind)
         raw = protocol.encode(payload)
+        if len(raw) > protocol.MAX_PAYLOAD:
+            log.error("refused to send a %d-byte %s message (the limit is %d): %s %s", len(raw), kind,
+                      protocol.MAX_PAYLOAD, payload.get("type") or payload.get("state") or "", payload.get("id", ""))
+            if keep is not None:
+                self.outbox.keep(*keep)
+            return None
         qos = protocol.QOS[kind]
+        retain = kind in protocol.RETAINED
         priority = priority_for(kind, payload.get("type") if kind == "event" else None)
-        if priority != HEARTBEAT and self._later is not None and self.is_connected:
+        if priority != HEARTBEAT and self._later is not None and self._ready:
             self._settle_soon()  # now, not after the send: see agent/report/alert.py's follow-ups
         with self._send_lock:
-            row = self.outbox.put(topic, raw, qos, kind, priority=priority, sync=False, keep=keep)
-            published = self.is_connected
+            row = self.outbox.put(topic, raw, qos, kind, priority=priority, retain=retain, sync=False, keep=keep)
+            # Until the backlog has drained (after every connect) new rows wait their turn in it.
+            published = self._ready and self.is_connected
             if published:
-                self._publish_locked(row, topic, raw, qos, False)
+                self._publish_locked(row, topic, raw, qos, retain)
         if published and not self.tls and threading.current_thread() is not self._network_thread:
             self.client.write_now()  # outside _send_lock: it may find paho writing
         if priority != HEARTBEAT:
@@ -200,6 +274,13 @@ class Link:
             else:
                 self._settle_soon()  # normally still due (no-op); not if the commit was slow
         return row
+
+    def publish_status(self) -> None:
+        """Publish the retained ``online`` status again (its ``degraded`` field changed)."""
+        with self._send_lock:
+            if self._ready and self.is_connected:
+                self._publish_untracked(self.topic("status"), protocol.encode(self._status("online")),
+                                        protocol.QOS["status"], True)
 
     # ------------------------------------------------------------------ settling
     def _settle_soon(self) -> None:
@@ -237,7 +318,7 @@ class Link:
             self._acked(row, early)
 
     def _publish_untracked(self, topic: str, raw: bytes, qos: int, retain: bool):
-        """Publish something that is not in the outbox (the retained status)."""
+        """Publish something that is not in the outbox (the retained status, a republished transition)."""
         info = self.client.publish(topic, raw, qos=qos, retain=retain)
         with self._map_lock:
             if self._early.pop(info.mid, None) is None:
@@ -246,18 +327,51 @@ class Link:
 
     def resend_pending(self) -> int:
         """Publish every stored row paho is not already carrying, oldest first."""
-        n = 0
         with self._send_lock:
-            with self._map_lock:
-                skip = self._rows_inflight | set(self._acked_rows)
-            for item in self.outbox.pending():
-                if item.id in skip:
-                    continue
-                self._publish_locked(item.id, item.topic, item.payload, item.qos, item.retain)
-                n += 1
+            return self._resend_locked()[0]
+
+    def _resend_locked(self) -> tuple[int, set[bytes]]:
+        n = 0
+        with self._map_lock:
+            skip = self._rows_inflight | set(self._acked_rows)
+        pending = self.outbox.pending()
+        for item in pending:
+            if item.id in skip:
+                continue
+            self._publish_locked(item.id, item.topic, item.payload, item.qos, item.retain)
+            n += 1
         if n:
             log.info("resent %d stored message(s)", n)
-        return n
+        return n, {item.payload for item in pending}
+
+    def _drain(self) -> None:
+        """After a (re)connection: the backlog, the latest alert transition, ``online``; then live."""
+        with self._send_lock:
+            if not self.is_connected:
+                return  # dropped again before the SUBACK was handled: the next connection drains
+            _, stored = self._resend_locked()
+            try:
+                again = list(self._republish())
+            except Exception:  # noqa: BLE001 - the backlog and the status must still go
+                log.exception("could not read what to publish again")
+                again = []
+            for kind, payload in again:
+                raw = protocol.encode(payload)
+                where = (payload.get("site"), payload.get("room"), payload.get("device"))
+                if raw in stored or where != (self.site, self.room, self.device):
+                    continue  # on its way already, or about another room (the device has moved)
+                self._publish_untracked(self.topic(kind), raw, protocol.QOS[kind], kind in protocol.RETAINED)
+            self._publish_untracked(self.topic("status"), protocol.encode(self._status("online")),
+                                    protocol.QOS["status"], True)
+            self._ready = True
+            self._connections += 1
+            first = self._connections == 1
+        self.connected.set()
+        if self._on_ready is not None:
+            try:
+                self._on_ready(first)
+            except Exception:  # noqa: BLE001
+                log.exception("on_ready failed")
 
     # ------------------------------------------------------------------ callbacks (paho's thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -271,23 +385,25 @@ class Link:
             pass
         self._network_thread = threading.current_thread()
         log.info("connected to %s:%d as %s", self.host, self.port, self.device)
-        client.subscribe(self.topic("cmd"), qos=protocol.QOS["cmd"])
-        # Stored messages first: an alert raised while offline is the most urgent thing we
-        # have, and a consumer that sees "online" can rely on the backlog before it.
-        self.resend_pending()
-        self._publish_untracked(self.topic("status"), protocol.encode(self._status("online")),
-                                protocol.QOS["status"], True)
-        self.connected.set()
+        # Nothing is published here: paho re-sends what it carried only after this returns,
+        # and the backlog must not overtake it.  The drain starts from the SUBACK.
+        options = SubscribeOptions(qos=protocol.QOS["cmd"], retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        _, self._sub_mid = client.subscribe([(self.topic("cmd"), options), (self.reply_filter, options)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self._sub_mid:
+            return
         if reason_codes and not any(rc.is_failure for rc in reason_codes):
             self.subscribed.set()
         else:
-            log.error("broker refused the cmd subscription (%s): staff cannot reach this device", reason_codes)
+            log.error("broker refused the cmd/reply subscription (%s): staff cannot reach this device", reason_codes)
+        self._drain()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._ready = False  # an attribute write: never _send_lock here (see __init__)
         self.connected.clear()
         self.subscribed.clear()
+        self._jitter_backoff()
         with self._map_lock:
             unacked = bool(self._rows_inflight)
         if unacked and self._later is not None:
@@ -310,6 +426,7 @@ class Link:
 
     def _acked(self, row: int, reason_code) -> None:
         if getattr(reason_code, "is_failure", False):
+            self.refused += 1
             log.warning("broker refused message %d (%s); it stays in the outbox", row, reason_code)
             return
         self.acked += 1
@@ -322,9 +439,19 @@ class Link:
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
-            where, cmd = protocol.parse_message(msg.topic, msg.payload, self.prefix)
-            if where.kind != "cmd" or where.device != self.device:
-                raise protocol.ProtocolError("not this device's cmd topic")
+            if msg.retain:
+                raise protocol.ProtocolError("retained: a stored command is never replayed")
+            if f"/{protocol.REPLY}/" in msg.topic:
+                where, data = protocol.parse_staff_message(msg.topic, msg.payload, self.prefix)
+                if (where.kind, where.site, where.room, where.device) != ("reply", self.site, self.room, self.device):
+                    raise protocol.ProtocolError("not a reply to this device")
+                # Who answered is the topic's last level (the broker ties it to the account),
+                # never a field the sender filled in.
+                cmd = {"cmd": data["cmd"], "alert_id": data["alert_id"], "by": where.staff}
+            else:
+                where, cmd = protocol.parse_message(msg.topic, msg.payload, self.prefix)
+                if where.kind != "cmd" or where.device != self.device:
+                    raise protocol.ProtocolError("not this device's cmd topic")
         except protocol.ProtocolError as exc:
             self.ignored_commands += 1
             log.warning("ignored cmd on %s: %s", msg.topic, exc)

@@ -1,21 +1,28 @@
-"""The board: alerts and device status for the watched rooms, thread-safe, no I/O.
+"""The board: the open alerts and device status for the watched rooms, thread-safe, no I/O.
 
 A later state never goes back to an earlier one (a QoS 1 redelivery of "raised" after
 "acknowledged" must not start the pager again); the newest alerts come first, and the
-numbers teachers type are positions in that list.  Only the last ``KEEP_CLEARED``
-cleared alerts are kept.
+numbers teachers type are positions in that list.
+
+Alerts arrive live and, because each device's latest transition is retained, also
+when the client (re)connects: an open alert it learns that way goes on the board like
+any other (its ``raised_ts`` says when the pupil pressed).  A cleared alert leaves the
+list, and its id is remembered (the last ``REMEMBER_CLOSED``) so that a late copy of an
+earlier state never brings it back; a retained ``cleared`` of an alert this client
+never saw is not shown at all.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 # A later state never goes back to an earlier one (a QoS 1 redelivery of "raised" after
 # "acknowledged" must not start the pager again).
 STATE_RANK = {"raised": 0, "escalated": 1, "acknowledged": 2, "cleared": 3}
 UNANSWERED = ("raised", "escalated")
-KEEP_CLEARED = 20
+REMEMBER_CLOSED = 1000
 
 
 @dataclass
@@ -71,6 +78,7 @@ class AlertBoard:
     def __init__(self) -> None:
         self.alerts: dict[str, Alert] = {}
         self.devices: dict[str, str] = {}
+        self.closed: OrderedDict[str, None] = OrderedDict()  # ids of cleared alerts, oldest first
         self.lock = threading.RLock()
 
     def apply_alert(self, data: dict) -> tuple[Alert, bool]:
@@ -80,7 +88,11 @@ class AlertBoard:
             state = data["state"]
             if alert is None:
                 alert = Alert(id=data["id"], state=state, site=data["site"], room=data["room"],
-                              device=data["device"], seat=data.get("seat") or "", ts=data["ts"], by=data.get("by"))
+                              device=data["device"], seat=data.get("seat") or "",
+                              ts=data.get("raised_ts") or data["ts"], by=data.get("by"))
+                if data["id"] in self.closed or state == "cleared":
+                    self._close(alert.id)
+                    return alert, False  # over already: nothing to show
                 self.alerts[alert.id] = alert
             elif STATE_RANK[state] < STATE_RANK[alert.state] or (
                     state == alert.state and state != "escalated"):
@@ -93,7 +105,9 @@ class AlertBoard:
             if state == "escalated":
                 alert.escalated_to = _escalated_to(data)
             alert.history.append(f"{state} {data['ts']}")
-            self._forget_old()
+            if state == "cleared":
+                del self.alerts[alert.id]
+                self._close(alert.id)
             return alert, True
 
     def apply_status(self, device: str, data: dict) -> bool:
@@ -102,10 +116,11 @@ class AlertBoard:
             self.devices[device] = data["state"]
             return changed
 
-    def _forget_old(self) -> None:
-        cleared = [a.id for a in self.alerts.values() if not a.is_open]
-        for alert_id in cleared[:-KEEP_CLEARED]:
-            del self.alerts[alert_id]
+    def _close(self, alert_id: str) -> None:
+        self.closed[alert_id] = None
+        self.closed.move_to_end(alert_id)
+        while len(self.closed) > REMEMBER_CLOSED:
+            self.closed.popitem(last=False)
 
     def listing(self) -> list[Alert]:
         """Newest first: the numbers teachers type are positions in this list."""

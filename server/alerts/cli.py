@@ -3,7 +3,8 @@
 Watch a room (``--room 5b``, or ``+`` for the DSL/office), answer alerts from the
 keyboard (``a [N]`` = I'm coming, ``c [N]`` = clear, ``l``, ``q``), or one-shot:
 ``--once`` (the first alert as JSON), ``--ack ID`` / ``--clear ID`` (scripts, the demo).
-The password comes from a file (never the command line, which ``ps`` shows).
+The password comes from a file (never the command line, which ``ps`` shows).  Times are
+shown in ``--timezone`` (the site's, e.g. Europe/London), else the computer's own.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--room", required=True, help="room id to watch, or + for every room (DSL/office)")
     parser.add_argument("--site", default="+", help="site id (default: any)")
     parser.add_argument("--broker", required=True, metavar="URL", help="mqtts://host:8883 or mqtt://host:1883")
-    parser.add_argument("--username", required=True, help="your broker (staff) username; sent as 'by'")
+    parser.add_argument("--username", required=True,
+                        help="your broker (staff) username: the device records your answers under it")
     parser.add_argument("--password-file", required=True, metavar="FILE",
                         help="file with your password (or the credentials file from broker-config)")
     parser.add_argument("--ca-file", metavar="FILE", help="CA certificate for mqtts://")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (default %(default)s)")
+    parser.add_argument("--timezone", metavar="ZONE",
+                        help="show times in this IANA zone, the site's (site.yaml timezone, e.g. Europe/London); "
+                             "default: this computer's")
     parser.add_argument("--json", action="store_true", help="print one JSON object per change (for scripts)")
     parser.add_argument("--once", action="store_true", help="print the first alert as JSON and exit (exit 1 on --timeout)")
     parser.add_argument("--timeout", type=float, default=0, metavar="SECONDS", help="with --once: give up after this")
@@ -88,14 +93,30 @@ def _pin(value: str | None):
     return int(value) if value is not None and value.isdigit() else value
 
 
+def _timezone(name: str | None):
+    if not name:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
+        raise UserError(f"--timezone: unknown timezone {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")) \
+            from None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    tz = _timezone(args.timezone)
     password = read_password(args.password_file)
     one_shot = args.ack or args.clear
     if one_shot and (args.room == "+" or not args.device or args.site == "+"):
         raise UserError("--ack/--clear need --site, --room and --device")
-    view = TerminalView(as_json=args.json or args.once, title=f"room {args.room} (site {args.site})")
+    view = TerminalView(as_json=args.json or args.once, title=f"room {args.room} (site {args.site})", tz=tz)
     notifier = None if (args.no_notify or args.json or args.once or one_shot) else Notifier()
     client_box: dict[str, AlertsClient] = {}
     pager = None
@@ -105,7 +126,7 @@ def _main(argv: Sequence[str] | None) -> int:
                       on_ack=lambda: client_box["c"].ack())
     client = AlertsClient(broker=args.broker, username=args.username, password=password, room=args.room,
                           site=args.site, prefix=args.prefix, ca_file=args.ca_file, view=view,
-                          notifier=notifier, pager=pager)
+                          notifier=notifier, pager=pager, presence=not (one_shot or args.once))
     client_box["c"] = client
     client.start()
     if args.json and not one_shot and not args.once:

@@ -1,12 +1,16 @@
 """The teacher's screen: a short table of the board, redrawn on every change; or one JSON
-object per change (``--json``, for scripts and the demo)."""
+object per change (``--json``, for scripts and the demo).
+
+Times are shown in the site's timezone (``--timezone``, e.g. Europe/London: the time on
+the classroom clock, BST or GMT), else the computer's own; the wire is always UTC.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import threading
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from agent.protocol import ProtocolError, parse_ts
 
@@ -14,10 +18,10 @@ from . import PROG
 from .board import Alert, AlertBoard
 
 
-def local_time(ts: str) -> str:
-    """An event time as the teacher's local HH:MM:SS (the raw text if it does not parse)."""
+def local_time(ts: str, tz: tzinfo | None = None) -> str:
+    """An event time as HH:MM:SS in *tz* (the computer's own zone if None); the raw text if it does not parse."""
     try:
-        return parse_ts(ts).astimezone().strftime("%H:%M:%S")
+        return parse_ts(ts).astimezone(tz).strftime("%H:%M:%S")
     except ProtocolError:
         return ts
 
@@ -25,10 +29,11 @@ def local_time(ts: str) -> str:
 class TerminalView:
     """The teacher's screen: a short table, redrawn on every change; or JSON lines."""
 
-    def __init__(self, out=None, *, as_json: bool = False, title: str = "") -> None:
+    def __init__(self, out=None, *, as_json: bool = False, title: str = "", tz: tzinfo | None = None) -> None:
         self.out = out or sys.stdout
         self.as_json = as_json
         self.title = title
+        self.tz = tz
         self.ansi = not as_json and hasattr(self.out, "isatty") and self.out.isatty()
         self.lock = threading.Lock()
 
@@ -40,7 +45,7 @@ class TerminalView:
 
     def alert(self, alert: Alert, board: AlertBoard) -> None:
         if self.as_json:
-            self.emit("alert", **alert.to_dict())
+            self.emit("alert", **alert.to_dict(), time=local_time(alert.ts, self.tz))
         else:
             self.render(board)
 
@@ -58,7 +63,7 @@ class TerminalView:
         lines = []
         if self.ansi:
             lines.append("\x1b[2J\x1b[H")
-        lines.append(f"{PROG}  {self.title}  {datetime.now().strftime('%H:%M:%S')}")
+        lines.append(f"{PROG}  {self.title}  {datetime.now(self.tz).strftime('%H:%M:%S')}")
         listing = board.listing()
         if not listing:
             lines.append("  no reports")
@@ -76,7 +81,7 @@ class TerminalView:
                 else:
                     state = f"{state:<13}"
                 lines.append(f" {n:>2}  {state} {a.room:<10} {a.seat[:16]:<16} {a.device:<16} "
-                             f"{local_time(a.ts):<8}  {note}")
+                             f"{local_time(a.ts, self.tz):<8}  {note}")
         with board.lock:
             online = sum(1 for s in board.devices.values() if s == "online")
             offline = sorted(d for d, s in board.devices.items() if s != "online")

@@ -239,6 +239,58 @@ def validate_changes(body: Any) -> dict:
     return changes
 
 
+def validate_concern(body: Any, rooms, devices_in_room) -> dict:
+    """Check a staff concern (form or API): room (one of *rooms*), device (optional, one of
+    ``devices_in_room(room)``), what happened, URL or domain (optional), when it happened
+    (optional, RFC 3339), tell_it, about_adult.  Returns the fields ``Store.log_concern`` takes."""
+    from urllib.parse import urlsplit
+
+    from agent.config.schema import is_domain
+    from agent.protocol import ProtocolError, now_ts, parse_ts
+
+    if not isinstance(body, dict):
+        raise IncidentError("body: must be a JSON object with room and what")
+    known = {"room", "device", "what", "url", "happened_at", "tell_it", "about_adult"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise IncidentError(f"{unknown[0]}: unknown field (use {', '.join(sorted(known))})")
+    room = body.get("room")
+    if not isinstance(room, str) or room not in rooms:
+        raise IncidentError(f"room: {str(room)[:64]!r} is not one of your rooms" if room else "room: choose the room")
+    device = body.get("device") or None
+    if device is not None and (not isinstance(device, str) or device not in devices_in_room(room)):
+        raise IncidentError(f"device: {str(device)[:64]!r} is not a device in {room}")
+    what = body.get("what")
+    if not isinstance(what, str) or not what.strip():
+        raise IncidentError("what: say what happened")
+    if len(what) > 8000:
+        raise IncidentError("what: at most 8000 characters")
+    url, domain = body.get("url") or None, None
+    if url is not None:
+        if not isinstance(url, str) or len(url) > 2000:
+            raise IncidentError("url: must be a web address or domain of at most 2000 characters")
+        url = url.strip()
+        candidate = url if "://" in url else "http://" + url
+        host = (urlsplit(candidate).hostname or "").rstrip(".").lower()
+        if not is_domain(host):
+            raise IncidentError(f"url: {url[:80]!r} is not a web address or domain (e.g. games.example.com)")
+        domain = host
+    happened_at = body.get("happened_at") or None
+    if happened_at is not None:
+        try:
+            happened_at = now_ts(parse_ts(happened_at))  # the stored form: sorts with every other ts
+        except (ProtocolError, TypeError, ValueError):
+            raise IncidentError("happened_at: must be a time like 2026-11-24T10:05:00Z") from None
+    tell_it, about_adult = body.get("tell_it", False), body.get("about_adult", False)
+    if not isinstance(tell_it, bool) or not isinstance(about_adult, bool):
+        raise IncidentError("tell_it, about_adult: must be true or false")
+    if tell_it and domain is None:
+        raise IncidentError("url: give the site's address or domain to tell IT about it")
+    return {"room": room, "device": device, "what": what.strip(), "url": url, "domain": domain,
+            "happened_at": happened_at, "tell_it": tell_it,
+            "category": "concern-about-adult" if about_adult else None}
+
+
 def validate_tick(category: str | None, body: Any) -> tuple[str, bool, str | None]:
     if not isinstance(body, dict):
         raise IncidentError("body: must be a JSON object with item and done")
@@ -268,6 +320,12 @@ TIMELINE_FIELDS = ("id", "site", "room", "device", "seat", "raised_at", "alert_s
 RECORD_FIELDS = ("category", "tags", "status", "outcome", "created_at", "updated_at", "closed_at", "actions",
                  "notes", "checklist", "session_user", "concern", "exports")
 VISIBLE_FIELDS = {"teacher": TIMELINE_FIELDS, "admin": TIMELINE_FIELDS, "dsl": TIMELINE_FIELDS + RECORD_FIELDS}
+
+
+def is_live_alert(alert_state: str | None) -> bool:
+    """True for a press still to be answered (a room view or the office board shows it): not
+    cleared, and not a concern staff logged by hand (alert_state ``logged``)."""
+    return alert_state not in ("cleared", "logged")
 
 
 def sees_record(user) -> bool:

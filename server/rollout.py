@@ -169,6 +169,9 @@ class Rollouts:
         self.prefix = prefix
         self.publish_cmd = publish_cmd
         self.on_live = on_live
+        # Called after each publish or rollback with (old_tree, new_tree, actor, why, kind,
+        # version, change): server/allowlist.py keeps the allowlist change log with it.
+        self.on_published: list[Callable[..., Any]] = []
         self._trees: dict[str, ConfigTree] = {}
         self._compiled: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
@@ -230,15 +233,16 @@ class Rollouts:
 
     # ------------------------------------------------------------------ writing
     def publish(self, files: dict[str, str], actor: str, why: str, *, name: str = "config",
-                kind: str = "publish") -> Published:
-        """Validate, store, audit and announce a tree; RolloutError (nothing changed) if bad."""
+                kind: str = "publish", change: dict | None = None) -> Published:
+        """Validate, store, audit and announce a tree; RolloutError (nothing changed) if bad.
+        *change*: the approved allowlist change this publish carries out (server/allowlist.py)."""
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why this change is made (it goes in the audit log)"])
         if len(why) > 2000:
             raise RolloutError(["why: keep it under 2000 characters"])
         tree, files = check_files(files, name)
-        return self._record(tree, files, actor, why, kind)
+        return self._record(tree, files, actor, why, kind, change)
 
     def rollback(self, actor: str, why: str) -> Published:
         """Re-publish the version that was live before the current one."""
@@ -256,8 +260,11 @@ class Rollouts:
         files = self.files(target)
         return self._record(tree, files, actor, why, "rollback")
 
-    def _record(self, tree: ConfigTree, files: dict[str, str], actor: str, why: str, kind: str) -> Published:
+    def _record(self, tree: ConfigTree, files: dict[str, str], actor: str, why: str, kind: str,
+                change: dict | None = None) -> Published:
         version = tree.version
+        before = self.current()
+        old_tree = self.tree(before["version"]) if before else None
         tree_json = json.dumps(tree.to_dict(), sort_keys=True, separators=(",", ":"))
         files_json = json.dumps(files, sort_keys=True)
         now = utcnow()
@@ -285,6 +292,11 @@ class Rollouts:
                 self.on_live(tree)
             except Exception:  # noqa: BLE001 - the rollout is stored; do not fail it
                 log.exception("on_live hook failed")
+        for hook in self.on_published:
+            try:
+                hook(old_tree, tree, actor=actor, why=why, kind=kind, version=version, change=change)
+            except Exception:  # noqa: BLE001 - the rollout is stored; do not fail it
+                log.exception("on_published hook failed")
         published.notified = self.notify(tree, actor)
         log.info("config %s %s by %s (%s devices told): %s", kind, version, actor, published.notified, why)
         return published

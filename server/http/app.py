@@ -21,6 +21,7 @@ store alone.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .. import __version__, web
+from .. import __version__, allowlist, web
 from ..ingest import Metrics
 from ..presence import Presence
 from ..rollout import Rollouts
@@ -125,6 +126,8 @@ def _start_rollouts(app: FastAPI) -> None:
     """``app.state.rollouts``; the last published version becomes the live tree."""
     rollouts = Rollouts(app.state.store, prefix=state.topic_prefix(app), publish_cmd=_cmd_publisher(app),
                         on_live=lambda tree: setattr(app.state, "tree", tree))
+    # Every publish that changes an allow list goes in the DSL's change log (server/allowlist.py).
+    rollouts.on_published.append(functools.partial(allowlist.record_publish, app.state.store))
     app.state.rollouts = rollouts
     try:
         tree = rollouts.live_tree()

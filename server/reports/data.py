@@ -192,7 +192,7 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
         "by_status": sorted(Counter(i.get("status") or "open" for i in incidents).items()),
     }
 
-    checks = [_check_row(row) for row in sorted(check_rows, key=lambda r: r.get("ts") or "")]
+    checks = [check_row(row) for row in sorted(check_rows, key=lambda r: r.get("ts") or "")]
     return Report(week=week, site=site, by_room=by_room, blocked=blocked, overblocking=overblocking,
                   incidents=summary, checks=checks, generated_at=generated_at or now_ts())
 
@@ -211,7 +211,7 @@ def for_role(report: Report, role: str) -> Report:
     return replace(report, incidents=incidents)
 
 
-def _check_row(row: dict) -> dict:
+def check_row(row: dict) -> dict:
     """One line of the filtering check log from a ``filter_check`` event.
 
     The agent's check (agent/filter/check.py) sends one event per run: ``by``, ``profile``,

@@ -38,13 +38,15 @@ class AllowlistTable:
     def add_allowlist_change(self, *, site: str, kind: str, reason: str, source: str, proposed_by: str,
                              key_stages: list[str] = (), add_domains: list[str] = (),
                              remove_domains: list[str] = (), files: dict[str, str] | None = None,
-                             status: str = "proposed", published_version: str | None = None) -> dict:
+                             status: str = "proposed", published_version: str | None = None,
+                             base_version: str | None = None) -> dict:
         now = utcnow()
         row = {"id": new_id(), "site": site, "kind": kind, "key_stages": json.dumps(list(key_stages)),
                "add_domains": json.dumps(list(add_domains)), "remove_domains": json.dumps(list(remove_domains)),
                "files": json.dumps(files) if files is not None else None, "reason": reason, "source": source,
                "proposed_by": proposed_by, "proposed_at": now, "status": status,
-               "published_version": published_version, "published_at": now if status == "published" else None}
+               "base_version": base_version, "published_version": published_version,
+               "published_at": now if status == "published" else None}
         columns = list(row)
         self.execute(f"INSERT INTO allowlist_changes ({', '.join(columns)}) VALUES "
                      f"({', '.join('?' for _ in columns)})", [row[c] for c in columns])

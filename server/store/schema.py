@@ -300,6 +300,7 @@ CREATE TABLE IF NOT EXISTS allowlist_changes (
     decided_by TEXT,
     decided_at TEXT,
     decision_note TEXT,
+    base_version TEXT,
     published_version TEXT,
     published_at TEXT
 );

@@ -473,6 +473,40 @@ def cli_publish(args) -> int:
     return 0
 
 
+def cli_propose(args) -> int:
+    """``config propose DIR --why``: the tree as an allowlist change for the DSL to approve
+    (server/allowlist.py); nothing is published until the DSL approves it."""
+    import requests
+
+    from agent.errors import UserError, print_problems
+
+    root = Path(args.dir)
+    try:
+        load_tree(root)
+    except ConfigInvalid as exc:
+        return print_problems("classroom-server", exc.errors, args.dir, "proposal refused; nothing was changed")
+    try:
+        files = read_files(root)
+    except RolloutError as exc:
+        raise UserError(exc.errors[0]) from None
+    if not (args.why or "").strip():
+        raise UserError('--why: say why this change is needed (the DSL reads it)')
+    session, base = _cli_session(args)
+    try:
+        resp = session.post(f"{base}/api/v1/allowlist/changes",
+                            json={"kind": "files", "files": files, "reason": args.why, "source": "yaml"}, timeout=60)
+    except requests.RequestException as exc:
+        raise UserError(f"--server {base}: {type(exc).__name__}") from None
+    if resp.status_code != 201:
+        return _cli_errors(resp, "proposal")
+    done = resp.json()
+    added = ", ".join(done["add_domains"]) or "nothing"
+    removed = ", ".join(done["remove_domains"]) or "nothing"
+    print(f"proposed change {done['id'][:8]}: allows {added}; stops allowing {removed}. "
+          f"The DSL approves it on {base}/allowlist; it is published then.")
+    return 0
+
+
 def cli_rollback(args) -> int:
     import requests
 
@@ -494,7 +528,8 @@ def cli_rollback(args) -> int:
 
 
 def add_cli(csub) -> None:
-    """``config publish DIR --why`` and ``config rollback --why`` on classroom-server's config parser."""
+    """``config publish DIR --why``, ``config rollback --why`` and ``config propose DIR --why`` on
+    classroom-server's config parser."""
 
     def common(p):
         p.add_argument("--why", required=True, help="the reason, for the audit log")
@@ -511,3 +546,7 @@ def add_cli(csub) -> None:
     p = csub.add_parser("rollback", help="go back to the version that was live before the current one")
     common(p)
     p.set_defaults(func=cli_rollback)
+    p = csub.add_parser("propose", help="propose a config tree as an allowlist change for the DSL to approve")
+    p.add_argument("dir", metavar="DIR")
+    common(p)
+    p.set_defaults(func=cli_propose)

@@ -79,3 +79,16 @@ class AllowlistTable:
         return self.execute("UPDATE allowlist_changes SET status = 'published', published_version = ?, "
                             "published_at = ? WHERE id = ? AND site = ? AND status = 'approved'",
                             (version, utcnow(), change_id, site))
+
+    def override_events(self, site: str, limit: int = 500) -> list[dict]:
+        """Teachers' overrides (the agent's ``override_opened/closed/rejected`` events) at *site*,
+        newest first, ``data`` parsed: the override history the DSL reads with the change log."""
+        rows = self.query("SELECT id, type, ts, room, device, data FROM events WHERE site = ? AND type IN "
+                          "('override_opened', 'override_closed', 'override_rejected') ORDER BY ts DESC, id LIMIT ?",
+                          (site, int(limit)))
+        for row in rows:
+            try:
+                row["data"] = json.loads(row["data"])
+            except (TypeError, ValueError):
+                row["data"] = {}
+        return rows

@@ -169,5 +169,5 @@ class EventsTable:
 
     def filter_checks_between(self, start: str, end: str) -> list[dict]:
         """``filter_check`` events with ts in [start, end) (the weekly report's filtering check log)."""
-        return self.query("SELECT ts, room, device, user_name, domain, data FROM events "
+        return self.query("SELECT id, ts, room, device, user_name, domain, data FROM events "
                           "WHERE type = ? AND ts >= ? AND ts < ?", ["filter_check", start, end])

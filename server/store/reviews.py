@@ -72,6 +72,12 @@ class ReviewsTable:
             params.append(until)
         return self.query(sql + " ORDER BY ts DESC, id LIMIT ?", (*params, int(limit)))
 
+    def is_check(self, site: str, check_id: str) -> bool:
+        """True if *check_id* is a ``filter_check`` event or a test run of *site* (actions attach to either)."""
+        return bool(self.query("SELECT id FROM events WHERE id = ? AND site = ? AND type = 'filter_check' "
+                               "UNION SELECT id FROM filter_tests WHERE id = ? AND site = ?",
+                               (check_id, site, check_id, site)))
+
     # ------------------------------------------------------------------ SWGfL test runs
 
     def start_filter_test(self, *, site: str, room: str, device: str, domain: str, started_by: str) -> dict:

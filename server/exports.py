@@ -22,7 +22,7 @@ from typing import Sequence
 from . import incidents as inc
 from .localtime import local_ts
 from .pdf import Document
-from .safecsv import to_csv
+from .safecsv import to_csv as write_csv
 
 FORMATS = ("pdf", "csv")
 CSV_FIELDS = ["incident", "time_utc", "time_local", "event", "by", "details"]
@@ -93,7 +93,7 @@ def to_csv(incidents: Sequence[dict], evidence: dict[str, list] | None, tz: str)
         for row in chronology(incident, (evidence or {}).get(incident["id"])):
             out.append([incident["id"], row["ts"], local_ts(row["ts"], tz, seconds=True), row["event"], row["by"],
                         row["details"]])
-    return to_csv(CSV_FIELDS, out)
+    return write_csv(CSV_FIELDS, out)
 
 
 def to_pdf(incidents: Sequence[dict], evidence: dict[str, list] | None, *, school: str, tz: str, title: str,

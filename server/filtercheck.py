@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, time, timezone
+from datetime import datetime, timezone
 from typing import Callable
 
 from agent import protocol
 
 from .localtime import zone
-from .store import iso
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,18 @@ class NightlyCheck:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @staticmethod
+    def night(now: datetime, tree) -> str:
+        """The audit target naming tonight's run: site and school date."""
+        return f"{tree.site.site}:{now.astimezone(zone(tree.site.timezone)).date().isoformat()}"
+
     def due(self, now: datetime, tree) -> bool:
-        """Past tonight's hour, and not yet run since then."""
-        local = now.astimezone(zone(tree.site.timezone))
-        if local.hour < self.hour:
+        """Past tonight's hour (school time), and tonight's run not in the audit log yet."""
+        if now.astimezone(zone(tree.site.timezone)).hour < self.hour:
             return False
-        since = datetime.combine(local.date(), time(self.hour), local.tzinfo).astimezone(timezone.utc)
-        return not self.store.list_audit(since=iso(since), action="filter.nightly", limit=1)
+        night = self.night(now, tree)
+        recent = self.store.list_audit(action="filter.nightly", limit=50)
+        return not any(row["target"] == night for row in recent)
 
     def run(self, now: datetime | None = None) -> int:
         """Send tonight's ``filter-check`` to every device if due; returns how many were sent."""
@@ -70,7 +74,7 @@ class NightlyCheck:
                 except Exception as exc:  # noqa: BLE001 - one bad publish must not stop the rest
                     failed += 1
                     log.warning("nightly filter check: cmd to %s failed: %s", device.id, exc)
-        self.store.audit("system", "filter.nightly", tree.site.site, {"sent": sent, "failed": failed})
+        self.store.audit("system", "filter.nightly", self.night(now, tree), {"sent": sent, "failed": failed})
         log.info("nightly filter check: asked %d devices", sent)
         return sent
 

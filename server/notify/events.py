@@ -127,7 +127,14 @@ class EventNotices:
         if not targets:
             log.warning("notify: %s on %s: no contact or webhook to tell", etype, key[1])
             return 0
-        alert = {"id": window_key(etype, key[1], now), "state": etype, "site": key[0],
+        # The window the message counts starts at the event's own time when that is believable
+        # (a device clock can be wrong: never more than one window back, never in the future).
+        try:
+            seen = parse_ts(event.get("ts"))
+        except (ValueError, TypeError):
+            seen = now
+        start = seen if now - self.coalesce <= seen <= now else now
+        alert = {"id": window_key(etype, key[1], start), "state": etype, "site": key[0],
                  "room": event.get("room") or "", "device": key[1]}
         new = self.store.add_deliveries(alert, reason, targets, iso(now))
         if new:

@@ -64,6 +64,9 @@ class Retention:
         # IT queue items once done, and acceptable-use acceptances, as long as other events.
         done["it_queue"] = self.store.purge("it_queue", cutoff(r.events_days))
         done["aup_acceptances"] = self.store.purge("aup_acceptances", cutoff(r.events_days))
+        # Messages about guard events and failed checks belong to no incident: as long as the events.
+        done["notice_deliveries"] = self.store.purge_notice_deliveries(cutoff(r.events_days),
+                                                                       ("guard", "filter-check"))
         if r.incidents_days:
             done["incidents"] = self.store.purge_closed_incidents(cutoff(r.incidents_days), INCIDENT_EVENT_TYPES)
         done = {k: v for k, v in done.items() if v}

@@ -64,6 +64,18 @@ class RetentionTable:
 
         return self.write(run)
 
+    def purge_notice_deliveries(self, before: str, reasons: Sequence[str]) -> int:
+        """Delete the deliveries (and their attempts) of *reasons* created before *before*: the
+        messages about guard events and failed checks, which belong to no incident."""
+
+        def run(tx: Tx) -> int:
+            marks = _marks(reasons)
+            tx.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE "
+                       f"reason IN {marks} AND created_at < ?)", (*reasons, before))
+            return tx.execute(f"DELETE FROM deliveries WHERE reason IN {marks} AND created_at < ?", (*reasons, before))
+
+        return self.write(run)
+
     def _purge(self, table: str, before: str, where: str = "", params: Sequence = ()) -> int:
         column = PURGEABLE.get(table)
         if column is None:

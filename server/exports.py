@@ -83,7 +83,9 @@ def chronology(incident: dict, evidence: Sequence[dict] | None = None) -> list[d
     for x in incident.get("exports") or []:
         rows.append({"ts": x["ts"], "event": f"Exported ({x['format']})", "by": x["actor"],
                      "details": "with evidence domains" if x.get("with_evidence") else "without evidence"})
-    return sorted(rows, key=lambda r: (r["ts"] or "", r["event"]))
+    # By time only (a stable sort): steps at the same moment keep their order, the timeline's
+    # lifecycle order first (raised before acknowledged), then the DSL's actions.
+    return sorted(rows, key=lambda r: r["ts"] or "")
 
 
 def to_csv(incidents: Sequence[dict], evidence: dict[str, list] | None, tz: str) -> str:

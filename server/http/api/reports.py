@@ -70,7 +70,7 @@ def router() -> APIRouter:
         state.store(request).audit(user.username, "report.term", report.term.name, {"format": format, "via": "api"})
         if format == "pdf":
             return Response(term_report.term_pdf(report), media_type="application/pdf", headers={
-                "Content-Disposition": f'attachment; filename="term-report.pdf"'})
+                "Content-Disposition": 'attachment; filename="term-report.pdf"'})
         return term_json(report)
 
     @r.get("/reports/weekly")

@@ -4,7 +4,6 @@ with its actions and the SWGfL test runs (/checks).  The steps are the API's
 
 from __future__ import annotations
 
-from datetime import date
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse

@@ -44,7 +44,7 @@ EVENT_TYPES = (
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
     "bypass_process", "removable_media", "press_repeated", "override_rejected", "state_degraded",
 )
-COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config")
+COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check")
 MAX_PAYLOAD = 64 * 1024
 MAX_NUMBER = 2 ** 53  # every number in a payload fits a double exactly and a BIGINT column
 

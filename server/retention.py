@@ -57,6 +57,16 @@ class Retention:
         done["sessions"] = self.store.purge("sessions", iso(now))
         done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30))
         done["audit"] = self.store.purge("audit", cutoff(r.audit_days))
+        # The school's own diligence (DfE standard): the export log, allowlist change log,
+        # reviews, check actions and test runs are kept as long as the audit log.
+        for table in ("exports", "allowlist_changes", "reviews", "check_actions", "filter_tests"):
+            done[table] = self.store.purge(table, cutoff(r.audit_days))
+        # IT queue items once done, and acceptable-use acceptances, as long as other events.
+        done["it_queue"] = self.store.purge("it_queue", cutoff(r.events_days))
+        done["aup_acceptances"] = self.store.purge("aup_acceptances", cutoff(r.events_days))
+        # Messages about guard events and failed checks belong to no incident: as long as the events.
+        done["notice_deliveries"] = self.store.purge_notice_deliveries(cutoff(r.events_days),
+                                                                       ("guard", "filter-check"))
         if r.incidents_days:
             done["incidents"] = self.store.purge_closed_incidents(cutoff(r.incidents_days), INCIDENT_EVENT_TYPES)
         done = {k: v for k, v in done.items() if v}

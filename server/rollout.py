@@ -9,8 +9,9 @@ A valid tree is content-addressed by ``ConfigTree.version``; ``config_versions``
 the tree JSON and the YAML files (for diffs) once per version, ``rollouts`` records each
 publish or rollback (who, when, why, previous version), and the audit log gets the
 unified diff against the version it replaced (DESIGN rule 6).  The newest rollout is the
-live version.  Devices are then told with a *retained* ``reload-config`` cmd on their own
-cmd topic, so a device that is off today picks it up when it reconnects; they fetch
+live version.  Devices are then told with a ``reload-config`` cmd on their own cmd topic
+(not retained: a device never acts on a retained command, and one that is off today fetches
+anyway when it next connects, docs/protocol.md); they fetch
 ``GET /api/v1/devices/{id}/config`` (ETag = version, so an unchanged config costs a 304)
 and report ``config_applied`` / ``config_rejected`` events, which ``status()`` reads back
 together with the ``config_version`` of their status/heartbeats.
@@ -169,6 +170,9 @@ class Rollouts:
         self.prefix = prefix
         self.publish_cmd = publish_cmd
         self.on_live = on_live
+        # Called after each publish or rollback with (old_tree, new_tree, actor, why, kind,
+        # version, change): server/allowlist.py keeps the allowlist change log with it.
+        self.on_published: list[Callable[..., Any]] = []
         self._trees: dict[str, ConfigTree] = {}
         self._compiled: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
@@ -230,15 +234,16 @@ class Rollouts:
 
     # ------------------------------------------------------------------ writing
     def publish(self, files: dict[str, str], actor: str, why: str, *, name: str = "config",
-                kind: str = "publish") -> Published:
-        """Validate, store, audit and announce a tree; RolloutError (nothing changed) if bad."""
+                kind: str = "publish", change: dict | None = None) -> Published:
+        """Validate, store, audit and announce a tree; RolloutError (nothing changed) if bad.
+        *change*: the approved allowlist change this publish carries out (server/allowlist.py)."""
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why this change is made (it goes in the audit log)"])
         if len(why) > 2000:
             raise RolloutError(["why: keep it under 2000 characters"])
         tree, files = check_files(files, name)
-        return self._record(tree, files, actor, why, kind)
+        return self._record(tree, files, actor, why, kind, change)
 
     def rollback(self, actor: str, why: str) -> Published:
         """Re-publish the version that was live before the current one."""
@@ -256,8 +261,11 @@ class Rollouts:
         files = self.files(target)
         return self._record(tree, files, actor, why, "rollback")
 
-    def _record(self, tree: ConfigTree, files: dict[str, str], actor: str, why: str, kind: str) -> Published:
+    def _record(self, tree: ConfigTree, files: dict[str, str], actor: str, why: str, kind: str,
+                change: dict | None = None) -> Published:
         version = tree.version
+        before = self.current()
+        old_tree = self.tree(before["version"]) if before else None
         tree_json = json.dumps(tree.to_dict(), sort_keys=True, separators=(",", ":"))
         files_json = json.dumps(files, sort_keys=True)
         now = utcnow()
@@ -285,12 +293,17 @@ class Rollouts:
                 self.on_live(tree)
             except Exception:  # noqa: BLE001 - the rollout is stored; do not fail it
                 log.exception("on_live hook failed")
+        for hook in self.on_published:
+            try:
+                hook(old_tree, tree, actor=actor, why=why, kind=kind, version=version, change=change)
+            except Exception:  # noqa: BLE001 - the rollout is stored; do not fail it
+                log.exception("on_published hook failed")
         published.notified = self.notify(tree, actor)
         log.info("config %s %s by %s (%s devices told): %s", kind, version, actor, published.notified, why)
         return published
 
     def notify(self, tree: ConfigTree, actor: str) -> int:
-        """Retained reload-config on every device's cmd topic; returns how many were sent."""
+        """reload-config on every device's cmd topic (not retained); returns how many were sent."""
         if self.publish_cmd is None:
             log.warning("no MQTT connection: devices will pick up version %s at their next fetch", tree.version)
             return 0
@@ -300,7 +313,7 @@ class Rollouts:
             for device in room.devices:
                 topic = protocol.topic(self.prefix, tree.site.site, room.room, device.id, "cmd")
                 try:
-                    self.publish_cmd(topic, payload, protocol.QOS["cmd"], True)
+                    self.publish_cmd(topic, payload, protocol.QOS["cmd"], False)
                     sent += 1
                 except Exception as exc:  # noqa: BLE001 - one bad publish must not stop the rest
                     log.warning("reload-config to %s failed: %s", device.id, exc)
@@ -461,6 +474,40 @@ def cli_publish(args) -> int:
     return 0
 
 
+def cli_propose(args) -> int:
+    """``config propose DIR --why``: the tree as an allowlist change for the DSL to approve
+    (server/allowlist.py); nothing is published until the DSL approves it."""
+    import requests
+
+    from agent.errors import UserError, print_problems
+
+    root = Path(args.dir)
+    try:
+        load_tree(root)
+    except ConfigInvalid as exc:
+        return print_problems("classroom-server", exc.errors, args.dir, "proposal refused; nothing was changed")
+    try:
+        files = read_files(root)
+    except RolloutError as exc:
+        raise UserError(exc.errors[0]) from None
+    if not (args.why or "").strip():
+        raise UserError('--why: say why this change is needed (the DSL reads it)')
+    session, base = _cli_session(args)
+    try:
+        resp = session.post(f"{base}/api/v1/allowlist/changes",
+                            json={"kind": "files", "files": files, "reason": args.why, "source": "yaml"}, timeout=60)
+    except requests.RequestException as exc:
+        raise UserError(f"--server {base}: {type(exc).__name__}") from None
+    if resp.status_code != 201:
+        return _cli_errors(resp, "proposal")
+    done = resp.json()
+    added = ", ".join(done["add_domains"]) or "nothing"
+    removed = ", ".join(done["remove_domains"]) or "nothing"
+    print(f"proposed change {done['id'][:8]}: allows {added}; stops allowing {removed}. "
+          f"The DSL approves it on {base}/allowlist; it is published then.")
+    return 0
+
+
 def cli_rollback(args) -> int:
     import requests
 
@@ -482,7 +529,8 @@ def cli_rollback(args) -> int:
 
 
 def add_cli(csub) -> None:
-    """``config publish DIR --why`` and ``config rollback --why`` on classroom-server's config parser."""
+    """``config publish DIR --why``, ``config rollback --why`` and ``config propose DIR --why`` on
+    classroom-server's config parser."""
 
     def common(p):
         p.add_argument("--why", required=True, help="the reason, for the audit log")
@@ -499,3 +547,7 @@ def add_cli(csub) -> None:
     p = csub.add_parser("rollback", help="go back to the version that was live before the current one")
     common(p)
     p.set_defaults(func=cli_rollback)
+    p = csub.add_parser("propose", help="propose a config tree as an allowlist change for the DSL to approve")
+    p.add_argument("dir", metavar="DIR")
+    common(p)
+    p.set_defaults(func=cli_propose)

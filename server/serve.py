@@ -169,6 +169,18 @@ def cmd_serve(args) -> int:
 
         notifier = Notifier(store, notify_settings, lambda: app.state.tree, app.state.presence)
         app.state.listeners.append(notifier.listener)  # after presence: it has seen every _watch before
+        # Guard events, failed filter checks and concerns about adults, sent by the same thread.
+        from .notify.events import EventNotices
+
+        notices = EventNotices(store, notify_settings, lambda: app.state.tree, wake=notifier.poke)
+        notifier.sources.append(notices)
+        app.state.listeners.append(notices.listener)
+        app.state.event_notices = notices
+    from .filtercheck import NightlyCheck
+
+    nightly = NightlyCheck(store, lambda: app.state.tree, app.state.rollouts.publish_cmd,
+                           lambda: app.state.rollouts.prefix, hour=args.filter_check_hour)
+    app.state.listeners.append(nightly.listener)
     dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds, on_alert=dark_alert)
     retention = Retention(store, lambda: app.state.tree)
     from .reports import DigestScheduler, SmtpSettings  # weekly digest (docs/dashboard.md)
@@ -177,6 +189,8 @@ def cmd_serve(args) -> int:
     dark.start()
     retention.start()
     digest.start()
+    if ingest is not None:
+        nightly.start()
     if notifier is not None:
         notifier.start()
     try:
@@ -185,6 +199,7 @@ def cmd_serve(args) -> int:
         dark.stop()
         retention.stop()
         digest.stop()
+        nightly.stop()
         if notifier is not None:
             notifier.stop()
         if ingest is not None:
@@ -262,6 +277,8 @@ def add_commands(sub) -> None:
     p.add_argument("--plain-http", action="store_true",
                    help="local demo only: session cookies without Secure, for a browser on this machine over "
                         "plain http://127.0.0.1 (refused with any other --bind; on a network put HTTPS in front)")
+    p.add_argument("--filter-check-hour", type=int, default=2, choices=range(0, 24), metavar="HOUR",
+                   help="school-time hour at which every device runs its filter check each night (default 2)")
     p.add_argument("--notify", metavar="FILE",
                    help="escalation e-mails and webhooks: SMTP, webhooks, what to send (docs/server.md); checked "
                         "at start like the config")

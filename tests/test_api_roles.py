@@ -52,6 +52,49 @@ EXPECTED = {
     ("PATCH", "/api/v1/users/{username}"): {A},
     ("GET", "/api/v1/audit"): {D, A},
     ("GET", "/api/v1/deliveries"): {D, A},
+    # issue 15: the DSL's record
+    ("POST", "/api/v1/concerns"): {T, D},
+    ("GET", "/api/v1/it-queue"): {TECH, A},
+    ("POST", "/api/v1/it-queue/{item_id}/done"): {TECH, A},
+    ("GET", "/api/v1/guard-events"): {D, TECH},
+    ("GET", "/api/v1/allowlist/changes"): {D, TECH, A},
+    ("POST", "/api/v1/allowlist/changes"): {TECH},
+    ("POST", "/api/v1/allowlist/changes/{change_id}/decision"): {D},
+    ("GET", "/api/v1/allowlist/overrides"): {D, TECH, A},
+    ("POST", "/api/v1/incidents/{incident_id}/export"): {D},
+    ("POST", "/api/v1/exports/pupil"): {D},
+    ("GET", "/api/v1/exports"): {D},
+    ("GET", "/api/v1/reviews"): {D, TECH, A},
+    ("POST", "/api/v1/reviews"): {D, A},
+    ("GET", "/api/v1/checks"): {D, TECH, A},
+    ("POST", "/api/v1/checks/{check_id}/actions"): {D, TECH},
+    ("POST", "/api/v1/filter-tests"): {TECH},
+    ("POST", "/api/v1/filter-tests/{test_id}/result"): {TECH},
+    ("GET", "/api/v1/aup"): {D, A},
+    ("GET", "/api/v1/devices/{device_id}/aup"): {"device"},
+    ("GET", "/api/v1/reports/term"): {D},
+    # and their dashboard pages
+    ("GET", "/concerns/new"): {T, D},
+    ("POST", "/concerns/new"): {T, D},
+    ("GET", "/it-queue"): {TECH, A},
+    ("POST", "/it-queue/{item_id}/done"): {TECH, A},
+    ("GET", "/guard"): {D, TECH},
+    ("GET", "/guard.csv"): {D, TECH},
+    ("GET", "/allowlist"): {D, TECH, A},
+    ("POST", "/allowlist/propose"): {TECH},
+    ("POST", "/allowlist/{change_id}/decide"): {D},
+    ("POST", "/incidents/{incident_id}/export"): {D},
+    ("GET", "/exports"): {D},
+    ("POST", "/exports/pupil"): {D},
+    ("GET", "/reviews"): {D, TECH, A},
+    ("POST", "/reviews"): {D, A},
+    ("GET", "/checks"): {D, TECH, A},
+    ("POST", "/checks/test"): {TECH},
+    ("POST", "/checks/test/{test_id}"): {TECH},
+    ("POST", "/checks/{check_id}/action"): {D, TECH},
+    ("GET", "/aup"): {D, A},
+    ("GET", "/reports/term"): {D},
+    ("GET", "/reports/term.pdf"): {D},
 }
 
 
@@ -185,7 +228,7 @@ def test_expired_disabled_and_forged_sessions_are_refused(world):
 # The reviewed field table: which fields of an incident each role may see (docs/data-protection.md).
 TIMELINE = {"id", "site", "room", "device", "seat", "raised_at", "alert_state", "timeline"}
 RECORD = {"category", "tags", "status", "outcome", "created_at", "updated_at", "closed_at", "actions", "notes",
-          "checklist"}
+          "checklist", "session_user", "concern", "exports"}
 FIELDS = {T: TIMELINE, A: TIMELINE, D: TIMELINE | RECORD}
 # What the DSL writes into the record below; free text is unique so it can be searched for anywhere.
 CANARIES = ("CANARY-OUTCOME-7f3", "CANARY-NOTE-7f3", "CANARY-TICK-7f3", "canary-evidence-7f3.example")

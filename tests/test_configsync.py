@@ -269,6 +269,17 @@ def test_real_agent_follows_publish_and_rollback_from_the_collector(collector, t
         wait_until(lambda: device_row(v1) and applied() == [v1, v2, v1], timeout=20,
                    message=lambda: f"rollback never applied: {applied()}")
         assert runtime.tree.rooms["5b"].name == "Year 5 Beech"
+
+        # Published while the device cannot hear it (broker down): nothing retained waits for
+        # it on the broker, yet once its connection is back and drained it fetches and applies.
+        collector.broker.stop()
+        away = dict(files)
+        away["rooms/5b.yaml"] = away["rooms/5b.yaml"].replace("Year 5 Beech", "Year 5 Rowan")
+        v3 = api.post("/api/v1/config/rollouts", json={"files": away, "why": "while away"}).json()["version"]
+        collector.broker.start()
+        wait_until(lambda: device_row(v3) and applied() == [v1, v2, v1, v3], timeout=30,
+                   message=lambda: f"the device never caught up after reconnecting: {applied()}")
+        assert runtime.tree.rooms["5b"].name == "Year 5 Rowan"
     finally:
         runtime.stop()
         api.close()

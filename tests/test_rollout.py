@@ -68,11 +68,12 @@ def test_publish_then_device_fetches_with_etag_and_reports_applied(setup, store)
     assert (done["version"], done["previous"], done["kind"], done["actor"]) == (version, None, "publish", "tech")
     assert done["devices"] == 6 and done["notified"] == 6
 
-    # Every device is told on its own cmd topic, retained (offline devices catch up).
+    # Every device is told on its own cmd topic, not retained: a device never acts on a retained
+    # command, and an offline one fetches when it next connects (tests/test_delivery.py).
     assert sorted(t for t, *_ in rec.sent) == sorted(
         protocol.topic(protocol.DEFAULT_PREFIX, "penny-acres", d.split("-")[0], d, "cmd") for d in DEVICES)
     for _topic, payload, qos, retain in rec.sent:
-        assert payload == {"cmd": "reload-config", "by": "tech"} and qos == 1 and retain is True
+        assert payload == {"cmd": "reload-config", "by": "tech"} and qos == 1 and retain is False
         protocol.validate("cmd", payload)
 
     enrol_device(store)

@@ -66,6 +66,21 @@ def _in_ranges(day: date, ranges) -> object | None:
     return None
 
 
+def term_key(terms, day: date) -> str:
+    """The term *day* falls in ('Autumn 2026'), else the academic term by month.
+
+    The acceptable-use record is per term: the device (agent/policy/aup.py) and the
+    collector (its /aup page, the list devices fetch) must name a term alike, so this is
+    part of the contract.  Outside term (holiday clubs) the next term's name would be
+    wrong, so the month rule applies: Sep-Dec autumn, Jan-Mar spring, Apr-Aug summer.
+    """
+    for term in terms or ():
+        if term.start <= day <= term.end:
+            return term.name
+    season = "autumn" if day.month >= 9 else "spring" if day.month <= 3 else "summer"
+    return f"{season} {day.year}"
+
+
 def _timetable(tree: ConfigTree, room, device, local: datetime):
     """(locked, reason, in_hours, slot, key_stage) at a local wall-clock moment."""
     site = tree.site

@@ -406,6 +406,9 @@ class FilterComponent:
 
     # ------------------------------------------------------------------ commands
     def on_command(self, cmd: dict) -> bool:
+        if isinstance(cmd, dict) and cmd.get("cmd") == "filter-check":
+            self._command_check(str(cmd.get("by") or "collector")[:64])
+            return True
         if not isinstance(cmd, dict) or cmd.get("cmd") != "allow":
             return False
         filtering = self.filtering()
@@ -522,6 +525,21 @@ class FilterComponent:
         fields = event_fields(results, policy.key_stage, by)
         self.runtime.post(lambda: self.runtime.emit_event("filter_check", **fields))
         return fields
+
+    def _command_check(self, by: str) -> None:
+        """The collector's ``filter-check`` cmd (the nightly check, server/filtercheck.py): the
+        same check as the control op, on a worker thread (it resolves names: never on the queue)."""
+        if not self.dns_enabled or self.policy is None:
+            log.warning("filter-check from %s: DNS filtering is not running on this device", by)
+            return
+
+        def work() -> None:
+            try:
+                self.run_check(by)
+            except Exception as exc:  # noqa: BLE001 - logged; the missing event is what the server sees
+                log.error("filter-check from %s failed: %s", by, exc)
+
+        threading.Thread(target=work, name="filter-check", daemon=True).start()
 
     def _control_check(self, req: dict) -> dict:
         """Control socket op ``filter-check`` (runs on the control thread, not the queue)."""

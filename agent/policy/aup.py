@@ -7,6 +7,13 @@ acceptance is recorded on disk (``state_dir/aup.json``: term -> user -> ts) and 
 in a corner of the screen for the whole session: DfE expects users to be told that the
 device is monitored.
 
+A pupil accepts once per term, not once per device: the collector keeps every acceptance
+(server/store/aup.py) and ``AupSync`` fetches this term's names from it
+(``GET {collector}/api/v1/devices/{id}/aup``, the device's own credentials) at start and
+every ``SYNC_SECONDS``, into the same file, so a device that is offline later still knows
+who has accepted elsewhere.  The fetch runs on its own thread; a collector that cannot be
+reached changes nothing (the device then asks, the safe direction).
+
 This module decides when and records; showing is the desktop's ``Presenter``
 (agent/desktop/base.py), the one the runtime built: Tk windows run as the desktop user
 (agent/desktop/programs/aup_windows.py), so they appear on that user's screen and
@@ -17,10 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config.policy import term_key
 from ..files import atomic_write
 from ..protocol import now_ts
 
@@ -30,20 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AcceptableUse", "AupRecords", "term_key"]
+__all__ = ["AcceptableUse", "AupRecords", "AupSync", "term_key"]
 
-
-def term_key(terms, day: date) -> str:
-    """The term *day* falls in ('Autumn 2026'), else the academic term by month.
-
-    Outside term (holiday clubs) the next term's name would be wrong, so the month rule
-    applies: Sep-Dec autumn, Jan-Mar spring, Apr-Aug summer.
-    """
-    for term in terms or ():
-        if term.start <= day <= term.end:
-            return term.name
-    season = "autumn" if day.month >= 9 else "spring" if day.month <= 3 else "summer"
-    return f"{season} {day.year}"
+SYNC_SECONDS = 1800.0
 
 
 class AupRecords:
@@ -69,8 +66,87 @@ class AupRecords:
         # Only this term's acceptances matter here (the server keeps the aup_accepted
         # events as the record), so earlier terms are dropped: data minimisation.
         self._data = {term: {**self._data.get(term, {}), user: ts}}
+        self._save()
+
+    def merge(self, term: str, accepted: dict[str, str]) -> int:
+        """Add the collector's list of who accepted *term* (user -> ts); returns how many were new."""
+        mine = self._data.get(term, {})
+        new = {u: ts for u, ts in accepted.items() if u not in mine}
+        if new or term not in self._data:
+            self._data = {term: {**mine, **new}}
+            self._save()
+        return len(new)
+
+    def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(self._data, indent=1, sort_keys=True), 0o600)
+
+
+class AupSync:
+    """Fetch this term's acceptances from the collector into *records* (see the module docstring).
+
+    ``fetch()`` is one request (``(term, {user: ts})`` or None); ``start(on_list)`` runs it now
+    and every *interval* seconds on a daemon thread, handing each list to *on_list*."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None, verify, *, interval: float = SYNC_SECONDS,
+                 timeout: float = 10.0) -> None:
+        self.url = url
+        self.auth = auth
+        self.verify = verify
+        self.interval = interval
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_bootstrap(cls, bootstrap) -> "AupSync | None":
+        """From agent.yaml (collector URL, device id, credentials file, CA); None without them."""
+        url = getattr(bootstrap, "collector_url", None)
+        device = getattr(bootstrap, "device", None)
+        if not url or not device:
+            return None
+        try:
+            from ..config.credentials import load_credentials
+
+            username, password = load_credentials(bootstrap.credentials)
+        except Exception:  # noqa: BLE001 - no credentials yet (not enrolled): nothing to fetch with
+            return None
+        if not username or not password:
+            return None
+        return cls(f"{str(url).rstrip('/')}/api/v1/devices/{device}/aup", (username, password),
+                   getattr(bootstrap, "ca_file", None) or True)
+
+    def fetch(self) -> tuple[str, dict[str, str]] | None:
+        import requests
+
+        try:
+            response = requests.get(self.url, auth=self.auth, verify=self.verify, timeout=self.timeout)
+            if response.status_code != 200:
+                log.info("aup: the collector answered %s for this term's acceptances", response.status_code)
+                return None
+            data = response.json()
+        except (requests.RequestException, ValueError) as exc:
+            log.info("aup: could not fetch this term's acceptances (%s); keeping what we have", type(exc).__name__)
+            return None
+        term, users = data.get("term"), data.get("accepted")
+        if not isinstance(term, str) or not isinstance(users, dict):
+            return None
+        return term, {u: ts for u, ts in users.items() if isinstance(u, str) and isinstance(ts, str)}
+
+    def start(self, on_list) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                got = self.fetch()
+                if got is not None:
+                    on_list(*got)
+                if self._stop.wait(self.interval):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="aup-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class AcceptableUse:
@@ -84,6 +160,15 @@ class AcceptableUse:
         self.presenter = presenter if presenter is not None else runtime.desktop.presenter
         self._notices: dict[str, object] = {}
         self._dialogs: dict[str, object] = {}
+        self.sync = AupSync.from_bootstrap(getattr(runtime, "bootstrap", None))
+        if self.sync is not None:
+            # The list arrives on the sync thread; the records belong to the runtime's thread.
+            self.sync.start(lambda term, users: self.runtime.post(self._merge, term, users))
+
+    def _merge(self, term: str, users: dict[str, str]) -> None:
+        new = self.records.merge(term, users)
+        if new:
+            log.info("aup: %d pupil(s) accepted this term's rules on other devices", new)
 
     def _terms(self):
         tree = self.runtime.tree
@@ -118,6 +203,8 @@ class AcceptableUse:
                 self.presenter.close(handle)
 
     def close(self) -> None:
+        if self.sync is not None:
+            self.sync.stop()
         for table in (self._notices, self._dialogs):
             for handle in table.values():
                 self.presenter.close(handle)

@@ -21,6 +21,7 @@ store alone.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,13 +31,14 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .. import __version__, web
+from .. import __version__, allowlist, web
 from ..ingest import Metrics
 from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
-from .api import API, alerts, audit, config, deliveries, devices, incidents, login, ops, reports, users
+from .api import (API, alerts, allowlist as allowlist_api, audit, aup, concerns, config, deliveries, devices, exports,
+                  guard, incidents, login, ops, reports, reviews, users)
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -45,7 +47,8 @@ from .throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries)
+API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries, concerns, guard,
+               allowlist_api, exports, reviews, aup)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})
@@ -125,6 +128,8 @@ def _start_rollouts(app: FastAPI) -> None:
     """``app.state.rollouts``; the last published version becomes the live tree."""
     rollouts = Rollouts(app.state.store, prefix=state.topic_prefix(app), publish_cmd=_cmd_publisher(app),
                         on_live=lambda tree: setattr(app.state, "tree", tree))
+    # Every publish that changes an allow list goes in the DSL's change log (server/allowlist.py).
+    rollouts.on_published.append(functools.partial(allowlist.record_publish, app.state.store))
     app.state.rollouts = rollouts
     try:
         tree = rollouts.live_tree()

@@ -51,3 +51,15 @@ def site_and_timezone(request: Request) -> tuple[str, str]:
 def presence(request: Request):
     """Who is watching each room (server/presence.py)."""
     return request.app.state.presence
+
+
+def school_site(request: Request) -> str:
+    """The site (school) this request's records belong to: every record route reads and
+    writes only this site's rows ("" before a config tree is loaded, which matches none)."""
+    return site_and_timezone(request)[0]
+
+
+def event_notices(request: Request):
+    """The guard / filter-check / adult-concern messages (server/notify/events.py), or None
+    when the collector runs without ``--notify``."""
+    return getattr(request.app.state, "event_notices", None)

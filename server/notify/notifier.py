@@ -38,6 +38,8 @@ from agent.protocol import parse_ts
 
 from ..store import iso
 from .channels import DeliveryError, EmailChannel, WebhookChannel, mask
+from .events import REASONS as EVENT_REASONS
+from .events import EventNotice, build_notice
 from .message import Notice
 from .settings import NotifySettings
 
@@ -78,6 +80,13 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify-send")
         self._last_sweep = 0.0
+        # Other things that queue messages on this thread (server/notify/events.py): each has
+        # ``take(now, tree)``; their deliveries are sent like any other.
+        self.sources: list = []
+
+    def poke(self) -> None:
+        """Something was queued (or is waiting to be): run a round now."""
+        self._wake.set()
 
     # ------------------------------------------------------------------ triggers
 
@@ -148,7 +157,10 @@ class Notifier:
 
     # ------------------------------------------------------------------ sending
 
-    def _notice(self, delivery: dict, tree) -> Notice:
+    def _notice(self, delivery: dict, tree) -> Notice | EventNotice:
+        if delivery["reason"] in EVENT_REASONS:
+            dashboard = self.settings.dashboard_url or (str(tree.site.collector.url) if tree is not None else None)
+            return build_notice(self.store, delivery, tree, dashboard)
         incident = self.store.get_incident(delivery["alert_id"]) or {}
         timeline = incident.get("timeline") or []
         by = next((t["by"] for t in reversed(timeline) if t.get("by")), None)
@@ -214,6 +226,11 @@ class Notifier:
         Returns how many attempts were made."""
         now = now or self.clock()
         self._take_triggers(now)
+        for source in self.sources:
+            try:
+                source.take(now, self.tree_source())
+            except Exception:  # noqa: BLE001 - one source must not stop the escalations
+                log.exception("notify: %s failed", type(source).__name__)
         if now.timestamp() - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now.timestamp()
             try:

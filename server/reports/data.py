@@ -8,7 +8,10 @@ One report per school week (Monday 00:00 to Monday 00:00, school local time):
   a domain many pupils keep asking for is probably one a lesson needs);
 * an incidents summary (counts only: no pupil detail in a digest; the counts by category
   and status are the DSL's, ``for_role`` leaves them out for everyone else);
-* the filtering check log (``filter_check`` events: who checked, when, what, result).
+* guard events (bypass tools, tampering, removable media, shared logins) counted per
+  type, room and device (who was involved stays in the guard log, server/store/guard.py);
+* the filtering check log (``filter_check`` events: who checked, when, what, result), with
+  the actions staff recorded against each.
 
 Building the report (``build``) works on plain rows, so the numbers are tested without a
 server; ``collect`` reads those rows through the store (the SQL is in server/store/).
@@ -104,6 +107,8 @@ class Report:
     overblocking: list[dict] = field(default_factory=list)
     incidents: dict[str, Any] = field(default_factory=dict)
     checks: list[dict] = field(default_factory=list)
+    # guard events: {type, room, device, n}
+    guard: list[dict] = field(default_factory=list)
     generated_at: str = ""
 
     @property
@@ -136,7 +141,8 @@ def _data(row: dict) -> dict:
 
 
 def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: Iterable[dict],
-          check_rows: Iterable[dict], *, top: int = TOP_DOMAINS, generated_at: str | None = None) -> Report:
+          check_rows: Iterable[dict], *, top: int = TOP_DOMAINS, generated_at: str | None = None,
+          guard_rows: Iterable[dict] = (), check_actions: dict[str, list] | None = None) -> Report:
     """Aggregate plain rows (already limited to *week*) into a Report.
 
     blocked_rows: events of type blocked (room, profile, domain, device, ts, data/count);
@@ -192,9 +198,12 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
         "by_status": sorted(Counter(i.get("status") or "open" for i in incidents).items()),
     }
 
-    checks = [_check_row(row) for row in sorted(check_rows, key=lambda r: r.get("ts") or "")]
+    checks = [{**check_row(row), "actions": (check_actions or {}).get(row.get("id"), [])}
+              for row in sorted(check_rows, key=lambda r: r.get("ts") or "")]
+    guard = [{"type": g["type"], "room": g.get("room") or "?", "device": g.get("device") or "?", "n": int(g["n"])}
+             for g in guard_rows]
     return Report(week=week, site=site, by_room=by_room, blocked=blocked, overblocking=overblocking,
-                  incidents=summary, checks=checks, generated_at=generated_at or now_ts())
+                  incidents=summary, checks=checks, guard=guard, generated_at=generated_at or now_ts())
 
 
 # The incident counts only the DSL may see: they are made of the DSL's record (category,
@@ -211,7 +220,7 @@ def for_role(report: Report, role: str) -> Report:
     return replace(report, incidents=incidents)
 
 
-def _check_row(row: dict) -> dict:
+def check_row(row: dict) -> dict:
     """One line of the filtering check log from a ``filter_check`` event.
 
     The agent's check (agent/filter/check.py) sends one event per run: ``by``, ``profile``,
@@ -247,4 +256,6 @@ def collect(store, week: Week, site: str | None = None, *, top: int = TOP_DOMAIN
     blocked = store.blocked_between(week.start_ts, week.end_ts)
     checks = store.filter_checks_between(week.start_ts, week.end_ts)
     incidents = store.incidents_raised_between(week.start_ts, week.end_ts)
-    return build(week, site or "", blocked, incidents, checks, top=top)
+    guard = store.guard_counts_between(site or None, week.start_ts, week.end_ts)
+    actions = store.check_actions_for(site or "", [c["id"] for c in checks if c.get("id")])
+    return build(week, site or "", blocked, incidents, checks, top=top, guard_rows=guard, check_actions=actions)

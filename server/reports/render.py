@@ -73,11 +73,13 @@ def chart(report: Report) -> str:
     return svg_bar_chart(items, title=f"Blocked attempts per room and key stage, week {report.week.key}")
 
 
-def render_html(report: Report, *, links: bool = False) -> str:
+def render_html(report: Report, *, links: bool = False, propose_token: str | None = None) -> str:
     """A self-contained HTML page (inline CSS and SVG) for the browser, the file and e-mail;
-    *links*: add the dashboard's navigation (previous week, CSV download)."""
+    *links*: add the dashboard's navigation (previous week, CSV download); *propose_token*
+    (a technician's CSRF token on the dashboard): a "propose allowing" button by each
+    over-blocking candidate, which files an allowlist change for the DSL (server/allowlist.py)."""
     return environment().get_template("report_weekly.html").render(r=report, chart=chart(report), links=links,
-                                                                   tz=report.week.tz)
+                                                                   tz=report.week.tz, propose_token=propose_token)
 
 
 CSV_FIELDS = ["week", "room", "key_stage", "domain", "attempts", "devices", "first_seen", "last_seen"]

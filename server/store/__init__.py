@@ -16,7 +16,11 @@ Where things are:
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
   reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room).
+  webhooks with every attempt, and the dashboard tabs watching a room); the DSL's record
+  (issue 15): concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's
+  events), allowlist.py (allowlist change requests), exports.py (the export log),
+  reviews.py (annual reviews, check actions, test-filtering runs), aup.py (acceptable use
+  per pupil per term).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -28,14 +32,20 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Sequence
 
+from .allowlist import AllowlistTable
 from .audit import AuditTable
+from .aup import AupTable
+from .concerns import ConcernsTable
 from .deliveries import DeliveriesTable
 from .devices import DevicesTable
 from .engine import Engine, StoreError, Tx, connect
 from .events import EventsTable
+from .exports import ExportsTable
+from .guard import GuardTable
 from .incidents import IncidentsTable
 from .reports import ReportsTable
 from .retention import RetentionTable
+from .reviews import ReviewsTable
 from .rollouts import RolloutsTable
 from .schema import apply as apply_schema
 from .schema import iso, new_id, utcnow
@@ -45,7 +55,8 @@ __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
-            RetentionTable, DeliveriesTable):
+            RetentionTable, DeliveriesTable, ConcernsTable, GuardTable, AllowlistTable, ExportsTable, ReviewsTable,
+            AupTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

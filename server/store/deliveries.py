@@ -124,6 +124,13 @@ class DeliveriesTable:
                 row["attempt_log"] = by_id.get(row["id"], [])
         return rows
 
+    def recent_deliveries(self, reason: str, key_prefix: str, since: str) -> list[dict]:
+        """Deliveries of *reason* whose key (``alert_id``) starts with *key_prefix*, created since
+        *since*, newest first (server/notify/events.py: the coalescing window survives a restart)."""
+        return self.query("SELECT alert_id, created_at FROM deliveries WHERE reason = ? AND created_at >= ? "
+                          "AND substr(alert_id, 1, ?) = ? ORDER BY created_at DESC LIMIT 1",
+                          (reason, since, len(key_prefix), key_prefix))
+
     def escalated_without_deliveries(self, since: str, states: Sequence[str] = ("escalated",)) -> list[dict]:
         """Alert transitions of *states* received since *since* that have no delivery yet (a
         collector that died between storing one and queueing its messages catches up)."""

@@ -17,6 +17,7 @@ import logging
 from concurrent.futures import Future
 from typing import Sequence
 
+from .aup import AUP_EVENT, aup_rows
 from .engine import Tx
 from .incidents import foreign_evidence
 from .schema import str_or_none, utcnow
@@ -53,7 +54,13 @@ class EventsTable:
                     log.warning("%s", why)
             else:
                 refused.extend(foreign.values())
-        return tx.insert_new("events", EVENT_COLUMNS, "id", rows) if rows else 0
+        if not rows:
+            return 0
+        inserted = tx.insert_new("events", EVENT_COLUMNS, "id", rows)
+        # Acceptable use per pupil per term (aup.py), in the same transaction as its event.
+        if any(row[1] == AUP_EVENT for row in rows):
+            self._record_aup(tx, aup_rows(rows, EVENT_COLUMNS))
+        return inserted
 
     # ------------------------------------------------------------------ ingest
 
@@ -162,5 +169,5 @@ class EventsTable:
 
     def filter_checks_between(self, start: str, end: str) -> list[dict]:
         """``filter_check`` events with ts in [start, end) (the weekly report's filtering check log)."""
-        return self.query("SELECT ts, room, device, user_name, domain, data FROM events "
+        return self.query("SELECT id, ts, room, device, user_name, domain, data FROM events "
                           "WHERE type = ? AND ts >= ? AND ts < ?", ["filter_check", start, end])

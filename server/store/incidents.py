@@ -128,7 +128,29 @@ class IncidentsTable:
         row["actions"] = self.query(
             "SELECT id, ts, actor, kind, item, text FROM incident_actions WHERE incident_id = ? ORDER BY ts, id",
             (incident_id,))
+        # The DSL's record (server/incidents.py VISIBLE_FIELDS): who was logged in at the press,
+        # the concern staff wrote if they logged it by hand, and every export of it.
+        row["session_user"] = self.session_user(incident_id)
+        row["concern"] = self.get_concern(incident_id, row["site"])
+        row["exports"] = self.list_exports(row["site"], incident_id=incident_id)
         return row
+
+    def session_user(self, incident_id: str) -> str | None:
+        """Who was logged in on the device at the press: the user its report_evidence names
+        (only the incident's own device's evidence counts, as for ``evidence``)."""
+        row = self.query_one("SELECT e.user_name FROM events e JOIN incidents i ON i.id = e.alert_id "
+                             "WHERE e.type = 'report_evidence' AND e.alert_id = ? AND e.site = i.site "
+                             "AND e.room = i.room AND e.device = i.device AND e.user_name IS NOT NULL "
+                             "ORDER BY e.ts DESC LIMIT 1", (incident_id,))
+        return row["user_name"] if row else None
+
+    def incidents_of_user(self, site: str, user: str, limit: int = 500) -> list[str]:
+        """Ids of the incidents at *site* whose press was made while *user* was logged in, oldest first."""
+        rows = self.query("SELECT DISTINCT i.id, i.raised_at FROM incidents i JOIN events e ON e.alert_id = i.id "
+                          "WHERE e.type = 'report_evidence' AND e.user_name = ? AND i.site = ? AND e.site = i.site "
+                          "AND e.room = i.room AND e.device = i.device ORDER BY i.raised_at LIMIT ?",
+                          (user, site, int(limit)))
+        return [r["id"] for r in rows]
 
     def evidence(self, incident_id: str) -> list[dict]:
         """report_evidence events for an alert: domains and times only (never imagery), and only

@@ -2,8 +2,11 @@
 
 The digest scheduler (server/reports/digest.py) checks often and writes each week's
 digest at most once; this table is how a restart, or a second ``serve`` process on the
-same database, knows a week is done.  What the report reads lives with its tables
+same database, knows a week is done.  What the weekly report reads lives with its tables
 (events.py: blocked attempts and filtering checks; incidents.py: incidents raised).
+
+The governors' term report (server/reports/term.py) reads counts only, through
+``term_figures``: no pupil identifier (no user name, no device) leaves this query.
 """
 
 from __future__ import annotations
@@ -19,3 +22,30 @@ class ReportsTable:
     def add_report_run(self, week: str, ts: str, path: str, emailed: bool) -> None:
         self.execute("INSERT INTO report_runs (week, ts, path, emailed) VALUES (?, ?, ?, ?)",
                      [week, ts, path, int(emailed)])
+
+    def term_figures(self, site: str, start: str, end: str) -> dict:
+        """What the term report counts for [start, end) at *site*: incidents (category, tags,
+        status, whether a press or a logged concern, press-to-acknowledge seconds), checks run,
+        test-filtering runs, overrides opened (by domain), blocked attempts, guard events, reviews."""
+        incidents = self.query(
+            "SELECT i.id, i.category, i.tags, i.status, i.alert_state, i.raised_at, "
+            "(SELECT MIN(t.ts) FROM alert_transitions t WHERE t.alert_id = i.id AND t.state = 'acknowledged') "
+            "AS ack_at FROM incidents i WHERE i.site = ? AND i.raised_at >= ? AND i.raised_at < ?",
+            (site, start, end))
+        events = {r["type"]: int(r["n"]) for r in self.query(
+            "SELECT type, COUNT(*) AS n FROM events WHERE site = ? AND ts >= ? AND ts < ? AND type IN "
+            "('filter_check', 'override_opened', 'bypass_process', 'tamper', 'removable_media', 'shared_login') "
+            "GROUP BY type", (site, start, end))}
+        checks = self.query("SELECT data FROM events WHERE site = ? AND type = 'filter_check' AND ts >= ? "
+                            "AND ts < ?", (site, start, end))
+        overrides = self.query("SELECT domain, COUNT(*) AS n FROM events WHERE site = ? AND type = "
+                               "'override_opened' AND ts >= ? AND ts < ? GROUP BY domain ORDER BY n DESC, domain "
+                               "LIMIT 10", (site, start, end))
+        blocked = self.query_one("SELECT COUNT(*) AS n FROM events WHERE site = ? AND type = 'blocked' AND ts >= ? "
+                                 "AND ts < ?", (site, start, end))
+        tests = self.query("SELECT result FROM filter_tests WHERE site = ? AND started_at >= ? AND started_at < ?",
+                           (site, start, end))
+        reviews = self.query("SELECT held_on, next_review FROM reviews WHERE site = ? AND held_on >= ? "
+                             "AND held_on < ? ORDER BY held_on", (site, start[:10], end[:10]))
+        return {"incidents": incidents, "events": events, "checks": checks, "overrides": overrides,
+                "blocked_events": int(blocked["n"]) if blocked else 0, "tests": tests, "reviews": reviews}

@@ -15,7 +15,9 @@ from .engine import StoreError, Tx
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
-             "sessions": "expires_at", "enrol_tokens": "expires_at"}
+             "sessions": "expires_at", "enrol_tokens": "expires_at", "it_queue": "done_at", "exports": "ts",
+             "allowlist_changes": "proposed_at", "reviews": "recorded_at", "check_actions": "ts",
+             "filter_tests": "started_at", "aup_acceptances": "accepted_at"}
 
 
 def _marks(values: Sequence) -> str:
@@ -50,6 +52,7 @@ class RetentionTable:
                 (before,))]
             for incident_id in ids:
                 tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
+                tx.execute("DELETE FROM concerns WHERE incident_id = ?", (incident_id,))
                 tx.execute("DELETE FROM alert_transitions WHERE alert_id = ?", (incident_id,))
                 tx.execute("DELETE FROM delivery_attempts WHERE delivery_id IN "
                            "(SELECT id FROM deliveries WHERE alert_id = ?)", (incident_id,))
@@ -58,6 +61,18 @@ class RetentionTable:
                            (incident_id, *evidence_types))
                 tx.execute("DELETE FROM incidents WHERE id = ?", (incident_id,))
             return len(ids)
+
+        return self.write(run)
+
+    def purge_notice_deliveries(self, before: str, reasons: Sequence[str]) -> int:
+        """Delete the deliveries (and their attempts) of *reasons* created before *before*: the
+        messages about guard events and failed checks, which belong to no incident."""
+
+        def run(tx: Tx) -> int:
+            marks = _marks(reasons)
+            tx.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE "
+                       f"reason IN {marks} AND created_at < ?)", (*reasons, before))
+            return tx.execute(f"DELETE FROM deliveries WHERE reason IN {marks} AND created_at < ?", (*reasons, before))
 
         return self.write(run)
 

@@ -244,6 +244,138 @@ CREATE TABLE IF NOT EXISTS room_viewers (
     PRIMARY KEY (site, room, username)
 );
 
+-- The DSL's record, issue 15: concerns.py, allowlist.py, exports.py, reviews.py, aup.py.  Every
+-- row names its site, and every query takes it.
+-- A concern a member of staff logged (policy 000 §7.3.2, 002 §6.1): the incident (id =
+-- incidents.id) plus what they wrote; url/domain optional; tell_it puts the domain in
+-- the technicians' queue.
+CREATE TABLE IF NOT EXISTS concerns (
+    incident_id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT,
+    logged_by TEXT NOT NULL,
+    logged_at TEXT NOT NULL,
+    happened_at TEXT NOT NULL,
+    what TEXT NOT NULL,
+    url TEXT,
+    domain TEXT,
+    tell_it INTEGER NOT NULL DEFAULT 0
+);
+
+-- The technicians' queue: domains staff asked IT to look at ("tell IT").
+CREATE TABLE IF NOT EXISTS it_queue (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    domain TEXT,
+    url TEXT,
+    room TEXT,
+    device TEXT,
+    incident_id TEXT,
+    asked_by TEXT NOT NULL,
+    asked_at TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open',
+    done_by TEXT,
+    done_at TEXT,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS it_queue_site ON it_queue (site, status, asked_at);
+
+-- Allowlist changes the leadership approves (policy 000 §7.3.1): proposed by a technician,
+-- decided by the DSL, published through the rollout.  A publish that changed an allow list
+-- without a proposal is recorded here too (status published, approved_by NULL).
+CREATE TABLE IF NOT EXISTS allowlist_changes (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key_stages TEXT NOT NULL DEFAULT '[]',
+    add_domains TEXT NOT NULL DEFAULT '[]',
+    remove_domains TEXT NOT NULL DEFAULT '[]',
+    files TEXT,
+    reason TEXT NOT NULL,
+    source TEXT NOT NULL,
+    proposed_by TEXT NOT NULL,
+    proposed_at TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'proposed',
+    decided_by TEXT,
+    decided_at TEXT,
+    decision_note TEXT,
+    base_version TEXT,
+    published_version TEXT,
+    published_at TEXT
+);
+CREATE INDEX IF NOT EXISTS allowlist_changes_site ON allowlist_changes (site, proposed_at);
+
+-- Every export of the record (CPOMS, MyConcern, Arbor): who, when, what, which format,
+-- whether evidence domains were in it.
+CREATE TABLE IF NOT EXISTS exports (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    format TEXT NOT NULL,
+    with_evidence INTEGER NOT NULL DEFAULT 0,
+    incidents TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS exports_site ON exports (site, ts);
+
+-- The annual filtering and monitoring review (DfE standard): attendees by role, findings,
+-- actions, the next review's date.
+CREATE TABLE IF NOT EXISTS reviews (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    held_on TEXT NOT NULL,
+    attendees TEXT NOT NULL,
+    findings TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    next_review TEXT NOT NULL,
+    recorded_by TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_site ON reviews (site, held_on);
+
+-- The check log's "actions taken" (one row per note on a filter_check event or a test run),
+-- and the SWGfL test-filtering runs a technician started from a device and their results.
+CREATE TABLE IF NOT EXISTS check_actions (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    check_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS check_actions_check ON check_actions (check_id, ts);
+CREATE TABLE IF NOT EXISTS filter_tests (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    result TEXT,
+    details TEXT,
+    recorded_by TEXT,
+    recorded_at TEXT
+);
+CREATE INDEX IF NOT EXISTS filter_tests_site ON filter_tests (site, started_at);
+
+-- Acceptable use, per pupil per term (from aup_accepted events, written in the ingest batch);
+-- devices fetch this term's list so a pupil accepts once, not once per device.
+CREATE TABLE IF NOT EXISTS aup_acceptances (
+    site TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    term TEXT NOT NULL,
+    accepted_at TEXT NOT NULL,
+    room TEXT,
+    device TEXT,
+    key_stage TEXT,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (site, term, user_name)
+);
+
 -- Weekly digests already written, so a restart does not write/send one twice.
 CREATE TABLE IF NOT EXISTS report_runs (
     week TEXT NOT NULL PRIMARY KEY,

@@ -76,6 +76,10 @@ def router() -> APIRouter:
         # The audit log is also read by admins: record which fields changed, never their
         # values (the DSL's record: incident_actions keeps them).
         store.audit(user.username, "incident.update", incident_id, {"via": "api", "fields": sorted(changes)})
+        if "category" in changes:
+            from .concerns import tell_head  # a concern about an adult goes to the headteacher
+
+            tell_head(request, user, updated)
         return inc.for_user(updated, user)
 
     @r.post("/incidents/{incident_id}/notes")

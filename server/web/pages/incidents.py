@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse
 
 from ... import incidents as inc
 from ...http import state
+from ...http.api.concerns import tell_head
 from ...http.auth import User
 from .base import page, render
 
@@ -34,7 +35,8 @@ def _incident_page(request: Request, incident_id: str, user: User, *, evidence=N
                    flash=None, status=200):
     row = inc.for_user(_incident(request, incident_id, user), user)
     return render(request, "incident.html", http_status=status, i=row, categories=inc.CATEGORIES,
-                  four_cs=inc.FOUR_CS, statuses=inc.STATUSES, evidence=evidence, error=error, flash=flash)
+                  four_cs=inc.FOUR_CS, four_cs_help=inc.FOUR_CS_HELP, head_categories=inc.HEAD_CATEGORIES,
+                  statuses=inc.STATUSES, evidence=evidence, error=error, flash=flash)
 
 
 def router() -> APIRouter:
@@ -70,9 +72,11 @@ def router() -> APIRouter:
         except inc.IncidentError as exc:
             return _incident_page(request, incident_id, user, error=str(exc), status=400)
         store = state.store(request)
-        store.update_incident(incident_id, user.username, changes)
+        updated = store.update_incident(incident_id, user.username, changes)
         # Admins read the audit log: which fields changed, never their values.
         store.audit(user.username, "incident.update", incident_id, {"via": "web", "fields": sorted(changes)})
+        if "category" in changes and updated is not None:
+            tell_head(request, user, updated)  # a concern about an adult goes to the headteacher
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
 
     @r.post("/incidents/{incident_id}/note")

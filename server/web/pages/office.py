@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from ...http import state
+from ...incidents import is_live_alert
 from ...http.auth import User
 from ...notify.notifier import in_school_hours
 from ...store import iso
@@ -52,8 +53,8 @@ def board_state(store, tree, presence, now: datetime | None = None) -> dict:
     since = iso(now - timedelta(hours=OPEN_ALERT_HOURS))
     alerts: dict[str, list[dict]] = {}
     for row in store.list_incidents(since=since, limit=500):
-        if row["alert_state"] == "cleared":
-            continue
+        if not is_live_alert(row["alert_state"]):
+            continue  # cleared, or a concern staff logged by hand
         alerts.setdefault(row["room"], []).append(
             {"id": row["id"], "state": row["alert_state"], "room": row["room"], "device": row["device"],
              "seat": row.get("seat"), "ts": row["raised_at"], "by": _coming(row.get("timeline") or [])})

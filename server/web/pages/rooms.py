@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from ...http import state
+from ...incidents import is_live_alert
 from ...http.auth import User
 from ...store import iso
 from ..live import get_broadcaster
@@ -43,7 +44,7 @@ def open_alerts(store, room: str, now: datetime | None = None) -> list[dict]:
     since = iso((now or datetime.now(timezone.utc)) - timedelta(hours=OPEN_ALERT_HOURS))
     rows = store.list_incidents(rooms=[room], received_since=since, limit=100)
     return [{"id": r["id"], "state": r["alert_state"], "room": r["room"], "device": r["device"],
-             "seat": r.get("seat"), "ts": r["raised_at"]} for r in rows if r["alert_state"] != "cleared"]
+             "seat": r.get("seat"), "ts": r["raised_at"]} for r in rows if is_live_alert(r["alert_state"])]
 
 
 def _room_or_404(request: Request, room: str, user: User):

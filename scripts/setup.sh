@@ -19,7 +19,7 @@ APT_PACKAGES=(
   postgresql iproute2
   xvfb xdotool x11-utils libnotify-bin
   chromium chromium-driver firefox-esr
-  python3-tk python3-gi dbus
+  python3-tk python3-gi dbus fonts-dejavu-core
   sway swayidle swaylock openssl systemd
   gir1.2-gtklayershell-0.1 wtype acl
 )
@@ -54,6 +54,8 @@ done
 have_initdb || missing+=("initdb")
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=("python3-venv")
 python3 -c 'import tkinter' >/dev/null 2>&1 || missing+=("python3-tk")
+# PDF exports set their text in DejaVu Sans (server/pdf.py).
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=("fonts-dejavu-core")
 # The notification test's stand-in D-Bus server runs on Debian's own python3.
 /usr/bin/python3 -c 'from gi.repository import Gio' >/dev/null 2>&1 || missing+=("python3-gi")
 # The Wayland report overlay runs on Debian's python3 with gtk-layer-shell.

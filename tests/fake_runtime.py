@@ -61,6 +61,8 @@ class FakeRuntime:
         self.desktop = make_desktop("headless")
         self.evidence_source = lambda minutes: []
         self.user = user
+        self.groups: tuple[str, ...] = ()   # the user's unix groups (staff, language_groups)
+        self.said: list[str] = []           # keys spoken, newest last (say)
         self.events: list[dict] = []
         self.sent: list[tuple[str, dict]] = []
         self.applied: list = []
@@ -77,7 +79,7 @@ class FakeRuntime:
 
     # ------------------------------------------------------------------ policy and time
     def evaluate(self):
-        self.policy = effective_policy(self.tree, self.device, self.clock())
+        self.policy = effective_policy(self.tree, self.device, self.clock(), user=self.user, groups=self.groups)
         return self.policy
 
     def set_time(self, moment: datetime):
@@ -210,6 +212,18 @@ class FakeRuntime:
     # ------------------------------------------------------------------ who is at the device
     def current_user(self):
         return self.user
+
+    def session_changed(self) -> None:
+        self.evaluate()
+
+    # ------------------------------------------------------------------ pupil screens
+    def words(self, key: str):
+        from agent.desktop.base import Words
+
+        return Words(self.policy.messages[key], key)
+
+    def say(self, key: str) -> None:
+        self.said.append(key)
 
     # ------------------------------------------------------------------ control socket
     def register_control(self, op: str, handler) -> None:

@@ -51,7 +51,7 @@ class EffectivePolicy:
     block_domains: tuple[str, ...] = ()           # refused on top of the school's filter (upstream)
     sound_play: bool = True
     sound_volume: int = 60
-    language: str = "en"                          # the device's: device, else room, else site
+    language: str = "en"                          # the screens': the pupil's group's, else device, room, site
     site_language: str = "en"                     # the language ``messages`` are written in
     school_messages: dict[str, str] = field(default_factory=dict)          # the profile's, site language
     translations: dict[str, dict[str, str]] = field(default_factory=dict)  # the profile's, by language
@@ -65,14 +65,6 @@ class EffectivePolicy:
         if language in (None, self.language):
             return self.messages
         return words_for(language, self.site_language, self.school_messages, self.translations)
-
-    def language_for(self, user: str | None, groups=()) -> str:
-        """The language a session of *user* (in unix *groups*) sees: the first of its groups
-        named in the site's ``language_groups``, else the device's."""
-        for group in groups:
-            if group in self.language_groups:
-                return self.language_groups[group]
-        return self.language
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -149,9 +141,19 @@ def _boundaries(tree: ConfigTree, room, tz: ZoneInfo, start_local: datetime):
                 yield moment
 
 
-def effective_policy(tree: ConfigTree, device_id: str, at: datetime, *, staff: bool = False) -> EffectivePolicy:
-    """What *device_id* must enforce at the aware datetime *at*; *staff*: a staff login is
-    at the device, so the site's ``staff.profile`` applies instead of the pupils' (when set)."""
+def is_staff(site, user: str | None, groups=()) -> bool:
+    """Whether *user* (in unix *groups*) is staff by the site's ``staff`` settings."""
+    if not user:
+        return False
+    return user in site.staff.accounts or any(g in site.staff.groups for g in groups)
+
+
+def effective_policy(tree: ConfigTree, device_id: str, at: datetime, *, user: str | None = None,
+                     groups=()) -> EffectivePolicy:
+    """What *device_id* must enforce at the aware datetime *at*, with *user* (in unix
+    *groups*) at it: a staff login gets the site's ``staff.profile`` instead of the
+    pupils' (when one is set); a pupil in one of the site's ``language_groups`` sees the
+    screens in that language."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("effective_policy needs a timezone-aware datetime")
     room, device = tree.find_device(device_id)
@@ -166,11 +168,13 @@ def effective_policy(tree: ConfigTree, device_id: str, at: datetime, *, staff: b
             next_change = moment.astimezone(timezone.utc)
             break
 
-    if staff and tree.site.staff.profile:
-        key_stage = tree.site.staff.profile
-    profile = tree.profiles[key_stage]
     site = tree.site
-    language = device.language or room.language or site.language
+    staff = is_staff(site, user, groups)
+    if staff and site.staff.profile:
+        key_stage = site.staff.profile
+    profile = tree.profiles[key_stage]
+    language = next((site.language_groups[g] for g in groups if g in site.language_groups),
+                    device.language or room.language or site.language)
     school = profile.messages.model_dump(exclude_none=True)
     translations = {lang: m.model_dump(exclude_none=True) for lang, m in profile.translations.items()}
     sound = profile.sound
@@ -209,7 +213,7 @@ def effective_policy(tree: ConfigTree, device_id: str, at: datetime, *, staff: b
         school_messages=school,
         translations=translations,
         language_groups=dict(site.language_groups),
-        staff=bool(staff and site.staff.profile),
+        staff=staff,
         staff_accounts=tuple(site.staff.accounts),
         staff_groups=tuple(site.staff.groups),
     )

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..config.schema import DEFAULT_MESSAGES
+from ..desktop.base import Words
 
 if TYPE_CHECKING:
     from ..core.interfaces import RuntimeAPI, ScreenLike
@@ -121,9 +122,11 @@ class Report:
         if self.led is not None:
             self.led.show(self._alert["state"] if self._alert else None)
 
-    def _message(self, key: str) -> str:
+    def _message(self, key: str) -> Words:
+        """*key*'s words in the screen's language, with its pictogram (before the runtime
+        exists: the built-in English words, so a press still blanks with kind words)."""
         policy = self.runtime.policy if self.runtime is not None else None
-        return (policy.messages.get(key) if policy else None) or DEFAULT_MESSAGES[key]
+        return Words((policy.messages.get(key) if policy else None) or DEFAULT_MESSAGES[key], key)
 
     def _save(self) -> None:
         """Keep the alert's state when no message carries it (a repeated press)."""
@@ -218,6 +221,7 @@ class Report:
             if a is not None and a["id"] == alert_id and a["state"] == "raised" and self._timer is None:
                 self._schedule_escalation()
             self._prepare()
+        rt.say("report_raised")  # the words, spoken, for a child who cannot read yet
         try:
             domains = rt.evidence_source(rt.evidence_minutes)
         except Exception:  # noqa: BLE001 - evidence is a bonus; the alert is what matters
@@ -280,6 +284,7 @@ class Report:
         self.screen.set_message(self._message("report_acknowledged"))
         self._show_led()
         self._publish("acknowledged", by)
+        self.runtime.say("report_acknowledged")
         log.info("alert %s acknowledged by %s", alert_id, by)
 
     def _clear(self, alert_id: str, by: str) -> None:

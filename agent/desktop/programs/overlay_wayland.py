@@ -211,8 +211,10 @@ class WaylandOverlay(OverlayCore):
         # Shown means every monitor there is now has a mapped surface of ours.
         covered = bool(self.windows) and all(win.get_mapped() for win in self.windows) \
             and len(self.windows) >= self.display.get_n_monitors()
-        return {"shown": covered, "message": self._message, "hint": self._hint, "windows": len(self.windows),
-                "picture": self.picture if self._picture else None}
+        drawn = {"shown": covered, "message": self._message, "hint": self._hint, "windows": len(self.windows)}
+        if self._picture:
+            drawn["picture"] = self.picture
+        return drawn
 
     def draw_show(self) -> None:
         for win in self.windows:

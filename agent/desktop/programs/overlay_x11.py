@@ -91,8 +91,11 @@ class Overlay(OverlayCore):
         self.message.place_configure(rely=0.62)
 
     def drawn(self) -> dict:
-        return {"shown": self.root.winfo_viewable() == 1, "message": self.message.cget("text"),
-                "hint": self.hint.cget("text"), "picture": self.picture if self.image is not None else None}
+        drawn = {"shown": self.root.winfo_viewable() == 1, "message": self.message.cget("text"),
+                 "hint": self.hint.cget("text")}
+        if self.image is not None:
+            drawn["picture"] = self.picture  # the pictogram's name, when one is drawn
+        return drawn
 
     def draw_show(self) -> None:
         self.root.geometry(f"{self.root.winfo_screenwidth()}x{self.root.winfo_screenheight()}+0+0")

@@ -57,6 +57,8 @@ class FakeRuntime:
             device=device, site="penny-acres", broker_url="mqtt://127.0.0.1:1", collector_url="http://127.0.0.1:1",
             state_dir=str(self.state_dir), screen_backend="headless", dnsmasq_dir=str(root / "dnsmasq"),
             chromium_policy_dir=str(root / "chromium" / "managed"),
+            chromium_native_hosts_dir=str(root / "chromium" / "native-messaging-hosts"),
+            blockpage_dir=str(root / "blockpage"),
             firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False)
         self.desktop = make_desktop("headless")
         self.evidence_source = lambda minutes: []

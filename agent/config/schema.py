@@ -480,6 +480,12 @@ class AgentBootstrap(Model):
     staff_pin_hash: str | None = Field(
         default=None, description="Refused: the PIN hash lives in staff_pin_file, which only the agent can read.")
     chromium_policy_dir: str = Field(default="/etc/chromium/policies/managed")
+    chromium_native_hosts_dir: str | None = Field(
+        default="/etc/chromium/native-messaging-hosts",
+        description="Where the block page's \"Ask my teacher\" host is registered for Chromium; empty: no asking.")
+    blockpage_dir: str = Field(default="/var/cache/classroom-agent/blockpage",
+                               description="Where the block-page extension (signed with this device's own key) "
+                               "is kept for the browser to install; the pupil's browser must be able to read it.")
     firefox_policy_dir: str = Field(default="/etc/firefox/policies",
                                     description="Where Firefox (Debian's firefox-esr too) reads policies.json.")
     dnsmasq_dir: str = Field(default="/run/classroom-agent/dnsmasq", description="Where the compiled dnsmasq config goes.")

@@ -36,7 +36,7 @@ from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
-from .api import API, alerts, audit, config, deliveries, devices, incidents, login, ops, reports, users
+from .api import API, alerts, audit, config, deliveries, devices, incidents, login, ops, reports, unblock, users
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -45,7 +45,7 @@ from .throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries)
+API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries, unblock)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})

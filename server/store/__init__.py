@@ -16,7 +16,8 @@ Where things are:
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
   reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room).
+  webhooks with every attempt, and the dashboard tabs watching a room), unblock.py (pupils'
+  "Ask my teacher" requests and the teacher's answers).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -40,12 +41,13 @@ from .rollouts import RolloutsTable
 from .schema import apply as apply_schema
 from .schema import iso, new_id, utcnow
 from .staff import StaffTable
+from .unblock import UnblockTable
 
 __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
-            RetentionTable, DeliveriesTable):
+            RetentionTable, DeliveriesTable, UnblockTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

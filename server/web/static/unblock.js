@@ -13,9 +13,8 @@
   var csrf = csrfMeta ? csrfMeta.content : "";
   var REFRESH_MS = 5000;
 
-  function when(ts) {
-    var d = new Date(ts);
-    return isNaN(d) ? ts : d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+  function when(ts) {  // in the school's own zone, like every time on every page (localtime.js)
+    return window.schoolTime ? window.schoolTime(ts, false, true) : ts;
   }
 
   function show(requests) {

@@ -40,7 +40,7 @@ from agent.filter.ask_host import read_message, write_message
 from agent.filter.blockpage import AskTeacher, BlockPage, build_crx, ensure_key, extension_files, extension_id
 from agent.filter.dnsmasq import build_spec, render_servers
 from fake_runtime import FakeRuntime
-from filter_fixtures import filter_root, with_domains  # noqa: F401
+from filter_fixtures import filter_root, make_filter, stub_upstream, with_domains  # noqa: F401
 from services import free_port, require_binary, require_root, spawn, terminate, wait_until
 from test_browser_e2e import browser  # noqa: F401 - the teacher's browser (a fixture)
 from web_fixtures import collector  # noqa: F401 - a fixture
@@ -406,3 +406,24 @@ def test_block_page_and_ask_my_teacher_end_to_end(collector, browser, chromium_d
         for d in (home, private, shared):
             shutil.rmtree(d, ignore_errors=True)
 
+
+
+@pytest.mark.integration
+def test_mode_upstream_in_the_running_filter_still_reports_blocked_attempts_with_the_dfe_fields(make_filter):
+    """The agent's own dnsmasq pair in mode upstream: the school's resolver (a stub) answers
+    what the key stage never allowed, the key stage's blocklist is refused, and the refusal
+    is a ``blocked`` event with the DfE fields, as in allowlist mode."""
+    from test_filter_dns import DFE_FIELDS, ask
+
+    comp, rt = make_filter()
+    assert ask(comp, "facebook.com") == ("NXDOMAIN", [])          # allowlist mode: not allowed
+    older = with_domains(rt.policy, mode="upstream", block_domains=("tiktok.com",))
+    rt.call(comp.on_policy, older)
+    assert ask(comp, "facebook.com") == ("NOERROR", ["192.0.2.66"])  # the school's filter decides
+    assert ask(comp, "tiktok.com") == ("NXDOMAIN", [])
+    wait_until(lambda: "tiktok.com" in comp.blocked.coalescer._open, 5)
+    rt.clock.advance(1)
+    event = wait_until(lambda: [e for e in rt.of_type("blocked") if e["domain"] == "tiktok.com"], 5)[0]
+    for key in DFE_FIELDS:
+        assert event.get(key) not in (None, ""), key
+    assert (event["profile"], event["user"]) == ("ks2", "pupil.5b.07")

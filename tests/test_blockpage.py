@@ -312,7 +312,7 @@ def test_block_page_and_ask_my_teacher_end_to_end(collector, browser, chromium_d
                           control_socket=str(private / "control.sock"), control_group="nogroup",
                           config_dir=str(REPO / "config"), screen_backend="headless", pin_factory="mock",
                           blockpage_dir=str(shared / "blockpage"), dnsmasq_dir=str(tmp_path / "dns"),
-                          apply_nftables=False)
+                          firefox_policy_dir=str(tmp_path / "firefox"), apply_nftables=False)
     (tmp_path / "dns").mkdir()  # the DNS filter's files (dnsmasq itself is test_filter_dns.py's)
     web_filter = FilterComponent(manage_dnsmasq=False, apply_nftables=False)
     rt = Runtime(boot, components=[web_filter])

@@ -43,6 +43,7 @@ EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
     "bypass_process", "removable_media", "press_repeated", "override_rejected", "state_degraded",
+    "unblock_request",
 )
 COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check")
 MAX_PAYLOAD = 64 * 1024
@@ -303,6 +304,13 @@ def validate_event(data: dict, where: Topic | None = None) -> dict:
         count = _need(data, "count", int, optional=True)
         if count is not None and not 1 <= count <= 1_000_000:
             raise ProtocolError(f"count: {count} is not between 1 and 1000000")
+    if kind == "unblock_request":
+        # A pupil's "Ask my teacher" on the block page: the blocked page's domain, nothing else of it.
+        domain = _need(data, "domain", str)
+        from .config.schema import is_domain
+
+        if not is_domain(domain):
+            raise ProtocolError(f"domain: {domain!r} is not a domain")
     if kind == "report_evidence":
         _need(data, "alert_id", str)
         domains = _need(data, "domains", list)

@@ -352,6 +352,8 @@ step "folders the agent writes"
 dir 750 "$SERVICE_USER" "$SERVICE_GROUP" "$STATE"
 dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/chromium/policies/managed
 dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/firefox/policies
+# The block page's "Ask my teacher" host (agent/filter/blockpage.py registers it for Chromium).
+dir 755 "$SERVICE_USER" "$SERVICE_GROUP" /etc/chromium/native-messaging-hosts
 
 # ------------------------------------------------------------------ 6. the desktop
 step "desktop"

@@ -57,10 +57,14 @@ class FakeRuntime:
             device=device, site="penny-acres", broker_url="mqtt://127.0.0.1:1", collector_url="http://127.0.0.1:1",
             state_dir=str(self.state_dir), screen_backend="headless", dnsmasq_dir=str(root / "dnsmasq"),
             chromium_policy_dir=str(root / "chromium" / "managed"),
+            chromium_native_hosts_dir=str(root / "chromium" / "native-messaging-hosts"),
+            blockpage_dir=str(root / "blockpage"),
             firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False)
         self.desktop = make_desktop("headless")
         self.evidence_source = lambda minutes: []
         self.user = user
+        self.groups: tuple[str, ...] = ()   # the user's unix groups (staff, language_groups)
+        self.said: list[str] = []           # keys spoken, newest last (say)
         self.events: list[dict] = []
         self.sent: list[tuple[str, dict]] = []
         self.applied: list = []
@@ -79,7 +83,7 @@ class FakeRuntime:
 
     # ------------------------------------------------------------------ policy and time
     def evaluate(self):
-        self.policy = effective_policy(self.tree, self.device, self.clock())
+        self.policy = effective_policy(self.tree, self.device, self.clock(), user=self.user, groups=self.groups)
         return self.policy
 
     def set_time(self, moment: datetime):
@@ -216,6 +220,18 @@ class FakeRuntime:
     # ------------------------------------------------------------------ who is at the device
     def current_user(self):
         return self.user
+
+    def session_changed(self) -> None:
+        self.evaluate()
+
+    # ------------------------------------------------------------------ pupil screens
+    def words(self, key: str):
+        from agent.desktop.base import Words
+
+        return Words(self.policy.messages[key], key)
+
+    def say(self, key: str) -> None:
+        self.said.append(key)
 
     # ------------------------------------------------------------------ control socket
     def register_control(self, op: str, handler) -> None:

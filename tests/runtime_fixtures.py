@@ -40,7 +40,10 @@ def bootstrap(tmp_path: Path, broker=None, **overrides) -> AgentBootstrap:
     fields = dict(device="1a-pi-01", site="penny-acres", broker_url=f"mqtt://127.0.0.1:{port}",
                   collector_url="http://127.0.0.1:9", credentials=str(tmp_path / "no-credentials.yaml"),
                   state_dir=str(tmp_path / "state"), control_socket=str(tmp_path / "control.sock"),
-                  config_dir=str(CONFIG_DIR), screen_backend="headless")
+                  config_dir=str(CONFIG_DIR), screen_backend="headless",
+                  chromium_policy_dir=str(tmp_path / "chromium" / "managed"),
+                  chromium_native_hosts_dir=str(tmp_path / "chromium" / "native-messaging-hosts"),
+                  blockpage_dir=str(tmp_path / "blockpage"), firefox_policy_dir=str(tmp_path / "firefox"))
     fields.update(overrides)
     return AgentBootstrap(**fields)
 

@@ -25,7 +25,9 @@ def make_runtime(root, components, control=False):
                           state_dir=str(root / "state"), control_socket=str(root / "control.sock"),
                           config_dir=str(REPO / "config"), screen_backend="headless",
                           dnsmasq_dir=str(root / "dnsmasq"), chromium_policy_dir=str(root / "chromium" / "managed"),
-                          firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False)
+                          firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False,
+                          blockpage_dir=str(root / "blockpage"),
+                          chromium_native_hosts_dir=str(root / "chromium" / "native-messaging-hosts"))
     return Runtime(boot, screen=Screen(HeadlessScreen()), pin_factory=MockFactory(), connect=False,
                    control=control, components=components)
 

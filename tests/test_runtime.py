@@ -220,7 +220,7 @@ with socket.socket(socket.AF_UNIX) as s:
 @pytest.mark.timeout(60)
 def test_the_press_group_may_press_and_nothing_else(tmp_path, mosquitto):
     """A desktop user in the press group (``nogroup`` here, ``nobody``'s) reaches the socket
-    and may press; ``status`` and any other op are for root and the agent only (peer
+    and may press (and ask the teacher from the block page: tests/test_blockpage.py); ``status`` and any other op are for root and the agent only (peer
     credentials); an account outside the group cannot connect at all.  (issue 14, item 5)"""
     import grp
     import shutil
@@ -253,7 +253,7 @@ def test_the_press_group_may_press_and_nothing_else(tmp_path, mosquitto):
 
         assert client(pupil, {"op": "ping"}) == {"ok": True}
         refused = client(pupil, {"op": "status"})
-        assert refused["ok"] is False and "status" in refused["error"] and "may only ping and press" in refused["error"]
+        assert refused["ok"] is False and "status" in refused["error"] and "may only ask, ping and press" in refused["error"]
         assert "status" not in client(pupil, {"op": "explode"})["error"]   # no list of the other ops either
         assert client(pupil, {"op": "press", "source": "key"}) == {"ok": True}
         wait_until(lambda: rt.report.alert, 10)

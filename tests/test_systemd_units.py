@@ -115,8 +115,11 @@ def test_agent_unit_lets_the_agent_write_exactly_where_its_defaults_point():
     def covered(path: str) -> bool:
         return any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable)
     for path in (defaults.state_dir, defaults.control_socket, defaults.dnsmasq_dir,
-                 defaults.chromium_policy_dir, defaults.firefox_policy_dir):
+                 defaults.chromium_policy_dir, defaults.firefox_policy_dir, defaults.chromium_native_hosts_dir):
         assert covered(path), f"{path} is read-only under ProtectSystem=strict"
+    # The block page lives in the unit's CacheDirectory (writable, and 0755 for the pupil's browser).
+    assert svc["CacheDirectory"] == ["classroom-agent"] and svc["CacheDirectoryMode"] == ["0755"]
+    assert defaults.blockpage_dir.startswith("/var/cache/classroom-agent/")
     assert not covered("/etc/classroom-safety/agent.yaml")  # its own config stays read-only
 
 

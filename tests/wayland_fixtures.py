@@ -79,3 +79,68 @@ def wtype(session: Session, *args: str) -> None:
 def wayland_socket(session: Session) -> Path:
     runtime_dir = Path(f"/run/user/{session.uid}")
     return next(p for p in sorted(runtime_dir.iterdir()) if p.name.startswith("wayland-") and not p.name.endswith(".lock"))
+
+
+class VirtualPointer:
+    """A mouse for the headless desktop (which has no input devices): wayvnc, run as the
+    session's user, makes a virtual pointer through the compositor (wlr-virtual-pointer)
+    for whoever speaks RFB to it on a unix socket; this speaks just enough of RFB to move
+    and press it.  It never asks for a picture of the screen (no FramebufferUpdateRequest
+    is ever sent), so nothing is captured: wayvnc is only the pointer's way in.
+    ``move(x, y)``, ``down()``, ``up()``, ``close()``."""
+
+    def __init__(self, session: Session, log_path: Path):
+        import socket as _socket
+
+        binary = require_binary("wayvnc")
+        wayland = wayland_socket(session)
+        self.path = wayland.parent / "pointer.sock"
+        self.proc = spawn(["runuser", "-u", session.user, "--", "env", "-i", "PATH=/usr/bin:/bin",
+                           f"XDG_RUNTIME_DIR={wayland.parent}", f"WAYLAND_DISPLAY={wayland.name}", binary,
+                           "-C", "/dev/null", "-u", str(self.path)], log_path=log_path)
+        wait_until(lambda: self.path.exists(), timeout=15, message="wayvnc did not start")
+        self.sock = _socket.socket(_socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(str(self.path))
+        version = self._read(12)
+        assert version.startswith(b"RFB 003."), version
+        self.sock.sendall(b"RFB 003.008\n")
+        types = self._read(self._read(1)[0])
+        assert 1 in types, f"wayvnc wants authentication: {list(types)}"
+        self.sock.sendall(b"\x01")                    # security type None
+        assert self._read(4) == b"\0\0\0\0", "wayvnc refused the connection"
+        self.sock.sendall(b"\x01")                    # ClientInit: shared
+        self._read(4 + 16)                            # ServerInit: size and pixel format
+        self._read(int.from_bytes(self._read(4), "big"))  # the desktop's name
+        self.x = self.y = 0
+        self.buttons = 0
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("wayvnc closed the connection")
+            data += chunk
+        return data
+
+    def _send(self) -> None:
+        self.sock.sendall(bytes([5, self.buttons]) + self.x.to_bytes(2, "big") + self.y.to_bytes(2, "big"))
+
+    def move(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+        self._send()
+
+    def down(self) -> None:
+        self.buttons = 1
+        self._send()
+
+    def up(self) -> None:
+        self.buttons = 0
+        self._send()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            terminate(self.proc)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from .schema import DEFAULT_MESSAGES, WEEKDAYS, Contact, Hardware, hhmm_to_time
+from .schema import WEEKDAYS, Contact, Hardware, hhmm_to_time
 from .tree import ConfigTree
+from .words import words_for
 
 # How far ahead next_change looks; the summer holiday is the longest quiet spell.
 _HORIZON_DAYS = 120
@@ -33,7 +34,7 @@ class EffectivePolicy:
     idle_lock_minutes: int
     shared_login_allowed: bool
     shared_accounts: tuple[str, ...]
-    messages: dict[str, str]
+    messages: dict[str, str]  # every pupil-screen key, in the device's ``language`` (words.py)
     # Lock state from the timetable (idle and staff locks are layered on by the agent).
     locked: bool
     lock_reason: str | None  # "weekend", "holiday", "closure", "out_of_hours", "schedule"
@@ -46,6 +47,24 @@ class EffectivePolicy:
     hardware: Hardware
     timezone: str
     config_version: str = field(default="")
+    mode: str = "allowlist"                       # allowlist | upstream (the school's filter decides)
+    block_domains: tuple[str, ...] = ()           # refused on top of the school's filter (upstream)
+    sound_play: bool = True
+    sound_volume: int = 60
+    language: str = "en"                          # the screens': the pupil's group's, else device, room, site
+    site_language: str = "en"                     # the language ``messages`` are written in
+    school_messages: dict[str, str] = field(default_factory=dict)          # the profile's, site language
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)  # the profile's, by language
+    language_groups: dict[str, str] = field(default_factory=dict)          # unix group -> language
+    staff: bool = False                           # a staff login: the site's staff profile applies
+    staff_accounts: tuple[str, ...] = ()
+    staff_groups: tuple[str, ...] = ()
+
+    def words(self, language: str | None = None) -> dict[str, str]:
+        """Every pupil-screen text in *language* (None: the device's); words.py says the order."""
+        if language in (None, self.language):
+            return self.messages
+        return words_for(language, self.site_language, self.school_messages, self.translations)
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -56,6 +75,9 @@ class EffectivePolicy:
         out["allow_urls"] = list(self.allow_urls)
         out["shared_accounts"] = list(self.shared_accounts)
         out["alert_staff"] = list(self.alert_staff)
+        out["block_domains"] = list(self.block_domains)
+        out["staff_accounts"] = list(self.staff_accounts)
+        out["staff_groups"] = list(self.staff_groups)
         return out
 
 
@@ -134,8 +156,19 @@ def _boundaries(tree: ConfigTree, room, tz: ZoneInfo, start_local: datetime):
                 yield moment
 
 
-def effective_policy(tree: ConfigTree, device_id: str, at: datetime) -> EffectivePolicy:
-    """What *device_id* must enforce at the aware datetime *at*."""
+def is_staff(site, user: str | None, groups=()) -> bool:
+    """Whether *user* (in unix *groups*) is staff by the site's ``staff`` settings."""
+    if not user:
+        return False
+    return user in site.staff.accounts or any(g in site.staff.groups for g in groups)
+
+
+def effective_policy(tree: ConfigTree, device_id: str, at: datetime, *, user: str | None = None,
+                     groups=()) -> EffectivePolicy:
+    """What *device_id* must enforce at the aware datetime *at*, with *user* (in unix
+    *groups*) at it: a staff login gets the site's ``staff.profile`` instead of the
+    pupils' (when one is set); a pupil in one of the site's ``language_groups`` sees the
+    screens in that language."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("effective_policy needs a timezone-aware datetime")
     room, device = tree.find_device(device_id)
@@ -150,8 +183,16 @@ def effective_policy(tree: ConfigTree, device_id: str, at: datetime) -> Effectiv
             next_change = moment.astimezone(timezone.utc)
             break
 
+    site = tree.site
+    staff = is_staff(site, user, groups)
+    if staff and site.staff.profile:
+        key_stage = site.staff.profile
     profile = tree.profiles[key_stage]
-    messages = {**DEFAULT_MESSAGES, **profile.messages.model_dump(exclude_none=True)}
+    language = next((site.language_groups[g] for g in groups if g in site.language_groups),
+                    device.language or room.language or site.language)
+    school = profile.messages.model_dump(exclude_none=True)
+    translations = {lang: m.model_dump(exclude_none=True) for lang, m in profile.translations.items()}
+    sound = profile.sound
     return EffectivePolicy(
         site=tree.site.site,
         room=room.room,
@@ -166,7 +207,7 @@ def effective_policy(tree: ConfigTree, device_id: str, at: datetime) -> Effectiv
         idle_lock_minutes=profile.idle_lock_minutes or 10,
         shared_login_allowed=bool(profile.shared_login_allowed),
         shared_accounts=tuple(profile.shared_accounts),
-        messages=messages,
+        messages=words_for(language, site.language, school, translations),
         locked=locked,
         lock_reason=reason,
         in_school_hours=in_hours,
@@ -178,4 +219,16 @@ def effective_policy(tree: ConfigTree, device_id: str, at: datetime) -> Effectiv
         hardware=device.hardware,
         timezone=tree.site.timezone,
         config_version=tree.version,
+        mode=profile.mode or "allowlist",
+        block_domains=tuple(profile.block_domains),
+        sound_play=sound.play if sound is not None else True,
+        sound_volume=sound.volume if sound is not None else 60,
+        language=language,
+        site_language=site.language,
+        school_messages=school,
+        translations=translations,
+        language_groups=dict(site.language_groups),
+        staff=staff,
+        staff_accounts=tuple(site.staff.accounts),
+        staff_groups=tuple(site.staff.groups),
     )

@@ -39,7 +39,8 @@ def _type_name(annotation) -> str:
         meta = [getattr(m, "func", None) for m in args[1:]]
         names = {"check_domain": "domain", "check_url_pattern": "URL pattern", "check_hhmm": "time HH:MM",
                  "check_id": "id", "check_username": "username", "check_resolver": "IP address",
-                 "check_timezone": "timezone"}
+                 "check_timezone": "timezone", "check_language": "language code",
+                 "check_pupil_text": "pupil words"}
         for fn in meta:
             if fn is not None and getattr(fn, "__name__", "") in names:
                 return names[fn.__name__]
@@ -50,6 +51,9 @@ def _type_name(annotation) -> str:
         return _type_name(base)
     if origin is list:
         return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        value = "messages (as above)" if _submodel(args[1]) is not None else _type_name(args[1])
+        return f"mapping of {_type_name(args[0])} to {value}"
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in args)
     if origin in (typing.Union, getattr(__import__('types'), 'UnionType')):
@@ -85,6 +89,8 @@ def _rows(model: type[BaseModel], prefix: str = ""):
 
 def _submodel(annotation):
     origin = typing.get_origin(annotation)
+    if origin is dict:
+        return None  # a mapping of models (translations) is described by its type, not row by row
     for arg in (typing.get_args(annotation) if origin else (annotation,)):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
@@ -114,4 +120,28 @@ def render_markdown() -> str:
         out += [f"## {title}", "", blurb, "", "| key | type | default | meaning |", "|---|---|---|---|"]
         out += list(_rows(model))
         out.append("")
+    out += _pupil_words()
     return "\n".join(out)
+
+
+def _pupil_words() -> list[str]:
+    from . import words
+
+    return [
+        "## Pupil words",
+        "",
+        "Every pupil screen (report blank, lock, block page, on-screen button, acceptable use, monitoring",
+        "notice) takes its words from the key stage's `messages`, written in the site's `language`.",
+        f"Each sentence may have at most **{words.MAX_WORDS} words** and **{words.MAX_SENTENCE_CHARS} characters**",
+        "(a sentence ends at `.`, `!`, `?` or a line break): about the longest sentence a Reception child",
+        "follows when it is read to them. A longer one is refused by `config validate` with its",
+        "`file:line`. `translations` gives the same keys in other languages; a screen's language is the",
+        "device's `language`, else its room's, else the site's, unless the pupil is in one of the site's",
+        "`language_groups`. Keys left out use the built-in words, in that language when they ship",
+        f"({', '.join(sorted(words.BUILTIN))}), else in the site's language.",
+        "",
+        "| key | built-in (en) |",
+        "|---|---|",
+        *(f"| `{key}` | {words.BUILTIN['en'][key].replace(chr(10), ' / ')} |" for key in words.KEYS),
+        "",
+    ]

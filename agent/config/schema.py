@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .words import BUILTIN, check_language, check_pupil_text
+
 # --------------------------------------------------------------------------- values
 
 _ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
@@ -136,6 +138,9 @@ HHMM = Annotated[str, AfterValidator(check_hhmm)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Username = Annotated[str, AfterValidator(check_username)]
 Resolver = Annotated[str, AfterValidator(check_resolver)]
+Language = Annotated[str, AfterValidator(check_language)]
+# Pupil-facing words: every sentence short enough for a five-year-old (words.py).
+PupilText = Annotated[str, AfterValidator(check_pupil_text)]
 MqttUrl = Annotated[str, AfterValidator(check_url(("mqtt", "mqtts")))]
 HttpUrl = Annotated[str, AfterValidator(check_url(("http", "https")))]
 # GPIO pins as gpiozero accepts them: a BCM number, or a name like "GPIO17" / "BOARD11".
@@ -266,6 +271,15 @@ class Guard(Model):
     watch_mounts: list[str] = Field(default=["/media", "/run/media"], description="Removable media mount points to watch.")
 
 
+class Staff(Model):
+    accounts: list[Username] = Field(default=[], description="Staff login names on classroom devices.")
+    groups: list[str] = Field(default=[], description="Unix groups whose members are staff (e.g. 'staff', or the "
+                              "directory group the school's logins carry).")
+    profile: Id | None = Field(default=None, description="Key stage profile a staff login gets instead of the "
+                               "pupils' (a keystages/ file, usually mode: upstream); empty: staff logins keep "
+                               "the room's profile.")
+
+
 class Site(Model):
     """site.yaml: one per school."""
 
@@ -283,6 +297,12 @@ class Site(Model):
     retention: Retention = Field(default_factory=Retention)
     filtering: Filtering
     guard: Guard = Field(default_factory=Guard)
+    staff: Staff = Field(default_factory=Staff, description="How a device tells a staff login from a pupil's.")
+    language: Language = Field(default="en", description="The language of pupil screens, and of key stages' "
+                               "messages ('en', 'cy').")
+    language_groups: dict[str, Language] = Field(
+        default={}, description="Unix group -> language: pupils in the group see their screens in it "
+        "(EAL learners: {polish-eal: pl}); the profile's translations give the words.")
     heartbeat_seconds: int = Field(default=30, ge=5, le=3600, description="How often devices send a heartbeat.")
     dark_after_minutes: int = Field(default=5, ge=1, le=1440,
                                     description="Tell technicians when a device is silent this long in school hours.")
@@ -292,33 +312,38 @@ class Site(Model):
 
 
 class Messages(Model):
-    """Pupil-facing words. Short, kind, readable by a five-year-old."""
+    """Pupil-facing words. Short, kind, readable by a five-year-old: every sentence at most
+    12 words and 80 characters (agent/config/words.py; docs/config.md, "Pupil words")."""
 
-    report_raised: str | None = Field(default=None, max_length=120,
-                                      description="Shown on the blank screen after a report.")
-    report_acknowledged: str | None = Field(default=None, max_length=120,
-                                            description="Shown once a teacher has seen the report.")
-    locked: str | None = Field(default=None, max_length=120, description="Shown on an idle or staff lock.")
-    out_of_hours: str | None = Field(default=None, max_length=120, description="Shown when locked outside school hours.")
-    blocked: str | None = Field(default=None, max_length=160, description="Shown for a page that is not allowed.")
-    monitoring_notice: str | None = Field(default=None, max_length=160,
-                                          description="Small notice that the device is monitored (always on screen).")
-    acceptable_use: str | None = Field(default=None, max_length=2000,
-                                       description="Acceptable use rules, shown at first login each term.")
+    report_raised: PupilText | None = Field(default=None, max_length=120,
+                                            description="Shown on the blank screen after a report.")
+    report_acknowledged: PupilText | None = Field(default=None, max_length=120,
+                                                  description="Shown once a teacher has seen the report.")
+    locked: PupilText | None = Field(default=None, max_length=120, description="Shown on an idle or staff lock.")
+    out_of_hours: PupilText | None = Field(default=None, max_length=120,
+                                           description="Shown when locked outside school hours.")
+    blocked: PupilText | None = Field(default=None, max_length=160,
+                                      description="Shown on the block page for a page that is not allowed.")
+    monitoring_notice: PupilText | None = Field(default=None, max_length=160,
+                                                description="Small notice that the device is monitored (always on screen).")
+    acceptable_use: PupilText | None = Field(default=None, max_length=2000,
+                                             description="Acceptable use rules, shown at first login each term (one rule a line).")
+    screen_button: PupilText | None = Field(default=None, max_length=40,
+                                            description="The words on the on-screen report button.")
+    ask_teacher: PupilText | None = Field(default=None, max_length=40,
+                                          description="The block page's button that asks the teacher to open the page.")
+    asked_teacher: PupilText | None = Field(default=None, max_length=120,
+                                            description="Shown on the block page once the teacher has been asked.")
 
 
-DEFAULT_MESSAGES = {
-    "report_raised": "Well done for telling. A grown-up is coming.",
-    "report_acknowledged": "A grown-up has seen your message.",
-    "locked": "This computer is having a rest. Ask a grown-up.",
-    "out_of_hours": "School computers are asleep now. See you soon!",
-    "blocked": "This page is not for school. Ask a grown-up if you need it.",
-    "monitoring_notice": "Grown-ups at school can see which websites this computer visits. This keeps you safe.",
-    "acceptable_use": ("I will ask a grown-up before I use the internet.\n"
-                       "I will only click on things I know are OK.\n"
-                       "If I see something that upsets me, I will press the button or tell a grown-up.\n"
-                       "I will be kind online."),
-}
+# The English built-in words (agent/config/words.py has every shipped language).
+DEFAULT_MESSAGES = BUILTIN["en"]
+
+
+class Sound(Model):
+    play: bool = Field(default=True, description="Play the short recorded message on the report, lock and "
+                       "acceptable-use screens (a chime when the words are the school's own).")
+    volume: int = Field(default=60, ge=0, le=100, description="Volume, 0-100 (per cent of full).")
 
 
 class CheckDomains(Model):
@@ -341,6 +366,17 @@ class Profile(Model):
                                               description="Whether a shared class login is allowed (youngest only).")
     shared_accounts: list[Username] = Field(default=[], description="Account names that count as shared/generic.")
     messages: Messages = Field(default_factory=Messages)
+    translations: dict[Language, Messages] = Field(
+        default={}, description="The same keys as messages, in another language, by code ('cy', 'pl'): "
+        "shown to a device or pupil in that language (site language, language_groups).")
+    sound: Sound | None = Field(default=None, description="Recorded messages on pupil screens (default: "
+                                "played, volume 60).")
+    mode: Literal["allowlist", "upstream"] | None = Field(
+        default=None, description="allowlist (default): only allow_domains resolve; upstream: the school's "
+        "filter decides and block_domains are refused on top (older pupils learning to judge risk; "
+        "blocked attempts are still logged).")
+    block_domains: list[Domain] = Field(default=[], description="Refused on top of the school's filter "
+                                        "(mode: upstream); subdomains included.")
     check: CheckDomains = Field(default_factory=CheckDomains, description="Domains for `classroom-agent filter check`.")
 
 
@@ -352,6 +388,13 @@ class Hardware(Model):
     led_pin: Pin | None = Field(default=None, description="GPIO pin of the button's LED, if fitted.")
     report_key: str | None = Field(default="ctrl+alt+r", description="Keyboard/switch key that also reports.")
     button_bounce_ms: int = Field(default=30, ge=20, le=50, description="Button debounce time.")
+    press_hold_ms: int = Field(default=0, ge=0, le=3000,
+                               description="A press counts only once the GPIO or on-screen button has been held "
+                               "this long (stops accidental brushes; 0: at once).")
+    screen_button: bool | None = Field(default=None, description="Show the on-screen \"I saw something\" button "
+                                       "(default: on when there is no button_pin).")
+    screen_button_corner: Literal["bottom-right", "bottom-left", "top-right", "top-left"] = Field(
+        default="bottom-right", description="Where the on-screen button sits.")
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -365,6 +408,7 @@ class Device(Model):
     seat: str = Field(default="", max_length=40, description="Where it sits, as the teacher says it ('Table 2').")
     kind: Literal["pi", "pc"] = Field(default="pi", description="Raspberry Pi kiosk or classroom PC.")
     key_stage: Id | None = Field(default=None, description="Override the room's key stage for this device.")
+    language: Language | None = Field(default=None, description="This device's language, if not the room's.")
     hardware: Hardware = Field(default_factory=Hardware)
 
 
@@ -392,6 +436,8 @@ class Room(Model):
     alert_staff: list[Username] = Field(min_length=1, description="Staff who get this room's report alerts.")
     escalation_timeout_seconds: int | None = Field(default=None, ge=10, le=3600,
                                                    description="Override the site's escalation timeout.")
+    language: Language | None = Field(default=None, description="This room's language, if not the site's "
+                                      "(a Welsh-medium class: 'cy').")
     devices: list[Device] = Field(default=[])
     schedule: list[ScheduleEntry] = Field(default=[], description="Room exceptions to school hours.")
 
@@ -442,6 +488,12 @@ class AgentBootstrap(Model):
     staff_pin_hash: str | None = Field(
         default=None, description="Refused: the PIN hash lives in staff_pin_file, which only the agent can read.")
     chromium_policy_dir: str = Field(default="/etc/chromium/policies/managed")
+    chromium_native_hosts_dir: str | None = Field(
+        default="/etc/chromium/native-messaging-hosts",
+        description="Where the block page's \"Ask my teacher\" host is registered for Chromium; empty: no asking.")
+    blockpage_dir: str = Field(default="/var/cache/classroom-agent/blockpage",
+                               description="Where the block-page extension (signed with this device's own key) "
+                               "is kept for the browser to install; the pupil's browser must be able to read it.")
     firefox_policy_dir: str = Field(default="/etc/firefox/policies",
                                     description="Where Firefox (Debian's firefox-esr too) reads policies.json.")
     dnsmasq_dir: str = Field(default="/run/classroom-agent/dnsmasq", description="Where the compiled dnsmasq config goes.")

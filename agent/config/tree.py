@@ -83,6 +83,8 @@ class ConfigTree:
         wanted = {room.key_stage} | {s.key_stage for s in room.schedule if s.key_stage}
         if device.key_stage:
             wanted.add(device.key_stage)
+        if self.site.staff.profile:
+            wanted.add(self.site.staff.profile)  # a staff login on this device gets it
         return {
             "version": self.version,
             "device": device_id,
@@ -236,7 +238,7 @@ def load_tree(root: str | Path) -> ConfigTree:
 
     profiles = _merge_profiles(raw_profiles, errors)
     known_profiles = sorted(raw_profiles)
-    _check_site(site, site_src, errors)
+    _check_site(site, site_src, errors, known_profiles)
     _check_rooms(rooms, known_profiles, errors)
 
     if errors:
@@ -279,13 +281,18 @@ def _merge_profiles(raw, errors) -> dict[str, Profile]:
             return None
         set_fields = profile.model_fields_set
         data = parent.model_dump()
-        for key in set_fields - {"extends", "allow_domains", "allow_urls", "shared_accounts", "messages", "check"}:
+        for key in set_fields - {"extends", "allow_domains", "allow_urls", "shared_accounts", "messages", "check",
+                                 "translations", "block_domains"}:
             data[key] = getattr(profile, key)
         # Lists add to the parent's: KS2 is KS1 plus age-appropriate search, not a copy.
-        for key in ("allow_domains", "allow_urls", "shared_accounts"):
+        for key in ("allow_domains", "allow_urls", "shared_accounts", "block_domains"):
             data[key] = list(dict.fromkeys(getattr(parent, key) + getattr(profile, key)))
         data["messages"] = {**parent.messages.model_dump(exclude_none=True),
                             **profile.messages.model_dump(exclude_none=True)}
+        data["translations"] = {
+            lang: {**(parent.translations[lang].model_dump(exclude_none=True) if lang in parent.translations else {}),
+                   **(profile.translations[lang].model_dump(exclude_none=True) if lang in profile.translations else {})}
+            for lang in {*parent.translations, *profile.translations}}
         data["check"] = {k: list(dict.fromkeys(getattr(parent.check, k) + getattr(profile.check, k)))
                          for k in ("allowed", "blocked")}
         data["extends"] = None
@@ -305,9 +312,14 @@ def _overlaps(ranges):
             yield a, b
 
 
-def _check_site(site: Site | None, src: Source | None, errors) -> None:
+def _check_site(site: Site | None, src: Source | None, errors, known_profiles=()) -> None:
     if site is None:
         return
+    if site.staff.profile and site.staff.profile not in known_profiles:
+        name = site.staff.profile
+        errors.append(SourceError(src.file, src.line_of(("staff", "profile")), "staff.profile",
+                                  f"unknown key stage {name!r}{did_you_mean(name, known_profiles)}; "
+                                  f"known: {', '.join(known_profiles) or 'none'}"))
     for a, b in _overlaps([(t.start, t.end, i) for i, t in enumerate(site.terms)]):
         errors.append(SourceError(src.file, src.line_of(("terms", b[2])), f"terms[{b[2]}]",
                                   f"overlaps terms[{a[2]}] ({site.terms[a[2]].name})"))

@@ -20,7 +20,7 @@ Who may do what, so that pressing the button is all a pupil's account can do her
   (the agent's private runtime directory) is given to the same group, traverse-only
   (0710), so the group reaches the socket and nothing else there;
 * each connection's peer credentials (``SO_PEERCRED``) decide the ops: ``PUBLIC_OPS``
-  (``press``, ``ping``) for anyone who can connect, everything else (``status``,
+  (``press``, ``ping``, and ``ask``: the block page's "Ask my teacher") for anyone who can connect, everything else (``status``,
   ``filter-check``...) only for root and the agent's own user.
 """
 
@@ -42,7 +42,14 @@ from typing import Any, Callable, Mapping
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 4096
-PUBLIC_OPS = frozenset({"press", "ping"})  # what the press group (a pupil's account) may ask
+# What the press group (a pupil's account) may ask: press the button, and the block page's
+# "Ask my teacher" (agent/filter/blockpage.py checks and limits it).
+PUBLIC_OPS = frozenset({"press", "ping", "ask"})
+
+
+def _listed(words: list[str]) -> str:
+    """'ask, ping and press'."""
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -156,7 +163,7 @@ class ControlServer:
         if handler is not None and not privileged and op not in PUBLIC_OPS:
             log.warning("control socket: uid %s asked for %r; only root and the agent may", uid, op)
             return {"ok": False, "error": f"op {op!r} is for root and the agent's own user; "
-                                          f"this account may only {' and '.join(sorted(PUBLIC_OPS))}"}
+                                          f"this account may only {_listed(sorted(PUBLIC_OPS))}"}
         if handler is None:
             known = sorted(self._handlers) if privileged else sorted(PUBLIC_OPS)
             return {"ok": False, "error": f"unknown op {op!r} (known: {', '.join(known)})"}

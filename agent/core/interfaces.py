@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from ..config import AgentBootstrap, ConfigTree, EffectivePolicy
-    from ..desktop.base import Desktop
+    from ..desktop.base import Desktop, Words
     from ..desktop.session import Session
     from .place import Place
 
@@ -136,6 +136,15 @@ class RuntimeAPI(Protocol):
 
     # Who is at the device (the desktop backends were given the session in front).
     def current_user(self) -> str | None: ...
+
+    # Someone logged in or out: the policy may change (staff profile, the pupil's language).
+    def session_changed(self) -> None: ...
+
+    # Pupil screens: a key's words (with its pictogram) in the screen's language, and
+    # speaking them (the key stage's sound settings).
+    def words(self, key: str) -> Words: ...
+
+    def say(self, key: str) -> None: ...
 
     # The control socket (agent/core/control.py).
     def register_control(self, op: str, handler: Callable[[dict], Any]) -> None: ...

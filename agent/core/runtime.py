@@ -57,12 +57,14 @@ from ..config import ConfigInvalid, ConfigTree, effective_policy, load_tree
 from ..config.credentials import enrolled_room
 from ..config.pins import make_pin_factory
 from ..desktop.backends import make_desktop
-from ..desktop.base import Desktop
+from ..desktop.base import Desktop, Words
+from ..desktop.headless import HeadlessButton
 from ..desktop.pin import load_staff_pin
-from ..desktop.session import Session, pick_desktop, read_sessions
+from ..desktop.session import Session, pick_desktop, read_sessions, user_groups
+from ..desktop.sound import SilentPlayer
 from ..errors import problems_line
 from ..report.alert import Report
-from ..report.button import ReportButton, StatusLED
+from ..report.button import OnScreenButton, ReportButton, StatusLED
 from ..report.screen import Screen
 from ..uplink.outbox import RETRY_SECONDS, Outbox, priority_for
 from .clock import SystemClock
@@ -96,6 +98,8 @@ class Runtime:
                                                staff_pin_hash=load_staff_pin(bootstrap.staff_pin_file),
                                                session_fn=self.desktop_session, state_dir=self.state_dir)
         self.screen = screen or Screen(self.desktop.screen)
+        self.sound = self.desktop.sound or SilentPlayer()
+        self._policy_user: tuple[str | None, tuple[str, ...]] = (None, ())  # who the policy was made for
         self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(bootstrap.pin_factory)
         self.scheduler = Scheduler(self.clock)
         # State-file trouble: {file: cause} while it lasts (the status's "degraded").
@@ -121,6 +125,8 @@ class Runtime:
         self.report = Report(self.screen)
         self.button = ReportButton(None, when_pressed=self.report.press)
         self.led: StatusLED | None = None
+        # The on-screen twin of the button (agent/desktop/button.py), part of the press path like it.
+        self.screen_button = OnScreenButton(self.desktop.button or HeadlessButton())
         # The scheduler's own bound methods, not wrappers around them: the press calls
         # defer() on its way to the teacher, and a wrapper would be one more call there.
         self.post = self.scheduler.post
@@ -138,6 +144,7 @@ class Runtime:
         self._heartbeat_timer: Timer | None = None
         self._boot_monotonic = time.monotonic()
         self.add_component(self.report)
+        self.add_component(self.screen_button)
         if connect and not bootstrap.config_dir:
             from ..uplink.configsync import ConfigSync  # config comes from the collector
 
@@ -282,7 +289,7 @@ class Runtime:
             else:
                 version = tree_or_dict.get("version") if isinstance(tree_or_dict, dict) else None
                 tree = ConfigTree.from_dict(tree_or_dict)
-            policy = effective_policy(tree, self.bootstrap.device, self.clock())
+            policy = self._policy_of(tree)
         except ConfigInvalid as exc:
             return self._reject(version, [str(e) for e in exc.errors])
         except KeyError as exc:
@@ -345,7 +352,47 @@ class Runtime:
         """A timetable boundary: lessons start, school ends, a club's slot opens."""
         self._policy_timer = None
         if self.tree is not None:
-            self._set_policy(effective_policy(self.tree, self.bootstrap.device, self.clock()))
+            self._set_policy(self._policy_of(self.tree))
+
+    def _policy_of(self, tree: ConfigTree):
+        """The effective policy now, for whoever is at the device: a staff login gets the
+        site's staff profile, a pupil in a ``language_groups`` group their language."""
+        user = self.current_user()
+        groups = tuple(user_groups(user)) if user else ()
+        self._policy_user = (user, groups)
+        return effective_policy(tree, self.bootstrap.device, self.clock(), user=user, groups=groups)
+
+    def session_changed(self) -> None:
+        """Someone logged in or out (agent/policy/sessions.py): a staff login, or a pupil
+        with another language, changes the policy (queue thread)."""
+        if self.tree is None:
+            return
+        user = self.current_user()
+        if (user, tuple(user_groups(user)) if user else ()) == self._policy_user:
+            return
+        policy = self._policy_of(self.tree)
+        if policy != self.policy:
+            log.info("%s at the device: profile %s, language %s", user or "nobody", policy.key_stage, policy.language)
+            self._set_policy(policy)
+
+    def say(self, key: str) -> None:
+        """Speak *key*'s words on the pupil's screen (the key stage's ``sound``), if a
+        recording or chime can be played; never waits (queue thread)."""
+        policy = self.policy
+        if policy is None or not policy.sound_play:
+            return
+        try:
+            self.sound.play(self.desktop_session(), policy.language, key, policy.messages.get(key, ""),
+                            policy.sound_volume)
+        except Exception:  # noqa: BLE001 - a sound is a nicety; the screen is what matters
+            log.exception("could not play %s", key)
+
+    def words(self, key: str) -> Words:
+        """*key*'s words for the pupil's screen now, with its pictogram."""
+        from ..config.schema import DEFAULT_MESSAGES
+
+        text = (self.policy.messages.get(key) if self.policy is not None else None) or DEFAULT_MESSAGES[key]
+        return Words(text, key)
 
     def _ensure_hardware(self, hardware) -> None:
         if hardware == self._hardware:
@@ -357,7 +404,8 @@ class Runtime:
             self.led = None
         try:
             self.button = ReportButton(hardware.button_pin, bounce_ms=hardware.button_bounce_ms,
-                                       pin_factory=self.pin_factory, when_pressed=self.report.press)
+                                       hold_ms=hardware.press_hold_ms, pin_factory=self.pin_factory,
+                                       when_pressed=self.report.press)
         except Exception as exc:  # noqa: BLE001 - no GPIO here: the key path still works
             log.error("report button on pin %s unavailable (%s); key and control press still work",
                       hardware.button_pin, exc)
@@ -598,6 +646,7 @@ class Runtime:
             "connected": bool(link and link.is_connected),
             "outbox_pending": self.outbox.count(),
             "outbox_in_memory": self.outbox.in_memory,
+            "outbox_memory_total": self.outbox.memory_total,
             "degraded": self.degraded_text(),
             "button_presses": self.button.presses,
             **self.report.status(),

@@ -14,7 +14,10 @@ The overlays of one device share one staff-PIN back-off (agent/desktop/pin.py), 
 ``state_dir`` so a restart does not reset it.
 * ``headless`` -- nothing is drawn (servers, simulated devices, tests).
 
-Every graphical kind shows the acceptable-use windows with Tk (Xwayland on Wayland).
+Every graphical kind shows the acceptable-use windows with Tk (Xwayland on Wayland),
+speaks through the session's own sound player (agent/desktop/sound.py), and has the
+on-screen report button (agent/desktop/button.py: a layer-shell surface on Wayland, a
+Tk window on X11 and swaylock-only Wayland), which hides under the blank and the lock.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import shutil
 from typing import Callable, Sequence
 
 from . import wayland
-from .base import Desktop
-from .headless import HeadlessLock, HeadlessPresenter, HeadlessScreen, NoIdle
+from .base import Desktop, ScreenButton
+from .button import WaylandButton, X11Button
+from .headless import HeadlessButton, HeadlessLock, HeadlessPresenter, HeadlessScreen, NoIdle
 from .pin import PinBackoffFile
 from .session import Session
+from .sound import SilentPlayer, SoundPlayer
 from .x11 import TkPresenter, X11Backend, X11Idle, X11Lock
 
 log = logging.getLogger(__name__)
@@ -70,19 +75,33 @@ def make_desktop(kind: str = "auto", *, session_user: str | None = None, staff_p
         raise ValueError(f"screen_backend: {kind!r} is not one of {', '.join(KINDS)}")
     session_fn = session_fn or (lambda: None)
     if kind == "headless":
-        return Desktop(kind, HeadlessScreen(), HeadlessLock(), NoIdle(), HeadlessPresenter())
+        return Desktop(kind, HeadlessScreen(), HeadlessLock(), NoIdle(), HeadlessPresenter(), HeadlessButton(),
+                       SilentPlayer())
     backoff = PinBackoffFile(os.path.join(state_dir, "pin-backoff.json") if state_dir else None)
     screen = _screen(kind, session_user, staff_pin_hash, session_fn, runner, backoff)
+    sound = SoundPlayer(runner)
     if kind in ("wayland", "swaylock"):
         overlay = kind == "wayland" and wayland.wayland_overlay_available()
-        return Desktop(kind, screen, wayland.WaylandLock(session_fn, runner, session_user=session_user,
-                                                         staff_pin_hash=staff_pin_hash, pin_backoff=backoff,
-                                                         overlay=overlay),
-                       wayland.SwayIdle(session_fn, runner), TkPresenter(runner))
+        button = (WaylandButton(session_user, session_fn=session_fn, runner=runner) if overlay
+                  else X11Button())  # no layer-shell: a Tk window through Xwayland
+        lock = wayland.WaylandLock(session_fn, runner, session_user=session_user, staff_pin_hash=staff_pin_hash,
+                                   pin_backoff=backoff, overlay=overlay)
+        _follow(button, screen, lock.overlay)
+        return Desktop(kind, screen, lock, wayland.SwayIdle(session_fn, runner), TkPresenter(runner), button, sound)
     idle = X11Idle(runner=runner, session_fn=session_fn)
-    return Desktop(kind, screen, X11Lock(session_fn, staff_pin_hash, runner=runner, idle_fn=idle.idle_seconds,
-                                         pin_backoff=backoff),
-                   idle, TkPresenter(runner))
+    button = X11Button()
+    lock = X11Lock(session_fn, staff_pin_hash, runner=runner, idle_fn=idle.idle_seconds, pin_backoff=backoff)
+    lock.companion, lock.ignore_windows = button.cover, button.windows  # given to its overlay when made
+    _follow(button, screen)
+    return Desktop(kind, screen, lock, idle, TkPresenter(runner), button, sound)
+
+
+def _follow(button: ScreenButton, *overlays) -> None:
+    """The button hides while any of *overlays* covers the screen; they leave its window be."""
+    for overlay in overlays:
+        if overlay is not None and hasattr(overlay, "companion"):
+            overlay.companion = button.cover
+            overlay.ignore_windows = button.windows
 
 
 def _screen(kind: str, session_user, staff_pin_hash, session_fn, runner, backoff: PinBackoffFile):

@@ -21,12 +21,20 @@ they put it back: ``{"what": ..., "action": ...}`` plus details; the guard
   ``when_changed()`` as well.
 * ``Presenter`` -- the acceptable-use dialog and the monitoring notice:
   ``notice(session, text)``, ``dialog(session, text, on_accept)``, ``close(handle)``.
+* ``ScreenButton`` -- the on-screen "I saw something" button (agent/desktop/button.py):
+  ``enable(label, hold_ms, corner)``, ``disable()``, ``when_pressed()``, and
+  ``cover(who, covering)`` from the blank and lock overlays, so it hides under them.
+
+Words on a pupil screen are a ``Words``: a ``str`` that also names the pictogram drawn
+above it (``picture``); a backend that draws no pictures shows the words as before.
+The desktop's ``sound`` (agent/desktop/sound.py) speaks them.
 
 ``backends.make_desktop(kind, ...)`` builds a ``Desktop``; the runtime builds one, once.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,6 +48,24 @@ SESSION_MODE = "session"
 
 def _nothing() -> None:
     pass
+
+
+class Words(str):
+    """The words a pupil screen shows, with the pictogram drawn above them (``picture``: a
+    name in agent/desktop/assets/pictograms, such as ``report_raised``; None: words only).
+    A ``str``, so every backend that knows nothing of pictures shows the words as before."""
+
+    picture: str | None
+
+    def __new__(cls, text: str, picture: str | None = None) -> "Words":
+        words = super().__new__(cls, text)
+        words.picture = picture
+        return words
+
+
+def picture_of(message) -> str | None:
+    """The pictogram that goes with *message* (a ``Words``), else None."""
+    return getattr(message, "picture", None)
 
 
 TamperCallback = Callable[[dict], None]
@@ -149,6 +175,82 @@ class Presenter(ABC):
         """Take a notice or dialog down."""
 
 
+class ScreenButton:
+    """The role: shows a labelled button when enabled and nothing covers the screen."""
+
+    name = "button"
+
+    def __init__(self) -> None:
+        self.when_pressed: Callable[[], None] | None = None
+        self.when_tampered: Callable[[dict], None] | None = None
+        self.label: Words | None = None
+        self.hold_ms = 0
+        self.corner = "bottom-right"
+        self.is_enabled = False
+        self._covers: set[int] = set()
+        self._cover_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ for the runtime
+    def enable(self, label: str, hold_ms: int = 0, corner: str = "bottom-right") -> None:
+        """Show *label* (with its pictogram) whenever nothing covers the screen."""
+        changed = (label, picture_of(label), hold_ms, corner) != (self.label, picture_of(self.label),
+                                                                   self.hold_ms, self.corner)
+        self.label = label if isinstance(label, Words) else Words(label, "screen_button")
+        self.hold_ms, self.corner = hold_ms, corner
+        if changed or not self.is_enabled:
+            self.is_enabled = True
+            self._update()
+
+    def disable(self) -> None:
+        self.is_enabled = False
+        self._update()
+
+    def cover(self, who, covering: bool) -> None:
+        """*who* (a blank or lock overlay) covers the screen now, or stopped covering it."""
+        with self._cover_lock:
+            before = bool(self._covers)
+            (self._covers.add if covering else self._covers.discard)(id(who))
+            after = bool(self._covers)
+        if before != after:
+            self._update()
+
+    @property
+    def is_covered(self) -> bool:
+        return bool(self._covers)
+
+    @property
+    def is_wanted(self) -> bool:
+        return self.is_enabled and not self._covers
+
+    def pressed(self) -> None:
+        callback = self.when_pressed
+        if callback is not None and self.is_wanted:
+            callback()
+
+    def windows(self) -> list[int]:
+        """X windows of the button (for the blank's check); none elsewhere."""
+        return []
+
+    # ------------------------------------------------------------------ for a drawing
+    def _update(self) -> None:
+        if self.is_wanted:
+            self.draw(self.label)
+        else:
+            self.undraw()
+
+    def draw(self, label: Words) -> None:
+        raise NotImplementedError
+
+    def undraw(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Get ready (start the drawing's process hidden)."""
+
+    def close(self) -> None:
+        """The agent is stopping."""
+
+
 @dataclass(frozen=True)
 class Desktop:
     """One backend per role, chosen together (agent/desktop/backends.py)."""
@@ -158,3 +260,5 @@ class Desktop:
     lock: LockBackend
     idle: IdleSource
     presenter: Presenter
+    button: ScreenButton | None = None   # the on-screen report button (agent/desktop/button.py)
+    sound: Any = None                    # a SoundPlayer (agent/desktop/sound.py)

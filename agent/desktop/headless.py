@@ -4,14 +4,15 @@ Each backend keeps the state a real one would show and does nothing else:
 ``HeadlessScreen`` (blank or not, and the words), ``HeadlessLock`` (with ``simulate_*``
 for the user's side in tests), ``NoIdle`` (idle time unknown, so the idle lock never
 fires), ``HeadlessIdle`` (driven by a clock and ``touch()``, for tests) and
-``HeadlessPresenter`` (what would be shown; nobody ever agrees).
+``HeadlessPresenter`` (what would be shown; nobody ever agrees) and ``HeadlessButton``
+(the on-screen button: shown or not, its words; ``simulate_press()``).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from .base import STAFF_MODE, IdleSource, LockBackend, Presenter, ScreenBackend
+from .base import STAFF_MODE, IdleSource, LockBackend, Presenter, ScreenBackend, ScreenButton, Words
 
 
 class HeadlessScreen(ScreenBackend):
@@ -26,6 +27,11 @@ class HeadlessScreen(ScreenBackend):
 
     def show(self, message: str) -> None:
         self.is_shown, self.message = True, message
+
+    @property
+    def picture(self) -> str | None:
+        """The pictogram that would be drawn above the words."""
+        return getattr(self.message, "picture", None)
 
     def set_message(self, message: str) -> None:
         self.message = message
@@ -117,3 +123,23 @@ class HeadlessPresenter(Presenter):
 
     def close(self, handle) -> None:
         pass
+
+
+class HeadlessButton(ScreenButton):
+    """No screen: ``is_shown`` and ``shown_label`` say what would be there; a test presses
+    it with ``simulate_press()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_shown = False
+        self.shown_label: str | None = None
+
+    def draw(self, label: Words) -> None:
+        self.is_shown, self.shown_label = True, str(label)
+
+    def undraw(self) -> None:
+        self.is_shown, self.shown_label = False, None
+
+    def simulate_press(self) -> None:
+        if self.is_shown:
+            self.pressed()

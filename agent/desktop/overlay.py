@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .base import ScreenBackend
+from .base import ScreenBackend, picture_of
 from .pin import PinBackoff, PinBackoffFile
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class OverlayBackend(ScreenBackend):
     FALLBACK_RETRY = 30.0    # while fallen back: engage the fallback again at most this often
     RETRY_SECONDS = 5.0      # while fallen back: try to bring the overlay back this often
     REPORT_SECONDS = 10.0    # one tamper report per kind in this long (the rest are counted)
+    TAMPER_PREFIX = "overlay_"  # tamper reports say what: overlay_unmapped, overlay_moved...
 
     def __init__(self, staff_pin_hash: str | None = None, on_event: Callable[[dict], None] | None = None,
                  pin_backoff: PinBackoffFile | None = None):
@@ -93,6 +94,11 @@ class OverlayBackend(ScreenBackend):
         self._restores: collections.deque[float] = collections.deque()
         self._reported: dict[str, tuple[float, int]] = {}  # what -> (last report, repeats since)
         self.fallback: ScreenBackend | None = None  # covers the screen when the overlay cannot
+        # The on-screen report button (agent/desktop/button.py) hides while this covers the
+        # screen: ``companion(self, True)`` as it shows, ``(self, False)`` once hidden; and
+        # ``ignore_windows()``: its X window, which the X11 overlay must not call covering it.
+        self.companion: Callable[[object, bool], None] | None = None
+        self.ignore_windows: Callable[[], list[int]] = lambda: []
         self.fell_back = False                      # the fallback is engaged now
         self._fell_back_at = 0.0
         self._last_retry = 0.0
@@ -175,7 +181,22 @@ class OverlayBackend(ScreenBackend):
             return self._send_locked(obj)
 
     def _show_op(self, message: str) -> dict:
-        return {"op": "show", "message": message, "backoff": self.pin_backoff.snapshot()}
+        return {"op": "show", "message": message, "picture": picture_of(message),
+                "backoff": self.pin_backoff.snapshot(), "ignore": self._ignored()}
+
+    def _ignored(self) -> list[int]:
+        try:
+            return list(self.ignore_windows())
+        except Exception:  # noqa: BLE001 - the button is a nicety; the blank is not
+            return []
+
+    def _cover(self, covering: bool) -> None:
+        companion = self.companion
+        if companion is not None:
+            try:
+                companion(self, covering)
+            except Exception:  # noqa: BLE001 - the button must never stop a blank
+                log.exception("the on-screen button did not follow the %s overlay", self.name)
 
     def _reshow(self) -> bool:
         """Show what is wanted again, unless it stopped being wanted meanwhile."""
@@ -211,7 +232,7 @@ class OverlayBackend(ScreenBackend):
                                    wait_seconds=round(backoff.wait(time.time())))
             elif kind == "tampered":
                 what = [str(w) for w in event.get("what") or []][:8]
-                self._tampered("overlay_" + "_".join(what or ["changed"]), "restored")
+                self._tampered(self.TAMPER_PREFIX + "_".join(what or ["changed"]), "restored")
                 self._count_restore()
             try:
                 if kind == "cleared" and self.when_cleared is not None:
@@ -239,10 +260,10 @@ class OverlayBackend(ScreenBackend):
         while self._deaths and now - self._deaths[0] > self.DEATH_WINDOW:
             self._deaths.popleft()
         if len(self._deaths) >= self.MAX_DEATHS and self.fallback is not None:
-            self._tampered("overlay_ended", "fallback", exit=proc.returncode)
+            self._tampered(self.TAMPER_PREFIX + "ended", "fallback", exit=proc.returncode)
             self._fall_back(wanted)
             return
-        self._tampered("overlay_ended", "restarted", exit=proc.returncode)
+        self._tampered(self.TAMPER_PREFIX + "ended", "restarted", exit=proc.returncode)
         if len(self._deaths) > 1:
             time.sleep(min(2.0, 0.25 * len(self._deaths)))  # not a hot loop if it cannot start
         log.warning("the screen overlay ended while showing; showing it again")
@@ -257,7 +278,7 @@ class OverlayBackend(ScreenBackend):
         wanted = self._wanted
         if len(self._restores) >= self.MAX_RESTORES and wanted is not None and self.fallback is not None \
                 and not self.fell_back:
-            self._tampered("overlay_fought", "fallback", restores=len(self._restores))
+            self._tampered(self.TAMPER_PREFIX + "fought", "fallback", restores=len(self._restores))
             self._fall_back(wanted)
 
     def _end_strays(self, keep: int) -> None:
@@ -348,12 +369,12 @@ class OverlayBackend(ScreenBackend):
             if proc.poll() is None:
                 unanswered += 1
                 if unanswered >= 2:
-                    self._tampered("overlay_unresponsive", "restarted")
+                    self._tampered(self.TAMPER_PREFIX + "unresponsive", "restarted")
                     proc.kill()  # the reader sees it end and starts it again
                     return 0
             return unanswered
         if not state.get("shown"):
-            self._tampered("overlay_hidden", "restored")
+            self._tampered(self.TAMPER_PREFIX + "hidden", "restored")
             self._count_restore()
             self._reshow()
         return 0
@@ -380,6 +401,7 @@ class OverlayBackend(ScreenBackend):
         with self._lock:
             self._wanted = message
             sent = self._send_locked(self._show_op(message))
+        self._cover(True)  # after our own line: the blank comes first
         self._start_watch()
         if not sent and self.fallback is not None:
             log.error("no screen overlay; blanking with %s", self.fallback.name)
@@ -388,7 +410,7 @@ class OverlayBackend(ScreenBackend):
     def set_message(self, message: str) -> None:
         with self._lock:
             self._wanted = message
-            self._send_locked({"op": "message", "message": message})
+            self._send_locked({"op": "message", "message": message, "picture": picture_of(message)})
 
     def hide(self) -> None:
         with self._lock:
@@ -401,6 +423,7 @@ class OverlayBackend(ScreenBackend):
         if self.fallback is not None:
             self.fallback.hide()
             self.fell_back = False
+        self._cover(False)
 
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:

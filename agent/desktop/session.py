@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CommandRunner", "Session", "agent_env", "as_session_user", "is_shared_account", "pick_desktop", "read_sessions",
-    "session_command", "session_env", "user_session",
+    "session_command", "session_env", "user_groups", "user_session",
 ]
 
 # Account names that are generic whatever the profile lists: a class or device login
@@ -181,6 +181,26 @@ def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             env[key] = os.environ[key]
     env.update(extra or {})
     return env
+
+
+def user_groups(user: str) -> list[str]:
+    """The names of *user*'s unix groups (primary first), through NSS, so a school's
+    directory groups (sssd, winbind) count as well as /etc/group; [] for an unknown user.
+    The site's ``staff.groups`` and ``language_groups`` are matched against these."""
+    import grp
+
+    try:
+        entry = pwd.getpwnam(user)
+        gids = os.getgrouplist(user, entry.pw_gid)
+    except (KeyError, OSError):
+        return []
+    names = []
+    for gid in gids:
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names
 
 
 def user_session(user: str, type: str = "tty") -> Session | None:  # noqa: A002 - logind's word

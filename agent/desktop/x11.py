@@ -154,6 +154,9 @@ class X11Lock(LockBackend):
         self._greeter = False
         self._user: str | None = None
         self._pending: tuple[str, str] | None = None
+        # Handed to the overlay when it is made (backends.py: the on-screen button hides under it).
+        self.companion = None
+        self.ignore_windows = lambda: []
 
     @property
     def overlay(self) -> OverlayBackend:
@@ -168,6 +171,8 @@ class X11Lock(LockBackend):
                                        session_fn=self.session_fn, runner=self.runner, xauthority=self.xauthority,
                                        dm_tool=self.dm_tool, pin_backoff=self.pin_backoff)
             self._overlay.when_tampered = self.tampered
+            self._overlay.companion = self.companion
+            self._overlay.ignore_windows = self.ignore_windows
         return self._overlay
 
     def _on_overlay(self, event: dict) -> None:

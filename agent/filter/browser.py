@@ -35,15 +35,36 @@ def _domains(policy, overrides: Iterable[str]) -> list[str]:
     return sorted(base | set(overrides))
 
 
+def _upstream(policy) -> bool:
+    return getattr(policy, "mode", "allowlist") == "upstream"
+
+
+def _blocked(policy, overrides: Iterable[str]) -> list[str]:
+    """In mode upstream: the key stage's block_domains, less any a teacher opened."""
+    opened = set(overrides)
+    return sorted(d for d in getattr(policy, "block_domains", ()) if d not in opened)
+
+
 def chromium_policy(policy, overrides: Iterable[str] = (), *, block_quic: bool = True,
-                    proxy: str | None = None) -> dict:
-    """Chromium/Chrome managed policy (policy names from chromeenterprise.google/policies)."""
-    allow = list(dict.fromkeys([*policy.allow_urls, *_domains(policy, overrides)]))
+                    proxy: str | None = None, extension: dict | None = None,
+                    extension_urls: Iterable[str] = ()) -> dict:
+    """Chromium/Chrome managed policy (policy names from chromeenterprise.google/policies).
+
+    *extension*: the block page's part (agent/filter/blockpage.py: force-install, its
+    words, its native host); *extension_urls*: its pages, which the allowlist must let
+    through.  Mode ``upstream`` (older pupils): the school's filter decides, so only the
+    key stage's ``block_domains`` are blocked here."""
+    if _upstream(policy):
+        block = _blocked(policy, overrides)
+        allow = list(extension_urls)
+    else:
+        # Everything is blocked except the allowlist; a bare domain pattern covers its subdomains.
+        block = ["*"]
+        allow = list(dict.fromkeys([*policy.allow_urls, *_domains(policy, overrides), *extension_urls]))
     # A proxy of the pupil's choosing would carry every page past the DNS allowlist.
     proxy_policy = {"ProxyMode": "fixed_servers", "ProxyServer": proxy} if proxy else {"ProxyMode": "direct"}
     return {
-        # Everything is blocked except the allowlist; a bare domain pattern covers its subdomains.
-        "URLBlocklist": ["*"],
+        "URLBlocklist": block,
         "URLAllowlist": allow,
         "IncognitoModeAvailability": 1,           # disabled
         "BrowserGuestModeEnabled": False,
@@ -59,6 +80,7 @@ def chromium_policy(policy, overrides: Iterable[str] = (), *, block_quic: bool =
         "QuicAllowed": not block_quic,
         "RemoteDebuggingAllowed": False,          # --remote-debugging-port would drive pages around policy
         **proxy_policy,
+        **(extension or {}),
     }
 
 
@@ -82,8 +104,13 @@ def firefox_policy(policy, overrides: Iterable[str] = (), *, proxy: str | None =
     Debian's firefox-esr included."""
     proxy_policy = ({"Mode": "manual", "HTTPProxy": proxy, "UseHTTPProxyForAllProtocols": True, "Locked": True}
                     if proxy else {"Mode": "none", "Locked": True})
+    if _upstream(policy):
+        website_filter = {"Block": [p for d in _blocked(policy, overrides) for p in (f"*://{d}/*", f"*://*.{d}/*")],
+                          "Exceptions": []}
+    else:
+        website_filter = {"Block": ["<all_urls>"], "Exceptions": _firefox_patterns(policy, overrides)}
     return {
-        "WebsiteFilter": {"Block": ["<all_urls>"], "Exceptions": _firefox_patterns(policy, overrides)},
+        "WebsiteFilter": website_filter,
         "DNSOverHTTPS": {"Enabled": False, "Locked": True},
         "DisablePrivateBrowsing": True,
         "DisableDeveloperTools": True,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from ..protocol import now_ts
 from . import browser, nftables
 from .blocked import Batch, BlockedEvents
+from .blockpage import AskTeacher, BlockPage
 from .check import check_domains, event_fields
 from .dnsmasq import (DnsmasqPaths, DnsmasqProcess, FilterError, FilterSpec, build_spec, dnsmasq_user,
                       find_dnsmasq, render_conf, render_front_conf, render_hosts, render_servers, resolve_targets,
@@ -49,6 +50,7 @@ TARGET_REFRESH_SECONDS = 3600
 TARGET_RETRY_SECONDS = 2
 IDLE_TICK_SECONDS = 1.0   # the ticker's pace with no blocked attempts pending
 CONTROL_OP = "filter-check"  # `classroom-agent filter check` asks the running agent here
+ASK_OP = "ask"               # the block page's "Ask my teacher" (agent/filter/ask_host.py)
 
 
 class Ticker:
@@ -102,7 +104,8 @@ class FilterComponent:
                  apply_nftables: bool | None = None, settle_seconds: float = 1.0, tick_seconds: float = 0.2,
                  log_async: int | None = 50, state_dir: str | None = None, front: bool = True,
                  filter_port: int = 5391, log_max_bytes: int = 8 * 1024 * 1024,
-                 protect: Callable[[Path, bytes], None] | None = None):
+                 protect: Callable[[Path, bytes], None] | None = None, blockpage: bool = True,
+                 blockpage_dir: str | None = None, native_hosts_dir: str | None = None):
         self._filtering = filtering
         self.protect = protect
         self._dnsmasq_dir = dnsmasq_dir
@@ -115,6 +118,10 @@ class FilterComponent:
         self._chromium_dir = chromium_dir
         self._firefox_dir = firefox_dir
         self.write_browser = write_browser
+        self.use_blockpage = blockpage
+        self._blockpage_dir = blockpage_dir
+        self._native_hosts_dir = native_hosts_dir
+        self.blockpage: BlockPage | None = None
         self._apply_nft = apply_nftables
         self.settle_seconds = settle_seconds
         self.tick_seconds = tick_seconds
@@ -163,6 +170,14 @@ class FilterComponent:
                                    lambda: runtime.policy is not None)
         runtime.evidence_source = self.evidence_for
         runtime.register_control(CONTROL_OP, self._control_check)
+        if self.write_browser and self.use_blockpage:
+            # The block page a child understands, and its "Ask my teacher" (blockpage.py).
+            self.blockpage = BlockPage(self._state_dir or runtime.state_dir,
+                                       self._blockpage_dir or boot.blockpage_dir,
+                                       self._native_hosts_dir or boot.chromium_native_hosts_dir,
+                                       boot.control_socket, protect=self.protect)
+            self.blockpage.prepare()
+            runtime.register_control(ASK_OP, AskTeacher(lambda domain: runtime.post(self._asked, domain)))
         self._stop.clear()
         if self.manage_dnsmasq:
             self._start_dnsmasq()
@@ -243,6 +258,7 @@ class FilterComponent:
             self.follower = None
         if self.runtime is not None:
             self.runtime.unregister_control(CONTROL_OP)
+            self.runtime.unregister_control(ASK_OP)
         if self.runtime is not None and self.policy is not None:
             self.blocked.flush_all()
         for proc in (self.front_proc, self.dnsmasq):
@@ -325,10 +341,14 @@ class FilterComponent:
             return
         # Policy files a pupil (or anyone but the agent) edits are put back by the guard.
         protect = self.protect
+        page = self.blockpage
+        extension = page.policy(policy.messages, policy.language, volume=policy.sound_volume,
+                                sound=policy.sound_play) if page is not None else None
         try:
             browser.write_chromium(self.chromium_dir,
                                    browser.chromium_policy(policy, spec.overrides, block_quic=filtering.block_quic,
-                                                           proxy=filtering.browser_proxy),
+                                                           proxy=filtering.browser_proxy, extension=extension,
+                                                           extension_urls=page.allow_url() if page else ()),
                                    protect)
         except OSError as exc:
             log.error("filter: cannot write Chromium policy in %s: %s", self.chromium_dir, exc)
@@ -434,6 +454,16 @@ class FilterComponent:
             return True
         self.audit.opened(ov, previous)
         return True
+
+    def _asked(self, domain: str) -> None:
+        """A pupil pressed "Ask my teacher" on the block page for *domain* (queue thread)."""
+        policy = self.policy or self.runtime.policy
+        if policy is None:
+            return
+        self.runtime.emit_event("unblock_request", domain=domain, user=self.runtime.current_user(),
+                                seat=policy.seat, device_name=policy.seat or policy.device,
+                                profile=policy.key_stage, profile_name=policy.profile_name)
+        log.info("filter: a pupil asked the teacher to open %s", domain)
 
     # ------------------------------------------------------------------ ticking
     def _tick(self) -> None:

@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 from ..files import atomic_write
 from ..config.schema import check_domain, check_resolver
 from . import dnsclient
-from .safesearch import Rewrite, rewrites
+from .safesearch import ALL_NAMES, Rewrite, rewrites
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class FilterSpec:
     safe_search: bool = True
     youtube_restrict: str = "strict"
     overrides: tuple[str, ...] = field(default=())
+    mode: str = "allowlist"               # upstream: everything forwards, block_domains refused
+    block_domains: tuple[str, ...] = ()   # refused on top of the school's filter (mode upstream)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -109,14 +111,22 @@ def build_spec(policy, upstream_dns: Sequence[str], overrides: Iterable[str] = (
         raise FilterError(f"{policy.key_stage}.youtube_restrict: {policy.youtube_restrict!r} "
                           "is not strict, moderate or off")
     allowed = tuple(sorted(set(profile_domains) | set(override_domains)))
+    mode = getattr(policy, "mode", "allowlist")
+    if mode not in ("allowlist", "upstream"):
+        raise FilterError(f"{policy.key_stage}.mode: {mode!r} is not allowlist or upstream")
+    blocked = _check_domains(getattr(policy, "block_domains", ()), f"{policy.key_stage}.block_domains")
     return FilterSpec(
         profile=policy.key_stage,
         allow_domains=tuple(sorted(set(allowed) | set(infra))),
         upstreams=upstream_addresses(upstream_dns, upstream_port),
-        rewrites=tuple(rewrites(allowed, bool(policy.safe_search), policy.youtube_restrict)),
+        # Mode upstream reaches every engine, so every engine's safe search is forced.
+        rewrites=tuple(rewrites(ALL_NAMES if mode == "upstream" else allowed, bool(policy.safe_search),
+                                policy.youtube_restrict)),
         safe_search=bool(policy.safe_search),
         youtube_restrict=policy.youtube_restrict,
         overrides=override_domains,
+        mode=mode,
+        block_domains=tuple(d for d in blocked if d not in override_domains),
     )
 
 
@@ -223,10 +233,20 @@ def render_front_conf(*, port: int = 53, listen: Sequence[str] = ("127.0.0.1",),
 
 
 def render_servers(spec: FilterSpec) -> str:
-    lines = [HEADER.rstrip("\n"), f"# profile {spec.profile}: {len(spec.allow_domains)} allowed domain(s)"
-             + (f", overrides: {', '.join(spec.overrides)}" if spec.overrides else "")]
-    for domain in spec.allow_domains:
-        lines += [f"server=/{domain}/{up}" for up in spec.upstreams]
+    if spec.mode == "upstream":
+        # The school's filter decides: every name goes to it (``server=/#/`` outranks the
+        # conf's ``address=/#/``), and the key stage's own blocklist is refused here, logged
+        # as ``config NAME is NXDOMAIN`` like any refusal, so blocked attempts are still reported.
+        lines = [HEADER.rstrip("\n"), f"# profile {spec.profile}: upstream decides; "
+                 f"{len(spec.block_domains)} blocked domain(s) on top"
+                 + (f", overrides: {', '.join(spec.overrides)}" if spec.overrides else "")]
+        lines += [f"server=/#/{up}" for up in spec.upstreams]
+        lines += [f"server=/{domain}/" for domain in spec.block_domains]
+    else:
+        lines = [HEADER.rstrip("\n"), f"# profile {spec.profile}: {len(spec.allow_domains)} allowed domain(s)"
+                 + (f", overrides: {', '.join(spec.overrides)}" if spec.overrides else "")]
+        for domain in spec.allow_domains:
+            lines += [f"server=/{domain}/{up}" for up in spec.upstreams]
     if spec.rewrites:
         lines.append("# safe search: forced names answer only from the hosts file")
         for r in spec.rewrites:

@@ -40,6 +40,10 @@ _YOUTUBE_NAMES = ("www.youtube.com", "m.youtube.com", "youtubei.googleapis.com",
 YOUTUBE_TARGETS = {"strict": "restrict.youtube.com", "moderate": "restrictmoderate.youtube.com"}
 
 
+# Every name any rewrite forces: under mode upstream every engine is reachable, so all apply.
+ALL_NAMES = tuple(r.name for r in _SEARCH) + _YOUTUBE_NAMES
+
+
 def covered(name: str, domains) -> bool:
     """True if *name* is one of *domains* or a subdomain of one."""
     return any(name == d or name.endswith("." + d) for d in domains)

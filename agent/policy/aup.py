@@ -187,6 +187,9 @@ class AcceptableUse:
                 self.runtime.post(self._accepted, session, term)
 
             self._dialogs[session.id] = self.presenter.dialog(session, text, accepted)
+            say = getattr(self.runtime, "say", None)
+            if say is not None:
+                say("acceptable_use")  # the rules read aloud, for children who cannot read them yet
 
     def _accepted(self, session, term: str) -> None:
         self._dialogs.pop(session.id, None)

@@ -296,8 +296,10 @@ class Guard:
         """Report what the desktop's blank and lock say was done to them (they restore themselves)."""
         if desktop is None:
             return
-        for part, screen in ((desktop.screen, "blank"), (desktop.lock, "lock")):
-            part.when_tampered = lambda fields, screen=screen: self._screen_tamper(screen, fields)
+        for part, screen in ((desktop.screen, "blank"), (desktop.lock, "lock"),
+                             (getattr(desktop, "button", None), "button")):
+            if part is not None:
+                part.when_tampered = lambda fields, screen=screen: self._screen_tamper(screen, fields)
 
     def _screen_tamper(self, screen: str, fields: dict) -> None:
         runtime = self.runtime

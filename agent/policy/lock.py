@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from ..desktop.base import SESSION_MODE, STAFF_MODE, IdleSource, LockBackend
+from ..desktop.base import SESSION_MODE, STAFF_MODE, IdleSource, LockBackend, Words
 
 if TYPE_CHECKING:
     from ..core.interfaces import RuntimeAPI
@@ -238,10 +238,14 @@ class LockComponent:
         if have is not None and (have.mode, have.by) == (want.mode, want.by):
             # Friday evening becomes the weekend becomes half term: one lock, not three.
             return
+        key = want.message_key if messages.get(want.message_key) else "locked"
         try:
-            self.backend.lock(want.mode, messages.get(want.message_key) or messages.get("locked") or "")
+            # The words with their pictogram (the overlays draw it; swaylock and the greeter cannot).
+            self.backend.lock(want.mode, Words(messages.get(key) or "", key))
         finally:
             self.runtime.emit_event("lock", reason=want.reason, by=want.by, mode=want.mode, user=self._user())
+        if want.mode == STAFF_MODE:
+            self.runtime.say(key)  # the idle lock is the user's own locker: nothing to say over it
 
     @property
     def is_locked(self) -> bool:

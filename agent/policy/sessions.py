@@ -130,20 +130,26 @@ class SessionsComponent:
             log.warning("cannot read sessions: %s", exc)
             return
         changed = set(now) != set(self.sessions)
+        before, self.sessions = self.sessions, now
+        if changed:
+            # Who is at the device decides the profile (a staff login) and the screens'
+            # language (a pupil's language group): settled before the login's own screens.
+            session_changed = getattr(self.runtime, "session_changed", None)
+            if session_changed is not None:
+                session_changed()
         for sid, session in now.items():
-            if sid not in self.sessions:
+            if sid not in before:
                 self._login(session)
             elif self.aup is not None and session.is_graphical and not session.remote \
                     and not self._primed_aup(sid):
                 # Known from before a restart: the notice again, once (not every poll).
                 self._aup_started.add(sid)
                 self.aup.session_started(session)
-        for sid, session in list(self.sessions.items()):
+        for sid, session in list(before.items()):
             if sid not in now:
                 self.runtime.emit_event("logout", user=session.user, session=sid, session_type=session.type)
                 if self.aup is not None:
                     self.aup.session_ended(session)
-        self.sessions = now
         self._aup_started.intersection_update(now)
         if changed:
             self._save_known()

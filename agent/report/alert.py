@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..config.schema import DEFAULT_MESSAGES
+from ..desktop.base import Words
 from .alert_copy import ALERT_FILE, AlertCopy
 
 if TYPE_CHECKING:
@@ -210,9 +211,11 @@ class Report:
         if self.led is not None:
             self.led.show(self._alert["state"] if self._alert else None)
 
-    def _message(self, key: str) -> str:
+    def _message(self, key: str) -> Words:
+        """*key*'s words in the screen's language, with its pictogram (before the runtime
+        exists: the built-in English words, so a press still blanks with kind words)."""
         policy = self.runtime.policy if self.runtime is not None else None
-        return (policy.messages.get(key) if policy else None) or DEFAULT_MESSAGES[key]
+        return Words((policy.messages.get(key) if policy else None) or DEFAULT_MESSAGES[key], key)
 
     def _kept_value(self) -> dict:
         """What both copies hold: the open alert with its latest transition, or the
@@ -393,6 +396,7 @@ class Report:
                     and not unsent:
                 self._schedule_escalation()
             self._prepare()
+        rt.say("report_raised")  # the words, spoken, for a child who cannot read yet
         if unsent:
             return  # the evidence goes with the raise, once there is a room to send it to
         try:
@@ -463,6 +467,7 @@ class Report:
         self.screen.set_message(self._message("report_acknowledged"))
         self._show_led()
         self._publish("acknowledged", by)
+        self.runtime.say("report_acknowledged")
         log.info("alert %s acknowledged by %s", alert_id, by)
 
     def _clear(self, alert_id: str, by: str) -> None:

@@ -162,6 +162,7 @@ class Outbox:
         self._rows = 0                              # rows on disk (one writer: counted here)
         self._next_id = 1
         self._mem: dict[int, Pending] = {}          # rows waiting for the disk, in id order
+        self.memory_total = 0                       # rows ever kept in memory (the status shows it)
         self._mem_kept: dict[str, str | None] = {}  # kept state waiting for the disk (None: delete)
         self._undeleted: set[int] = set()           # acknowledged rows the disk would not delete yet
         self._retry_at = 0.0
@@ -423,6 +424,7 @@ class Outbox:
             self.evicted += 1
             log.warning("outbox full (%d rows): dropped oldest %s", self.max_rows, victim.kind)
         self._mem[row.id] = row
+        self.memory_total += 1
         self._mem_kept.update(kept)
 
     def _keep_locked(self, key: str, value: str | None) -> None:

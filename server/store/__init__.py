@@ -16,11 +16,11 @@ Where things are:
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
   reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room); the DSL's record
-  (issue 15): concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's
-  events), allowlist.py (allowlist change requests), exports.py (the export log),
-  reviews.py (annual reviews, check actions, test-filtering runs), aup.py (acceptable use
-  per pupil per term).
+  webhooks with every attempt, and the dashboard tabs watching a room), unblock.py (pupils'
+  "Ask my teacher" requests and the teacher's answers); the DSL's record (issue 15):
+  concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's events),
+  allowlist.py (allowlist change requests), exports.py (the export log), reviews.py (annual
+  reviews, check actions, test-filtering runs), aup.py (acceptable use per pupil per term).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -50,13 +50,14 @@ from .rollouts import RolloutsTable
 from .schema import apply as apply_schema
 from .schema import iso, new_id, utcnow
 from .staff import StaffTable
+from .unblock import UnblockTable
 
 __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
             RetentionTable, DeliveriesTable, ConcernsTable, GuardTable, AllowlistTable, ExportsTable, ReviewsTable,
-            AupTable):
+            AupTable, UnblockTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

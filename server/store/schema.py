@@ -46,6 +46,17 @@ CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts);
 CREATE INDEX IF NOT EXISTS events_alert ON events (alert_id);
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 
+-- A teacher's answer to a pupil's "Ask my teacher" (an unblock_request event, whose id
+-- this is): allowed for the lesson, or dismissed.  The request itself is the event row.
+CREATE TABLE IF NOT EXISTS unblock_answers (
+    request_id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    by_whom TEXT NOT NULL,
+    answered_at TEXT NOT NULL
+);
+
 -- One row per alert transition; (alert_id, state) de-duplicates agent resends.
 CREATE TABLE IF NOT EXISTS alert_transitions (
     alert_id TEXT NOT NULL,

@@ -9,7 +9,12 @@ for the whole session.  Standard library only.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# The rules' pictogram (agent/desktop/assets/pictograms), found from here: standard library only.
+PICTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pictograms",
+                       "acceptable_use.png")
 
 
 def _dialog(text: str) -> int:  # pragma: no cover - exercised under Xvfb by hand
@@ -19,6 +24,12 @@ def _dialog(text: str) -> int:  # pragma: no cover - exercised under Xvfb by han
     root.title("Our computer rules")
     root.attributes("-topmost", True)
     root.protocol("WM_DELETE_WINDOW", lambda: None)  # closing it is not agreeing
+    try:
+        picture = tk.PhotoImage(file=PICTURE).subsample(2)
+        tk.Label(root, image=picture).pack(pady=(16, 0))
+        root.picture = picture  # keep a reference: Tk drops an image nobody holds
+    except tk.TclError:
+        pass
     tk.Label(root, text="Our computer rules", font=("sans", 22, "bold")).pack(padx=24, pady=(20, 8))
     tk.Label(root, text=text, font=("sans", 16), justify="left", wraplength=700).pack(padx=24, pady=8)
 

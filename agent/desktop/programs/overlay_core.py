@@ -5,8 +5,10 @@ Wayland layer-shell surface; both are child processes of agent/desktop/overlay.p
 both hold an ``OverlayCore`` for everything that is not drawing:
 
 * the conversation with the agent, JSON lines on stdin: ``{"op":"config","pin_hash":...,
-  "backoff":...}``, ``{"op":"show","message":...,"backoff":...}``, ``{"op":"message",
-  "message":...}``, ``{"op":"hide"}``, ``{"op":"state","seq":N}``, ``{"op":"quit"}``; and
+  "backoff":...}``, ``{"op":"show","message":...,"picture":...,"backoff":...}``,
+  ``{"op":"message","message":...,"picture":...}`` (``picture``: a pictogram's name,
+  agent/desktop/pictograms.py; any op may carry ``ignore``, X windows of ours that may
+  sit above the overlay: the on-screen button), ``{"op":"hide"}``, ``{"op":"state","seq":N}``, ``{"op":"quit"}``; and
   JSON lines back on stdout: ``ready``, ``shown``, ``hidden``, ``{"event":"pin_wrong",
   "backoff":...}``, ``{"event":"cleared","by":"staff-pin","backoff":...}``,
   ``{"event":"tampered","what":[...]}`` (a drawing that had to put itself back) and
@@ -26,6 +28,8 @@ agent's virtualenv.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 
@@ -38,6 +42,18 @@ STAFF_HINT = "Staff: type the PIN and press Enter"
 WAIT_HINT = "Too many tries. Wait a moment."
 WRONG_HINT = "Staff: that PIN was not right"
 MAX_PIN = 12
+# The shipped pictograms (agent/desktop/assets/pictograms), found from here: this module
+# also runs on the system Python, which does not import agent.desktop.pictograms' package.
+PICTOGRAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pictograms")
+_PICTURE_NAME = re.compile(r"^[a-z_]{1,40}$")
+
+
+def picture_path(name) -> str | None:
+    """The PNG of pictogram *name*, or None (no such picture, or not a picture's name)."""
+    if not isinstance(name, str) or not _PICTURE_NAME.match(name):
+        return None
+    path = os.path.join(PICTOGRAMS, name + ".png")
+    return path if os.path.exists(path) else None
 
 
 class OverlayCore:
@@ -53,6 +69,8 @@ class OverlayCore:
         self.backoff = PinBackoff()
         self.shown = False
         self.stdin_open = True
+        self.picture: str | None = None   # the pictogram's name now drawn
+        self.ignore: tuple[int, ...] = ()  # X windows of ours allowed above (the on-screen button)
         self._buf = b""
 
     # ------------------------------------------------------------------ drawing hooks
@@ -67,6 +85,9 @@ class OverlayCore:
 
     def draw_hint(self, text: str) -> None:
         raise NotImplementedError
+
+    def draw_picture(self, path: str | None) -> None:
+        """Show the PNG at *path* above the words (None: no picture)."""
 
     def drawn(self) -> dict:
         raise NotImplementedError
@@ -106,13 +127,18 @@ class OverlayCore:
         op = req.get("op")
         if "backoff" in req:
             self.backoff = PinBackoff.from_dict(req["backoff"])  # the device's, from the agent
+        if isinstance(req.get("ignore"), list):
+            self.ignore = tuple(w for w in req["ignore"] if isinstance(w, int))
         if op == "config":
             pin_hash = req.get("pin_hash")
             self.pin_hash = pin_hash if isinstance(pin_hash, str) else None
         elif op == "show":
+            self.set_picture(req.get("picture"))
             self.draw_message(str(req.get("message") or ""))
             self.show()
         elif op == "message":
+            if "picture" in req:
+                self.set_picture(req.get("picture"))
             self.draw_message(str(req.get("message") or ""))
         elif op == "hide":
             self.hide()
@@ -123,6 +149,11 @@ class OverlayCore:
             self.quit()
         else:
             raise ValueError(f"unknown op {op!r}")
+
+    def set_picture(self, name) -> None:
+        path = picture_path(name)
+        self.picture = name if path else None
+        self.draw_picture(path)
 
     def show(self) -> None:
         self.typed = ""

@@ -58,6 +58,8 @@ class WaylandOverlay(OverlayCore):
         self.messages: list[Gtk.Label] = []
         self.hints: list[Gtk.Label] = []
         self.monitors: list = []  # the monitor of each window, in the same order
+        self.pictures: list[Gtk.Image] = []
+        self._picture: str | None = None  # the PNG drawn above the words
         self._announce = False
         self._message = ""
         self._hint = STAFF_HINT
@@ -86,9 +88,13 @@ class WaylandOverlay(OverlayCore):
         if monitor is not None:
             GtkLayerShell.set_monitor(win, monitor)
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
+        picture = Gtk.Image(valign=Gtk.Align.END, vexpand=True, margin_bottom=24)
+        if self._picture:
+            picture.set_from_file(self._picture)
         message = Gtk.Label(name="message", label=self._message, wrap=True, justify=Gtk.Justification.CENTER,
-                            max_width_chars=30, vexpand=True)
+                            max_width_chars=30, vexpand=True, valign=Gtk.Align.START)
         hint = Gtk.Label(name="hint", label=self._hint, margin_bottom=24)
+        box.pack_start(picture, True, True, 0)
         box.pack_start(message, True, True, 0)
         box.pack_end(hint, False, False, 0)
         win.add(box)
@@ -101,13 +107,17 @@ class WaylandOverlay(OverlayCore):
         self.windows.append(win)
         self.messages.append(message)
         self.hints.append(hint)
+        self.pictures.append(picture)
         self.monitors.append(monitor)
+        if not self._picture:
+            picture.hide()
         return win
 
     def _remove_window(self, index: int) -> None:
         win = self.windows.pop(index)
         self.messages.pop(index)
         self.hints.pop(index)
+        self.pictures.pop(index)
         self.monitors.pop(index)
         win.destroy()
 
@@ -187,11 +197,24 @@ class WaylandOverlay(OverlayCore):
         for label in self.hints:
             label.set_text(text)
 
+    def draw_picture(self, path: str | None) -> None:
+        self._picture = path
+        for image in self.pictures:
+            if path:
+                image.set_from_file(path)
+                image.show()
+            else:
+                image.clear()
+                image.hide()
+
     def drawn(self) -> dict:
         # Shown means every monitor there is now has a mapped surface of ours.
         covered = bool(self.windows) and all(win.get_mapped() for win in self.windows) \
             and len(self.windows) >= self.display.get_n_monitors()
-        return {"shown": covered, "message": self._message, "hint": self._hint, "windows": len(self.windows)}
+        drawn = {"shown": covered, "message": self._message, "hint": self._hint, "windows": len(self.windows)}
+        if self._picture:
+            drawn["picture"] = self.picture
+        return drawn
 
     def draw_show(self) -> None:
         for win in self.windows:

@@ -43,6 +43,9 @@ class Overlay(OverlayCore):
         self.root.overrideredirect(True)
         self.root.protocol("WM_DELETE_WINDOW", lambda: None)
         width = self.root.winfo_screenwidth()
+        # The pictogram above the words (drawn by draw_picture), for children who cannot read yet.
+        self.image = None
+        self.picture_label = tk.Label(self.root, bg=BG, borderwidth=0)
         self.message = tk.Label(self.root, text="", fg=FG, bg=BG, wraplength=int(width * 0.8), justify="center",
                                 font=("DejaVu Sans", max(28, width // 28), "bold"))
         self.message.place(relx=0.5, rely=0.45, anchor="center")
@@ -71,9 +74,28 @@ class Overlay(OverlayCore):
     def draw_hint(self, text: str) -> None:
         self.hint.configure(text=text)
 
+    def draw_picture(self, path: str | None) -> None:
+        if path is None:
+            self.image = None
+            self.picture_label.place_forget()
+            self.message.place_configure(rely=0.45)
+            return
+        try:
+            self.image = tk.PhotoImage(file=path)
+        except tk.TclError as exc:
+            print(f"overlay_x11: cannot load {path}: {exc}", file=sys.stderr)
+            self.image = None
+            return
+        self.picture_label.configure(image=self.image)
+        self.picture_label.place(relx=0.5, rely=0.32, anchor="center")
+        self.message.place_configure(rely=0.62)
+
     def drawn(self) -> dict:
-        return {"shown": self.root.winfo_viewable() == 1, "message": self.message.cget("text"),
-                "hint": self.hint.cget("text")}
+        drawn = {"shown": self.root.winfo_viewable() == 1, "message": self.message.cget("text"),
+                 "hint": self.hint.cget("text")}
+        if self.image is not None:
+            drawn["picture"] = self.picture  # the pictogram's name, when one is drawn
+        return drawn
 
     def draw_show(self) -> None:
         self.root.geometry(f"{self.root.winfo_screenwidth()}x{self.root.winfo_screenheight()}+0+0")
@@ -107,7 +129,7 @@ class Overlay(OverlayCore):
         self.root.winfo_pointerxy()
         width, height = self.root.winfo_screenwidth(), self.root.winfo_screenheight()
         outer, inner = self.windows()
-        problems = self.watch.inspect(outer, inner, width, height)
+        problems = self.watch.inspect(outer, inner, width, height, ignore=self.ignore)
         if not problems:
             return
         self.watch.restore(outer, inner, width, height)

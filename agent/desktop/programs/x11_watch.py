@@ -99,10 +99,13 @@ class WindowWatch:
             window = tree[0]
         return None
 
-    def inspect(self, outer: int, inner: int, width: int, height: int) -> list[str]:
-        """What is wrong with the overlay (*outer*: Tk's wrapper, a child of the root;
-        *inner*: Tk's own window in it): any of ``gone``, ``reparented``, ``unmapped``,
-        ``moved``, ``resized``, ``covered``.  Empty: it covers the screen."""
+    def inspect(self, outer: int, inner: int, width: int, height: int, x: int = 0, y: int = 0,
+                ignore=()) -> list[str]:
+        """What is wrong with the window (*outer*: Tk's wrapper, a child of the root;
+        *inner*: Tk's own window in it; it belongs at *x*, *y*, *width* x *height*): any of
+        ``gone``, ``reparented``, ``unmapped``, ``moved``, ``resized``, ``covered`` (a
+        window above it, other than those in *ignore*: our own on-screen button, which
+        hides itself when the blank shows).  Empty: it is where it belongs, on top."""
         outer_attrs, inner_attrs = self._attributes(outer), self._attributes(inner)
         tree = self._tree(outer)
         if outer_attrs is None or inner_attrs is None or tree is None:
@@ -112,7 +115,7 @@ class WindowWatch:
             problems.append("reparented")
         if outer_attrs.map_state != IS_VIEWABLE or inner_attrs.map_state != IS_VIEWABLE:
             problems.append("unmapped")
-        if (outer_attrs.x, outer_attrs.y, inner_attrs.x, inner_attrs.y) != (0, 0, 0, 0):
+        if (outer_attrs.x, outer_attrs.y, inner_attrs.x, inner_attrs.y) != (x, y, 0, 0):
             problems.append("moved")
         if (outer_attrs.width, outer_attrs.height, inner_attrs.width, inner_attrs.height) != \
                 (width, height, width, height):
@@ -121,19 +124,22 @@ class WindowWatch:
         if siblings is not None and outer in siblings[1]:
             above = siblings[1][siblings[1].index(outer) + 1:]
             for window in above:
+                if window in ignore:
+                    continue
                 attrs = self._attributes(window)
                 if attrs is not None and attrs.map_state == IS_VIEWABLE and attrs.class_ != INPUT_ONLY:
                     problems.append("covered")
                     break
         return problems
 
-    def restore(self, outer: int, inner: int, width: int, height: int) -> None:
-        """Put the overlay back: a child of the root, at 0,0 and full size, mapped, on top."""
+    def restore(self, outer: int, inner: int, width: int, height: int, x: int = 0, y: int = 0) -> None:
+        """Put the window back: a child of the root, at *x*, *y* (the overlay: 0,0 and full
+        size), mapped, on top."""
         xlib = self.xlib
         tree = self._tree(outer)
         if tree is not None and tree[0] != self.root:
-            xlib.XReparentWindow(self.dpy, outer, self.root, 0, 0)
-        xlib.XMoveResizeWindow(self.dpy, outer, 0, 0, width, height)
+            xlib.XReparentWindow(self.dpy, outer, self.root, x, y)
+        xlib.XMoveResizeWindow(self.dpy, outer, x, y, width, height)
         xlib.XMoveResizeWindow(self.dpy, inner, 0, 0, width, height)
         xlib.XMapWindow(self.dpy, inner)
         xlib.XMapRaised(self.dpy, outer)

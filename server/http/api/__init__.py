@@ -9,7 +9,8 @@ each refuses every other role and the unauthenticated.
 login.py (sessions), incidents.py (the DSL's records), alerts.py (ack/clear commands to
 a device), devices.py (registry, enrolment), users.py (staff accounts), audit.py,
 config.py (rollout, and devices fetching their config), reports.py (weekly report),
-ops.py (health, metrics), deliveries.py (escalation e-mails and webhooks, every attempt).
+ops.py (health, metrics), deliveries.py (escalation e-mails and webhooks, every attempt),
+unblock.py (pupils' "Ask my teacher" from the block page, and the teacher's answer).
 """
 
 from __future__ import annotations

@@ -111,11 +111,14 @@ def live_listener(app):
     live = get_broadcaster(app)
 
     def listener(kind: str, where, data: dict) -> None:
+        # Every message names its site: room ids are a school's own, so a room page
+        # subscribes to (site, room), never to a room id alone.
         if kind == "alert":
-            live.publish("alert", {k: data.get(k) for k in ("id", "state", "room", "device", "seat", "ts", "by")})
+            live.publish("alert", {k: data.get(k) for k in ("id", "state", "site", "room", "device", "seat", "ts",
+                                                             "by")})
         elif kind == "status":
-            live.publish("status", {"device": where.device, "room": where.room, "state": data.get("state"),
-                                    "ts": data.get("ts")})
+            live.publish("status", {"device": where.device, "site": where.site, "room": where.room,
+                                    "state": data.get("state"), "ts": data.get("ts")})
 
     listener.is_live_feed = True  # type: ignore[attr-defined]
     return listener

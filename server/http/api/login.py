@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import Field
 
 from .. import state
-from ..auth import COOKIE, User, any_staff, attempt_login, set_session_cookie, token_hash
+from ..auth import COOKIE, User, any_staff, attempt_login, current_session_user, set_session_cookie, token_hash
 from ..csrf import csrf_token
 from . import API, RequestBody
 
@@ -34,9 +34,8 @@ def router() -> APIRouter:
         if attempt.token is None:
             raise HTTPException(401, "username or password is not right")
         set_session_cookie(request, response, attempt.token)
-        user = state.store(request).get_user(body.username)
-        return {"token": attempt.token, "csrf_token": csrf_token(attempt.token),
-                "user": {"username": user["username"], "role": user["role"], "display_name": user["display_name"]}}
+        user = current_session_user(request, attempt.token)
+        return {"token": attempt.token, "csrf_token": csrf_token(attempt.token), "user": user.to_dict()}
 
     @r.post("/logout")
     def do_logout(request: Request, response: Response, user: User = Depends(any_staff)) -> dict:

@@ -529,3 +529,140 @@ def test_school_admin_manages_only_their_schools_accounts(world):
         r = client.post("/api/v1/users", headers=admin_a, json={"username": "new.a", "role": "dsl",
                                                                 "password": "x" * 12})
         assert r.status_code == 201 and world.store.memberships("new.a") == {A: "dsl"}
+
+
+# --------------------------------------------------------------------------- migration (SQLite and PostgreSQL)
+
+V1_REPORT_RUNS = """CREATE TABLE IF NOT EXISTS report_runs (
+    week TEXT NOT NULL PRIMARY KEY,
+    ts TEXT NOT NULL,
+    path TEXT NOT NULL,
+    emailed INTEGER NOT NULL DEFAULT 0
+)"""
+
+
+def _v1_database(url: str, tree) -> None:
+    """A collector database as it was before tenancy (schema version 1), with a school's
+    accounts, a published config, a dark-device alert, a digest run and audit entries."""
+    from server.store import schema
+    from server.store.engine import connect
+
+    v1 = schema.SCHEMA.split("-- tenancy:")[0]
+    v1 = re.sub(r"CREATE TABLE IF NOT EXISTS report_runs \(.*?\n\);", V1_REPORT_RUNS + ";", v1, flags=re.S)
+    tree_json = json.dumps(tree.to_dict(), sort_keys=True, separators=(",", ":"))
+    now = protocol.now_ts()
+
+    def run(tx):
+        for statement in schema.split_sql(v1):
+            tx.execute(statement)
+        tx.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, ?)", (now,))
+        for name, role in (("s.patel", "dsl"), ("head", "admin"), ("m.khan", "teacher")):
+            tx.execute("INSERT INTO users (username, role, display_name, password_hash, created_at) "
+                       "VALUES (?, ?, NULL, ?, ?)", (name, role, hash_password("correct horse battery staple"), now))
+        tx.execute("INSERT INTO config_versions (version, tree, files, created_at, created_by) VALUES (?, ?, '{}', ?, "
+                   "'tech')", (tree.version, tree_json, now))
+        tx.execute("INSERT INTO rollouts (id, seq, ts, version, previous, kind, actor, why, devices) "
+                   "VALUES ('r1', 1, ?, ?, NULL, 'publish', 'tech', 'first', 6)", (now, tree.version))
+        tx.execute("INSERT INTO device_alerts (id, kind, device, room, message, raised_at) "
+                   "VALUES ('d1', 'dark', '1a-pi-01', '1a', 'silent', ?)", (now,))
+        tx.execute("INSERT INTO report_runs (week, ts, path, emailed) VALUES ('2026-W47', ?, '/r/w.html', 1)", (now,))
+        tx.execute("INSERT INTO audit (id, ts, actor, action, target, details) "
+                   "VALUES ('a1', ?, 's.patel', 'evidence.view', 'x', NULL)", (now,))
+
+    engine = connect(url)
+    try:
+        engine.write(run)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_single_school_database_from_before_tenancy_keeps_working(backend, tmp_path, request):
+    """Migration: an existing single-school database needs no setup.  Its accounts get the
+    one school with the role they had, its rows get the site, and staff log in as before."""
+    from server.http.app import Settings, create_app
+    from server.store import Store
+
+    tree = load_tree(REPO / "config")
+    url = (f"sqlite:///{tmp_path}/old.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres").new_database("v1"))
+    _v1_database(url, tree)
+    store = Store.open(url)
+    try:
+        assert store.schema_version == 2
+        assert store.memberships("s.patel") == {}  # nothing assumed before the collector knows its school
+        app = create_app(Settings(db_url="unused"), store=store, tree=None)  # no --config: the published tree
+        assert app.state.sites.ids() == [A]
+        assert {n: store.memberships(n) for n in ("s.patel", "head", "m.khan")} == \
+            {"s.patel": {A: "dsl"}, "head": {A: "admin"}, "m.khan": {A: "teacher"}}
+        assert store.current_rollout(A)["version"] == tree.version
+        assert [a["device"] for a in store.list_device_alerts(site=A)] == ["1a-pi-01"]
+        assert store.report_weeks_done(A) == {"2026-W47"}
+        with TestClient(app, base_url="https://testserver") as client:
+            r = client.post("/api/v1/login", json={"username": "s.patel", "password": "correct horse battery staple"})
+            assert r.status_code == 200 and r.json()["user"]["role"] == "dsl" and r.json()["user"]["site"] == A
+            h = {"Authorization": f"Bearer {r.json()['token']}"}
+            # The school's audit log from before tenancy is still the DSL's to read.
+            assert "evidence.view" in {e["action"] for e in client.get("/api/v1/audit", headers=h).json()}
+            assert client.get("/api/v1/config/rollouts", headers=world_headers(client, "head")).json()[0]["site"] == A
+        # An account added later from the command line (no --site) belongs to the one school too.
+        store.add_user("new.t", "teacher", hash_password("another good passphrase"))
+        with TestClient(app, base_url="https://testserver") as client:
+            r = client.post("/api/v1/login", json={"username": "new.t", "password": "another good passphrase"})
+            assert r.json()["user"] == {**r.json()["user"], "role": "teacher", "site": A}
+    finally:
+        store.close()
+
+
+def world_headers(client, name: str) -> dict:
+    r = client.post("/api/v1/login", json={"username": name, "password": "correct horse battery staple"})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+# --------------------------------------------------------------------------- background work per school
+
+
+def test_retention_and_digest_run_per_school(store, tmp_path):
+    """Each school's retention periods apply to its own rows only, and each school gets its
+    own weekly digest (its own rows) in its own folder."""
+    from server import reports
+    from server.retention import Retention
+    from server.sites import Sites
+
+    folder_b = make_school_b(tmp_path)
+    site_b = folder_b / "site.yaml"
+    site_b.write_text(site_b.read_text().replace("blocked_days: 90", "blocked_days: 10"))
+    sites = Sites([load_tree(REPO / "config"), load_tree(folder_b)])
+    now = datetime(2026, 11, 30, 7, 30, tzinfo=timezone.utc)  # a Monday morning
+    old = iso(now - timedelta(days=30))
+    last_week = iso(now - timedelta(days=3))
+    store.insert_events([_event(A, "5b", A_DEVICE, "blocked", domain="a-old.example", ts=old),
+                         _event(B, "5b", B_DEVICE, "blocked", domain="b-old.example", ts=old),
+                         _event(A, "5b", A_DEVICE, "blocked", domain=A_CANARY_TEXT[1], ts=last_week),
+                         _event(B, "5b", B_DEVICE, "blocked", domain=B_CANARY_TEXT[3], ts=last_week)])
+    done = Retention(store, lambda: sites).run(now)
+    assert done["blocked_events"] == 1
+    assert {e["domain"] for e in store.events(type="blocked")} == {"a-old.example", A_CANARY_TEXT[1],
+                                                                    B_CANARY_TEXT[3]}
+    purges = [e for e in store.list_audit(action="retention.purge") if e["target"] == "blocked_events"]
+    assert [e["site"] for e in purges] == [B]
+
+    scheduler = reports.DigestScheduler(store, tmp_path / "reports", lambda: sites, clock=lambda: now,
+                                        smtp=reports.SmtpSettings())
+    scheduler.run_once()
+    a_html = (tmp_path / "reports" / A / "weekly-2026-W48.html").read_text()
+    b_html = (tmp_path / "reports" / B / "weekly-2026-W48.html").read_text()
+    assert A_CANARY_TEXT[1] in a_html and B_CANARY_TEXT[3] not in a_html
+    assert B_CANARY_TEXT[3] in b_html and A_CANARY_TEXT[1] not in b_html
+    assert store.report_weeks_done(A) == store.report_weeks_done(B) == {"2026-W48"}
+    assert scheduler.run_once() is None  # once per school and week
+
+
+def test_each_schools_digest_mails_only_its_own_recipients():
+    from server.reports import SmtpSettings
+
+    smtp = SmtpSettings.from_env({"CLASSROOM_SMTP_HOST": "mail", "CLASSROOM_SMTP_TO": "everyone@trust.example",
+                                  "CLASSROOM_SMTP_TO_HILLTOP": "dsl@hilltop.example"})
+    assert smtp.for_site(B).to == ("dsl@hilltop.example",) and smtp.for_site(B).enabled
+    assert smtp.for_site(A).to == () and not smtp.for_site(A).enabled

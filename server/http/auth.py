@@ -182,12 +182,9 @@ def attempt_login(request: Request, username: str, password: str, via: str) -> L
     throttle: LoginThrottle = request.app.state.login_throttle
     name = username[:64] if isinstance(username, str) else ""
     address = client_address(request)
-    verdict = throttle.check(name, address)
-    if not verdict.allowed:
-        if throttle.may_audit():
-            store.audit(name or "?", "login.throttled", None,
-                        {"via": via, "from": address, "why": verdict.why, "retry_after": verdict.retry_after})
-        return LoginAttempt(None, verdict.retry_after)
+    wait = attempt_throttle(request, name, via)
+    if wait:
+        return LoginAttempt(None, wait)
     hours = getattr(request.app.state.settings, "session_hours", SESSION_HOURS)
     token = login(store, name, password, hours)
     if token is None:
@@ -196,6 +193,21 @@ def attempt_login(request: Request, username: str, password: str, via: str) -> L
         return LoginAttempt(None)
     store.audit(name, "login", None, {"via": via})
     return LoginAttempt(token)
+
+
+def attempt_throttle(request: Request, name: str, via: str) -> int:
+    """Ask the login throttle about *name* from the caller's address: 0 to go on, else the
+    seconds to wait (audited like a throttled password, at most 20 a minute)."""
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = client_address(request)
+    verdict = throttle.check(name, address)
+    if verdict.allowed:
+        return 0
+    if throttle.may_audit():
+        request.app.state.store.audit(name or "?", "login.throttled", None,
+                                      {"via": via, "from": address, "why": verdict.why,
+                                       "retry_after": verdict.retry_after})
+    return verdict.retry_after
 
 
 def set_session_cookie(request: Request, response, token: str) -> None:

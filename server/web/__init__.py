@@ -17,11 +17,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .live import get_broadcaster, live_listener
-from .pages import devices, incidents, login, reports, rollout, rooms, sites, users
+from .pages import devices, incidents, login, reports, rollout, rooms, sites, sso, users
 from .pages.base import LoginRedirect, error_page, to_login
 from .templating import STATIC_DIR
 
-PAGES = (login, sites, rooms, incidents, devices, rollout, reports, users)
+PAGES = (login, sso, sites, rooms, incidents, devices, rollout, reports, users)
 PUBLIC = frozenset().union(*(module.PUBLIC for module in PAGES))
 
 __all__ = ["install", "PUBLIC"]

@@ -666,3 +666,86 @@ def test_each_schools_digest_mails_only_its_own_recipients():
                                   "CLASSROOM_SMTP_TO_HILLTOP": "dsl@hilltop.example"})
     assert smtp.for_site(B).to == ("dsl@hilltop.example",) and smtp.for_site(B).enabled
     assert smtp.for_site(A).to == () and not smtp.for_site(A).enabled
+
+
+# --------------------------------------------------------------------------- the command line and serve
+
+
+def test_cli_manages_accounts_across_schools(tmp_path, capsys):
+    """user add/grant/revoke/disable/list: --site is needed once the database knows two schools."""
+    from server.rollout import Rollouts
+    from server.store import Store
+    from test_auth import run_cli
+
+    db = f"sqlite:///{tmp_path}/s.db"
+    pw = "a good long passphrase\n"
+    assert run_cli(["user", "add", "first", "--role", "dsl", "--db", db], stdin=pw) == 0  # no school known yet
+    store = Store.open(db)
+    try:
+        assert store.memberships("first") == {}  # serve gives it the one school when it starts
+        ro = Rollouts(store)
+        ro.publish(read_files(REPO / "config"), "cli", "first", site=A)
+        assert run_cli(["user", "add", "second", "--role", "teacher", "--db", db], stdin=pw) == 0
+        assert store.memberships("second") == {A: "teacher"}  # the one school the database knows
+        ro.publish(read_files(make_school_b(tmp_path)), "cli", "first", site=B)
+        assert run_cli(["user", "add", "third", "--role", "teacher", "--db", db], stdin=pw) == 1
+        assert "--site: this collector serves several schools (hilltop, penny-acres)" in capsys.readouterr().err
+        assert run_cli(["user", "add", "third", "--role", "teacher", "--site", B, "--db", db], stdin=pw) == 0
+        assert run_cli(["user", "grant", "third", "--role", "dsl", "--site", A, "--db", db]) == 0
+        assert run_cli(["user", "add", "it", "--role", "trust", "--sso-only", "--db", db]) == 0
+        assert run_cli(["user", "grant", "third", "--role", "trust", "--site", A, "--db", db]) == 1
+        assert store.memberships("third") == {A: "dsl", B: "teacher"} and store.memberships("it") == {"*": "trust"}
+        assert store.get_user("it")["password_hash"] == ""
+        assert run_cli(["user", "revoke", "third", "--site", B, "--db", db]) == 0
+        assert run_cli(["user", "disable", "third", "--db", db]) == 0
+        assert store.get_user("third")["disabled"] == 1 and store.memberships("third") == {A: "dsl"}
+        capsys.readouterr()
+        assert run_cli(["user", "list", "--site", A, "--db", db]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"third\s+penny-acres \(dsl\)\s+never\s+disabled", out)
+        assert "it " not in out and "first" not in out  # --site: that school's accounts only
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_serve_runs_two_schools_from_two_config_folders(tmp_path):
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from services import free_port, spawn, terminate, wait_until
+
+    cli = str(Path(sys.executable).parent / "classroom-server")
+    folder_b = make_school_b(tmp_path)
+    db = f"sqlite:///{tmp_path}/s.db"
+    same = subprocess_run([cli, "serve", "--config", str(REPO / "config"), "--config", str(REPO / "config"),
+                           "--db", db])
+    assert same.returncode == 1 and "site 'penny-acres' is already given by --config" in same.stderr
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = spawn([cli, "serve", "--config", str(REPO / "config"), "--config", str(folder_b), "--db", db,
+                  "--port", str(port), "--plain-http"], log_path=log, cwd=str(REPO))
+    try:
+        wait_until(lambda: "Uvicorn running" in log.read_text(), 30, message=lambda: log.read_text())
+        from server.store import Store
+
+        store = Store.open(db)
+        try:
+            add_staff(store, "b.dsl", "dsl", site=B)
+        finally:
+            store.close()
+        body = json.dumps({"username": "b.dsl", "password": "correct horse battery staple"}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/login", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            user = json.loads(r.read())["user"]
+        assert (user["site"], user["role"]) == (B, "dsl")
+    finally:
+        terminate(proc)
+
+
+def subprocess_run(argv):
+    import subprocess
+
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)

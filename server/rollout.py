@@ -52,6 +52,10 @@ MAX_FILES = 500
 MAX_AUDIT_DIFF = 200_000
 
 
+# publish(site=TREE_SITE): the site the published tree names (callers not acting for staff).
+TREE_SITE = object()
+
+
 class RolloutError(Exception):
     """A publish/rollback that cannot happen; ``errors`` are one line each."""
 
@@ -265,15 +269,19 @@ class Rollouts:
         return unified_diff(old_files, new_files, old or "empty", new)
 
     # ------------------------------------------------------------------ writing
-    def publish(self, files: dict[str, str], actor: str, why: str, *, site: str | None, name: str = "config",
-                kind: str = "publish") -> Published:
-        """Validate, store, audit and announce *site*'s tree; RolloutError (nothing changed) if bad."""
+    def publish(self, files: dict[str, str], actor: str, why: str, *, site: str | None | object = TREE_SITE,
+                name: str = "config", kind: str = "publish") -> Published:
+        """Validate, store, audit and announce *site*'s tree; RolloutError (nothing changed) if bad.
+        Staff-facing callers pass the site the technician works in; without one, the tree's
+        own site is taken (the server's own callers)."""
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why this change is made (it goes in the audit log)"])
         if len(why) > 2000:
             raise RolloutError(["why: keep it under 2000 characters"])
         tree, files = check_files(files, name)
+        if site is TREE_SITE:
+            site = tree.site.site
         if not site or tree.site.site != site:
             raise RolloutError([f"{name}/site.yaml: site: this tree is for site {tree.site.site!r}, but you are "
                                 f"working in {site or 'no school'!r}; switch to that school first"], status=403)
@@ -282,8 +290,9 @@ class Rollouts:
             raise RolloutError([f"{name}/{c}" for c in clashes], status=409)
         return self._record(tree, files, actor, why, kind)
 
-    def rollback(self, actor: str, why: str, *, site: str | None) -> Published:
-        """Re-publish the version that was live before *site*'s current one."""
+    def rollback(self, actor: str, why: str, *, site: str | None = None) -> Published:
+        """Re-publish the version that was live before *site*'s current one (no site: the
+        collector's one school)."""
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why you roll back (it goes in the audit log)"])
@@ -451,6 +460,15 @@ def _cli_session(args):
     if resp.status_code != 200:
         raise UserError(f"--server {base}: login as {user!r} refused (HTTP {resp.status_code})")
     session.headers["Authorization"] = f"Bearer {resp.json()['token']}"
+    site = getattr(args, "site", None)
+    if site:
+        # One school at a time: act in the one this tree (or --site) is for.
+        try:
+            switched = session.post(f"{base}/api/v1/site", json={"site": site}, timeout=30)
+        except requests.RequestException as exc:
+            raise UserError(f"--server {base}: {type(exc).__name__}") from None
+        if switched.status_code != 200:
+            raise UserError(f"site {site!r}: {user!r} does not work at that school on {base}")
     return session, base
 
 
@@ -480,7 +498,7 @@ def cli_publish(args) -> int:
     root = Path(args.dir)
     # Check locally first: the same file:line errors, without needing the server.
     try:
-        load_tree(root)
+        args.site = load_tree(root).site.site
     except ConfigInvalid as exc:
         return print_problems("classroom-server", exc.errors, args.dir, "publish refused; nothing was changed")
     try:
@@ -541,4 +559,5 @@ def add_cli(csub) -> None:
     p.set_defaults(func=cli_publish)
     p = csub.add_parser("rollback", help="go back to the version that was live before the current one")
     common(p)
+    p.add_argument("--site", metavar="SITE", help="the school whose config to roll back (if you work at several)")
     p.set_defaults(func=cli_rollback)

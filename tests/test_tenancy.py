@@ -67,6 +67,8 @@ SITE_SCOPE = {
     ("GET", "/"): "collector",
     ("GET", "/login"): "collector",
     ("POST", "/login"): "collector",
+    ("GET", "/auth/oidc/login"): "collector",
+    ("GET", "/auth/oidc/callback"): "collector",
     ("POST", "/api/v1/logout"): "caller",
     ("GET", "/api/v1/me"): "caller",
     ("POST", "/api/v1/site"): "caller",
@@ -749,3 +751,42 @@ def subprocess_run(argv):
     import subprocess
 
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_sign_on_flows_are_single_use_and_expire(store):
+    """The store side of single sign-on, on both backends: a flow is taken once, and not after it expires."""
+    later = iso(datetime.now(timezone.utc) + timedelta(minutes=10))
+    store.add_oidc_flow("s1", "b1", "n1", "v1", "/incidents", later)
+    store.add_oidc_flow("s2", "b2", "n2", "v2", None, iso(datetime.now(timezone.utc) - timedelta(seconds=1)))
+    flow = store.take_oidc_flow("s1")
+    assert (flow["browser_hash"], flow["nonce"], flow["code_verifier"], flow["next_path"]) == \
+        ("b1", "n1", "v1", "/incidents")
+    assert store.take_oidc_flow("s1") is None  # used
+    assert store.take_oidc_flow("s2") is None  # expired
+    assert store.count("oidc_flows") == 0
+
+
+def test_admin_disables_a_leaver_on_the_users_page(world):
+    """The access review: /users lists the school's accounts with their last sign-in; Disable
+    stops the account and ends its sessions; the form carries the CSRF token."""
+    from server.http.auth import start_session
+    from web_fixtures import form_client
+
+    store = world.store
+    token = start_session(store, STAFF["teacher"], "password")  # the teacher signed in once
+    client = form_client(world.app)
+    store.update_user(STAFF["admin"], password_hash=hash_password("correct horse battery staple"))
+    r = client.post("/login", data={"username": STAFF["admin"], "password": "correct horse battery staple"})
+    assert r.status_code == 303
+    page = client.get("/users").text
+    row = re.search(r'<tr id="user-m\.khan">(.*?)</tr>', page, re.S).group(1)
+    assert "password" in row and "never" not in row and "teacher" in row
+    assert "never" in re.search(rf'<tr id="user-{re.escape(DUAL)}">(.*?)</tr>', page, re.S).group(1)
+    assert B_ONLY not in page and B_STAFF["admin"] not in page
+    r = client.post(f"/users/{STAFF['teacher']}/change", data={"action": "disable"})
+    assert r.status_code == 303
+    assert store.get_user(STAFF["teacher"])["disabled"] == 1 and store.get_session(token_hash(token)) is None
+    assert store.memberships(STAFF["teacher"]) == {A: "teacher"}  # disabling is not a role change
+    r = client.post(f"/users/{STAFF['teacher']}/change", data={"action": "role", "role": "dsl"})
+    assert r.status_code == 303 and store.memberships(STAFF["teacher"]) == {A: "dsl"}
+    assert client.post(f"/users/{B_ONLY}/change", data={"action": "disable"}).status_code == 404

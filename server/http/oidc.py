@@ -55,7 +55,7 @@ from agent.config.yamlsrc import SourceError, load_yaml
 from agent.errors import UserError, problems_line
 
 from ..store import iso
-from .auth import ROLES, SCHOOL_ROLES, TRUST_ROLE, TRUST_SITE
+from .auth import ROLES, TRUST_ROLE, TRUST_SITE
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +307,8 @@ def sign_in(store, identity: Identity) -> None:
         raise OidcError("your account is not in any group that gives access here; ask your school's admin")
     row = store.get_user(identity.username)
     if row is None:
-        first = next(iter(identity.sites.values()))
-        store.add_user(identity.username, first if first in SCHOOL_ROLES or first == TRUST_ROLE else "teacher", "",
-                       identity.display_name)
+        # No password: this account signs in by single sign-on only.
+        store.add_user(identity.username, next(iter(identity.sites.values())), "", identity.display_name)
         row = store.get_user(identity.username)
     if row["disabled"]:
         raise OidcError("this account has been disabled; ask your school's admin")

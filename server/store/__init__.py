@@ -14,11 +14,14 @@ Where things are:
 * one module per group of tables, each a mixin of ``Store`` holding that table's SQL:
   events.py (events + the ingest batch), incidents.py (alert transitions, incidents,
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
-  staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
-  reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room).
+  staff.py (users, their schools and roles, sessions, sign-on flows), audit.py,
+  rollouts.py (config versions, rollouts per school), reports.py (report runs),
+  retention.py (purges), deliveries.py (escalation e-mails and webhooks with every
+  attempt, and the dashboard tabs watching a room).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
+record belongs to one school (a ``site`` column, or its device's or incident's); the
+methods staff-facing code uses take ``site=`` and return that school's rows only.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
 writer thread for SQLite); ``query`` reads on the calling thread.
 """

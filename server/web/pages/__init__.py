@@ -1,10 +1,12 @@
 """The dashboard's pages, one module per page family.
 
 login.py (the landing redirect, log in, log out), rooms.py (a teacher's rooms, the live
-room view and its event stream), office.py (the office board: every room's open alerts and
-live receivers), incidents.py (the DSL's incident records), devices.py (the technician's
-device list), rollout.py (publish, roll back, audit), reports.py (the weekly report),
-deliveries.py (escalation e-mails and webhooks, every attempt).  base.py has what they share: the ``page(...)`` role check and
+room view and its event stream), office.py (the office board: every room of the school
+with its open alerts and live receivers), incidents.py (the DSL's incident records),
+devices.py (the technician's device list), rollout.py (publish, roll back, audit),
+reports.py (the weekly report), deliveries.py (escalation e-mails and webhooks, every
+attempt), sites.py (choosing the school to work in, the trust overview), users.py (a
+school's staff accounts and their last sign-in).  base.py has what they share: the ``page(...)`` role check and
 ``render``.  Each module has ``router() -> APIRouter`` and ``PUBLIC`` (its routes anyone
 may call); server/web/__init__.py includes them in ``PAGES`` order.
 """

@@ -5,7 +5,8 @@ the SAME room ids ("5b" is in every primary school) and its own device ids; hill
 even lists penny-acres' teacher in its ``alert_staff``.  Hilltop holds a record of every
 kind (an incident the DSL has filled in, evidence, blocked lookups, a filtering check,
 device status, a dark device, an enrolment token, a published config version, audit
-entries, a staff account), each carrying canary strings.  Then every route of the app --
+entries, a staff account, an escalation e-mail with its attempt, a teacher client and a
+dashboard tab watching its 5b), each carrying canary strings.  Then every route of the app --
 enumerated from the app itself, so a route added later is covered without editing this
 file -- is called as every penny-acres role and the trust level, with hilltop's ids in its
 path and a body that would change something: no answer may contain a hilltop canary,
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.timeout(120)
 
 A, B = SITE, "hilltop"
 B_SCHOOL = "Hilltop Primary"
-B_STAFF = {"teacher": "b.teacher", "dsl": "b.dsl", "technician": "b.tech", "admin": "b.admin"}
+B_STAFF = {"teacher": "b.teacher", "dsl": "b.dsl", "technician": "b.tech", "admin": "b.admin", "office": "b.office"}
 B_ONLY = "b.only"           # an account of hilltop only: another school's admin must not manage it
 DUAL = "j.dual"             # dsl at penny-acres, teacher at hilltop (the site switcher)
 TRUST = "trust-it"          # the trust level
@@ -52,6 +53,10 @@ DEVICE_PASSWORDS = {A_DEVICE: "device-secret-a-1", B_DEVICE: "device-secret-b-1"
 B_CANARY_TEXT = ("CANARY-B-OUTCOME-91c", "CANARY-B-NOTE-91c", "canary-b-evidence-91c.example",
                  "canary-b-blocked-91c.example", "canary-b-check-91c.example")
 A_CANARY_TEXT = ("CANARY-A-OUTCOME-22d", "canary-a-blocked-22d.example")
+# Issue 13's records of hilltop: who an escalation went to (and its error), who watches its 5b.
+B_RECIPIENT = "canary-b-escalation-91c@hilltop.example"
+B_DELIVERY_ERROR = "CANARY-B-SMTP-ERROR-91c"
+B_WATCHER, B_VIEWER = "b.pager-91c", "b.tab-91c"
 
 # How each route is scoped (reviewed).  "collector": public, says nothing about any school;
 # "caller": about the caller alone (their session, their schools); "school": reads or
@@ -96,6 +101,7 @@ SITE_SCOPE = {
     ("POST", "/api/v1/users"): "school",
     ("PATCH", "/api/v1/users/{username}"): "school",
     ("GET", "/api/v1/audit"): "school",
+    ("GET", "/api/v1/deliveries"): "school",
     ("GET", "/api/v1/config/rollouts"): "school",
     ("POST", "/api/v1/config/rollouts"): "school",
     ("POST", "/api/v1/config/rollback"): "school",
@@ -105,6 +111,9 @@ SITE_SCOPE = {
     ("GET", "/rooms"): "school",
     ("GET", "/rooms/{room}"): "school",
     ("GET", "/rooms/{room}/events"): "school",
+    ("GET", "/office"): "school",
+    ("GET", "/office/events"): "school",
+    ("GET", "/deliveries"): "school",
     ("GET", "/incidents"): "school",
     ("GET", "/incidents/{incident_id}"): "school",
     ("POST", "/incidents/{incident_id}/update"): "school",
@@ -209,6 +218,18 @@ class World:
         from server.devices import create_enrol_token
 
         create_enrol_token(store, "hb-5b-pi-02", B_STAFF["technician"], self.tree_b)
+        # Escalation beyond the room and presence (issue 13): hilltop's 5b report was e-mailed
+        # (one failed attempt), a pager and a dashboard tab watch hilltop's 5b.
+        escalated = {"id": self.incident_b, "state": "escalated", "site": B, "room": "5b", "device": B_DEVICE}
+        [delivery] = store.add_deliveries(escalated, "escalated", [("email", B_RECIPIENT)])
+        store.record_attempt(delivery["id"], sent=False, error=B_DELIVERY_ERROR,
+                             next_attempt_at=iso(datetime.now(timezone.utc) + timedelta(hours=1)))
+        presence = self.app.state.presence
+        presence.viewer_seconds = 24 * 3600  # the tab stays live for the whole test
+        presence.listener("watch", protocol.parse_staff_topic(protocol.watch_topic(protocol.DEFAULT_PREFIX, B, "5b",
+                                                                                   B_WATCHER)),
+                          {"state": "watching", "ts": protocol.now_ts(), "client": "classroom-alerts"})
+        presence.viewer_seen(B, "5b", B_VIEWER)
         self.publisher.sent.clear()  # the publishes' reload-config commands
 
     def _school(self, site, room, device, outcome, blocked, dsl, note=None, evidence=None, check=None) -> str:
@@ -246,7 +267,8 @@ class World:
     def b_canaries(self) -> set[str]:
         """Strings that only hilltop's records contain."""
         return {*B_CANARY_TEXT, self.incident_b, B, B_SCHOOL, self.version_b, B_ONLY, "Only At Hilltop",
-                *B_STAFF.values(), *(d for d in self.tree_b.device_ids())}
+                *B_STAFF.values(), *(d for d in self.tree_b.device_ids()), B_RECIPIENT, B_DELIVERY_ERROR,
+                B_WATCHER, B_VIEWER}
 
     def b_params(self) -> dict[str, str]:
         """A hilltop value for every path parameter a route may have."""
@@ -260,15 +282,17 @@ class World:
         return {"incident": {k: v for k, v in incident.items() if k != "updated_at"},
                 "rollouts": store.list_rollouts(site=B), "users": store.list_users(site=B),
                 "tokens": store.list_enrol_tokens(site=B), "alerts": store.list_device_alerts(site=B),
+                "deliveries": store.list_deliveries(site=B),
                 "sessions": [store.memberships(n) for n in (B_ONLY, *B_STAFF.values())],
                 "cmds": [t for t in self.publisher.sent if f"/{B}/" in t]}
 
 
 @pytest.fixture
 def world(store, tmp_path, monkeypatch):
-    from server.web.pages import rooms
+    from server.web.pages import office, rooms
 
     monkeypatch.setattr(rooms, "STREAM_SECONDS", 0.2)  # a live stream ends by itself
+    monkeypatch.setattr(office, "STREAM_SECONDS", 0.2)
     return World(store, tmp_path)
 
 
@@ -435,6 +459,118 @@ def test_live_room_stream_carries_only_its_own_schools_alerts(world):
     assert a_alert["id"] in text and b_alert["id"] not in text
 
 
+def _sse_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_office_board_shows_its_own_school_only(world, monkeypatch):
+    """The office board of penny-acres: its own rooms, alerts and receivers; hilltop's open
+    5b report, its pager and its dashboard tab never appear, on the page or in the live
+    stream (alerts and presence of hilltop's 5b are not penny-acres' 5b)."""
+    from server.web.pages import office
+
+    monkeypatch.setattr(office, "STREAM_SECONDS", 3.0)  # long enough to hear what is sent below
+    fan_out = list(world.app.state.listeners)  # presence, then the live feed (as serve.py)
+    a_alert, b_alert = _alert(A, "1a", "1a-pi-01"), _alert(B, "5b", B_DEVICE)
+
+    def heard(kind, where, data):
+        for listener in fan_out:
+            listener(kind, where, data)
+
+    with TestClient(world.app, base_url="https://testserver") as client:
+        h = world.headers(STAFF["office"])
+        page = client.get("/office", headers=h).text
+        assert world.incident_a in page and world.incident_b not in page
+        assert B_WATCHER not in page and B_VIEWER not in page
+        b_page = client.get("/office", headers=world.headers(B_STAFF["office"])).text
+        assert world.incident_b in b_page and B_WATCHER in b_page and B_VIEWER in b_page  # the control
+        with client.stream("GET", "/office/events", headers=h) as stream:
+            lines = stream.iter_lines()
+            for line in lines:  # the whole board opens the stream
+                if line.startswith("event: board"):
+                    break
+            for alert in (b_alert, a_alert):
+                topic = protocol.topic(protocol.DEFAULT_PREFIX, alert["site"], alert["room"], alert["device"],
+                                       "alert")
+                heard("alert", protocol.parse_topic(topic), alert)
+            for site, room, who in ((B, "5b", "b.pager-2"), (A, "1a", "a.pager-1")):
+                topic = protocol.watch_topic(protocol.DEFAULT_PREFIX, site, room, who)
+                heard("watch", protocol.parse_staff_topic(topic), {"state": "watching", "ts": protocol.now_ts()})
+            text = "\n".join(lines)
+    events = _sse_events(text)
+    assert [d["id"] for k, d in events if k == "alert"] == [a_alert["id"]]
+    assert [(d["room"], [r["who"] for r in d["receivers"]]) for k, d in events if k == "room"] == \
+        [("1a", ["a.pager-1"])]
+    assert b_alert["id"] not in text and "b.pager-2" not in text and B_WATCHER not in text
+
+
+def test_escalations_go_to_each_schools_own_contacts(store, tmp_path):
+    """One notifier for two schools: each report is e-mailed to its own school's contacts
+    (hilltop's DSL never hears of penny-acres' reports, nor the reverse), in its own school's
+    name; a webhook limited to hilltop gets hilltop's only; a teacher watching penny-acres' 5b
+    does not make hilltop's 5b watched."""
+    import yaml
+
+    from notify_fixtures import CONTACT_EMAILS, notify_tree_dir
+    from server.notify import Notifier
+    from server.notify.settings import NotifySettings, Smtp, Webhook
+    from server.presence import Presence
+    from server.sites import Sites
+
+    folder_a = notify_tree_dir(tmp_path / "a", REPO)
+    folder_b = make_school_b(tmp_path)
+    site_b = folder_b / "site.yaml"
+    data = yaml.safe_load(site_b.read_text())
+    b_emails = {"dsl": "dsl@hilltop.test", "office": "office@hilltop.test"}
+    for contact in data["escalation"]["contacts"]:
+        contact["email"] = b_emails[contact["role"]]
+    site_b.write_text(yaml.safe_dump(data, sort_keys=False))
+    sites = Sites([load_tree(folder_a), load_tree(folder_b)])
+
+    class Channel:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, recipient, notice):
+            self.sent.append((recipient, notice.site, notice.school, notice.reason))
+
+    email, hooks = Channel(), Channel()
+    settings = NotifySettings(smtp=Smtp(host="127.0.0.1", port=25, starttls=False, sender="safety@trust.test"),
+                              webhooks=(Webhook("trust-all", "http://127.0.0.1:9/all"),
+                                        Webhook("hilltop-teams", "http://127.0.0.1:9/b", sites=(B,))))
+    school_time = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)  # a Tuesday in term, 10:00
+    presence = Presence(store, clock=lambda: school_time)
+    notifier = Notifier(store, settings, lambda: sites, presence, clock=lambda: school_time, email=email,
+                        webhooks=hooks)
+    watch = protocol.parse_staff_topic(protocol.watch_topic(protocol.DEFAULT_PREFIX, A, "5b", "m.khan"))
+    presence.listener("watch", watch, {"state": "watching", "ts": protocol.now_ts()})
+    a_raised, b_raised = _alert(A, "5b", A_DEVICE), _alert(B, "5b", B_DEVICE)
+    for alert in (a_raised, b_raised):
+        store.record_alert(alert)
+        notifier.listener("alert", None, alert)
+    notifier.run_once(school_time)
+    # Penny-acres' 5b is watched: nothing leaves.  Hilltop's 5b is not: its office and DSL at once.
+    assert store.list_deliveries(site=A) == []
+    assert sorted(email.sent) == sorted((addr, B, B_SCHOOL, "unwatched") for addr in b_emails.values())
+    assert sorted(hooks.sent) == [("hilltop-teams", B, B_SCHOOL, "unwatched"), ("trust-all", B, B_SCHOOL, "unwatched")]
+    email.sent.clear(), hooks.sent.clear()
+
+    a_escalated = {**a_raised, "state": "escalated", "ts": protocol.now_ts()}
+    store.record_alert(a_escalated)
+    notifier.listener("alert", None, a_escalated)
+    notifier.run_once(school_time)
+    assert sorted(r for r, *_ in email.sent) == sorted(CONTACT_EMAILS.values())
+    assert {(site, school) for _, site, school, _ in email.sent} == {(A, "Penny Acres Primary School")}
+    assert hooks.sent == [("trust-all", A, "Penny Acres Primary School", "escalated")]
+    assert {d["recipient"] for d in store.list_deliveries(site=B)} == {*b_emails.values(), "trust-all",
+                                                                       "hilltop-teams"}
+
+
 def test_switching_school_changes_everything_a_request_sees(world):
     """j.dual is the DSL at penny-acres and a teacher at hilltop: one school at a time."""
     with TestClient(world.app, base_url="https://testserver") as client:
@@ -466,12 +602,17 @@ def test_trust_level_sees_totals_and_health_not_records(world):
         assert health[B]["school"] == B_SCHOOL and health[B]["online"] == 1 and health[B]["dark"] == 1
         assert health[B]["incidents"] == 1 and health[B]["devices"] == len(world.tree_b.device_ids())
         assert health[A]["config_version"] == world.version_a and health[B]["config_version"] == world.version_b
+        # The office boards' totals: hilltop's 5b report is open and its 5b is watched; nobody
+        # watches a penny-acres room.  Counts only: no room, seat or watcher (checked below).
+        assert (health[A]["open_alerts"], health[B]["open_alerts"]) == (1, 1)
+        assert health[B]["unwatched_rooms"] == len(world.tree_b.rooms) - 1
+        assert health[A]["unwatched_rooms"] == len(world.tree_a.rooms)
         text = json.dumps(health) + client.get("/trust", headers=h).text
         for secret in (*B_CANARY_TEXT, *A_CANARY_TEXT, world.incident_a, world.incident_b, B_DEVICE, A_DEVICE,
-                       "Table 1", "Year 5 Beech", STAFF["teacher"]):
+                       "Table 1", "Year 5 Beech", STAFF["teacher"], B_WATCHER, B_VIEWER, B_RECIPIENT):
             assert secret not in text
         for path in ("/api/v1/incidents", "/api/v1/devices", "/api/v1/reports/weekly", "/api/v1/users",
-                     "/incidents", "/rooms"):
+                     "/incidents", "/rooms", "/office", "/office/events", "/deliveries", "/api/v1/deliveries"):
             assert client.get(path, headers=h).status_code == 403, path
         # Its audit log is the collector-wide one: failed logins, not a school's record.
         world.store.audit("nobody", "login.failed", None, {"via": "api"})

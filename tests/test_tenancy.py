@@ -623,6 +623,31 @@ def test_trust_level_sees_totals_and_health_not_records(world):
         assert b_dsl and all(e["site"] == B for e in b_dsl)
 
 
+def test_sign_ins_are_audited_in_their_accounts_school(world):
+    """A school's DSL sees its staff's sign-ins, failures and logouts; a name that is no
+    account stays collector-wide (the trust level's); another school sees none of them."""
+    store = world.store
+    password = "correct horse battery staple"
+    store.update_user(B_STAFF["teacher"], password_hash=hash_password(password))
+    with TestClient(world.app, base_url="https://testserver") as client:
+        assert client.post("/api/v1/login", json={"username": B_STAFF["teacher"], "password": "wrong"}).status_code == 401
+        r = client.post("/api/v1/login", json={"username": B_STAFF["teacher"], "password": password})
+        assert r.status_code == 200
+        client.post("/api/v1/logout", headers={"Authorization": f"Bearer {r.json()['token']}"})
+        assert client.post("/api/v1/login", json={"username": "no.such.person", "password": "x"}).status_code == 401
+
+        def actions(name):
+            return [(e["action"], e["actor"]) for e in client.get("/api/v1/audit", headers=world.headers(name)).json()
+                    if e["action"] in ("login", "login.failed", "logout")]
+
+        assert sorted(actions(B_STAFF["dsl"])) == sorted([("login.failed", B_STAFF["teacher"]),
+                                                         ("login", B_STAFF["teacher"]),
+                                                         ("logout", B_STAFF["teacher"])])
+        assert actions(STAFF["dsl"]) == []
+        assert ("login.failed", "no.such.person") in actions(TRUST)
+        assert B_STAFF["teacher"] not in json.dumps(actions(TRUST))
+
+
 def test_devices_fetch_their_own_schools_config(world):
     with TestClient(world.app, base_url="https://testserver") as client:
         r = client.get(f"/api/v1/devices/{B_DEVICE}/config", headers=world.headers(B_DEVICE))

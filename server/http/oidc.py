@@ -63,7 +63,7 @@ FLOW_COOKIE = "classroom_oidc"
 FLOW_PATH = "/auth/oidc"
 FLOW_MINUTES = 10
 # One role per school: when a person's groups give several at one school, the first here wins.
-ROLE_PRECEDENCE = ("dsl", "admin", "technician", "teacher")
+ROLE_PRECEDENCE = ("dsl", "admin", "technician", "teacher", "office")
 
 
 class OidcError(Exception):

@@ -1,8 +1,10 @@
 """The audit log over the API: read by the DSL and admins, written by everything else.
 
-Each school's DSL and admin read their own school's entries; entries that concern the
-collector as a whole (failed logins, throttling, purges without a school) are read by
-the trust level, and by the DSL and admin of a collector that serves one school only."""
+Each school's DSL and admin read their own school's entries (a sign-in or a failed one is
+its account's first school's, a logout the session's school's, an escalation given up the
+report's school's); entries that concern the collector as a whole (sign-ins of names that
+are no school's account, the trust level's own, purges without a school) are read by the
+trust level, and by the DSL and admin of a collector that serves one school only."""
 
 from __future__ import annotations
 

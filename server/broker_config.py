@@ -498,7 +498,7 @@ def record_device_logins(db_url: str, out: Path, accounts: dict[str, Account], t
                 continue
             store.set_device_credentials(name, hash_password(kept["password"]), by="broker-config",
                                          site=tree.site.site, room=rooms.get(name))
-            store.audit("cli", "device.credentials", name, {"by": "broker-config"})
+            store.audit("cli", "device.credentials", name, {"by": "broker-config"}, site=tree.site.site)
             recorded.append(name)
     finally:
         store.close()

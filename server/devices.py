@@ -12,6 +12,11 @@ server/ingest into ``devices.status``).  ``DarkChecker`` runs in the server: a d
 silent for more than ``site.dark_after_minutes`` while its room is in school hours
 (``effective_policy(...).in_school_hours``) raises a technician alert (dashboard/API)
 and an audit entry; the alert clears when the device is heard again.
+
+A collector may serve several schools (server/sites.py): a token is made for a device
+of the technician's own school's tree and remembers that site, enrolment answers with
+the device's own school's broker and collector, and the dark check runs over every
+school's tree, each alert and audit entry carrying its site.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from agent.config import effective_policy
 from agent.protocol import parse_ts
 
 from .http.auth import device_cache, hash_password, new_token, token_hash
+from .sites import trees_of
 from .store import Store, iso
 
 log = logging.getLogger(__name__)
@@ -56,17 +62,20 @@ def create_enrol_token(store: Store, device: str, actor: str, tree=None, hours: 
         raise EnrolError(f"device: {exc}") from None
     if tree is not None and device not in tree.device_ids():
         raise EnrolError(f"device: {device!r} is not in any room file of the live config")
+    site = tree.site.site if tree is not None else None
     if not 1 <= hours <= 24 * 30:
         raise EnrolError("hours: must be between 1 and 720")
     token = new_token()
     expires = (now or datetime.now(timezone.utc)) + timedelta(hours=hours)
-    store.add_enrol_token(token_hash(token), device, actor, iso(expires))
-    store.audit(actor, "enrol-token.create", device, {"expires_at": iso(expires)})
+    store.add_enrol_token(token_hash(token), device, actor, iso(expires), site=site)
+    store.audit(actor, "enrol-token.create", device, {"expires_at": iso(expires)}, site=site)
     return {"device": device, "token": token, "expires_at": iso(expires)}
 
 
 def enrol(store: Store, token: str, tree=None) -> dict:
-    """Exchange a one-time token for the device's credentials (returned once, never stored)."""
+    """Exchange a one-time token for the device's credentials (returned once, never stored).
+    *tree* is the live config tree, or every school's (server.sites.Sites): the device's
+    own school's is used."""
     if not isinstance(token, str) or not 16 <= len(token) <= 200:
         raise EnrolError("token: not valid")
     device = store.use_enrol_token(token_hash(token))
@@ -74,6 +83,8 @@ def enrol(store: Store, token: str, tree=None) -> dict:
         raise EnrolError("token: not valid, already used or expired; ask a technician for a new one")
     password = secrets.token_urlsafe(24)
     site = room = None
+    if tree is not None and hasattr(tree, "tree_for_device"):
+        tree = tree.tree_for_device(device)
     if tree is not None:
         try:
             room_obj, _ = tree.find_device(device)
@@ -86,7 +97,7 @@ def enrol(store: Store, token: str, tree=None) -> dict:
     store.set_device_credentials(device, hash_password(password), by="enrol-token", site=site, room=room,
                                  mqtt_hash=mosquitto_hash(password))
     device_cache.forget_device(device)
-    store.audit(f"device:{device}", "device.enrol", device, {"site": site, "room": room})
+    store.audit(f"device:{device}", "device.enrol", device, {"site": site, "room": room}, site=site)
     # site and room: what the device sends a press with before its first config arrives.
     result = {"device": device, "username": device, "password": password, "site": site, "room": room}
     if tree is not None:
@@ -108,6 +119,7 @@ class DarkChecker:
 
     def __init__(self, store: Store, tree_source: Callable[[], object], interval: float = 60.0,
                  on_alert: Callable[[dict], None] | None = None) -> None:
+        # tree_source(): the live tree, or every school's (an iterable of trees).
         self.store = store
         self.tree_source = tree_source
         self.interval = interval
@@ -117,10 +129,15 @@ class DarkChecker:
 
     def check(self, now: datetime | None = None) -> list[dict]:
         now = now or datetime.now(timezone.utc)
-        tree = self.tree_source()
-        if tree is None:
-            return []
+        raised: list[dict] = []
+        for tree in trees_of(self.tree_source()):
+            raised += self._check_site(tree, now)
+        return raised
+
+    def _check_site(self, tree, now: datetime) -> list[dict]:
+        site = tree.site.site
         limit = timedelta(minutes=tree.site.dark_after_minutes)
+        # Device ids are unique across schools: the tree says which are this school's.
         known = {row["id"]: row for row in self.store.list_devices()}
         raised = []
         for device in tree.device_ids():
@@ -130,7 +147,7 @@ class DarkChecker:
             silent = last is None or parse_ts(last) < now - limit
             if not silent:
                 if self.store.clear_device_alerts("dark", device):
-                    self.store.audit("system", "device.dark.cleared", device, {"last_seen": last})
+                    self.store.audit("system", "device.dark.cleared", device, {"last_seen": last}, site=site)
                 continue
             try:
                 in_hours = effective_policy(tree, device, now).in_school_hours
@@ -142,9 +159,10 @@ class DarkChecker:
             since = f"since {last}" if last else "and has never been heard from"
             message = (f"{device} in room {room_obj.room} has been silent for more than "
                        f"{tree.site.dark_after_minutes} minutes during school hours ({since})")
-            alert = self.store.raise_device_alert("dark", device, room_obj.room, message)
+            alert = self.store.raise_device_alert("dark", device, room_obj.room, message, site=site)
             if alert:
-                self.store.audit("system", "device.dark", device, {"last_seen": last, "room": room_obj.room})
+                self.store.audit("system", "device.dark", device, {"last_seen": last, "room": room_obj.room},
+                                 site=site)
                 log.warning("dark device: %s", message)
                 raised.append(alert)
                 if self.on_alert:

@@ -17,6 +17,10 @@ way.  So the collector keeps, per room, the receivers that are live:
   on the same database sees it; a tab counts for ``VIEWER_SECONDS`` after it was last seen
   (streams end every 20 s and reconnect at once, server/web/pages/rooms.py).
 
+Rooms are keyed by ``(site, room)`` everywhere: a collector may serve several schools
+(server/sites.py) and "5b" is a room in most of them, so a teacher watching one school's 5b
+says nothing about another's.  Every reading names its site.
+
 The office board (server/web/pages/office.py) is not a receiver for any room: it is what
 shows the rooms that have none.
 """
@@ -71,19 +75,19 @@ class Presence:
 
     # ------------------------------------------------------------------ reading
 
-    def receivers(self, site: str | None = None) -> dict[str, list[dict]]:
-        """``{room: [receiver, ...]}`` of rooms with a live receiver (of *site*, if given).
-        A receiver is ``{"kind": "client"|"dashboard", "who": staff, "client", "since"}``."""
+    def receivers(self, site: str) -> dict[str, list[dict]]:
+        """``{room: [receiver, ...]}`` of *site*'s rooms with a live receiver (one school's
+        rooms only: room ids repeat across schools).  A receiver is ``{"kind":
+        "client"|"dashboard", "who": staff, "client", "since"}``."""
         out: dict[str, list[dict]] = {}
         with self._lock:
             for (s, room), clients in self._clients.items():
-                if site is None or s == site:
+                if s == site:
                     out.setdefault(room, []).extend(dict(c) for c in clients.values())
         since = iso(self.clock() - timedelta(seconds=self.viewer_seconds))
-        for row in self.store.room_viewers(since):
-            if site is None or row["site"] == site:
-                out.setdefault(row["room"], []).append({"kind": "dashboard", "who": row["username"], "client": None,
-                                                        "since": row["seen_at"]})
+        for row in self.store.room_viewers(since, site=site):
+            out.setdefault(row["room"], []).append({"kind": "dashboard", "who": row["username"], "client": None,
+                                                    "since": row["seen_at"]})
         for receivers in out.values():
             receivers.sort(key=lambda r: (r["kind"], r["who"]))
         return out

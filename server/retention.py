@@ -7,6 +7,12 @@ purged, together with their timeline, notes and evidence), years for the audit l
 Every purge that deletes something is written to the audit log (actor ``system``), so
 a DPIA reviewer can see data really goes.  ``Retention.run(now)`` is one pass; the
 server calls it daily.  The DELETE statements are in server/store/retention.py.
+
+Each school sets its own periods: a collector serving several schools (server/sites.py)
+purges each school's rows by that school's ``site.yaml`` and audits each purge under
+that site; what belongs to no school (sessions, sign-on flows, collector-wide audit
+entries) goes by the longest period any school sets.  A collector serving one school
+purges every row by its one policy.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from .sites import trees_of
 from .store import Store, iso
 
 log = logging.getLogger(__name__)
@@ -37,44 +44,61 @@ class Retention:
         self._thread: threading.Thread | None = None
 
     def run(self, now: datetime | None = None) -> dict[str, int]:
-        """One purge pass; returns rows deleted per rule."""
-        tree = self.tree_source()
-        if tree is None:
+        """One purge pass; returns rows deleted per rule (summed over schools)."""
+        trees = trees_of(self.tree_source())
+        if not trees:
             return {}
-        r = tree.site.retention
         now = now or datetime.now(timezone.utc)
 
         def cutoff(days: int) -> str:
             return iso(now - timedelta(days=days))
 
-        done: dict[str, int] = {}
-        done["heartbeats"] = self.store.purge("heartbeats", cutoff(r.heartbeats_days))
-        done["blocked_events"] = self.store.purge_events(cutoff(r.blocked_days), types=SHORT_EVENT_TYPES)
-        done["audit_events"] = self.store.purge_events(cutoff(r.audit_days), types=AUDIT_EVENT_TYPES)
-        done["events"] = self.store.purge_events(
-            cutoff(r.events_days), except_types=SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES + AUDIT_EVENT_TYPES)
-        done["device_alerts"] = self.store.purge_cleared_device_alerts(cutoff(r.events_days))
-        done["sessions"] = self.store.purge("sessions", iso(now))
-        done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30))
-        done["audit"] = self.store.purge("audit", cutoff(r.audit_days))
-        # The school's own diligence (DfE standard): the export log, allowlist change log,
-        # reviews, check actions and test runs are kept as long as the audit log.
-        for table in ("exports", "allowlist_changes", "reviews", "check_actions", "filter_tests"):
-            done[table] = self.store.purge(table, cutoff(r.audit_days))
-        # IT queue items once done, and acceptable-use acceptances, as long as other events.
-        done["it_queue"] = self.store.purge("it_queue", cutoff(r.events_days))
-        done["aup_acceptances"] = self.store.purge("aup_acceptances", cutoff(r.events_days))
-        # Messages about guard events and failed checks belong to no incident: as long as the events.
-        done["notice_deliveries"] = self.store.purge_notice_deliveries(cutoff(r.events_days),
-                                                                       ("guard", "filter-check"))
-        if r.incidents_days:
-            done["incidents"] = self.store.purge_closed_incidents(cutoff(r.incidents_days), INCIDENT_EVENT_TYPES)
-        done = {k: v for k, v in done.items() if v}
+        total: dict[str, int] = {}
+        one_school = len(trees) == 1
+        for tree in trees:
+            site = None if one_school else tree.site.site
+            r = tree.site.retention
+            done: dict[str, int] = {}
+            done["heartbeats"] = self.store.purge("heartbeats", cutoff(r.heartbeats_days), site)
+            done["blocked_events"] = self.store.purge_events(cutoff(r.blocked_days), types=SHORT_EVENT_TYPES,
+                                                             site=site)
+            done["audit_events"] = self.store.purge_events(cutoff(r.audit_days), types=AUDIT_EVENT_TYPES, site=site)
+            done["events"] = self.store.purge_events(
+                cutoff(r.events_days), except_types=SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES + AUDIT_EVENT_TYPES,
+                site=site)
+            done["device_alerts"] = self.store.purge_cleared_device_alerts(cutoff(r.events_days), site)
+            done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30), site)
+            done["audit"] = self.store.purge("audit", cutoff(r.audit_days), site)
+            # The school's own diligence (DfE standard): the export log, allowlist change log,
+            # reviews, check actions and test runs are kept as long as the audit log.
+            for table in ("exports", "allowlist_changes", "reviews", "check_actions", "filter_tests"):
+                done[table] = self.store.purge(table, cutoff(r.audit_days), site)
+            # IT queue items once done, and acceptable-use acceptances, as long as other events.
+            done["it_queue"] = self.store.purge("it_queue", cutoff(r.events_days), site)
+            done["aup_acceptances"] = self.store.purge("aup_acceptances", cutoff(r.events_days), site)
+            # Messages about guard events and failed checks belong to no incident: as long as the events.
+            done["notice_deliveries"] = self.store.purge_notice_deliveries(cutoff(r.events_days),
+                                                                           ("guard", "filter-check"), site)
+            if r.incidents_days:
+                done["incidents"] = self.store.purge_closed_incidents(cutoff(r.incidents_days), INCIDENT_EVENT_TYPES,
+                                                                      site)
+            self._audit(done, tree.site.site, total)
+        # What belongs to no school.
+        done = {"sessions": self.store.purge("sessions", iso(now)),
+                "oidc_flows": self.store.purge("oidc_flows", iso(now))}
+        if not one_school:
+            longest = max(t.site.retention.audit_days for t in trees)
+            done["audit"] = self.store.purge_collector_audit(cutoff(longest))
+        self._audit(done, None, total)
+        if total:
+            log.info("retention: purged %s", ", ".join(f"{k}={v}" for k, v in total.items()))
+        return total
+
+    def _audit(self, done: dict[str, int], site: str | None, total: dict[str, int]) -> None:
         for rule, count in done.items():
-            self.store.audit("system", "retention.purge", rule, {"rows": count})
-        if done:
-            log.info("retention: purged %s", ", ".join(f"{k}={v}" for k, v in done.items()))
-        return done
+            if count:
+                self.store.audit("system", "retention.purge", rule, {"rows": count}, site=site)
+                total[rule] = total.get(rule, 0) + count
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)

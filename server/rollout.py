@@ -19,6 +19,12 @@ together with the ``config_version`` of their status/heartbeats.
 Rollback is one step: re-publish the version that was live before the current one, as a
 new rollout record (history is never rewritten).
 
+One config tree per school: a collector serving several schools (a trust) keeps a live
+version per site (``site.yaml`` ``site:``).  Publishing, rolling back, the history, the
+diffs and the per-room status all take the ``site`` the technician works in; a tree for
+another site is refused, and so is one that reuses another school's device id
+(server/sites.py).  A device fetches the compiled config of its own site's live tree.
+
 The SQL is in server/store/rollouts.py; ``config publish`` / ``config rollback`` (the
 technician's command line, through the API) are at the end of this module.
 """
@@ -45,6 +51,10 @@ log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 256 * 1024
 MAX_FILES = 500
 MAX_AUDIT_DIFF = 200_000
+
+
+# publish(site=TREE_SITE): the site the published tree names (callers not acting for staff).
+TREE_SITE = object()
 
 
 class RolloutError(Exception):
@@ -165,25 +175,52 @@ class Rollouts:
 
     def __init__(self, store, *, prefix: str = protocol.DEFAULT_PREFIX,
                  publish_cmd: Callable[[str, bytes, int, bool], Any] | None = None,
-                 on_live: Callable[[ConfigTree], Any] | None = None):
+                 on_live: Callable[[ConfigTree], Any] | None = None, sites=None):
         self.store = store
         self.prefix = prefix
         self.publish_cmd = publish_cmd
         self.on_live = on_live
+        self.sites = sites  # server.sites.Sites: the other schools' trees (device id clashes)
         # Called after each publish or rollback with (old_tree, new_tree, actor, why, kind,
-        # version, change): server/allowlist.py keeps the allowlist change log with it.
+        # version, change): server/allowlist.py keeps each school's allowlist change log with it.
         self.on_published: list[Callable[..., Any]] = []
         self._trees: dict[str, ConfigTree] = {}
         self._compiled: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
+        self._adopt_unsited()
+
+    def _adopt_unsited(self) -> None:
+        # Rollouts stored before tenancy have no site: their own tree says which it is.
+        for version in self.store.unsited_rollout_versions():
+            tree = self.tree(version)
+            if tree is not None:
+                self.store.set_rollout_site(version, tree.site.site)
 
     # ------------------------------------------------------------------ reading
-    def current(self) -> dict | None:
-        """The live rollout row (highest seq), or None before the first publish."""
-        return self.store.current_rollout()
+    def _site(self, site: str | None) -> str | None:
+        # No site named: the collector's one school (callers acting for staff always name one).
+        if site is None and self.sites is not None:
+            return self.sites.single()
+        return site
 
-    def history(self, limit: int = 200) -> list[dict]:
-        return self.store.list_rollouts(limit)
+    def current(self, site: str | None = None) -> dict | None:
+        """The live rollout row of *site* (highest seq), or None before its first publish."""
+        site = self._site(site)
+        return self.store.current_rollout(site) if site else None
+
+    def history(self, limit: int = 200, site: str | None = None) -> list[dict]:
+        site = self._site(site)
+        return self.store.list_rollouts(limit, site) if site else []
+
+    def live_trees(self) -> list[ConfigTree]:
+        """The live tree of every site that has had a rollout."""
+        trees = [self.tree(row["version"]) for _, row in sorted(self.store.live_rollouts().items())]
+        return [t for t in trees if t is not None]
+
+    def version_site(self, version: str) -> str | None:
+        """The site a published version is for (None if unknown)."""
+        tree = self.tree(version)
+        return tree.site.site if tree is not None else None
 
     def files(self, version: str) -> dict[str, str] | None:
         return self.store.config_files(version)
@@ -201,15 +238,16 @@ class Rollouts:
             self._trees[version] = tree
         return tree
 
-    def live_tree(self) -> ConfigTree | None:
-        row = self.current()
+    def live_tree(self, site: str | None = None) -> ConfigTree | None:
+        row = self.current(site)
         return self.tree(row["version"]) if row else None
 
-    def compiled(self, device: str) -> tuple[str, bytes] | None:
-        """(version, JSON body) of *device*'s compiled config from the live tree, or None.
+    def compiled(self, device: str, site: str | None) -> tuple[str, bytes] | None:
+        """(version, JSON body) of *device*'s compiled config from *site*'s live tree, or None
+        before that site's first publish.
 
         Raises KeyError if the live tree has no such device."""
-        row = self.current()
+        row = self.current(site)
         if row is None:
             return None
         version = row["version"]
@@ -225,32 +263,45 @@ class Rollouts:
                 self._compiled[key] = body
         return version, body
 
-    def diff(self, old: str | None, new: str) -> str:
-        new_files = self.files(new)
-        if new_files is None:
-            raise RolloutError([f"unknown version {new!r}"], status=404)
+    def diff(self, old: str | None, new: str, site: str | None) -> str:
+        """Unified diff between two of *site*'s versions (another site's version is unknown here)."""
+        for version in (old, new):
+            if version and self.version_site(version) != site:
+                raise RolloutError([f"unknown version {version!r}"], status=404)
+        new_files = self.files(new) or {}
         old_files = (self.files(old) or {}) if old else {}
         return unified_diff(old_files, new_files, old or "empty", new)
 
     # ------------------------------------------------------------------ writing
-    def publish(self, files: dict[str, str], actor: str, why: str, *, name: str = "config",
-                kind: str = "publish", change: dict | None = None) -> Published:
-        """Validate, store, audit and announce a tree; RolloutError (nothing changed) if bad.
-        *change*: the approved allowlist change this publish carries out (server/allowlist.py)."""
+    def publish(self, files: dict[str, str], actor: str, why: str, *, site: str | None | object = TREE_SITE,
+                name: str = "config", kind: str = "publish", change: dict | None = None) -> Published:
+        """Validate, store, audit and announce *site*'s tree; RolloutError (nothing changed) if bad.
+        Staff-facing callers pass the site the technician works in; without one, the tree's
+        own site is taken (the server's own callers).  *change*: the approved allowlist change
+        this publish carries out (server/allowlist.py)."""
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why this change is made (it goes in the audit log)"])
         if len(why) > 2000:
             raise RolloutError(["why: keep it under 2000 characters"])
         tree, files = check_files(files, name)
+        if site is TREE_SITE:
+            site = tree.site.site
+        if not site or tree.site.site != site:
+            raise RolloutError([f"{name}/site.yaml: site: this tree is for site {tree.site.site!r}, but you are "
+                                f"working in {site or 'no school'!r}; switch to that school first"], status=403)
+        clashes = self.sites.conflicts(tree) if self.sites is not None else []
+        if clashes:
+            raise RolloutError([f"{name}/{c}" for c in clashes], status=409)
         return self._record(tree, files, actor, why, kind, change)
 
-    def rollback(self, actor: str, why: str) -> Published:
-        """Re-publish the version that was live before the current one."""
+    def rollback(self, actor: str, why: str, *, site: str | None = None) -> Published:
+        """Re-publish the version that was live before *site*'s current one (no site: the
+        collector's one school)."""
         why = (why or "").strip() if isinstance(why, str) else ""
         if not why:
             raise RolloutError(["why: say why you roll back (it goes in the audit log)"])
-        current = self.store.current_rollout()
+        current = self.current(site)
         if current is None:
             raise RolloutError(["nothing has been published yet, so there is nothing to roll back"], status=409)
         target = current["previous"]
@@ -264,7 +315,7 @@ class Rollouts:
     def _record(self, tree: ConfigTree, files: dict[str, str], actor: str, why: str, kind: str,
                 change: dict | None = None) -> Published:
         version = tree.version
-        before = self.current()
+        before = self.current(tree.site.site)
         old_tree = self.tree(before["version"]) if before else None
         tree_json = json.dumps(tree.to_dict(), sort_keys=True, separators=(",", ":"))
         files_json = json.dumps(files, sort_keys=True)
@@ -282,7 +333,7 @@ class Rollouts:
 
         row = self.store.add_rollout(rollout_id=rollout_id, ts=now, version=version, tree_json=tree_json,
                                      files_json=files_json, kind=kind, actor=actor, why=why, devices=devices,
-                                     audit_details=audit_details)
+                                     site=tree.site.site, audit_details=audit_details)
         if row is None:
             raise RolloutError([f"version {version} is already live; nothing to publish"], status=409)
         published = Published(row["id"], row["seq"], version, row["previous"], kind, actor, why, devices, now)
@@ -320,16 +371,17 @@ class Rollouts:
         return sent
 
     # ------------------------------------------------------------------ per-room status
-    def status(self, rooms: list[str] | None = None) -> dict:
-        """Which version runs where, per room of the live tree."""
-        cur = self.current()
+    def status(self, site: str | None = None, rooms: list[str] | None = None) -> dict:
+        """Which version runs where, per room of *site*'s live tree."""
+        site = self._site(site)
+        cur = self.current(site)
         tree = self.tree(cur["version"]) if cur else None
         if tree is None:
-            return {"live": None, "rooms": [], "counts": {}}
+            return {"site": site, "live": None, "rooms": [], "counts": {}}
         live = cur["version"]
-        devices = {d["id"]: d for d in self.store.list_devices()}
-        last_events = self.store.latest_events(("config_applied", "config_rejected"))
-        last_applied = self.store.latest_events(("config_applied",))
+        devices = {d["id"]: d for d in self.store.list_devices(site=site)}
+        last_events = self.store.latest_events(("config_applied", "config_rejected"), site)
+        last_applied = self.store.latest_events(("config_applied",), site)
         counts = {"current": 0, "pending": 0, "rejected": 0}
         out_rooms = []
         for room_id, room in sorted(tree.rooms.items()):
@@ -361,7 +413,7 @@ class Rollouts:
                              "reason": _reason(data) if ev and ev["type"] == "config_rejected" else None})
             out_rooms.append({"room": room_id, "name": room.name, "key_stage": room.key_stage, "devices": rows,
                               "current": sum(1 for r in rows if r["state"] == "current")})
-        return {"live": live, "rollout": cur, "rooms": out_rooms, "counts": counts}
+        return {"site": site, "live": live, "rollout": cur, "rooms": out_rooms, "counts": counts}
 
 
 def _json(text: Any) -> dict:
@@ -421,6 +473,15 @@ def _cli_session(args):
     if resp.status_code != 200:
         raise UserError(f"--server {base}: login as {user!r} refused (HTTP {resp.status_code})")
     session.headers["Authorization"] = f"Bearer {resp.json()['token']}"
+    site = getattr(args, "site", None)
+    if site:
+        # One school at a time: act in the one this tree (or --site) is for.
+        try:
+            switched = session.post(f"{base}/api/v1/site", json={"site": site}, timeout=30)
+        except requests.RequestException as exc:
+            raise UserError(f"--server {base}: {type(exc).__name__}") from None
+        if switched.status_code != 200:
+            raise UserError(f"site {site!r}: {user!r} does not work at that school on {base}")
     return session, base
 
 
@@ -450,7 +511,7 @@ def cli_publish(args) -> int:
     root = Path(args.dir)
     # Check locally first: the same file:line errors, without needing the server.
     try:
-        load_tree(root)
+        args.site = load_tree(root).site.site
     except ConfigInvalid as exc:
         return print_problems("classroom-server", exc.errors, args.dir, "publish refused; nothing was changed")
     try:
@@ -546,6 +607,7 @@ def add_cli(csub) -> None:
     p.set_defaults(func=cli_publish)
     p = csub.add_parser("rollback", help="go back to the version that was live before the current one")
     common(p)
+    p.add_argument("--site", metavar="SITE", help="the school whose config to roll back (if you work at several)")
     p.set_defaults(func=cli_rollback)
     p = csub.add_parser("propose", help="propose a config tree as an allowlist change for the DSL to approve")
     p.add_argument("dir", metavar="DIR")

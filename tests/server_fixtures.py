@@ -58,13 +58,14 @@ def sqlite_store(tmp_path):
 _HASHES: dict[str, str] = {}
 
 
-def add_staff(store, username: str, role: str, password: str = PASSWORD) -> None:
+def add_staff(store, username: str, role: str, password: str = PASSWORD, site: str = SITE) -> None:
+    """An account with *role* at *site* (the example school; ``role="trust"``: the trust level)."""
     from server.http.auth import hash_password
 
     # argon2 is slow on purpose; one hash per password for the whole run.
     if password not in _HASHES:
         _HASHES[password] = hash_password(password)
-    store.add_user(username, role, _HASHES[password])
+    store.add_user(username, role, _HASHES[password], sites={"*" if role == "trust" else site: role})
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ def test_admin_manages_users(api):
     assert admin.post("/api/v1/users", json={"username": "b", "role": "teacher", "password": "short"}).status_code == 422
     r = admin.patch("/api/v1/users/a.jones", json={"role": "dsl", "password": "y" * 12})
     assert r.json()["changed"] == ["password", "role"]
-    assert store.get_user("a.jones")["role"] == "dsl"
+    assert store.memberships("a.jones") == {"penny-acres": "dsl"}  # the role is per school now
     audit = store.list_audit(action="user.change")[0]
     assert "y" * 12 not in audit["details"] and "***" in audit["details"]
     assert admin.patch("/api/v1/users/nobody", json={"role": "dsl"}).status_code == 404

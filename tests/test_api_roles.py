@@ -22,17 +22,21 @@ from server.http.auth import hash_password, token_hash
 from server.store import iso
 
 from server_fixtures import *  # noqa: F401,F403
-from server_fixtures import STAFF, make_alert
+from server_fixtures import SITE, STAFF, make_alert
 
 pytestmark = pytest.mark.timeout(60)
 
-ROLES = (None, "teacher", "dsl", "technician", "admin", "office", "device")
-T, D, TECH, A, O = "teacher", "dsl", "technician", "admin", "office"
+ROLES = (None, "teacher", "dsl", "technician", "admin", "office", "trust", "device")
+T, D, TECH, A, O, TR = "teacher", "dsl", "technician", "admin", "office", "trust"
+# The trust level's account (site "*"): every school's totals and health, no pupils' records.
+TRUST_USER = "trust-it"
 
 # The reviewed table for the core API (method, path) -> roles allowed.
 EXPECTED = {
-    ("POST", "/api/v1/logout"): {T, D, TECH, A, O},
-    ("GET", "/api/v1/me"): {T, D, TECH, A, O},
+    ("POST", "/api/v1/logout"): {T, D, TECH, A, O, TR},
+    ("GET", "/api/v1/me"): {T, D, TECH, A, O, TR},
+    ("POST", "/api/v1/site"): {T, D, TECH, A, O, TR},
+    ("GET", "/api/v1/trust/health"): {TR},
     ("GET", "/api/v1/incident-categories"): {T, D},
     ("GET", "/api/v1/incidents"): {T, D},
     ("GET", "/api/v1/incidents/{incident_id}"): {T, D},
@@ -50,7 +54,7 @@ EXPECTED = {
     ("GET", "/api/v1/users"): {A},
     ("POST", "/api/v1/users"): {A},
     ("PATCH", "/api/v1/users/{username}"): {A},
-    ("GET", "/api/v1/audit"): {D, A},
+    ("GET", "/api/v1/audit"): {D, A, TR},
     ("GET", "/api/v1/deliveries"): {D, A},
     # issue 15: the DSL's record
     ("POST", "/api/v1/concerns"): {T, D},
@@ -135,7 +139,8 @@ def _routes(app):
 def world(sqlite_store, app_factory):
     app = app_factory(sqlite_store, with_staff=False)
     for role, name in STAFF.items():
-        sqlite_store.add_user(name, role, "not-used")  # sessions are made directly below
+        sqlite_store.add_user(name, role, "not-used", sites={SITE: role})  # sessions are made directly below
+    sqlite_store.add_user(TRUST_USER, TR, "not-used", sites={"*": TR})
     alert = make_alert()
     sqlite_store.record_alert(alert)  # in room 5b, m.khan's room
     sqlite_store.set_device_credentials("5b-pi-01", hash_password("device-secret-1"), by="test")
@@ -148,7 +153,8 @@ def _headers(store, role):
     if role == "device":
         return {"Authorization": "Basic " + base64.b64encode(b"5b-pi-01:device-secret-1").decode()}
     token = uuid.uuid4().hex
-    store.add_session(token_hash(token), STAFF[role], iso(datetime.now(timezone.utc) + timedelta(hours=1)))
+    store.add_session(token_hash(token), TRUST_USER if role == TR else STAFF[role],
+                      iso(datetime.now(timezone.utc) + timedelta(hours=1)))
     return {"Authorization": f"Bearer {token}"}
 
 

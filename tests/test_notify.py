@@ -170,6 +170,7 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_audited(sqlite_store, not
     assert notifier.run_once(start + timedelta(seconds=600)) == 0
     audit = [a for a in sqlite_store.list_audit(limit=20) if a["action"] == "notify.failed"]
     assert len(audit) == 3 and all(a["target"] == alert["id"] for a in audit)
+    assert {a["site"] for a in audit} == {SITE}  # the report's school's DSL reads it, not only the trust level
 
 
 @pytest.mark.parametrize("text,expect", [
@@ -187,6 +188,8 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_audited(sqlite_store, not
     ("webhooks:\n  - {name: a, url: 'https://x.example/1', url_file: /etc/hostname}\n",
      "notify.yaml:2: webhooks[0]: give exactly one of url_file"),
     ("send: {escalated: yes please}\n", "notify.yaml:1: send.escalated:"),
+    ("webhooks:\n  - name: b\n    url: https://x.example/b\n    sites: [Hill Top]\n",
+     "notify.yaml:4: webhooks[0].sites"),
 ])
 def test_notify_file_errors_name_file_line_and_key(tmp_path, text, expect):
     from server.notify import load_notify
@@ -200,6 +203,27 @@ def test_notify_file_errors_name_file_line_and_key(tmp_path, text, expect):
     lines = [str(e).replace(str(tmp_path) + "/", "") for e in info.value.errors]
     assert any(line.startswith(expect) for line in lines), lines
     assert "not-a-url-but-maybe-a-secret" not in str(info.value)
+
+
+def test_a_webhook_limited_to_schools_gets_only_their_reports(tmp_path, notify_tree):
+    """webhooks[].sites (a trust's collector): that school's reports only; none: every school's.
+    notify check with another school's tree leaves it out, and serve warns about an unknown site."""
+    from server.notify import load_notify, unknown_webhook_sites
+    from server.notify.notifier import recipients_for
+
+    path = tmp_path / "notify.yaml"
+    path.write_text("webhooks:\n  - {name: all, url: 'https://x.example/1'}\n"
+                    "  - {name: hilltop-only, url: 'https://x.example/2', sites: [hilltop]}\n")
+    settings = load_notify(path)
+    assert settings.webhook("hilltop-only").sites == ("hilltop",) and settings.webhook("all").sites == ()
+    assert recipients_for(settings, notify_tree, "escalated") == [("webhook", "all")]
+    assert recipients_for(settings, None, "escalated", "hilltop") == [("webhook", "all"), ("webhook", "hilltop-only")]
+    # A tree of another school never gives its contacts to a report of this one.
+    assert recipients_for(settings, notify_tree, "escalated", "hilltop") == [("webhook", "all"),
+                                                                            ("webhook", "hilltop-only")]
+    assert unknown_webhook_sites(settings, ["penny-acres"]) == [
+        "webhooks: hilltop-only: sites: 'hilltop' is not a school this collector serves (penny-acres)"]
+    assert unknown_webhook_sites(settings, ["penny-acres", "hilltop"]) == []
 
 
 def test_notify_check_and_serve_refuse_a_bad_file_in_one_line(tmp_path, smtp_server, webhooks):

@@ -170,7 +170,7 @@ def test_device_list_shows_online_offline_dark_and_versions(app, sqlite_store):
     sqlite_store.record_status("penny-acres", "5b", "5b-pi-01", {"state": "online", "ts": protocol.now_ts(),
                                                                  "agent_version": "0.1.0", "config_version": "abc123"})
     sqlite_store.record_status("penny-acres", "5b", "5b-pi-02", {"state": "offline", "ts": protocol.now_ts()})
-    sqlite_store.raise_device_alert("dark", "1a-pi-01", "1a", "silent for 6 minutes")
+    sqlite_store.raise_device_alert("dark", "1a-pi-01", "1a", "silent for 6 minutes", site="penny-acres")
     page = form_login(app, "technician").get("/devices").text
     rows = dict(re.findall(r'<tr id="device-([a-z0-9-]+)">(.*?)</tr>', page, re.S))
     assert len(rows) == 6

@@ -1,8 +1,10 @@
 """What the routes share through ``app.state``, and the accessors they read it with.
 
 ``create_app`` (app.py) fills ``app.state`` with: ``store`` (server/store), ``settings``
-(app.Settings), ``tree`` (the live ConfigTree or None; a rollout replaces it),
-``rollouts`` (server/rollout.Rollouts), ``publisher`` (``(topic, payload_bytes, qos) ->
+(app.Settings), ``sites`` (server/sites.Sites: the live ConfigTree of each school; a
+rollout replaces one), ``tree`` (the live tree when the collector serves one school, else
+None: for code that is not acting for a staff member of one school), ``rollouts``
+(server/rollout.Rollouts), ``oidc`` (server/http/oidc.OidcLogin or None), ``publisher`` (``(topic, payload_bytes, qos) ->
 None`` that reaches the broker, or None), ``metrics`` (server.ingest.Metrics), ``ingest``
 (the Ingest worker or None), ``login_throttle`` (throttle.LoginThrottle) and ``listeners``
 (callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest) and
@@ -24,9 +26,21 @@ def store(request: Request) -> Store:
     return request.app.state.store
 
 
+def sites(request: Request):
+    """Every school's live tree (server/sites.Sites)."""
+    return request.app.state.sites
+
+
+def site(request: Request) -> str | None:
+    """The site the logged-in staff member acts in (set by ``auth.require``), or None."""
+    user = getattr(request.state, "user", None)
+    return user.site if user is not None else None
+
+
 def tree(request: Request):
-    """The live config tree, or None before one is loaded or published."""
-    return request.app.state.tree
+    """The live config tree of the school the staff member acts in, or None (no tree
+    loaded or published for it yet, the trust level, or no staff member)."""
+    return request.app.state.sites.tree(site(request))
 
 
 def rollouts(request: Request) -> Rollouts:
@@ -34,22 +48,23 @@ def rollouts(request: Request) -> Rollouts:
 
 
 def topic_prefix(app: FastAPI) -> str:
-    """The MQTT topic prefix: ``--prefix``, else the live tree's, else the protocol default."""
+    """The MQTT topic prefix: ``--prefix``, else the live trees' (one broker prefix for
+    every school of a collector), else the protocol default."""
     settings = getattr(app.state, "settings", None)
     if settings is not None and getattr(settings, "prefix", None):
         return settings.prefix
-    live = getattr(app.state, "tree", None)
-    return live.site.broker.prefix if live is not None else DEFAULT_PREFIX
+    live = app.state.sites.trees() if getattr(app.state, "sites", None) is not None else []
+    return live[0].site.broker.prefix if live else DEFAULT_PREFIX
 
 
 def site_and_timezone(request: Request) -> tuple[str, str]:
-    """The live tree's site id and school time zone (``("", "Europe/London")`` without a tree)."""
+    """The acting site and its school time zone (Europe/London before its tree is known)."""
     live = tree(request)
-    return (live.site.site, live.site.timezone) if live is not None else ("", "Europe/London")
+    return (site(request) or "", live.site.timezone if live is not None else "Europe/London")
 
 
 def presence(request: Request):
-    """Who is watching each room (server/presence.py)."""
+    """Who is watching each room, per school (server/presence.py)."""
     return request.app.state.presence
 
 

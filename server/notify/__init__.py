@@ -12,7 +12,7 @@ live in server/store/deliveries.py; who is watching a room in server/presence.py
 from .channels import DeliveryError, EmailChannel, WebhookChannel
 from .message import Notice
 from .notifier import Notifier
-from .settings import NotifySettings, load_notify, notify_warnings
+from .settings import NotifySettings, load_notify, notify_warnings, unknown_webhook_sites
 
 __all__ = ["DeliveryError", "EmailChannel", "Notice", "Notifier", "NotifySettings", "WebhookChannel", "load_notify",
-           "notify_warnings"]
+           "notify_warnings", "unknown_webhook_sites"]

@@ -17,8 +17,12 @@ records and retries as an escalation (the Notifier's thread sends them):
   to a webhook (a shared channel) and never to the DSL's contacts (policy 002 §8.2).  Says
   only that there is a concern and where to read it.
 
+Per school, like an escalation: each message goes to the contacts of the event's (or the
+incident's) own school, from its live tree, and to the webhooks that serve that school
+(``webhooks[].sites``); a school's DSL never hears of another school's guard events.
+
 ``EventNotices.listener`` goes on ingest's listeners (it only queues, on ingest's thread);
-``take(now, tree)`` runs on the Notifier's thread (server/notify/notifier.py ``sources``)
+``take(now, trees)`` runs on the Notifier's thread (server/notify/notifier.py ``sources``)
 and writes the deliveries; ``adult_concern`` is called by the routes.  What a message says
 is ``EventNotice`` (same interface as message.Notice: ``email``, ``payload``).
 """
@@ -37,6 +41,7 @@ from agent.protocol import parse_ts
 
 from ..localtime import local_long
 from ..reports.data import check_row
+from ..sites import tree_of_site
 from ..store import iso
 from .settings import NotifySettings
 
@@ -51,14 +56,18 @@ WHAT = {"bypass_process": "A bypass tool was started", "tamper": "Someone tamper
         "filter_check": "A filtering check failed"}
 
 
-def recipients(settings: NotifySettings, tree, reason: str) -> list[tuple[str, str]]:
-    """``[(channel, recipient)]`` for a message of *reason* (see the module docstring)."""
+def recipients(settings: NotifySettings, tree, reason: str, site: str | None = None) -> list[tuple[str, str]]:
+    """``[(channel, recipient)]`` for a message of *reason* about *site* (default: *tree*'s
+    site; *tree* must be that site's own), see the module docstring."""
+    site = site or (tree.site.site if tree is not None else None)
+    if tree is not None and site is not None and tree.site.site != site:
+        tree = None  # another school's tree: never its contacts
     out: list[tuple[str, str]] = []
     if settings.smtp is not None and tree is not None:
         out += [("email", c.email.strip().lower()) for c in tree.site.escalation.contacts
                 if c.email and c.role in ROLES[reason]]
     if reason != "adult-concern":
-        out += [("webhook", hook.name) for hook in settings.webhooks]
+        out += [("webhook", hook.name) for hook in settings.webhooks if hook.serves(site)]
     return list(dict.fromkeys(out))
 
 
@@ -93,13 +102,16 @@ class EventNotices:
 
     # ------------------------------------------------------------------ the notifier's thread
 
-    def take(self, now: datetime, tree=None) -> int:
-        """Queue deliveries for what arrived; returns how many messages were queued."""
+    def take(self, now: datetime, trees=None) -> int:
+        """Queue deliveries for what arrived; returns how many messages were queued.  *trees*:
+        one live tree or every school's (default ``tree_source()``); each event is told with
+        its own school's."""
         queued = 0
+        trees = trees if trees is not None else self.tree_source()
         while self._pending:
             event = self._pending.popleft()
             try:
-                queued += self.event(event, now, tree if tree is not None else self.tree_source())
+                queued += self.event(event, now, tree_of_site(trees, event.get("site")))
             except Exception:  # noqa: BLE001 - one bad event must not stop the others
                 log.exception("notify: could not queue a message for event %s", event.get("id"))
         return queued
@@ -123,7 +135,7 @@ class EventNotices:
         self._last[key] = now
         if len(self._last) > 10000:
             self._last = {k: v for k, v in self._last.items() if now - v < self.coalesce}
-        targets = recipients(self.settings, tree, reason)
+        targets = recipients(self.settings, tree, reason, key[0])
         if not targets:
             log.warning("notify: %s on %s: no contact or webhook to tell", etype, key[1])
             return 0
@@ -147,7 +159,8 @@ class EventNotices:
     def adult_concern(self, incident: dict, now: datetime | None = None) -> list[dict]:
         """Tell the headteacher contacts that a concern about an adult was recorded (once per incident)."""
         now = now or datetime.now(timezone.utc)
-        targets = recipients(self.settings, self.tree_source(), "adult-concern")
+        targets = recipients(self.settings, tree_of_site(self.tree_source(), incident["site"]), "adult-concern",
+                             incident["site"])
         if not targets:
             return []
         alert = {"id": incident["id"], "state": "adult-concern", "site": incident["site"],

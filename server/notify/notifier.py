@@ -4,10 +4,10 @@ Two triggers (both ingest listeners, after the transition is committed):
 
 * **escalated**: the device's own timer fired (nobody acknowledged within
   ``escalation.timeout_seconds``).  It goes to every escalation contact with an e-mail and
-  to every webhook, at any time of day.
+  to every webhook of its school, at any time of day.
 * **unwatched**: a ``raised`` in a room with no live receiver (server/presence.py) during
   school hours (site.yaml hours, terms, closures).  It goes at once to the contacts whose
-  role is dsl, deputy-dsl or office, and to every webhook, without waiting for the device's
+  role is dsl, deputy-dsl or office, and to every webhook of its school, without waiting for the device's
   timer.  Only a report the collector first heard of within that room's escalation timeout
   and that is still unanswered counts (a retained alert replayed at a restart is old news:
   the device's own escalation covers it).
@@ -22,6 +22,13 @@ it is marked failed (audit ``notify.failed``).  A collector that restarts picks 
 pending rows where they were: nothing is sent twice that was recorded as sent, and
 nothing floods (a row's next attempt time survives the restart).  A sweep every minute
 queues any escalation stored without its deliveries (a collector killed between the two).
+
+Per school: a collector may serve several (server/sites.py), so everything about an alert
+is decided with the live tree of the alert's own site: its contacts (a DSL of one school
+is never e-mailed about another's), its school hours, its rooms' timeouts, its time zone
+in the message.  A webhook goes to every school unless the notify file limits it
+(``webhooks[].sites``).  An alert of a school the collector has no tree for goes to the
+unlimited webhooks only.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Callable
 from agent.config import effective_policy
 from agent.protocol import parse_ts
 
+from ..sites import tree_of_site
 from ..store import iso
 from .channels import DeliveryError, EmailChannel, WebhookChannel, mask
 from .events import REASONS as EVENT_REASONS
@@ -96,12 +104,16 @@ class Notifier:
             self._triggers.append(dict(data))
             self._wake.set()
 
-    def recipients(self, reason: str, tree) -> list[tuple[str, str]]:
-        """``[(channel, recipient)]`` for a message of *reason*."""
-        return [r for r in recipients_for(self.settings, tree, reason) if r[0] in self.channels]
+    def tree_for(self, site: str | None):
+        """The live tree of *site* (``tree_source()`` gives one tree or every school's), or None."""
+        return tree_of_site(self.tree_source(), site)
+
+    def recipients(self, reason: str, tree, site: str | None = None) -> list[tuple[str, str]]:
+        """``[(channel, recipient)]`` for a message of *reason* about *site* (default: *tree*'s)."""
+        return [r for r in recipients_for(self.settings, tree, reason, site) if r[0] in self.channels]
 
     def _queue(self, alert: dict, reason: str, tree, now: datetime) -> list[dict]:
-        targets = self.recipients(reason, tree)
+        targets = self.recipients(reason, tree, alert.get("site"))
         if not targets:
             log.warning("notify: %s report %s in %s: no e-mail contact or webhook to send it to", reason,
                         alert.get("id"), alert.get("room"))
@@ -128,10 +140,10 @@ class Notifier:
         return not self.presence.is_watched(alert["site"], alert["room"])
 
     def _take_triggers(self, now: datetime) -> None:
-        tree = self.tree_source()
         while self._triggers:
             alert = self._triggers.popleft()
             try:
+                tree = self.tree_for(alert.get("site"))
                 if alert["state"] == "escalated" and self.settings.send_escalated:
                     self._queue(alert, "escalated", tree, now)
                 elif alert["state"] == "raised" and self._is_unwatched(alert, tree, now):
@@ -146,11 +158,11 @@ class Notifier:
         if not self.settings.send_escalated:
             return 0
         now = now or self.clock()
-        tree = self.tree_source()
-        if not self.recipients("escalated", tree):
-            return 0  # nobody to tell: the listener already said so once per escalation
         count = 0
         for alert in self.store.escalated_without_deliveries(iso(now - SWEEP_WINDOW)):
+            tree = self.tree_for(alert["site"])
+            if not self.recipients("escalated", tree, alert["site"]):
+                continue  # nobody to tell: the listener already said so once per escalation
             if self._queue(alert, "escalated", tree, now):
                 count += 1
         return count
@@ -181,7 +193,7 @@ class Notifier:
         try:
             if channel is None:
                 raise DeliveryError(f"no {delivery['channel']} channel in the notify file any more")
-            channel.send(delivery["recipient"], self._notice(delivery, self.tree_source()))
+            channel.send(delivery["recipient"], self._notice(delivery, self.tree_for(delivery["site"])))
         except DeliveryError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the delivery: record and retry
@@ -201,7 +213,7 @@ class Notifier:
             log.error("notify: gave up on %s after %d attempts: %s", label, attempts, error)
             self.store.audit("system", "notify.failed", delivery["alert_id"],
                              {"channel": delivery["channel"], "recipient": delivery["recipient"],
-                              "attempts": attempts, "error": error})
+                              "attempts": attempts, "error": error}, site=delivery["site"])
         else:
             log.warning("notify: %s failed (attempt %d, next in %.0fs): %s", label, attempts, wait, error)
         return record
@@ -275,16 +287,20 @@ class Notifier:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def recipients_for(settings: NotifySettings, tree, reason: str) -> list[tuple[str, str]]:
-    """``[(channel, recipient)]``: the escalation contacts with an e-mail whose role suits
-    *reason* (every contact for ``escalated``; dsl, deputy-dsl and office for ``unwatched``),
-    then every webhook."""
+def recipients_for(settings: NotifySettings, tree, reason: str, site: str | None = None) -> list[tuple[str, str]]:
+    """``[(channel, recipient)]`` for a message about a report of *site* (default: *tree*'s
+    site; *tree* must be that site's own): the escalation contacts in *tree* with an e-mail
+    whose role suits *reason* (every contact for ``escalated``; dsl, deputy-dsl and office for
+    ``unwatched``), then every webhook for that school (``sites`` empty, or naming it)."""
     out: list[tuple[str, str]] = []
+    site = site or (tree.site.site if tree is not None else None)
+    if tree is not None and site is not None and tree.site.site != site:
+        tree = None  # another school's tree: never its contacts
     if settings.smtp is not None and tree is not None:
         roles = ESCALATED_ROLES if reason == "escalated" else UNWATCHED_ROLES
         out += [("email", c.email.strip().lower()) for c in tree.site.escalation.contacts
                 if c.email and c.role in roles]
-    out += [("webhook", hook.name) for hook in settings.webhooks]
+    out += [("webhook", hook.name) for hook in settings.webhooks if hook.serves(site)]
     return list(dict.fromkeys(out))
 
 

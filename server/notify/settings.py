@@ -22,6 +22,8 @@ and ``serve --notify`` both go through ``load_notify``.
       from: Classroom safety <classroom-safety@penny-acres.sch.uk>
     webhooks:
       - {name: office-teams, url_file: /etc/classroom-server/office-teams.url, format: teams}
+      # A trust's collector: a school's own channel gets that school's reports only.
+      - {name: hilltop-teams, url_file: /etc/classroom-server/hilltop.url, format: teams, sites: [hilltop]}
     send: {escalated: true, unwatched: true}
     retry: {max_interval_seconds: 300, give_up_after_minutes: 720}
 """
@@ -65,11 +67,18 @@ class WebhookModel(Model):
         "incoming webhook ({text}); json: the plain fields.")
     ca_file: str | None = Field(default=None, description="CA certificate for the receiver's TLS, if not a public CA.")
     timeout_seconds: float = Field(default=10, ge=1, le=120, description="Give up one attempt after this long.")
+    sites: list[str] = Field(default=[], max_length=200, description="Only these schools' reports (site ids, "
+                             "site.yaml site:); empty: every school the collector serves.")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return check_id(value)
+
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, value: list[str]) -> list[str]:
+        return [check_id(site) for site in value]
 
 
 class SendModel(Model):
@@ -119,9 +128,14 @@ class Webhook:
     format: str = "json"
     ca_file: str | None = None
     timeout: float = 10.0
+    sites: tuple[str, ...] = ()  # empty: every school's reports
 
     def __repr__(self) -> str:  # the URL is the secret
         return f"Webhook(name={self.name!r}, format={self.format!r}, url=***)"
+
+    def serves(self, site: str | None) -> bool:
+        """Does a report of *site* go to this webhook?"""
+        return not self.sites or site in self.sites
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -220,7 +234,8 @@ def load_notify(path: str | Path) -> NotifySettings:
                 continue
         if w.ca_file and not Path(w.ca_file).is_file():
             problem(("webhooks", i, "ca_file"), f"{w.ca_file}: no such file")
-        hooks.append(Webhook(name=w.name, url=url, format=w.format, ca_file=w.ca_file, timeout=w.timeout_seconds))
+        hooks.append(Webhook(name=w.name, url=url, format=w.format, ca_file=w.ca_file, timeout=w.timeout_seconds,
+                             sites=tuple(w.sites)))
     if errors:
         raise ConfigInvalid(errors)
     return NotifySettings(path=str(path), smtp=smtp, webhooks=tuple(hooks), dashboard_url=model.dashboard_url,
@@ -241,7 +256,17 @@ def notify_warnings(settings: NotifySettings, tree) -> list[str]:
                    "they get no escalation e-mails")
     if settings.smtp is None and not settings.webhooks:
         out.append("no smtp and no webhooks: escalations reach nobody beyond the room")
+    elif tree is not None and not settings.smtp and not any(w.serves(tree.site.site) for w in settings.webhooks):
+        out.append(f"no smtp and no webhook for site {tree.site.site!r} (webhooks[].sites): its escalations "
+                   "reach nobody beyond the room")
     if tree is None:
         out.append("no config tree: e-mail recipients come from site.yaml escalation.contacts, so only "
                    "webhooks are used")
     return out
+
+
+def unknown_webhook_sites(settings: NotifySettings, sites: list[str]) -> list[str]:
+    """Warnings for webhooks limited to a site the collector does not serve (a typo there
+    means that school's reports never reach the webhook)."""
+    return [f"webhooks: {w.name}: sites: {site!r} is not a school this collector serves ({', '.join(sites)})"
+            for w in settings.webhooks for site in w.sites if site not in sites]

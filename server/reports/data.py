@@ -252,10 +252,11 @@ def check_row(row: dict) -> dict:
 
 
 def collect(store, week: Week, site: str | None = None, *, top: int = TOP_DOMAINS) -> Report:
-    """Read the week's rows from the store and build the report."""
-    blocked = store.blocked_between(week.start_ts, week.end_ts)
-    checks = store.filter_checks_between(week.start_ts, week.end_ts)
-    incidents = store.incidents_raised_between(week.start_ts, week.end_ts)
+    """Read the week's rows of *site* (one school's; None or "": every row) from the store
+    and build the report."""
+    blocked = store.blocked_between(week.start_ts, week.end_ts, site or None)
+    checks = store.filter_checks_between(week.start_ts, week.end_ts, site or None)
+    incidents = store.incidents_raised_between(week.start_ts, week.end_ts, site or None)
     guard = store.guard_counts_between(site or None, week.start_ts, week.end_ts)
     actions = store.check_actions_for(site or "", [c["id"] for c in checks if c.get("id")])
     return build(week, site or "", blocked, incidents, checks, top=top, guard_rows=guard, check_actions=actions)

@@ -4,6 +4,11 @@
 to the reports dir on Monday morning, once (``report_runs`` in the store remembers), and
 e-mailed only if SMTP is configured (``CLASSROOM_SMTP_*``).  ``DigestScheduler`` is the
 background thread ``classroom-server serve`` runs.
+
+A collector serving several schools writes one digest per school, each from that
+school's rows only, into ``REPORTS_DIR/SITE/``, and e-mails it only to that school's
+``CLASSROOM_SMTP_TO_SITE`` list (the site id in capitals, ``-`` as ``_``): one school's
+digest never goes to another school's recipients.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from agent.errors import UserError
 from agent.files import atomic_write
 from agent.protocol import now_ts
 
+from ..sites import trees_of
 from .data import Week, collect, for_role
 from .render import render_csv, render_html
 
@@ -45,6 +51,14 @@ class SmtpSettings:
     username: str | None = None
     password: str | None = None
     starttls: bool = False
+    # {site: recipients} from CLASSROOM_SMTP_TO_<SITE>, for a collector of several schools.
+    site_to: dict = None  # type: ignore[assignment]
+
+    def for_site(self, site: str) -> "SmtpSettings":
+        """These settings sending to *site*'s own recipients only (none set: not e-mailed)."""
+        from dataclasses import replace
+
+        return replace(self, to=tuple((self.site_to or {}).get(site, ())), site_to=None)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "SmtpSettings":
@@ -55,7 +69,10 @@ class SmtpSettings:
         except ValueError:
             raise SmtpConfigError(f"CLASSROOM_SMTP_PORT: {env.get('CLASSROOM_SMTP_PORT')!r} is not a port number") \
                 from None
-        return cls(host=env.get("CLASSROOM_SMTP_HOST") or None, port=port,
+        site_to = {key[len("CLASSROOM_SMTP_TO_"):].lower().replace("_", "-"):
+                   tuple(a.strip() for a in value.split(",") if a.strip())
+                   for key, value in env.items() if key.startswith("CLASSROOM_SMTP_TO_")}
+        return cls(site_to=site_to, host=env.get("CLASSROOM_SMTP_HOST") or None, port=port,
                    sender=env.get("CLASSROOM_SMTP_FROM", cls.sender), to=to,
                    username=env.get("CLASSROOM_SMTP_USER") or None,
                    password=env.get("CLASSROOM_SMTP_PASSWORD") or None,
@@ -100,10 +117,12 @@ def send_email(smtp: SmtpSettings, subject: str, html: str, csv_text: str, filen
 
 
 def run_digest(store, reports_dir: str | Path, *, now: datetime | None = None, tz: str = "Europe/London",
-               site: str = "", smtp: SmtpSettings | None = None, smtp_class=smtplib.SMTP) -> Path | None:
-    """Write (and maybe e-mail) the digest if one is due; returns the HTML path or None."""
+               site: str = "", smtp: SmtpSettings | None = None, smtp_class=smtplib.SMTP,
+               folder: str | None = None) -> Path | None:
+    """Write (and maybe e-mail) *site*'s digest if one is due, into *reports_dir* (or its
+    subfolder *folder*); returns the HTML path or None."""
     now = now or datetime.now(timezone.utc)
-    done = store.report_weeks_done()
+    done = store.report_weeks_done(site)
     week = due_week(now, tz, done)
     if week is None:
         return None
@@ -111,7 +130,7 @@ def run_digest(store, reports_dir: str | Path, *, now: datetime | None = None, t
     # is the technician's view (no incident counts by category or status; data.for_role).
     report = for_role(collect(store, week, site), "technician")
     html, csv_text = render_html(report), render_csv(report)
-    out = Path(reports_dir)
+    out = Path(reports_dir) / folder if folder else Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"weekly-{week.key}.html"
     atomic_write(path, html, 0o640)
@@ -125,7 +144,7 @@ def run_digest(store, reports_dir: str | Path, *, now: datetime | None = None, t
         except (OSError, smtplib.SMTPException) as exc:
             # The file is written either way; a mail outage must not lose the digest.
             log.warning("weekly digest %s: e-mail failed (%s); written to %s", week.key, exc, path)
-    store.add_report_run(week.key, now_ts(now), str(path), bool(emailed))
+    store.add_report_run(week.key, now_ts(now), str(path), bool(emailed), site)
     log.info("weekly digest %s written to %s%s", week.key, path, " and e-mailed" if emailed else "")
     return path
 
@@ -148,10 +167,20 @@ class DigestScheduler:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> Path | None:
-        tree = self.tree_getter()
-        tz = tree.site.timezone if tree is not None else "Europe/London"
-        site = tree.site.site if tree is not None else ""
-        return run_digest(self.store, self.reports_dir, now=self.clock(), tz=tz, site=site, smtp=self.smtp)
+        """One check; the last digest written (of any school), or None."""
+        trees = trees_of(self.tree_getter())
+        if len(trees) <= 1:
+            tree = trees[0] if trees else None
+            tz = tree.site.timezone if tree is not None else "Europe/London"
+            site = tree.site.site if tree is not None else ""
+            return run_digest(self.store, self.reports_dir, now=self.clock(), tz=tz, site=site, smtp=self.smtp)
+        written = None
+        for tree in trees:
+            site = tree.site.site
+            smtp = self.smtp.for_site(site) if self.smtp is not None else None
+            written = run_digest(self.store, self.reports_dir, now=self.clock(), tz=tree.site.timezone, site=site,
+                                 smtp=smtp, folder=site) or written
+        return written
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -14,15 +14,18 @@ Where things are:
 * one module per group of tables, each a mixin of ``Store`` holding that table's SQL:
   events.py (events + the ingest batch), incidents.py (alert transitions, incidents,
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
-  staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
-  reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room), unblock.py (pupils'
-  "Ask my teacher" requests and the teacher's answers); the DSL's record (issue 15):
-  concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's events),
-  allowlist.py (allowlist change requests), exports.py (the export log), reviews.py (annual
-  reviews, check actions, test-filtering runs), aup.py (acceptable use per pupil per term).
+  staff.py (users, their schools and roles, sessions, sign-on flows), audit.py,
+  rollouts.py (config versions, rollouts per school), reports.py (report runs, the term
+  report's figures), retention.py (purges), deliveries.py (escalation e-mails and webhooks
+  with every attempt, and the dashboard tabs watching a room), unblock.py (pupils' "Ask my
+  teacher" requests and the teacher's answers); the DSL's record (issue 15): concerns.py
+  (staff-logged concerns, the IT queue), guard.py (the guard's events), allowlist.py
+  (allowlist change requests), exports.py (the export log), reviews.py (annual reviews,
+  check actions, test-filtering runs), aup.py (acceptable use per pupil per term).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
+record belongs to one school (a ``site`` column, or its device's or incident's); the
+methods staff-facing code uses take ``site=`` and return that school's rows only.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
 writer thread for SQLite); ``query`` reads on the calling thread.
 """

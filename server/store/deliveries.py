@@ -98,11 +98,12 @@ class DeliveriesTable:
         self.write(run)
         return attempt
 
-    def list_deliveries(self, *, alert_id: str | None = None, status: str | None = None,
+    def list_deliveries(self, *, site: str | None = None, alert_id: str | None = None, status: str | None = None,
                         since: str | None = None, limit: int = 200) -> list[dict]:
-        """Deliveries, newest first, each with its ``attempts`` (oldest first)."""
+        """Deliveries of *site* (staff-facing callers always give it), newest first, each with
+        its ``attempt_log`` (oldest first)."""
         where, params = [], []
-        for column, value in (("alert_id", alert_id), ("status", status)):
+        for column, value in (("site", site), ("alert_id", alert_id), ("status", status)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -149,7 +150,10 @@ class DeliveriesTable:
                      "ON CONFLICT (site, room, username) DO UPDATE SET seen_at = excluded.seen_at",
                      (site, room, username, now or utcnow()))
 
-    def room_viewers(self, since: str) -> list[dict]:
-        """``{site, room, username, seen_at}`` of every tab seen since *since*."""
-        return self.query("SELECT site, room, username, seen_at FROM room_viewers WHERE seen_at >= ? "
-                          "ORDER BY room, username", (since,))
+    def room_viewers(self, since: str, site: str | None = None) -> list[dict]:
+        """``{site, room, username, seen_at}`` of every tab (of *site*'s rooms, if given) seen since *since*."""
+        if site is None:
+            return self.query("SELECT site, room, username, seen_at FROM room_viewers WHERE seen_at >= ? "
+                              "ORDER BY site, room, username", (since,))
+        return self.query("SELECT site, room, username, seen_at FROM room_viewers WHERE site = ? AND seen_at >= ? "
+                          "ORDER BY room, username", (site, since))

@@ -74,9 +74,15 @@ class DevicesTable:
     def get_device(self, device: str) -> dict | None:
         return self.query_one("SELECT * FROM devices WHERE id = ?", (device,))
 
-    def list_devices(self, rooms: Sequence[str] | None = None) -> list[dict]:
-        rows = self.query("SELECT id, site, room, enrolled_at, enrolled_by, status, status_ts, agent_version, "
-                          "config_version, last_seen, last_heartbeat FROM devices ORDER BY room, id")
+    def list_devices(self, rooms: Sequence[str] | None = None, site: str | None = None) -> list[dict]:
+        """Registry rows (no hashes); with *site*, that school's only (and with *rooms*,
+        only those rooms: room ids are a school's own, so they mean nothing without it)."""
+        sql = ("SELECT id, site, room, enrolled_at, enrolled_by, status, status_ts, agent_version, "
+               "config_version, last_seen, last_heartbeat FROM devices")
+        params: tuple = ()
+        if site is not None:
+            sql, params = sql + " WHERE site = ?", (site,)
+        rows = self.query(sql + " ORDER BY room, id", params)
         if rooms is not None:
             rows = [r for r in rows if r["room"] in rooms]
         for row in rows:
@@ -87,6 +93,30 @@ class DevicesTable:
         """For /metrics: devices ``online``, ``known`` and open technician alerts (``alerts_open``)."""
         return {"online": self.count("devices", "status = ?", ("online",)), "known": self.count("devices"),
                 "alerts_open": self.count("device_alerts", "cleared_at IS NULL")}
+
+    def site_health(self, open_since: str | None = None) -> dict[str, dict[str, int]]:
+        """Per school: devices ``known``, ``online`` and ``dark`` (an open dark alert),
+        incidents raised in all, and ``open_alerts`` (raised since *open_since*, not yet
+        cleared and not a logged concern, as the office board counts them): counts only, the trust level's view."""
+        out: dict[str, dict[str, int]] = {}
+
+        def row(site):
+            return out.setdefault(site, {"known": 0, "online": 0, "dark": 0, "incidents": 0, "open_alerts": 0})
+
+        for r in self.query("SELECT site, COUNT(*) AS n, SUM(CASE WHEN status = 'online' THEN 1 ELSE 0 END) AS up "
+                            "FROM devices WHERE site IS NOT NULL GROUP BY site"):
+            row(r["site"]).update(known=int(r["n"]), online=int(r["up"] or 0))
+        for r in self.query("SELECT site, COUNT(DISTINCT device) AS n FROM device_alerts "
+                            "WHERE kind = 'dark' AND cleared_at IS NULL AND site IS NOT NULL GROUP BY site"):
+            row(r["site"])["dark"] = int(r["n"])
+        for r in self.query("SELECT site, COUNT(*) AS n FROM incidents GROUP BY site"):
+            row(r["site"])["incidents"] = int(r["n"])
+        if open_since is not None:
+            # Not a concern staff logged by hand (alert_state 'logged'): no press to answer.
+            for r in self.query("SELECT site, COUNT(*) AS n FROM incidents WHERE alert_state NOT IN "
+                                "('cleared', 'logged') AND raised_at >= ? GROUP BY site", (open_since,)):
+                row(r["site"])["open_alerts"] = int(r["n"])
+        return out
 
     # ------------------------------------------------------------------ enrolment
 
@@ -107,9 +137,10 @@ class DevicesTable:
         rows = self.query("SELECT id, mqtt_hash FROM devices WHERE mqtt_hash IS NOT NULL")
         return {r["id"]: r["mqtt_hash"] for r in rows}
 
-    def add_enrol_token(self, token_hash: str, device: str, created_by: str, expires_at: str) -> None:
-        self.execute("INSERT INTO enrol_tokens (token_hash, device, created_by, created_at, expires_at) "
-                     "VALUES (?, ?, ?, ?, ?)", (token_hash, device, created_by, utcnow(), expires_at))
+    def add_enrol_token(self, token_hash: str, device: str, created_by: str, expires_at: str,
+                        site: str | None = None) -> None:
+        self.execute("INSERT INTO enrol_tokens (token_hash, device, created_by, created_at, expires_at, site) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (token_hash, device, created_by, utcnow(), expires_at, site))
 
     def use_enrol_token(self, token_hash: str, now: str | None = None) -> str | None:
         """Consume a token atomically; return its device, or None if unknown/used/expired."""
@@ -127,23 +158,27 @@ class DevicesTable:
 
         return self.write(run)
 
-    def list_enrol_tokens(self) -> list[dict]:
-        return self.query("SELECT device, created_by, created_at, expires_at, used_at FROM enrol_tokens "
-                          "ORDER BY created_at DESC")
+    def list_enrol_tokens(self, site: str | None = None) -> list[dict]:
+        sql = "SELECT device, site, created_by, created_at, expires_at, used_at FROM enrol_tokens"
+        if site is not None:
+            return self.query(sql + " WHERE site = ? ORDER BY created_at DESC", (site,))
+        return self.query(sql + " ORDER BY created_at DESC")
 
     # ------------------------------------------------------------------ technician alerts
 
-    def raise_device_alert(self, kind: str, device: str, room: str | None, message: str) -> dict | None:
+    def raise_device_alert(self, kind: str, device: str, room: str | None, message: str,
+                           site: str | None = None) -> dict | None:
         """Open a technician alert unless one of this kind is already open for the device."""
-        alert = {"id": new_id(), "kind": kind, "device": device, "room": room, "message": message,
+        alert = {"id": new_id(), "kind": kind, "site": site, "device": device, "room": room, "message": message,
                  "raised_at": utcnow(), "cleared_at": None}
 
         def run(tx: Tx) -> bool:
             if tx.query_one("SELECT id FROM device_alerts WHERE kind = ? AND device = ? AND cleared_at IS NULL",
                             (kind, device)):
                 return False
-            tx.execute("INSERT INTO device_alerts (id, kind, device, room, message, raised_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (alert["id"], kind, device, room, message, alert["raised_at"]))
+            tx.execute("INSERT INTO device_alerts (id, kind, device, room, message, raised_at, site) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (alert["id"], kind, device, room, message, alert["raised_at"],
+                                                        site))
             return True
 
         return alert if self.write(run) else None
@@ -152,6 +187,10 @@ class DevicesTable:
         return self.execute("UPDATE device_alerts SET cleared_at = ? WHERE kind = ? AND device = ? "
                             "AND cleared_at IS NULL", (utcnow(), kind, device))
 
-    def list_device_alerts(self, open_only: bool = True) -> list[dict]:
-        sql = "SELECT * FROM device_alerts" + (" WHERE cleared_at IS NULL" if open_only else "")
-        return self.query(sql + " ORDER BY raised_at DESC")
+    def list_device_alerts(self, open_only: bool = True, site: str | None = None) -> list[dict]:
+        where, params = (["cleared_at IS NULL"] if open_only else []), []
+        if site is not None:
+            where.append("site = ?")
+            params.append(site)
+        sql = "SELECT * FROM device_alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        return self.query(sql + " ORDER BY raised_at DESC", params)

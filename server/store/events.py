@@ -153,21 +153,28 @@ class EventsTable:
             row["data"] = json.loads(row["data"])
         return row
 
-    def latest_events(self, types: tuple[str, ...]) -> dict[str, dict]:
-        """The newest event of *types* per device, ``{device: {device, type, ts, data}}`` (one indexed query)."""
+    def latest_events(self, types: tuple[str, ...], site: str | None = None) -> dict[str, dict]:
+        """The newest event of *types* per device (of *site*), ``{device: {device, type, ts, data}}``
+        (one indexed query)."""
         marks = ", ".join("?" for _ in types)
+        where_site, params = ("AND e.site = ? ", (site,)) if site is not None else ("", ())
         rows = self.query(
-            f"SELECT device, type, ts, data FROM events e WHERE type IN ({marks}) "
+            f"SELECT device, type, ts, data FROM events e WHERE type IN ({marks}) {where_site}"
             f"AND ts = (SELECT MAX(ts) FROM events e2 WHERE e2.device = e.device AND e2.type IN ({marks}))",
-            (*types, *types))
+            (*types, *params, *types))
         return {r["device"]: r for r in rows}
 
-    def blocked_between(self, start: str, end: str) -> list[dict]:
-        """``blocked`` events with ts in [start, end), data as stored JSON text (the weekly report)."""
-        return self.query("SELECT room, profile, domain, device, ts, data FROM events "
-                          "WHERE type = ? AND ts >= ? AND ts < ?", ["blocked", start, end])
+    def blocked_between(self, start: str, end: str, site: str | None = None) -> list[dict]:
+        """``blocked`` events with ts in [start, end) (of *site*), data as stored JSON text (the weekly report)."""
+        return self._between("SELECT room, profile, domain, device, ts, data FROM events", "blocked", start, end,
+                             site)
 
-    def filter_checks_between(self, start: str, end: str) -> list[dict]:
-        """``filter_check`` events with ts in [start, end) (the weekly report's filtering check log)."""
-        return self.query("SELECT id, ts, room, device, user_name, domain, data FROM events "
-                          "WHERE type = ? AND ts >= ? AND ts < ?", ["filter_check", start, end])
+    def filter_checks_between(self, start: str, end: str, site: str | None = None) -> list[dict]:
+        """``filter_check`` events with ts in [start, end) (of *site*) (the weekly report's filtering check log)."""
+        return self._between("SELECT id, ts, room, device, user_name, domain, data FROM events", "filter_check",
+                             start, end, site)
+
+    def _between(self, select: str, type: str, start: str, end: str, site: str | None) -> list[dict]:
+        if site is not None:
+            return self.query(select + " WHERE type = ? AND ts >= ? AND ts < ? AND site = ?", [type, start, end, site])
+        return self.query(select + " WHERE type = ? AND ts >= ? AND ts < ?", [type, start, end])

@@ -82,13 +82,17 @@ class IncidentsTable:
 
     # ------------------------------------------------------------------ reading
 
-    def list_incidents(self, *, rooms: Sequence[str] | None = None, status: str | None = None,
-                       since: str | None = None, received_since: str | None = None,
+    def list_incidents(self, *, site: str | None = None, rooms: Sequence[str] | None = None,
+                       status: str | None = None, since: str | None = None, received_since: str | None = None,
                        limit: int = 200) -> list[dict]:
-        """Incidents with their timelines, newest first.  *since* compares the device's raise
-        time; *received_since* the collector's (``created_at``: a device clock that is wrong
-        does not move it)."""
+        """Incidents with their timelines, newest first, of *site* (and of its *rooms*: a room
+        id is a school's own, so staff-facing callers always give the site).  *since* compares
+        the device's raise time; *received_since* the collector's (``created_at``: a device
+        clock that is wrong does not move it)."""
         where, params = [], []
+        if site is not None:
+            where.append("site = ?")
+            params.append(site)
         if rooms is not None:
             if not rooms:
                 return []
@@ -167,10 +171,14 @@ class IncidentsTable:
                                     for d in data.get("domains", []) if isinstance(d, dict)]})
         return out
 
-    def incidents_raised_between(self, start: str, end: str) -> list[dict]:
-        """Incidents raised in [start, end): room, category, status, alert_state, raised_at (the weekly report)."""
-        return self.query("SELECT room, category, status, alert_state, raised_at FROM incidents "
-                          "WHERE raised_at >= ? AND raised_at < ?", [start, end])
+    def incidents_raised_between(self, start: str, end: str, site: str | None = None) -> list[dict]:
+        """Incidents raised in [start, end) (of *site*): room, category, status, alert_state,
+        raised_at (the weekly report)."""
+        sql = ("SELECT room, category, status, alert_state, raised_at FROM incidents "
+               "WHERE raised_at >= ? AND raised_at < ?")
+        if site is not None:
+            return self.query(sql + " AND site = ?", [start, end, site])
+        return self.query(sql, [start, end])
 
     # ------------------------------------------------------------------ staff changes
 

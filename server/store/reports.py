@@ -13,15 +13,17 @@ from __future__ import annotations
 
 
 class ReportsTable:
-    """Store methods for weekly report runs (mixed into ``Store``)."""
+    """Store methods for weekly report runs (mixed into ``Store``): one per school and week."""
 
-    def report_weeks_done(self) -> set[str]:
-        """Weeks (``2026-W47``) whose digest has been written."""
-        return {r["week"] for r in self.query("SELECT week FROM report_runs", [])}
+    def report_weeks_done(self, site: str = "") -> set[str]:
+        """Weeks (``2026-W47``) whose digest has been written for *site* ("": for any site)."""
+        if not site:
+            return {r["week"] for r in self.query("SELECT week FROM report_runs", [])}
+        return {r["week"] for r in self.query("SELECT week FROM report_runs WHERE site = ?", [site])}
 
-    def add_report_run(self, week: str, ts: str, path: str, emailed: bool) -> None:
-        self.execute("INSERT INTO report_runs (week, ts, path, emailed) VALUES (?, ?, ?, ?)",
-                     [week, ts, path, int(emailed)])
+    def add_report_run(self, week: str, ts: str, path: str, emailed: bool, site: str = "") -> None:
+        self.execute("INSERT INTO report_runs (site, week, ts, path, emailed) VALUES (?, ?, ?, ?, ?)",
+                     [site, week, ts, path, int(emailed)])
 
     def term_figures(self, site: str, start: str, end: str) -> dict:
         """What the term report counts for [start, end) at *site*: incidents (category, tags,

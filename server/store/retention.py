@@ -3,7 +3,9 @@
 Which rows go when (site.yaml ``retention``) is decided in server/retention.py; here is
 how: each purgeable table's time column (``PURGEABLE``), event purges by type, and the
 purge of closed incidents together with their timeline, notes, evidence events and the
-escalation messages sent about them (deliveries and their attempts).
+escalation messages sent about them (deliveries and their attempts).  Each school sets
+its own periods, so every purge can be limited to one ``site`` (``SITE_WHERE`` says how a
+table's rows belong to a site).
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ from .engine import StoreError, Tx
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
-             "sessions": "expires_at", "enrol_tokens": "expires_at", "it_queue": "done_at", "exports": "ts",
-             "allowlist_changes": "proposed_at", "reviews": "recorded_at", "check_actions": "ts",
-             "filter_tests": "started_at", "aup_acceptances": "accepted_at"}
+             "sessions": "expires_at", "enrol_tokens": "expires_at", "oidc_flows": "expires_at",
+             "it_queue": "done_at", "exports": "ts", "allowlist_changes": "proposed_at", "reviews": "recorded_at",
+             "check_actions": "ts", "filter_tests": "started_at", "aup_acceptances": "accepted_at"}
+
+
+# How a row of each table belongs to a school, for a purge limited to one site.
+SITE_WHERE = {"heartbeats": "device IN (SELECT id FROM devices WHERE site = ?)", "events": "site = ?",
+              "incidents": "site = ?", "audit": "site = ?", "alert_transitions": "site = ?",
+              "device_alerts": "site = ?", "enrol_tokens": "site = ?", "it_queue": "site = ?",
+              "exports": "site = ?", "allowlist_changes": "site = ?", "reviews": "site = ?",
+              "check_actions": "site = ?", "filter_tests": "site = ?", "aup_acceptances": "site = ?"}
 
 
 def _marks(values: Sequence) -> str:
@@ -25,31 +35,39 @@ def _marks(values: Sequence) -> str:
 
 
 class RetentionTable:
-    """Store methods for retention purges (mixed into ``Store``)."""
+    """Store methods for retention purges (mixed into ``Store``).  With *site*, a purge
+    touches that school's rows only (None: every row, a single-school install)."""
 
-    def purge(self, table: str, before: str) -> int:
+    def purge(self, table: str, before: str, site: str | None = None) -> int:
         """Delete rows of *table* whose time column is older than *before*; returns rows deleted."""
-        return self._purge(table, before)
+        return self._purge(table, before, site=site)
 
-    def purge_events(self, before: str, *, types: Sequence[str] = (), except_types: Sequence[str] = ()) -> int:
+    def purge_events(self, before: str, *, types: Sequence[str] = (), except_types: Sequence[str] = (),
+                     site: str | None = None) -> int:
         """Delete events older than *before* of *types* (or of any type but *except_types*)."""
         if types:
-            return self._purge("events", before, f"type IN {_marks(types)}", types)
-        return self._purge("events", before, f"type NOT IN {_marks(except_types)}", except_types)
+            return self._purge("events", before, f"type IN {_marks(types)}", types, site)
+        return self._purge("events", before, f"type NOT IN {_marks(except_types)}", except_types, site)
 
-    def purge_cleared_device_alerts(self, before: str) -> int:
+    def purge_collector_audit(self, before: str) -> int:
+        """Delete audit entries that concern no school (site NULL) older than *before*."""
+        return self._purge("audit", before, "site IS NULL")
+
+    def purge_cleared_device_alerts(self, before: str, site: str | None = None) -> int:
         """Delete technician alerts raised before *before* that have been cleared."""
-        return self._purge("device_alerts", before, "cleared_at IS NOT NULL")
+        return self._purge("device_alerts", before, "cleared_at IS NOT NULL", (), site)
 
-    def purge_closed_incidents(self, before: str, evidence_types: Sequence[str]) -> int:
+    def purge_closed_incidents(self, before: str, evidence_types: Sequence[str], site: str | None = None) -> int:
         """Delete incidents closed before *before* with their timeline, actions, evidence events
         (events of *evidence_types* carrying the alert id) and escalation deliveries; returns
         incidents deleted."""
 
         def run(tx: Tx) -> int:
-            ids = [row["id"] for row in tx.query(
-                "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?",
-                (before,))]
+            sql = "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?"
+            params: tuple = (before,)
+            if site is not None:
+                sql, params = sql + " AND site = ?", (before, site)
+            ids = [row["id"] for row in tx.query(sql, params)]
             for incident_id in ids:
                 tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
                 tx.execute("DELETE FROM concerns WHERE incident_id = ?", (incident_id,))
@@ -64,23 +82,33 @@ class RetentionTable:
 
         return self.write(run)
 
-    def purge_notice_deliveries(self, before: str, reasons: Sequence[str]) -> int:
-        """Delete the deliveries (and their attempts) of *reasons* created before *before*: the
-        messages about guard events and failed checks, which belong to no incident."""
+    def purge_notice_deliveries(self, before: str, reasons: Sequence[str], site: str | None = None) -> int:
+        """Delete the deliveries (and their attempts) of *reasons* created before *before* (of
+        *site*): the messages about guard events and failed checks, which belong to no incident."""
 
         def run(tx: Tx) -> int:
-            marks = _marks(reasons)
-            tx.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE "
-                       f"reason IN {marks} AND created_at < ?)", (*reasons, before))
-            return tx.execute(f"DELETE FROM deliveries WHERE reason IN {marks} AND created_at < ?", (*reasons, before))
+            where = f"reason IN {_marks(reasons)} AND created_at < ?"
+            params: tuple = (*reasons, before)
+            if site is not None:
+                where, params = where + " AND site = ?", (*params, site)
+            tx.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE {where})",
+                       params)
+            return tx.execute(f"DELETE FROM deliveries WHERE {where}", params)
 
         return self.write(run)
 
-    def _purge(self, table: str, before: str, where: str = "", params: Sequence = ()) -> int:
+    def _purge(self, table: str, before: str, where: str = "", params: Sequence = (),
+               site: str | None = None) -> int:
         column = PURGEABLE.get(table)
         if column is None:
             raise StoreError(f"{table!r} has no retention rule")
         sql = f"DELETE FROM {table} WHERE {column} IS NOT NULL AND {column} < ?"
         if where:
             sql += f" AND ({where})"
-        return self.execute(sql, (before, *params))
+        params = (before, *params)
+        if site is not None:
+            if table not in SITE_WHERE:
+                raise StoreError(f"{table!r} rows belong to no school; purge it without a site")
+            sql += f" AND {SITE_WHERE[table]}"
+            params = (*params, site)
+        return self.execute(sql, params)

@@ -387,12 +387,42 @@ CREATE TABLE IF NOT EXISTS aup_acceptances (
     PRIMARY KEY (site, term, user_name)
 );
 
--- Weekly digests already written, so a restart does not write/send one twice.
+-- Weekly digests already written, so a restart does not write/send one twice; one per
+-- school (site) and week.
 CREATE TABLE IF NOT EXISTS report_runs (
-    week TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL DEFAULT '',
+    week TEXT NOT NULL,
     ts TEXT NOT NULL,
     path TEXT NOT NULL,
-    emailed INTEGER NOT NULL DEFAULT 0
+    emailed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (site, week)
+);
+
+-- tenancy: which schools (sites) a staff account belongs to, with its role in each.
+-- site '*' is the trust level (role 'trust': totals and health of every school, no
+-- pupils' records).  source: 'local' (an admin or the command line granted it) or
+-- 'oidc' (replaced from the identity provider's group claim at every sign-in).
+CREATE TABLE IF NOT EXISTS staff_sites (
+    username TEXT NOT NULL,
+    site TEXT NOT NULL,
+    role TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT 'local',
+    granted_at TEXT NOT NULL,
+    PRIMARY KEY (username, site)
+);
+CREATE INDEX IF NOT EXISTS staff_sites_site ON staff_sites (site);
+
+-- Single sign-on flows in progress (state, nonce, PKCE verifier), one row per browser
+-- that went to the identity provider; used once, kept at most ten minutes.  state and
+-- the browser's flow cookie are stored as SHA-256 only.
+CREATE TABLE IF NOT EXISTS oidc_flows (
+    state_hash TEXT NOT NULL PRIMARY KEY,
+    browser_hash TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    code_verifier TEXT NOT NULL,
+    next_path TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
 );
 """
 
@@ -400,6 +430,28 @@ CREATE TABLE IF NOT EXISTS report_runs (
 # Statements must be portable; one statement per list entry.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, []),
+    # 2: tenancy (one collector, several schools) and single sign-on.  Rows written before
+    # it have no site; server/http/sites.py gives them the one site of a single-school
+    # install at start (``Store.adopt_single_site``), so nothing needs setting up.
+    (2, [
+        "ALTER TABLE users ADD COLUMN last_login_at TEXT",
+        "ALTER TABLE users ADD COLUMN last_login_via TEXT",
+        "ALTER TABLE users ADD COLUMN oidc_subject TEXT",
+        "ALTER TABLE sessions ADD COLUMN site TEXT",
+        "ALTER TABLE audit ADD COLUMN site TEXT",
+        "CREATE INDEX IF NOT EXISTS audit_site_ts ON audit (site, ts)",
+        "ALTER TABLE device_alerts ADD COLUMN site TEXT",
+        "ALTER TABLE enrol_tokens ADD COLUMN site TEXT",
+        "ALTER TABLE rollouts ADD COLUMN site TEXT",
+        "CREATE INDEX IF NOT EXISTS rollouts_site_seq ON rollouts (site, seq)",
+        "CREATE INDEX IF NOT EXISTS incidents_site_room ON incidents (site, room)",
+        # report_runs was keyed by week alone: one digest per school and week now.
+        "CREATE TABLE report_runs_v2 (site TEXT NOT NULL DEFAULT '', week TEXT NOT NULL, ts TEXT NOT NULL, "
+        "path TEXT NOT NULL, emailed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, week))",
+        "INSERT INTO report_runs_v2 (week, ts, path, emailed) SELECT week, ts, path, emailed FROM report_runs",
+        "DROP TABLE report_runs",
+        "ALTER TABLE report_runs_v2 RENAME TO report_runs",
+    ]),
 ]
 
 

@@ -18,12 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .live import get_broadcaster, live_listener
 from .pages import (allowlist, aup, concerns, deliveries, devices, exports, guard, incidents, login, office, reports,
-                    reviews, rollout, rooms)
+                    reviews, rollout, rooms, sites, sso, users)
 from .pages.base import LoginRedirect, error_page, to_login
 from .templating import STATIC_DIR
 
-PAGES = (login, rooms, office, incidents, devices, rollout, reports, deliveries, concerns, guard, allowlist, exports,
-         reviews, aup)
+PAGES = (login, sso, sites, rooms, office, incidents, devices, rollout, reports, deliveries, users, concerns, guard,
+         allowlist, exports, reviews, aup)
 PUBLIC = frozenset().union(*(module.PUBLIC for module in PAGES))
 
 __all__ = ["install", "PUBLIC"]

@@ -112,14 +112,17 @@ def live_listener(app):
     live = get_broadcaster(app)
 
     def listener(kind: str, where, data: dict) -> None:
+        # Every message names its site: room ids are a school's own, so a room page
+        # subscribes to (site, room), never to a room id alone.
         if kind == "alert":
-            live.publish("alert", {k: data.get(k) for k in ("id", "state", "room", "device", "seat", "ts", "by")})
+            live.publish("alert", {k: data.get(k) for k in ("id", "state", "site", "room", "device", "seat", "ts",
+                                                             "by")})
         elif kind == "status":
-            live.publish("status", {"device": where.device, "room": where.room, "state": data.get("state"),
-                                    "ts": data.get("ts")})
+            live.publish("status", {"device": where.device, "site": where.site, "room": where.room,
+                                    "state": data.get("state"), "ts": data.get("ts")})
         elif kind == "watch":  # a teacher client came or went (server/presence.py): the office board
-            live.publish("presence", {"room": where.room, "who": where.staff, "state": data.get("state"),
-                                      "kind": "client"})
+            live.publish("presence", {"site": where.site, "room": where.room, "who": where.staff,
+                                      "state": data.get("state"), "kind": "client"})
 
     listener.is_live_feed = True  # type: ignore[attr-defined]
     return listener

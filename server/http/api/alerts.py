@@ -42,7 +42,7 @@ def router() -> APIRouter:
                 log.error("cmd %s for %s not published: %s", cmd, alert_id, exc)
                 raise HTTPException(503, "the command could not be sent to the broker") from None
             state.store(request).audit(user.username, f"alert.{cmd}", incident["id"],
-                                       {"device": incident["device"], "room": incident["room"]})
+                                       {"device": incident["device"], "room": incident["room"]}, site=user.site)
             return {"sent": payload, "topic": where}
 
         handler.__name__ = f"alert_{cmd}"

@@ -1,5 +1,6 @@
 """Config rollout over the API: publish, roll back, history, per-room status, diffs
-(technicians), and devices fetching their own compiled config.
+(technicians, of the school they act in), and devices fetching their own compiled
+config (from their own school's live tree).
 
 What a publish does (validate, store, audit, tell devices) is server/rollout.py; this
 module maps it to HTTP: a refused publish is ``{"errors": [file:line: ...]}`` with the
@@ -33,12 +34,13 @@ def router() -> APIRouter:
         if device != device_id:
             raise HTTPException(403, "a device may fetch only its own config")
         ro = state.rollouts(request)
+        # The device's school: the live tree that lists it (ids are unique across schools).
+        tree = state.sites(request).tree_for_device(device_id)
+        if tree is None:
+            raise HTTPException(404, f"device {device_id!r} is not in the live config")
         try:
-            compiled = ro.compiled(device_id)
+            compiled = ro.compiled(device_id, tree.site.site)
             if compiled is None:
-                tree = state.tree(request)
-                if tree is None:
-                    raise HTTPException(404, "no config has been published yet")
                 body = json.dumps(tree.for_device(device_id), separators=(",", ":"), sort_keys=True).encode()
                 compiled = (tree.version, body)
         except KeyError:
@@ -60,7 +62,8 @@ def router() -> APIRouter:
                                                  for k in sorted(unknown)]})
         name = body.get("name") if isinstance(body.get("name"), str) else "config"
         try:
-            done = state.rollouts(request).publish(body.get("files"), user.username, body.get("why"), name=name)
+            done = state.rollouts(request).publish(body.get("files"), user.username, body.get("why"), name=name,
+                                                   site=user.site)
         except RolloutError as exc:
             raise HTTPException(exc.status, {"errors": exc.errors}) from None
         return done.to_dict()
@@ -69,24 +72,24 @@ def router() -> APIRouter:
     def rollback(request: Request, body: Any = Body(None), user: User = Depends(tech)):
         why = body.get("why") if isinstance(body, dict) else None
         try:
-            done = state.rollouts(request).rollback(user.username, why)
+            done = state.rollouts(request).rollback(user.username, why, site=user.site)
         except RolloutError as exc:
             raise HTTPException(exc.status, {"errors": exc.errors}) from None
         return done.to_dict()
 
     @r.get("/config/rollouts")
     def history(request: Request, user: User = Depends(tech), limit: int = Query(200, ge=1, le=1000)):
-        return state.rollouts(request).history(limit)
+        return state.rollouts(request).history(limit, site=user.site)
 
     @r.get("/config/status")
     def status(request: Request, user: User = Depends(tech)):
-        return state.rollouts(request).status()
+        return state.rollouts(request).status(user.site)
 
     @r.get("/config/diff", response_class=PlainTextResponse)
     def diff(request: Request, user: User = Depends(tech), to: str = Query(..., max_length=64),
              from_: str | None = Query(None, alias="from", max_length=64)):
         try:
-            return state.rollouts(request).diff(from_, to)
+            return state.rollouts(request).diff(from_, to, user.site)
         except RolloutError as exc:
             raise HTTPException(exc.status, {"errors": exc.errors}) from None
 

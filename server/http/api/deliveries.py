@@ -1,8 +1,9 @@
 """Escalation deliveries over the API: what left the building about each report, to whom, and
 every attempt (server/notify/, server/store/deliveries.py).
 
-The DSL and admins read them: proof that the office and the DSL were told, and the place
-to see a wrong SMTP password or a dead webhook.  A record names the recipient (an e-mail
+The DSL and admins read them, their own school's only (the school the session acts in):
+proof that the office and the DSL were told, and the place to see a wrong SMTP password or
+a dead webhook.  A record names the recipient (an e-mail
 address or a webhook's name, never its URL) and holds each attempt's time, result and
 error with secrets masked; never a message body.
 """
@@ -28,6 +29,7 @@ def router() -> APIRouter:
                    since: str | None = Query(None, max_length=40),
                    limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
         """Deliveries, newest first, each with ``attempt_log`` (ts, result, error)."""
-        return state.store(request).list_deliveries(alert_id=alert_id, status=status, since=since, limit=limit)
+        return state.store(request).list_deliveries(site=user.site, alert_id=alert_id, status=status, since=since,
+                                                    limit=limit)
 
     return r

@@ -4,7 +4,8 @@ checklist ticks and evidence.
 Teachers see their own rooms' incidents as a timeline only (server/incidents.py
 ``for_user``: category, tags, status and the rest of the record are the DSL's, and so is
 the ``status`` filter); a teacher asking about another room's incident gets the same 404
-as for none.  Every view of evidence is written to the audit log; what the audit log
+as for none, and so does anyone asking about another school's incident (every incident
+belongs to the site its device is in).  Every view of evidence is written to the audit log; what the audit log
 (which admins read) says of a change is which fields changed, never their values.
 """
 
@@ -28,10 +29,12 @@ class NoteBody(RequestBody):
 
 
 def incident_or_404(request: Request, incident_id: str, user: User) -> dict:
-    """The incident, if *user* may see its room; else 404 (never 403: no hint that it exists)."""
+    """The incident, if *user* may see its room in the school they act in; else 404 (never
+    403: no hint that it exists)."""
     incident = state.store(request).get_incident(incident_id) if len(incident_id) <= 64 else None
-    # A teacher asking about another room's incident gets the same answer as for none.
-    if incident is None or not user.can_see_room(incident["room"]):
+    # A teacher asking about another room's incident, or anyone about another school's,
+    # gets the same answer as for none.
+    if incident is None or not user.can_see_room(incident["room"], incident["site"]):
         raise HTTPException(404, f"incident {incident_id[:64]!r} not found")
     return incident
 
@@ -56,7 +59,8 @@ def router() -> APIRouter:
             # A filter is a way to read the field: status is the DSL's.
             raise HTTPException(403, "status: only the DSL may filter incidents by status")
         rooms = None if user.role == "dsl" else list(user.rooms)
-        rows = state.store(request).list_incidents(rooms=rooms, status=status, since=since, limit=limit)
+        rows = state.store(request).list_incidents(site=user.site, rooms=rooms, status=status, since=since,
+                                                   limit=limit)
         return [inc.for_user(row, user) for row in rows]
 
     @r.get("/incidents/{incident_id}")
@@ -75,7 +79,8 @@ def router() -> APIRouter:
         updated = store.update_incident(incident_id, user.username, changes)
         # The audit log is also read by admins: record which fields changed, never their
         # values (the DSL's record: incident_actions keeps them).
-        store.audit(user.username, "incident.update", incident_id, {"via": "api", "fields": sorted(changes)})
+        store.audit(user.username, "incident.update", incident_id, {"via": "api", "fields": sorted(changes)},
+                    site=user.site)
         if "category" in changes:
             from .concerns import tell_head  # a concern about an adult goes to the headteacher
 
@@ -87,7 +92,7 @@ def router() -> APIRouter:
         incident_or_404(request, incident_id, user)
         store = state.store(request)
         action = store.add_incident_action(incident_id, user.username, "note", text=body.text)
-        store.audit(user.username, "incident.note", incident_id, {"via": "api"})
+        store.audit(user.username, "incident.note", incident_id, {"via": "api"}, site=user.site)
         return action
 
     @r.post("/incidents/{incident_id}/checklist")
@@ -99,7 +104,7 @@ def router() -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         store = state.store(request)
         store.add_incident_action(incident_id, user.username, "tick" if done else "untick", item=item, text=note)
-        store.audit(user.username, "incident.checklist", incident_id, {"via": "api"})
+        store.audit(user.username, "incident.checklist", incident_id, {"via": "api"}, site=user.site)
         return inc.for_user(store.get_incident(incident_id), user)
 
     @r.get("/incidents/{incident_id}/evidence")
@@ -108,7 +113,7 @@ def router() -> APIRouter:
         store = state.store(request)
         items = store.evidence(incident_id)
         # Every view of evidence is recorded (policy: no unlogged access to records).
-        store.audit(user.username, "evidence.view", incident_id, {"records": len(items)})
+        store.audit(user.username, "evidence.view", incident_id, {"records": len(items)}, site=user.site)
         return {"incident": incident_id, "evidence": items}
 
     return r

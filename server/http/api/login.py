@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import Field
 
 from .. import state
-from ..auth import COOKIE, User, any_staff, attempt_login, set_session_cookie, token_hash
+from ..auth import (COOKIE, User, any_staff, attempt_login, current_session_user, school_of, set_session_cookie,
+                    token_hash)
 from ..csrf import csrf_token
 from . import API, RequestBody
 
@@ -34,16 +35,15 @@ def router() -> APIRouter:
         if attempt.token is None:
             raise HTTPException(401, "username or password is not right")
         set_session_cookie(request, response, attempt.token)
-        user = state.store(request).get_user(body.username)
-        return {"token": attempt.token, "csrf_token": csrf_token(attempt.token),
-                "user": {"username": user["username"], "role": user["role"], "display_name": user["display_name"]}}
+        user = current_session_user(request, attempt.token)
+        return {"token": attempt.token, "csrf_token": csrf_token(attempt.token), "user": user.to_dict()}
 
     @r.post("/logout")
     def do_logout(request: Request, response: Response, user: User = Depends(any_staff)) -> dict:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else request.cookies.get(COOKIE, "")
         state.store(request).delete_session(token_hash(token))
-        state.store(request).audit(user.username, "logout", None, None)
+        state.store(request).audit(user.username, "logout", None, None, site=school_of(user.site))
         response.delete_cookie(COOKIE, path="/")
         return {"ok": True}
 

@@ -23,8 +23,8 @@ PUBLIC: frozenset = frozenset()
 
 
 def weekly_report(request: Request, week: str | None, user: User) -> reports.Report:
-    """The report for *week* (400 if it is not a week or date) as *user*'s role may see it
-    (``reports.for_role``: incident counts by category and status are the DSL's)."""
+    """The report of *user*'s school for *week* (400 if it is not a week or date) as their
+    role may see it (``reports.for_role``: incident counts by category and status are the DSL's)."""
     site, tz = state.site_and_timezone(request)
     try:
         wk = reports.Week.parse(week, tz) if week else reports.Week.containing(datetime.now(timezone.utc), tz)

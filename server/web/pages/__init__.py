@@ -1,14 +1,17 @@
 """The dashboard's pages, one module per page family.
 
 login.py (the landing redirect, log in, log out), rooms.py (a teacher's rooms, the live
-room view and its event stream), office.py (the office board: every room's open alerts and
-live receivers), incidents.py (the DSL's incident records), devices.py (the technician's
-device list), rollout.py (publish, roll back, audit), reports.py (the weekly report),
-deliveries.py (escalation e-mails and webhooks, every attempt), concerns.py (the staff
-concern form, the IT queue), guard.py (the guard log), allowlist.py (allowlist changes,
-their approval, the change log and override history), exports.py (the DSL's exports),
-reviews.py (the annual review record, the check log and SWGfL test runs), aup.py
-(acceptable use per pupil).  base.py has what they share: the ``page(...)`` role check and
+room view and its event stream), office.py (the office board: every room of the school
+with its open alerts and live receivers), incidents.py (the DSL's incident records),
+devices.py (the technician's device list), rollout.py (publish, roll back, audit),
+reports.py (the weekly report), deliveries.py (escalation e-mails and webhooks, every
+attempt), sites.py (choosing the school to work in, the trust overview), users.py (a
+school's staff accounts and their last sign-in), concerns.py (the staff concern form, the
+IT queue), guard.py (the guard log), allowlist.py (allowlist changes, their approval, the
+change log and override history), exports.py (the DSL's exports), reviews.py (the annual
+review record, the check log and SWGfL test runs), aup.py (acceptable use per pupil).
+Every page acts in the school the session works in (``user.site``).  base.py has what they
+share: the ``page(...)`` role check and
 ``render``.  Each module has ``router() -> APIRouter`` and ``PUBLIC`` (its routes anyone
 may call); server/web/__init__.py includes them in ``PAGES`` order.
 """

@@ -1,5 +1,5 @@
-"""The technician's device list: every device of the live tree plus any the registry knows,
-online/offline/dark, agent and config versions, enrolled or not."""
+"""The technician's device list: every device of the school's live tree plus any of the
+school's the registry knows, online/offline/dark, agent and config versions, enrolled or not."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ PUBLIC: frozenset = frozenset()
 def device_rows(request: Request) -> list[dict]:
     """Every device of the live tree plus any the registry knows: online/offline/dark, versions."""
     tree = state.tree(request)
+    site = state.site(request)
     store = state.store(request)
-    known = {d["id"]: d for d in store.list_devices()}
-    dark = {a["device"] for a in store.list_device_alerts(open_only=True) if a.get("kind") == "dark"}
+    known = {d["id"]: d for d in store.list_devices(site=site)}
+    dark = {a["device"] for a in store.list_device_alerts(open_only=True, site=site) if a.get("kind") == "dark"}
     rows = []
     ids = []
     if tree is not None:
@@ -26,7 +27,7 @@ def device_rows(request: Request) -> list[dict]:
                 ids.append((d.id, room.room, d.seat))
     in_tree = {i for i, _, _ in ids}
     ids += [(i, d.get("room"), None) for i, d in sorted(known.items()) if i not in in_tree]
-    live = state.rollouts(request).current() if getattr(request.app.state, "rollouts", None) else None
+    live = state.rollouts(request).current(site) if getattr(request.app.state, "rollouts", None) else None
     for device_id, room, seat in ids:
         d = known.get(device_id, {})
         status = "dark" if device_id in dark else (d.get("status") or "unknown")

@@ -25,8 +25,9 @@ PUBLIC: frozenset = frozenset()
 
 
 def _incident(request: Request, incident_id: str, user: User) -> dict:
+    # Another room's incident, or another school's, is the same 404 as none.
     row = state.store(request).get_incident(incident_id) if len(incident_id) <= 64 else None
-    if row is None or not user.can_see_room(row["room"]):
+    if row is None or not user.can_see_room(row["room"], row["site"]):
         raise HTTPException(404, f"incident {incident_id[:64]!r} not found")
     return row
 
@@ -51,7 +52,8 @@ def router() -> APIRouter:
             status = None  # filtering by status is the DSL's (it would tell others the status)
         rooms = None if user.role in ("dsl", "admin") else list(user.rooms)
         rows = [inc.for_user(row, user)
-                for row in state.store(request).list_incidents(rooms=rooms, status=status, limit=300)]
+                for row in state.store(request).list_incidents(site=user.site, rooms=rooms, status=status,
+                                                               limit=300)]
         return render(request, "incidents.html", incidents=rows, status=status, statuses=inc.STATUSES,
                       categories=inc.CATEGORIES)
 
@@ -74,7 +76,8 @@ def router() -> APIRouter:
         store = state.store(request)
         updated = store.update_incident(incident_id, user.username, changes)
         # Admins read the audit log: which fields changed, never their values.
-        store.audit(user.username, "incident.update", incident_id, {"via": "web", "fields": sorted(changes)})
+        store.audit(user.username, "incident.update", incident_id, {"via": "web", "fields": sorted(changes)},
+                    site=user.site)
         if "category" in changes and updated is not None:
             tell_head(request, user, updated)  # a concern about an adult goes to the headteacher
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
@@ -87,7 +90,7 @@ def router() -> APIRouter:
             return _incident_page(request, incident_id, user, error="note: write something first", status=400)
         store = state.store(request)
         store.add_incident_action(incident_id, user.username, "note", text=text.strip())
-        store.audit(user.username, "incident.note", incident_id, {"via": "web"})
+        store.audit(user.username, "incident.note", incident_id, {"via": "web"}, site=user.site)
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
 
     @r.post("/incidents/{incident_id}/tick")
@@ -103,7 +106,7 @@ def router() -> APIRouter:
         store = state.store(request)
         store.add_incident_action(incident_id, user.username, "tick" if is_done else "untick",
                                   item=item, text=note_text)
-        store.audit(user.username, "incident.checklist", incident_id, {"via": "web"})
+        store.audit(user.username, "incident.checklist", incident_id, {"via": "web"}, site=user.site)
         return RedirectResponse(f"/incidents/{quote(incident_id)}", status_code=303)
 
     @r.post("/incidents/{incident_id}/evidence")
@@ -112,7 +115,8 @@ def router() -> APIRouter:
         _incident(request, incident_id, user)
         store = state.store(request)
         items = store.evidence(incident_id)
-        store.audit(user.username, "evidence.view", incident_id, {"records": len(items), "via": "web"})
+        store.audit(user.username, "evidence.view", incident_id, {"records": len(items), "via": "web"},
+                    site=user.site)
         return _incident_page(request, incident_id, user, evidence=items)
 
     return r

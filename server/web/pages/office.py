@@ -1,4 +1,4 @@
-"""The office board: every room at once, live, for the school office, the DSL and admin.
+"""The office board: every room of the school at once, live, for the school office, the DSL and admin.
 
 Each room shows its open alerts (seat, state, how long ago it was pressed, who is coming)
 and its live receivers (server/presence.py: teacher clients and dashboard tabs showing
@@ -12,6 +12,13 @@ alert transition of any room as ingest stores it, a room's receivers whenever a 
 client comes or goes or a dashboard tab opens, and the whole board again at each keep-alive
 (a tab closed without a word drops out by time, not by a message).  Ages are counted in the
 browser from the press time and the server's clock.
+
+One school's board: the rooms of the school the session acts in (its live tree), its
+alerts and its receivers, keyed by (site, room) like everything about a room (room ids
+repeat across the schools of one collector); the stream passes on that school's alerts
+and presence only.  The trust level has no board: it sees each school's totals (open
+alerts, rooms nobody is watching) on /trust (server/http/api/sites.py), never an alert's
+room or seat.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def _coming(timeline: list[dict]) -> str | None:
 
 
 def board_state(store, tree, presence, now: datetime | None = None) -> dict:
-    """Every room of the live tree with its open alerts and live receivers."""
+    """Every room of one school's live *tree* with its open alerts and live receivers."""
     now = now or datetime.now(timezone.utc)
     if tree is None:
         return {"now": iso(now), "in_school_hours": False, "rooms": []}
@@ -52,7 +59,7 @@ def board_state(store, tree, presence, now: datetime | None = None) -> dict:
     receivers = presence.receivers(site)
     since = iso(now - timedelta(hours=OPEN_ALERT_HOURS))
     alerts: dict[str, list[dict]] = {}
-    for row in store.list_incidents(since=since, limit=500):
+    for row in store.list_incidents(site=site, since=since, limit=500):
         if not is_live_alert(row["alert_state"]):
             continue  # cleared, or a concern staff logged by hand
         alerts.setdefault(row["room"], []).append(
@@ -82,14 +89,16 @@ def router() -> APIRouter:
     @r.get("/office/events")
     async def office_events(request: Request, user: User = Depends(board_view)):
         live = get_broadcaster(request.app)
-        sub = live.subscribe(lambda kind, data: kind in ("alert", "presence"))
-        store, tree, presence = state.store(request), state.tree(request), state.presence(request)
+        site = user.site
+        # This school's alerts and receivers only: another school's "5b" is another room.
+        sub = live.subscribe(lambda kind, data: kind in ("alert", "presence") and data.get("site") == site)
+        store, presence = state.store(request), state.presence(request)
 
         def snapshot() -> dict:
             return board_state(store, state.tree(request), presence)
 
         def one_room(room: str) -> dict:
-            here = presence.receivers(tree.site.site).get(room, []) if tree is not None else []
+            here = presence.receivers(site).get(room, [])
             return {"room": room, "receivers": here, "watched": bool(here)}
 
         async def stream():

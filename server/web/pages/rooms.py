@@ -4,7 +4,8 @@ Live alerts: ingest calls ``app.state.listeners`` after each commit; server/web/
 publishes alert and status changes to the in-process broadcaster, and each open
 ``/rooms/{room}/events`` stream (server-sent events) waits on its own queue: no
 database polling.  Each stream starts with a snapshot of the room's open alerts and ends
-after ``STREAM_SECONDS``; the browser reconnects at once.
+after ``STREAM_SECONDS``; the browser reconnects at once.  A room is a room of the school
+the session acts in: another school's "5b" is another room, never shown here.
 
 An open stream is a live receiver for its room (server/presence.py): it is recorded when it
 opens and at each keep-alive, so a press in a room whose page nobody has open is escalated
@@ -37,12 +38,12 @@ STREAM_SECONDS = 20.0
 OPEN_ALERT_HOURS = 24
 
 
-def open_alerts(store, room: str, now: datetime | None = None) -> list[dict]:
-    """Alerts of *room* not yet cleared, received in the last OPEN_ALERT_HOURS, newest first.
-    By the collector's clock, not the device's: a device whose clock is behind (a Pi that
-    booted without the network) must not have its press left off the teacher's page."""
+def open_alerts(store, site: str, room: str, now: datetime | None = None) -> list[dict]:
+    """Alerts of *site*'s *room* not yet cleared, received in the last OPEN_ALERT_HOURS, newest
+    first.  By the collector's clock, not the device's: a device whose clock is behind (a Pi
+    that booted without the network) must not have its press left off the teacher's page."""
     since = iso((now or datetime.now(timezone.utc)) - timedelta(hours=OPEN_ALERT_HOURS))
-    rows = store.list_incidents(rooms=[room], received_since=since, limit=100)
+    rows = store.list_incidents(site=site, rooms=[room], received_since=since, limit=100)
     return [{"id": r["id"], "state": r["alert_state"], "room": r["room"], "device": r["device"],
              "seat": r.get("seat"), "ts": r["raised_at"]} for r in rows if is_live_alert(r["alert_state"])]
 
@@ -74,20 +75,21 @@ def router() -> APIRouter:
     def room_view(room: str, request: Request, user: User = Depends(teacher_view)):
         room_obj = _room_or_404(request, room, user)
         store = state.store(request)
-        status = {d["id"]: d for d in store.list_devices([room])}
+        status = {d["id"]: d for d in store.list_devices([room], site=user.site)}
         devices = [{"id": d.id, "seat": d.seat, "status": (status.get(d.id) or {}).get("status") or "unknown"}
                    for d in room_obj.devices]
         return render(request, "room.html", room=room, room_name=room_obj.name or room,
-                      alerts=open_alerts(store, room), devices=devices)
+                      alerts=open_alerts(store, user.site, room), devices=devices)
 
     @r.get("/rooms/{room}/events")
     async def room_events(room: str, request: Request, user: User = Depends(teacher_view)):
         _room_or_404(request, room, user)
         live = get_broadcaster(request.app)
-        sub = live.subscribe(lambda kind, data: kind in ("alert", "status") and data.get("room") == room)
+        site = user.site
+        sub = live.subscribe(lambda kind, data: kind in ("alert", "status") and data.get("site") == site
+                             and data.get("room") == room)
         store = state.store(request)
         presence = state.presence(request)
-        site = state.tree(request).site.site
 
         async def seen() -> None:
             try:
@@ -101,13 +103,13 @@ def router() -> APIRouter:
             try:
                 yield "retry: 500\n\n"
                 await seen()
-                live.publish("presence", {"room": room, "who": user.username, "state": "watching",
-                                          "kind": "dashboard"})
+                live.publish("presence", {"site": site, "room": room, "who": user.username,
+                                          "state": "watching", "kind": "dashboard"})
                 # Subscribed first, then the snapshot: an alert raised in between is
                 # sent twice (harmless, same id) rather than lost.  The snapshot also
                 # lists what is open, so a page that reconnects drops alerts cleared
                 # while it was away.
-                snapshot = await asyncio.to_thread(open_alerts, store, room)
+                snapshot = await asyncio.to_thread(open_alerts, store, site, room)
                 for alert in reversed(snapshot):
                     yield _sse("alert", alert)
                 yield _sse("snapshot", {"open": [a["id"] for a in snapshot]})

@@ -26,6 +26,7 @@ def sway_session(tmp_path):
     require_root()
     require_binary("sway")
     runtime_dir = Path(f"/run/user/{pwd.getpwnam(USER).pw_uid}")
+    clear_stale_runtime_dir(runtime_dir, pwd.getpwnam(USER).pw_uid)
     if runtime_dir.exists():
         skip_or_fail(f"{runtime_dir} is in use; not touching a real session")
     with headless_sway(tmp_path / "sway.log") as session:
@@ -40,6 +41,7 @@ def headless_sway(log_path: Path, user: str = USER) -> Iterator[Session]:
         raise RuntimeError("sway is not installed")
     entry = pwd.getpwnam(user)
     runtime_dir = Path(f"/run/user/{entry.pw_uid}")
+    clear_stale_runtime_dir(runtime_dir, entry.pw_uid)
     if runtime_dir.exists():
         raise RuntimeError(f"{runtime_dir} is in use; not touching a real session")
     runtime_dir.mkdir(parents=True, mode=0o700)
@@ -63,6 +65,18 @@ def headless_sway(log_path: Path, user: str = USER) -> Iterator[Session]:
             if p.info["name"] in ("swaylock", "swayidle", "sway") and p.info["username"] == user:
                 p.kill()
         shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def clear_stale_runtime_dir(runtime_dir: Path, uid: int) -> None:
+    """Remove a runtime dir an interrupted test run left behind (a killed pytest never
+    reaches headless_sway's cleanup), so one killed run does not fail every later one.
+    Only our own leftover goes: it holds the sway.conf written below, and no process of
+    the user is alive.  A real session of that user (any live process) is never touched."""
+    if not (runtime_dir / "sway.conf").exists():
+        return
+    if any(p.info["uids"] and p.info["uids"].real == uid for p in psutil.process_iter(["uids"])):
+        return
+    shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 def wtype(session: Session, *args: str) -> None:

@@ -97,6 +97,10 @@ def check_proposal(body: Any, tree) -> dict:
             new_tree, files = check_files(body.get("files"))
         except RolloutError as exc:
             raise ChangeError("; ".join(exc.errors[:5])) from None
+        if new_tree.site.site != tree.site.site:
+            # Proposed at one school, it would be approved and published there: never another's tree.
+            raise ChangeError(f"config/site.yaml: site: this tree is for site {new_tree.site.site!r}, but you "
+                              f"are working in {tree.site.site!r}; switch to that school first")
         diff = allowlist_diff(tree, new_tree)
         return {"kind": "files", "reason": reason.strip(), "source": "yaml" if source == "proposal" else source,
                 "files": files, "key_stages": sorted(diff),
@@ -198,15 +202,16 @@ def files_for(change: dict, live_files: dict[str, str], live_version: str | None
 
 
 def publish_change(rollouts, store, change: dict, approver: str) -> dict:
-    """Publish an approved change through the rollout; returns the rollout (Published.to_dict())."""
-    current = rollouts.current()
+    """Publish an approved change through its school's rollout (the change's site: never
+    another school's tree); returns the rollout (Published.to_dict())."""
+    current = rollouts.current(change["site"])
     if current is None:
         raise ChangeError("no config has been published yet: publish one first")
     files = files_for(change, rollouts.files(current["version"]) or {}, current["version"])
     why = (f"allowlist change {change['id'][:8]} proposed by {change['proposed_by']}, approved by {approver}: "
            f"{change['reason']}")[:2000]
     try:
-        published = rollouts.publish(files, approver, why, change=change)
+        published = rollouts.publish(files, approver, why, site=change["site"], change=change)
     except RolloutError as exc:
         raise ChangeError("; ".join(exc.errors[:5])) from None
     store.mark_allowlist_published(change["id"], change["site"], published.version)

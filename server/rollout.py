@@ -544,7 +544,7 @@ def cli_propose(args) -> int:
 
     root = Path(args.dir)
     try:
-        load_tree(root)
+        args.site = load_tree(root).site.site  # proposed at the school the tree is for
     except ConfigInvalid as exc:
         return print_problems("classroom-server", exc.errors, args.dir, "proposal refused; nothing was changed")
     try:

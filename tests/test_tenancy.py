@@ -6,7 +6,10 @@ even lists penny-acres' teacher in its ``alert_staff``.  Hilltop holds a record 
 kind (an incident the DSL has filled in, evidence, blocked lookups, a filtering check,
 device status, a dark device, an enrolment token, a published config version, audit
 entries, a staff account, an escalation e-mail with its attempt, a teacher client and a
-dashboard tab watching its 5b), each carrying canary strings.  Then every route of the app --
+dashboard tab watching its 5b; issue 15's record: a concern with its IT queue item, an
+allowlist change, an override, an export, a review, a check action, a test-filtering run,
+AUP acceptances and logins, a guard event; issue 16's "Ask my teacher" request), each
+carrying canary strings.  Then every route of the app --
 enumerated from the app itself, so a route added later is covered without editing this
 file -- is called as every penny-acres role and the trust level, with hilltop's ids in its
 path and a body that would change something: no answer may contain a hilltop canary,
@@ -57,6 +60,13 @@ A_CANARY_TEXT = ("CANARY-A-OUTCOME-22d", "canary-a-blocked-22d.example")
 B_RECIPIENT = "canary-b-escalation-91c@hilltop.example"
 B_DELIVERY_ERROR = "CANARY-B-SMTP-ERROR-91c"
 B_WATCHER, B_VIEWER = "b.pager-91c", "b.tab-91c"
+# Issue 15's record and issue 16's "Ask my teacher" at hilltop.
+B_RECORD_TEXT = {
+    "concern": "CANARY-B-CONCERN-91c", "it_domain": "canary-b-itqueue-91c.example",
+    "allowlist": "canary-b-allowlist-91c.example", "override": "canary-b-override-91c.example",
+    "pupil": "canary-b-pupil-91c", "aup_pupil": "canary-b-aup-91c", "login_pupil": "canary-b-login-91c",
+    "review": "CANARY-B-REVIEW-91c", "check_action": "CANARY-B-CHECK-ACTION-91c", "test": "CANARY-B-TEST-91c",
+    "guard": "canary-b-tor-91c", "ask": "canary-b-ask-91c.example"}
 
 # How each route is scoped (reviewed).  "collector": public, says nothing about any school;
 # "caller": about the caller alone (their session, their schools); "school": reads or
@@ -130,6 +140,52 @@ SITE_SCOPE = {
     ("GET", "/users"): "school",
     ("POST", "/users/add"): "school",
     ("POST", "/users/{username}/change"): "school",
+    # Issue 15's record: every row has its site; routes read and write user.site's only.
+    ("POST", "/api/v1/concerns"): "school",
+    ("GET", "/api/v1/it-queue"): "school",
+    ("POST", "/api/v1/it-queue/{item_id}/done"): "school",
+    ("GET", "/api/v1/guard-events"): "school",
+    ("GET", "/api/v1/allowlist/changes"): "school",
+    ("POST", "/api/v1/allowlist/changes"): "school",
+    ("POST", "/api/v1/allowlist/changes/{change_id}/decision"): "school",
+    ("GET", "/api/v1/allowlist/overrides"): "school",
+    ("POST", "/api/v1/incidents/{incident_id}/export"): "school",
+    ("POST", "/api/v1/exports/pupil"): "school",
+    ("GET", "/api/v1/exports"): "school",
+    ("GET", "/api/v1/reviews"): "school",
+    ("POST", "/api/v1/reviews"): "school",
+    ("GET", "/api/v1/checks"): "school",
+    ("POST", "/api/v1/checks/{check_id}/actions"): "school",
+    ("POST", "/api/v1/filter-tests"): "school",
+    ("POST", "/api/v1/filter-tests/{test_id}/result"): "school",
+    ("GET", "/api/v1/reports/term"): "school",
+    ("GET", "/api/v1/aup"): "school",
+    ("GET", "/api/v1/devices/{device_id}/aup"): "device",
+    ("GET", "/concerns/new"): "school",
+    ("POST", "/concerns/new"): "school",
+    ("GET", "/it-queue"): "school",
+    ("POST", "/it-queue/{item_id}/done"): "school",
+    ("GET", "/guard"): "school",
+    ("GET", "/guard.csv"): "school",
+    ("GET", "/allowlist"): "school",
+    ("POST", "/allowlist/propose"): "school",
+    ("POST", "/allowlist/{change_id}/decide"): "school",
+    ("POST", "/incidents/{incident_id}/export"): "school",
+    ("GET", "/exports"): "school",
+    ("POST", "/exports/pupil"): "school",
+    ("GET", "/reviews"): "school",
+    ("POST", "/reviews"): "school",
+    ("GET", "/checks"): "school",
+    ("POST", "/checks/{check_id}/action"): "school",
+    ("POST", "/checks/test"): "school",
+    ("POST", "/checks/test/{test_id}"): "school",
+    ("GET", "/reports/term"): "school",
+    ("GET", "/reports/term.pdf"): "school",
+    ("GET", "/aup"): "school",
+    # Issue 16's "Ask my teacher": requests are looked up by (site, id), rooms by (site, room).
+    ("GET", "/api/v1/rooms/{room}/unblock-requests"): "school",
+    ("POST", "/api/v1/unblock-requests/{request_id}/allow"): "school",
+    ("POST", "/api/v1/unblock-requests/{request_id}/dismiss"): "school",
 }
 
 # Bodies that would change something if the route let them through (JSON for the API,
@@ -142,6 +198,15 @@ JSON_BODIES = {
     ("PATCH", "/api/v1/users/{username}"): {"disabled": True, "role": "admin"},
     ("POST", "/api/v1/site"): {"site": B},
     ("POST", "/api/v1/config/rollback"): {"why": "from another school"},
+    ("POST", "/api/v1/it-queue/{item_id}/done"): {"note": "done by another school"},
+    ("POST", "/api/v1/allowlist/changes/{change_id}/decision"): {"approve": False, "note": "another school"},
+    ("POST", "/api/v1/incidents/{incident_id}/export"): {"format": "csv", "evidence": True},
+    ("POST", "/api/v1/exports/pupil"): {"user": B_RECORD_TEXT["pupil"], "format": "csv", "evidence": True},
+    ("POST", "/api/v1/checks/{check_id}/actions"): {"text": "action from another school"},
+    ("POST", "/api/v1/filter-tests"): {"device": B_DEVICE},
+    ("POST", "/api/v1/filter-tests/{test_id}/result"): {"result": "fail", "details": "from another school"},
+    ("POST", "/api/v1/concerns"): {"room": "5b", "device": B_DEVICE, "what": "from another school",
+                                   "tell_it": True, "url": "https://x.example/"},
 }
 FORM_BODIES = {
     ("POST", "/incidents/{incident_id}/update"): {"status": "closed", "outcome": "changed by another school"},
@@ -151,6 +216,14 @@ FORM_BODIES = {
     ("POST", "/site"): {"site": B},
     ("POST", "/rollout/rollback"): {"why": "from another school"},
     ("POST", "/rollout/publish"): {"why": "from another school"},
+    ("POST", "/it-queue/{item_id}/done"): {"note": "done by another school"},
+    ("POST", "/allowlist/{change_id}/decide"): {"approve": "1", "note": "another school"},
+    ("POST", "/incidents/{incident_id}/export"): {"format": "csv", "evidence": "1"},
+    ("POST", "/exports/pupil"): {"user": B_RECORD_TEXT["pupil"], "format": "csv", "evidence": "1"},
+    ("POST", "/checks/{check_id}/action"): {"text": "action from another school"},
+    ("POST", "/checks/test"): {"device": B_DEVICE},
+    ("POST", "/checks/test/{test_id}"): {"result": "fail", "details": "from another school"},
+    ("POST", "/concerns/new"): {"room": "5b", "device": B_DEVICE, "what": "from another school", "tell_it": "1"},
 }
 API_PREFIX = "/api/v1"
 
@@ -230,7 +303,43 @@ class World:
                                                                                    B_WATCHER)),
                           {"state": "watching", "ts": protocol.now_ts(), "client": "classroom-alerts"})
         presence.viewer_seen(B, "5b", B_VIEWER)
+        self._record_b()
         self.publisher.sent.clear()  # the publishes' reload-config commands
+
+    def _record_b(self) -> None:
+        """Hilltop's issue 15 record and issue 16 request, each with a canary."""
+        from agent.config import term_key
+        from server.localtime import zone
+
+        store, t = self.store, B_RECORD_TEXT
+        self.concern_b = store.log_concern(site=B, room="5b", logged_by=B_STAFF["teacher"], what=t["concern"],
+                                           device=B_DEVICE, url=f"https://{t['it_domain']}/", domain=t["it_domain"],
+                                           tell_it=True)
+        [item] = store.list_it_queue(B)
+        self.it_item_b = item["id"]
+        self.change_b = store.add_allowlist_change(site=B, kind="domains", reason="phonics games", source="proposal",
+                                                   proposed_by=B_STAFF["technician"], key_stages=["ks1"],
+                                                   add_domains=[t["allowlist"]])["id"]
+        store.record_export(site=B, actor=B_STAFF["dsl"], kind="pupil", target=t["pupil"], format="pdf",
+                            with_evidence=False, incidents=[self.incident_b])
+        store.add_review(site=B, held_on="2026-09-10", attendees=[{"name": "Hilltop Head", "role": "headteacher"}],
+                         findings=t["review"], actions="none", next_review="2027-09-10", recorded_by=B_STAFF["dsl"])
+        term = term_key(self.tree_b.site.terms, datetime.now(zone(self.tree_b.site.timezone)).date())
+        check = _event(B, "5b", B_DEVICE, "filter_check", user="tech", domain="check-b.example", ok=False)
+        ask = _event(B, "5b", B_DEVICE, "unblock_request", domain=t["ask"], seat="Table 2", user="pupil")
+        store.insert_events([
+            check, ask,
+            _event(B, "5b", B_DEVICE, "report_evidence", alert_id=self.incident_b, user=t["pupil"], minutes=10,
+                   domains=[]),
+            _event(B, "5b", B_DEVICE, "aup_accepted", user=t["aup_pupil"], term=term, key_stage="ks2"),
+            _event(B, "5b", B_DEVICE, "login", user=t["login_pupil"]),
+            _event(B, "5b", B_DEVICE, "bypass_process", user="pupil", name=t["guard"]),
+            _event(B, "5b", B_DEVICE, "override_opened", domain=t["override"], by=B_STAFF["teacher"], minutes=20)])
+        self.check_b, self.ask_b = check["id"], ask["id"]
+        store.add_check_action(site=B, check_id=self.check_b, actor=B_STAFF["technician"], text=t["check_action"])
+        self.test_b = store.start_filter_test(site=B, room="5b", device=B_DEVICE, domain="testfiltering.com",
+                                              started_by=B_STAFF["technician"])["id"]
+        store.record_filter_test(self.test_b, B, actor=B_STAFF["technician"], result="partial", details=t["test"])
 
     def _school(self, site, room, device, outcome, blocked, dsl, note=None, evidence=None, check=None) -> str:
         store = self.store
@@ -268,12 +377,15 @@ class World:
         """Strings that only hilltop's records contain."""
         return {*B_CANARY_TEXT, self.incident_b, B, B_SCHOOL, self.version_b, B_ONLY, "Only At Hilltop",
                 *B_STAFF.values(), *(d for d in self.tree_b.device_ids()), B_RECIPIENT, B_DELIVERY_ERROR,
-                B_WATCHER, B_VIEWER}
+                B_WATCHER, B_VIEWER, *B_RECORD_TEXT.values(), self.concern_b, self.change_b, self.check_b,
+                self.test_b, self.ask_b, self.it_item_b}
 
     def b_params(self) -> dict[str, str]:
         """A hilltop value for every path parameter a route may have."""
         return {"incident_id": self.incident_b, "alert_id": self.incident_b, "device_id": B_DEVICE,
-                "device": B_DEVICE, "username": B_ONLY, "room": "5b", "room_id": "5b"}
+                "device": B_DEVICE, "username": B_ONLY, "room": "5b", "room_id": "5b", "item_id": self.it_item_b,
+                "change_id": self.change_b, "check_id": self.check_b, "test_id": self.test_b,
+                "request_id": self.ask_b}
 
     def b_state(self) -> dict:
         """Everything hilltop holds that another school could try to change."""
@@ -284,6 +396,12 @@ class World:
                 "tokens": store.list_enrol_tokens(site=B), "alerts": store.list_device_alerts(site=B),
                 "deliveries": store.list_deliveries(site=B),
                 "sessions": [store.memberships(n) for n in (B_ONLY, *B_STAFF.values())],
+                "concern": store.get_concern(self.concern_b), "it_queue": store.list_it_queue(B),
+                "allowlist": store.list_allowlist_changes(B), "exports": store.list_exports(B),
+                "reviews": store.list_reviews(B), "checks": store.check_actions_for(B, [self.check_b]),
+                "tests": store.list_filter_tests(B), "ask": store.unblock_request(self.ask_b, B),
+                "incidents": sorted(i["id"] for i in store.list_incidents(site=B)),
+                "audit": sorted((e["action"], e["target"] or "") for e in store.list_audit(sites=[B])),
                 "cmds": [t for t in self.publisher.sent if f"/{B}/" in t]}
 
 
@@ -391,14 +509,19 @@ def test_no_route_shows_or_changes_another_schools_records(world):
                 allowed = {B, B_SCHOOL, world.version_b} if role == "trust" else set()
                 leaked = sorted(c for c in canaries - allowed if c in text)
                 assert not leaked, f"{method} {path} as {role} of {A} shows {B}'s {leaked}: {r.text[:300]}"
-                names_b_record = any(k in ("incident_id", "alert_id", "device_id", "device", "username")
-                                     for k in named)
+                names_b_record = any(k in ("incident_id", "alert_id", "device_id", "device", "username", "item_id",
+                                           "change_id", "check_id", "test_id", "request_id") for k in named)
                 if names_b_record:
                     assert not 200 <= r.status_code < 400, \
                         f"{method} {path} as {role} of {A} on {B}'s record answered {r.status_code}: {r.text[:300]}"
                 checked.add((method, path))
     assert world.b_state() == before, f"{B}'s records changed"
     assert {k for k, scope in SITE_SCOPE.items() if scope != "collector"} <= checked
+    # What a school's staff did is in their school's audit log (its DSL reads it), never
+    # the collector-wide one (the trust level's).
+    unsited = {(e["actor"], e["action"]) for e in world.store.list_audit(sites=[None], limit=10000)
+               if e["actor"] in STAFF.values()}
+    assert unsited == set(), f"audit entries of {A}'s staff written without their school: {sorted(unsited)}"
 
 
 def test_positive_controls_each_school_sees_its_own(world):
@@ -418,6 +541,9 @@ def test_positive_controls_each_school_sees_its_own(world):
         dsl_b = world.headers(B_STAFF["dsl"])
         seen |= {c for c in B_CANARY_TEXT
                  if c in client.get(f"/api/v1/incidents/{world.incident_b}/evidence", headers=dsl_b).text}
+        # What a member of staff wrote in a concern is on its own incident (the DSL's record).
+        seen |= {c for c in world.b_canaries()
+                 if c in client.get(f"/api/v1/incidents/{world.concern_b}", headers=dsl_b).text}
         seen.add(B)  # the site id is in every hilltop record; checked below by name
         assert client.get("/api/v1/me", headers=dsl_b).json()["site"] == B
         dsl_a = world.headers(STAFF["dsl"])
@@ -571,6 +697,112 @@ def test_escalations_go_to_each_schools_own_contacts(store, tmp_path):
                                                                        "hilltop-teams"}
 
 
+def test_each_schools_term_report_and_aup_list_count_its_own(world):
+    """Counts carry no canary: the term report and the AUP list of each school count its own
+    records only (hilltop has a report and a concern, penny-acres a report)."""
+    with TestClient(world.app, base_url="https://testserver") as client:
+        a = client.get("/api/v1/reports/term", headers=world.headers(STAFF["dsl"])).json()
+        b = client.get("/api/v1/reports/term", headers=world.headers(B_STAFF["dsl"])).json()
+        assert (a["school"], a["incidents"], a["concerns"]) == ("Penny Acres Primary School", 1, 0)
+        assert (b["school"], b["incidents"], b["concerns"]) == (B_SCHOOL, 2, 1)
+        a_aup = client.get("/api/v1/aup", headers=world.headers(STAFF["dsl"])).json()
+        b_aup = client.get("/api/v1/aup", headers=world.headers(B_STAFF["dsl"])).json()
+        assert a_aup["accepted"] == [] and B_RECORD_TEXT["login_pupil"] not in json.dumps(a_aup)
+        assert [r["user_name"] for r in b_aup["accepted"]] == [B_RECORD_TEXT["aup_pupil"]]
+        # A device reads its own school's list, from its own school's tree.
+        mine = client.get(f"/api/v1/devices/{B_DEVICE}/aup", headers=world.headers(B_DEVICE))
+        assert mine.status_code == 200 and B_RECORD_TEXT["aup_pupil"] in mine.json()["accepted"]
+        assert client.get(f"/api/v1/devices/{A_DEVICE}/aup", headers=world.headers(A_DEVICE)).json()["accepted"] == {}
+
+
+def test_guard_check_and_adult_concern_messages_go_to_their_own_schools_contacts(store, tmp_path):
+    """Issue 15's messages on one notifier for two schools: a bypass tool at penny-acres goes
+    to penny-acres' DSL, a failed check at hilltop to hilltop's, a concern about an adult at
+    hilltop to hilltop's headteacher only; a webhook limited to hilltop hears only hilltop."""
+    import yaml
+
+    from notify_fixtures import CONTACT_EMAILS, notify_tree_dir
+    from server.notify import Notifier
+    from server.notify.events import EventNotices
+    from server.notify.settings import NotifySettings, Smtp, Webhook
+    from server.presence import Presence
+    from server.sites import Sites
+
+    folder_a = notify_tree_dir(tmp_path / "a", REPO)
+    folder_b = make_school_b(tmp_path)
+    data = yaml.safe_load((folder_b / "site.yaml").read_text())
+    b_emails = {"dsl": "dsl@hilltop.test", "office": "office@hilltop.test", "headteacher": "head@hilltop.test"}
+    for contact in data["escalation"]["contacts"]:
+        contact["email"] = b_emails[contact["role"]]
+    data["escalation"]["contacts"].append({"name": "Hilltop Head", "role": "headteacher",
+                                           "email": b_emails["headteacher"]})
+    (folder_b / "site.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    sites = Sites([load_tree(folder_a), load_tree(folder_b)])
+
+    class Channel:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, recipient, notice):
+            self.sent.append((recipient, notice.school, notice.reason))
+
+    email, hooks = Channel(), Channel()
+    settings = NotifySettings(smtp=Smtp(host="127.0.0.1", port=25, starttls=False, sender="safety@trust.test"),
+                              webhooks=(Webhook("trust-all", "http://127.0.0.1:9/all"),
+                                        Webhook("hilltop-teams", "http://127.0.0.1:9/b", sites=(B,))))
+    notifier = Notifier(store, settings, lambda: sites, Presence(store), email=email, webhooks=hooks)
+    notices = EventNotices(store, settings, lambda: sites, wake=notifier.poke)
+    notifier.sources.append(notices)
+    a_tool = _event(A, "5b", A_DEVICE, "bypass_process", name="tor", user="pupil")
+    b_fail = _event(B, "5b", B_DEVICE, "filter_check", by="nightly", ok=False,
+                    results=[{"domain": "facebook.com", "expect": "blocked", "result": "fail"}])
+    store.insert_events([a_tool, b_fail])
+    for event in (a_tool, b_fail):
+        notices.listener("event", None, event)
+    notifier.run_once()
+    a_school = "Penny Acres Primary School"
+    assert sorted(email.sent) == sorted([(CONTACT_EMAILS["dsl"], a_school, "guard"),
+                                         (b_emails["dsl"], B_SCHOOL, "filter-check")])
+    assert sorted(hooks.sent) == sorted([("trust-all", a_school, "guard"), ("trust-all", B_SCHOOL, "filter-check"),
+                                         ("hilltop-teams", B_SCHOOL, "filter-check")])
+    email.sent.clear(), hooks.sent.clear()
+
+    concern = store.log_concern(site=B, room="5b", logged_by=B_STAFF["teacher"], what="about an adult",
+                                category="concern-about-adult")
+    assert [d["recipient"] for d in notices.adult_concern(store.get_incident(concern))] == [b_emails["headteacher"]]
+    notifier.run_once()
+    assert email.sent == [(b_emails["headteacher"], B_SCHOOL, "adult-concern")] and hooks.sent == []
+
+
+def test_the_nightly_filter_check_runs_each_schools_night(store, tmp_path):
+    """Each school's devices are asked at its own night, once, audited in its own school; a
+    failure raises the technician's alert at the device's own school."""
+    from server.filtercheck import NightlyCheck
+    from server.sites import Sites
+
+    folder_b = make_school_b(tmp_path)
+    site_b = folder_b / "site.yaml"
+    site_b.write_text(site_b.read_text().replace("timezone: Europe/London", "timezone: Asia/Tokyo"))
+    tree_a, tree_b = load_tree(REPO / "config"), load_tree(folder_b)
+    assert tree_b.site.timezone == "Asia/Tokyo"
+    sent = []
+    nightly = NightlyCheck(store, lambda: Sites([tree_a, tree_b]), lambda *a: sent.append(a[0]),
+                           lambda: protocol.DEFAULT_PREFIX, hour=2)
+    after_tokyo_night = datetime(2026, 11, 24, 0, 30, tzinfo=timezone.utc)  # 09:30 in Tokyo, 00:30 in London
+    assert nightly.run(after_tokyo_night) == len(tree_b.device_ids())
+    assert sent and all(f"/{B}/" in topic for topic in sent)
+    assert nightly.run(after_tokyo_night) == 0  # hilltop's night is done; penny-acres' has not come
+    london_night = after_tokyo_night + timedelta(hours=2)  # 02:30 in London
+    assert nightly.run(london_night) == len(tree_a.device_ids())
+    runs = store.list_audit(action="filter.nightly")
+    assert sorted((e["site"], e["target"]) for e in runs) == [(B, f"{B}:2026-11-24"), (A, f"{A}:2026-11-24")]
+    b_fail = _event(B, "5b", B_DEVICE, "filter_check", by="nightly", ok=False,
+                    results=[{"domain": "facebook.com", "expect": "blocked", "result": "fail"}])
+    nightly.listener("event", None, b_fail)
+    assert [a["device"] for a in store.list_device_alerts(site=B)] == [B_DEVICE]
+    assert store.list_device_alerts(site=A) == []
+
+
 def test_switching_school_changes_everything_a_request_sees(world):
     """j.dual is the DSL at penny-acres and a teacher at hilltop: one school at a time."""
     with TestClient(world.app, base_url="https://testserver") as client:
@@ -600,7 +832,8 @@ def test_trust_level_sees_totals_and_health_not_records(world):
         health = {row["site"]: row for row in client.get("/api/v1/trust/health", headers=h).json()}
         assert set(health) == {A, B}
         assert health[B]["school"] == B_SCHOOL and health[B]["online"] == 1 and health[B]["dark"] == 1
-        assert health[B]["incidents"] == 1 and health[B]["devices"] == len(world.tree_b.device_ids())
+        # Hilltop's incidents: the 5b report and the concern a teacher logged (not an open alert).
+        assert health[B]["incidents"] == 2 and health[B]["devices"] == len(world.tree_b.device_ids())
         assert health[A]["config_version"] == world.version_a and health[B]["config_version"] == world.version_b
         # The office boards' totals: hilltop's 5b report is open and its 5b is watched; nobody
         # watches a penny-acres room.  Counts only: no room, seat or watcher (checked below).
@@ -609,10 +842,14 @@ def test_trust_level_sees_totals_and_health_not_records(world):
         assert health[A]["unwatched_rooms"] == len(world.tree_a.rooms)
         text = json.dumps(health) + client.get("/trust", headers=h).text
         for secret in (*B_CANARY_TEXT, *A_CANARY_TEXT, world.incident_a, world.incident_b, B_DEVICE, A_DEVICE,
-                       "Table 1", "Year 5 Beech", STAFF["teacher"], B_WATCHER, B_VIEWER, B_RECIPIENT):
+                       "Table 1", "Year 5 Beech", STAFF["teacher"], B_WATCHER, B_VIEWER, B_RECIPIENT,
+                       *B_RECORD_TEXT.values()):
             assert secret not in text
         for path in ("/api/v1/incidents", "/api/v1/devices", "/api/v1/reports/weekly", "/api/v1/users",
-                     "/incidents", "/rooms", "/office", "/office/events", "/deliveries", "/api/v1/deliveries"):
+                     "/incidents", "/rooms", "/office", "/office/events", "/deliveries", "/api/v1/deliveries",
+                     "/api/v1/guard-events", "/api/v1/it-queue", "/api/v1/allowlist/changes", "/api/v1/exports",
+                     "/api/v1/reviews", "/api/v1/checks", "/api/v1/aup", "/api/v1/reports/term",
+                     "/api/v1/rooms/5b/unblock-requests", "/guard", "/reports/term", "/aup"):
             assert client.get(path, headers=h).status_code == 403, path
         # Its audit log is the collector-wide one: failed logins, not a school's record.
         world.store.audit("nobody", "login.failed", None, {"via": "api"})

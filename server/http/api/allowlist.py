@@ -1,5 +1,7 @@
 """Allowlist changes over the API (server/allowlist.py): a technician proposes, the DSL decides,
-approval publishes through the rollout; the change log and the override history.
+approval publishes through the rollout; the change log and the override history.  All of it
+is the acting school's (``user.site``): another school's change answers 404, and an approval
+publishes that school's own tree.
 
 ``GET /allowlist/changes`` and ``GET /allowlist/overrides``: the DSL, technicians, admins.
 ``POST /allowlist/changes``: technicians.  ``POST /allowlist/changes/{id}/decision``: the DSL
@@ -33,7 +35,7 @@ def propose(request: Request, user: User, body: Any, via: str) -> dict:
     change = store.add_allowlist_change(site=state.school_site(request), proposed_by=user.username, **fields)
     store.audit(user.username, "allowlist.propose", change["id"],
                 {"via": via, "kind": change["kind"], "add": change["add_domains"],
-                 "remove": change["remove_domains"], "key_stages": change["key_stages"]})
+                 "remove": change["remove_domains"], "key_stages": change["key_stages"]}, site=user.site)
     return change
 
 
@@ -48,7 +50,7 @@ def decide(request: Request, user: User, change_id: str, approve: bool, note: st
         raise al.ChangeError(f"this change is already {change['status']}")
     if approve:
         # Check it can be carried out before recording the approval.
-        current = state.rollouts(request).current()
+        current = state.rollouts(request).current(site)
         al.files_for(change, state.rollouts(request).files(current["version"]) or {} if current else {},
                      current["version"] if current else None)
     decided = store.decide_allowlist_change(change["id"], site, actor=user.username, approve=approve,
@@ -56,12 +58,12 @@ def decide(request: Request, user: User, change_id: str, approve: bool, note: st
     if decided is None:
         raise al.ChangeError("this change was decided by someone else a moment ago")
     store.audit(user.username, "allowlist.approve" if approve else "allowlist.reject", change["id"],
-                {"via": via, "note": bool(note.strip())})
+                {"via": via, "note": bool(note.strip())}, site=site)
     if approve:
         try:
             decided["rollout"] = al.publish_change(state.rollouts(request), store, decided, user.username)
         except al.ChangeError:
-            store.audit(user.username, "allowlist.publish_failed", change["id"], {"via": via})
+            store.audit(user.username, "allowlist.publish_failed", change["id"], {"via": via}, site=site)
             raise
         decided = {**store.get_allowlist_change(change["id"], site), "rollout": decided["rollout"]}
     return decided

@@ -3,7 +3,9 @@ this term's acceptances for a device to cache (the device itself).
 
 The term is named as devices name it (``agent.config.term_key``: site.yaml ``terms``, in
 the school's time zone).  "Who has not accepted" is every user who logged in at the
-school this term (``login`` events) without an ``aup_accepted`` for it.
+school this term (``login`` events) without an ``aup_accepted`` for it.  Per school: staff
+see the school they act in (``user.site``), a device its own school's list (the live tree
+whose rooms list it).
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from . import API
 PUBLIC: frozenset = frozenset()
 
 
-def this_term(request: Request, now: datetime | None = None) -> tuple[str, str]:
-    """(this term's name, its first moment as a stored ts) at the acting school."""
+def this_term(tree, now: datetime | None = None) -> tuple[str, str]:
+    """(this term's name, its first moment as a stored ts) at *tree*'s school (None: the
+    month rule in Europe/London)."""
     from agent.protocol import now_ts
     from datetime import time
 
-    tree = state.tree(request)
-    tz = zone(state.site_and_timezone(request)[1])
+    tz = zone(tree.site.timezone if tree is not None else "Europe/London")
     today = (now or datetime.now(timezone.utc)).astimezone(tz).date()
     terms = tree.site.terms if tree is not None else ()
     name = term_key(terms, today)
@@ -40,7 +42,7 @@ def this_term(request: Request, now: datetime | None = None) -> tuple[str, str]:
 
 
 def aup_status(request: Request, term: str | None = None) -> dict:
-    name, since = this_term(request)
+    name, since = this_term(state.tree(request))
     if term and term != name:
         raise HTTPException(400, f"term: only this term ({name}) can be listed")
     store = state.store(request)
@@ -62,10 +64,10 @@ def router() -> APIRouter:
         """This term's acceptances at the device's own school, for it to keep (agent/policy/aup.py)."""
         if device != device_id:
             raise HTTPException(403, "a device may fetch only its own list")
-        tree = state.tree(request)
-        if tree is None or device_id not in tree.device_ids():
+        tree = state.sites(request).tree_for_device(device_id)
+        if tree is None:
             raise HTTPException(404, f"device {device_id!r} is not in the live config")
-        name, _ = this_term(request)
+        name, _ = this_term(tree)
         rows = state.store(request).aup_accepted(tree.site.site, name)
         return {"term": name, "accepted": {r["user_name"]: r["accepted_at"] for r in rows}}
 

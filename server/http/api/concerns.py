@@ -10,6 +10,9 @@ teacher who logged it sees the incident's timeline, like any other in their room
 
 ``/it-queue`` (technicians, admins): the domains staff asked IT to look at; an item is
 closed with what was done.
+
+All of it is the acting school's (``user.site``): its rooms and devices, its queue; another
+school's item answers 404; the headteacher told is the incident's own school's.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def log_concern(request: Request, user: User, body: Any, via: str) -> dict:
     incident_id = store.log_concern(site=site, logged_by=user.username, **fields)
     # The audit log (admins read it) says that a concern was logged, never what it says.
     store.audit(user.username, "concern.log", incident_id,
-                {"via": via, "room": fields["room"], "tell_it": fields["tell_it"]})
+                {"via": via, "room": fields["room"], "tell_it": fields["tell_it"]}, site=site)
     incident = store.get_incident(incident_id)
     tell_head(request, user, incident)
     return incident
@@ -72,7 +75,8 @@ def tell_head(request: Request, user: User, incident: dict) -> int:
     notices = state.event_notices(request)
     sent = notices.adult_concern(incident) if notices is not None else []
     if sent or notices is None:
-        state.store(request).audit(user.username, "concern.head_told", incident["id"], {"messages": len(sent)})
+        state.store(request).audit(user.username, "concern.head_told", incident["id"], {"messages": len(sent)},
+                                   site=incident["site"])
     return len(sent)
 
 
@@ -99,7 +103,7 @@ def router() -> APIRouter:
         store = state.store(request)
         if not store.close_it_request(item_id[:64], state.school_site(request), user.username, body.note or None):
             raise HTTPException(404, f"open IT queue item {item_id[:64]!r} not found")
-        store.audit(user.username, "it_queue.done", item_id[:64], {"via": "api"})
+        store.audit(user.username, "it_queue.done", item_id[:64], {"via": "api"}, site=user.site)
         return {"id": item_id, "status": "done"}
 
     return r

@@ -44,12 +44,13 @@ def export_file(request: Request, user: User, incidents: list[dict], *, kind: st
     store.record_export(site=site, actor=user.username, kind=kind, target=target, format=fmt,
                         with_evidence=with_evidence, incidents=ids)
     store.audit(user.username, "export", target, {"via": via, "kind": kind, "format": fmt,
-                                                  "evidence": with_evidence, "incidents": len(ids)})
+                                                  "evidence": with_evidence, "incidents": len(ids)}, site=user.site)
     evidence = None
     if with_evidence:
         evidence = {i: store.evidence(i) for i in ids}
         for i in ids:
-            store.audit(user.username, "evidence.view", i, {"records": len(evidence[i]), "via": f"export-{via}"})
+            store.audit(user.username, "evidence.view", i, {"records": len(evidence[i]), "via": f"export-{via}"},
+                        site=user.site)
     # Re-read: the export just recorded is part of the chronology it exports.
     records = [inc.for_user(store.get_incident(i), user) for i in ids]
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", target)[:64]

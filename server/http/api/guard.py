@@ -62,7 +62,8 @@ def search(request: Request, user: User, *, type: str | None, user_name: str | N
                                              device=device, room=room, since=day_bound(since, tz),
                                              until=day_bound(until, tz, end=True), limit=limit)
     if user_name:
-        state.store(request).audit(user.username, "guard.search", None, {"user": user_name, "rows": len(rows)})
+        state.store(request).audit(user.username, "guard.search", None, {"user": user_name, "rows": len(rows)},
+                                       site=user.site)
     for row in rows:
         row["details"] = details(row)
     return rows

@@ -67,7 +67,8 @@ def router() -> APIRouter:
     def term(request: Request, user: User = Depends(require("dsl")), term: str | None = Query(None, max_length=64),
              format: str = Query("json", pattern="^(json|pdf)$")):
         report = term_of(request, term)
-        state.store(request).audit(user.username, "report.term", report.term.name, {"format": format, "via": "api"})
+        state.store(request).audit(user.username, "report.term", report.term.name, {"format": format, "via": "api"},
+                                   site=user.site)
         if format == "pdf":
             return Response(term_report.term_pdf(report), media_type="application/pdf", headers={
                 "Content-Disposition": 'attachment; filename="term-report.pdf"'})

@@ -70,7 +70,7 @@ def add_review(request: Request, user: User, body: ReviewBody, via: str) -> dict
                               attendees=[a.model_dump() for a in body.attendees], findings=body.findings.strip(),
                               actions=body.actions.strip(), next_review=body.next_review.isoformat(),
                               recorded_by=user.username)
-    store.audit(user.username, "review.add", review["id"], {"via": via, "held_on": review["held_on"]})
+    store.audit(user.username, "review.add", review["id"], {"via": via, "held_on": review["held_on"]}, site=user.site)
     return review
 
 
@@ -103,7 +103,8 @@ def start_test(request: Request, user: User, device: str, via: str) -> dict:
     run = store.start_filter_test(site=state.school_site(request), room=room, device=device, domain=SWGFL_DOMAIN,
                                   started_by=user.username)
     store.audit(user.username, "filter_test.start", run["id"], {"via": via, "device": device,
-                                                                "domain": SWGFL_DOMAIN, "minutes": SWGFL_MINUTES})
+                                                                "domain": SWGFL_DOMAIN, "minutes": SWGFL_MINUTES},
+                site=user.site)
     return {**run, "cmd": cmd, "open": f"https://{SWGFL_DOMAIN}/"}
 
 
@@ -134,7 +135,7 @@ def router() -> APIRouter:
         if len(check_id) > 64 or not store.is_check(site, check_id):
             raise HTTPException(404, f"check {check_id[:64]!r} not found")
         action = store.add_check_action(site=site, check_id=check_id, actor=user.username, text=body.text.strip())
-        store.audit(user.username, "check.action", check_id, {"via": "api"})
+        store.audit(user.username, "check.action", check_id, {"via": "api"}, site=user.site)
         return action
 
     @r.post("/filter-tests", status_code=201)
@@ -147,7 +148,8 @@ def router() -> APIRouter:
         if not store.record_filter_test(test_id[:64], state.school_site(request), actor=user.username,
                                         result=body.result, details=body.details.strip() or None):
             raise HTTPException(404, f"test run {test_id[:64]!r} not found")
-        store.audit(user.username, "filter_test.result", test_id[:64], {"via": "api", "result": body.result})
+        store.audit(user.username, "filter_test.result", test_id[:64], {"via": "api", "result": body.result},
+                    site=user.site)
         return {"id": test_id, "result": body.result}
 
     return r

@@ -12,7 +12,9 @@ date by static/unblock.js).  The teacher answers with one tap:
 * **Not now**: the request is closed.
 
 Both are recorded (``unblock_answers``) and written to the audit log.  Only staff who can
-see the room (its ``alert_staff``, the DSL, admins) see or answer its requests.
+see the room (its ``alert_staff``, the DSL, admins) see or answer its requests, and only in
+the school they act in (``user.site``): room ids repeat across schools, so a request is
+looked up by (site, id), and another school's answers 404 like one that does not exist.
 """
 
 from __future__ import annotations
@@ -38,13 +40,6 @@ class AllowBody(RequestBody):
     minutes: int | None = Field(default=None, ge=1, le=1440)
 
 
-def _site(request: Request) -> str:
-    tree = state.tree(request)
-    if tree is None:
-        raise HTTPException(503, "no config loaded yet")
-    return tree.site.site
-
-
 def _room_or_404(request: Request, room: str, user: User) -> None:
     tree = state.tree(request)
     if tree is None or room not in tree.rooms or not user.can_see_room(room):
@@ -58,13 +53,12 @@ def router() -> APIRouter:
     @r.get("/rooms/{room}/unblock-requests")
     def open_requests(room: str, request: Request, user: User = Depends(staff)) -> list[dict]:
         _room_or_404(request, room, user)
-        return state.store(request).open_unblock_requests(_site(request), room)
+        return state.store(request).open_unblock_requests(user.site, room)
 
     def answer(request_id: str, request: Request, user: User, what: str) -> dict:
         store = state.store(request)
-        site = _site(request)
-        row = store.unblock_request(request_id, site)
-        if row is None or not user.can_see_room(row["room"]):
+        row = store.unblock_request(request_id[:64], user.site)
+        if row is None or not user.can_see_room(row["room"], row["site"]):
             raise HTTPException(404, "no such request")
         if row.get("answer"):
             raise HTTPException(409, f"already answered: {row['answer']} by {row['by_whom']}")
@@ -89,7 +83,7 @@ def router() -> APIRouter:
         store.answer_unblock_request(request_id, row["site"], row["room"], "allowed", user.username)
         store.audit(user.username, "unblock.allow", request_id,
                     {"domain": row["domain"], "device": row["device"], "room": row["room"],
-                     "minutes": cmd.get("minutes")})
+                     "minutes": cmd.get("minutes")}, site=user.site)
         return {"sent": cmd, "topic": where}
 
     @r.post("/unblock-requests/{request_id}/dismiss")
@@ -98,7 +92,7 @@ def router() -> APIRouter:
         store = state.store(request)
         store.answer_unblock_request(request_id, row["site"], row["room"], "dismissed", user.username)
         store.audit(user.username, "unblock.dismiss", request_id,
-                    {"domain": row["domain"], "device": row["device"], "room": row["room"]})
+                    {"domain": row["domain"], "device": row["device"], "room": row["room"]}, site=user.site)
         return {"dismissed": request_id}
 
     return r

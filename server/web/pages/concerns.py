@@ -86,7 +86,7 @@ def router() -> APIRouter:
         store = state.store(request)
         if not store.close_it_request(item_id[:64], state.school_site(request), user.username, note.strip() or None):
             raise HTTPException(404, f"open IT queue item {item_id[:64]!r} not found")
-        store.audit(user.username, "it_queue.done", item_id[:64], {"via": "web"})
+        store.audit(user.username, "it_queue.done", item_id[:64], {"via": "web"}, site=user.site)
         return RedirectResponse("/it-queue", status_code=303)
 
     return r

@@ -46,7 +46,8 @@ def router() -> APIRouter:
     @r.get("/reports/term.pdf")
     def term_pdf(request: Request, term: str | None = Query(None, max_length=64), user: User = Depends(page("dsl"))):
         report = term_of(request, term)
-        state.store(request).audit(user.username, "report.term", report.term.name, {"format": "pdf", "via": "web"})
+        state.store(request).audit(user.username, "report.term", report.term.name, {"format": "pdf", "via": "web"},
+                                   site=user.site)
         name = "".join(c if c.isalnum() else "-" for c in report.term.name)
         return Response(term_report.term_pdf(report), media_type="application/pdf", headers={
             "Content-Disposition": f'attachment; filename="term-report-{name}.pdf"', "Cache-Control": "no-store"})

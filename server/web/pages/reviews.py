@@ -82,7 +82,7 @@ def router() -> APIRouter:
         if not store.record_filter_test(test_id[:64], state.school_site(request), actor=user.username, result=result,
                                         details=details.strip() or None):
             raise HTTPException(404, f"test run {test_id[:64]!r} not found")
-        store.audit(user.username, "filter_test.result", test_id[:64], {"via": "web", "result": result})
+        store.audit(user.username, "filter_test.result", test_id[:64], {"via": "web", "result": result}, site=user.site)
         return RedirectResponse("/checks", status_code=303)
 
     @r.post("/checks/{check_id}/action")
@@ -95,7 +95,7 @@ def router() -> APIRouter:
         if not text.strip():
             return _checks_page(request, error="text: say what was done", status=400)
         store.add_check_action(site=site, check_id=check_id, actor=user.username, text=text.strip())
-        store.audit(user.username, "check.action", check_id, {"via": "web"})
+        store.audit(user.username, "check.action", check_id, {"via": "web"}, site=user.site)
         return RedirectResponse("/checks", status_code=303)
 
     return r

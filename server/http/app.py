@@ -36,7 +36,8 @@ from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
-from .api import API, alerts, audit, config, deliveries, devices, incidents, login, ops, reports, users
+from .api import (API, alerts, audit, commands, config, deliveries, devices, incidents, login, ops, reports,
+                  timetable, users)
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -45,7 +46,8 @@ from .throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries)
+API_ROUTERS = (login, incidents, alerts, commands, devices, users, audit, ops, config, reports, deliveries,
+               timetable)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})

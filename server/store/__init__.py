@@ -16,7 +16,9 @@ Where things are:
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
   reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room).
+  webhooks with every attempt, and the dashboard tabs watching a room), commands.py (a
+  teacher's room commands and the devices' answers), timetable.py (the imported timetable
+  and the office's cover).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -29,6 +31,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from .audit import AuditTable
+from .commands import CommandsTable
 from .deliveries import DeliveriesTable
 from .devices import DevicesTable
 from .engine import Engine, StoreError, Tx, connect
@@ -40,12 +43,13 @@ from .rollouts import RolloutsTable
 from .schema import apply as apply_schema
 from .schema import iso, new_id, utcnow
 from .staff import StaffTable
+from .timetable import TimetableTable
 
 __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
-            RetentionTable, DeliveriesTable):
+            RetentionTable, DeliveriesTable, CommandsTable, TimetableTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

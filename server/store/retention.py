@@ -15,7 +15,8 @@ from .engine import StoreError, Tx
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
-             "sessions": "expires_at", "enrol_tokens": "expires_at"}
+             "sessions": "expires_at", "enrol_tokens": "expires_at", "room_commands": "sent_at",
+             "cover": "created_at"}
 
 
 def _marks(values: Sequence) -> str:

@@ -236,3 +236,17 @@ def test_allow_for_the_lesson_opens_the_site_on_the_real_filter(collector, tmp_p
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_room_command_bench_runs_and_prints_its_summary_line():
+    # The numbers are the bench's business (no timed assertions in tests); this keeps it runnable.
+    import subprocess
+    import sys
+
+    require_binary("chromium")
+    require_binary("mosquitto")
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "room_command.py"), "--devices", "3", "--rounds", "1",
+                        "--warmup", "0"], capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("room_command devices=3 p50_ms=") and " p99_ms=" in last, last

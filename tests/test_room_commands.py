@@ -225,3 +225,19 @@ def test_device_locks_follow_the_newest_lock_event(store):
     _ingest(store, {**lock, "id": str(uuid.uuid4())})  # an older lock arriving late changes nothing
     assert store.device_locks(SITE, "5b")["5b-pi-01"]["locked"] is False
     assert store.device_locks(SITE, "1a") == {}
+
+
+def test_room_commands_and_cover_go_with_the_device_events(store, tree):
+    from server.retention import Retention
+
+    now = datetime(2027, 12, 1, tzinfo=timezone.utc)
+    old, recent = "2026-11-24T10:00:00.000000Z", "2027-11-30T10:00:00.000000Z"
+    store.add_room_command(str(uuid.uuid4()), SITE, "5b", ["5b-pi-01"], "lock", "m.khan", {}, sent_at=old)
+    kept = str(uuid.uuid4())
+    store.add_room_command(kept, SITE, "5b", ["5b-pi-01"], "unlock", "m.khan", {}, sent_at=recent)
+    store.add_cover(SITE, "2026-11-24", "10:00", "11:00", "5b", "m.khan", by="office")
+    store.execute("UPDATE cover SET created_at = ?", (old,))
+    done = Retention(store, lambda: tree).run(now)
+    assert done["room_commands"] == 1 and done["cover"] == 1  # events_days: 365
+    assert [c["id"] for c in store.room_commands(SITE, "5b")] == [kept]
+    assert store.covers(SITE, "2026-11-24") == []

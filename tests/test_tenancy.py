@@ -8,8 +8,8 @@ device status, a dark device, an enrolment token, a published config version, au
 entries, a staff account, an escalation e-mail with its attempt, a teacher client and a
 dashboard tab watching its 5b; issue 15's record: a concern with its IT queue item, an
 allowlist change, an override, an export, a review, a check action, a test-filtering run,
-AUP acceptances and logins, a guard event; issue 16's "Ask my teacher" request), each
-carrying canary strings.  Then every route of the app --
+AUP acceptances and logins, a guard event; issue 16's "Ask my teacher" request, a teacher's
+room command, a device's lock, a timetable and cover), each carrying canary strings.  Then every route of the app --
 enumerated from the app itself, so a route added later is covered without editing this
 file -- is called as every penny-acres role and the trust level, with hilltop's ids in its
 path and a body that would change something: no answer may contain a hilltop canary,
@@ -66,7 +66,9 @@ B_RECORD_TEXT = {
     "allowlist": "canary-b-allowlist-91c.example", "override": "canary-b-override-91c.example",
     "pupil": "canary-b-pupil-91c", "aup_pupil": "canary-b-aup-91c", "login_pupil": "canary-b-login-91c",
     "review": "CANARY-B-REVIEW-91c", "check_action": "CANARY-B-CHECK-ACTION-91c", "test": "CANARY-B-TEST-91c",
-    "guard": "canary-b-tor-91c", "ask": "canary-b-ask-91c.example"}
+    "guard": "canary-b-tor-91c", "ask": "canary-b-ask-91c.example",
+    "command": "CANARY-B-EYES-91c", "locked_by": "b.locker-91c", "timetabled": "b.timetabled-91c",
+    "timetable_file": "canary-b-timetable-91c.csv", "cover_note": "CANARY-B-COVER-91c"}
 
 # How each route is scoped (reviewed).  "collector": public, says nothing about any school;
 # "caller": about the caller alone (their session, their schools); "school": reads or
@@ -186,6 +188,16 @@ SITE_SCOPE = {
     ("GET", "/api/v1/rooms/{room}/unblock-requests"): "school",
     ("POST", "/api/v1/unblock-requests/{request_id}/allow"): "school",
     ("POST", "/api/v1/unblock-requests/{request_id}/dismiss"): "school",
+    # Issue 16's teacher controls, timetable and cover: the acting school's rooms, lessons and cover.
+    ("POST", "/api/v1/rooms/{room}/lock"): "school",
+    ("POST", "/api/v1/rooms/{room}/unlock"): "school",
+    ("POST", "/api/v1/rooms/{room}/allow"): "school",
+    ("POST", "/api/v1/rooms/{room}/message"): "school",
+    ("GET", "/api/v1/rooms/{room}/commands"): "school",
+    ("GET", "/api/v1/timetable"): "school",
+    ("GET", "/cover"): "school",
+    ("POST", "/cover"): "school",
+    ("POST", "/cover/{cover_id}/remove"): "school",
 }
 
 # Bodies that would change something if the route let them through (JSON for the API,
@@ -207,6 +219,11 @@ JSON_BODIES = {
     ("POST", "/api/v1/filter-tests/{test_id}/result"): {"result": "fail", "details": "from another school"},
     ("POST", "/api/v1/concerns"): {"room": "5b", "device": B_DEVICE, "what": "from another school",
                                    "tell_it": True, "url": "https://x.example/"},
+    ("POST", "/api/v1/rooms/{room}/lock"): {"minutes": 1, "devices": [B_DEVICE]},
+    ("POST", "/api/v1/rooms/{room}/unlock"): {"devices": [B_DEVICE]},
+    ("POST", "/api/v1/rooms/{room}/allow"): {"domain": "example.org", "reason": "from another school",
+                                            "devices": [B_DEVICE]},
+    ("POST", "/api/v1/rooms/{room}/message"): {"text": "from another school", "devices": [B_DEVICE]},
 }
 FORM_BODIES = {
     ("POST", "/incidents/{incident_id}/update"): {"status": "closed", "outcome": "changed by another school"},
@@ -224,6 +241,9 @@ FORM_BODIES = {
     ("POST", "/checks/test"): {"device": B_DEVICE},
     ("POST", "/checks/test/{test_id}"): {"result": "fail", "details": "from another school"},
     ("POST", "/concerns/new"): {"room": "5b", "device": B_DEVICE, "what": "from another school", "tell_it": "1"},
+    ("POST", "/cover"): {"room": "5b", "staff": B_STAFF["teacher"], "start": "00:00", "end": "23:59",
+                         "note": "from another school"},
+    ("POST", "/cover/{cover_id}/remove"): {},
 }
 API_PREFIX = "/api/v1"
 
@@ -340,6 +360,19 @@ class World:
         self.test_b = store.start_filter_test(site=B, room="5b", device=B_DEVICE, domain="testfiltering.com",
                                               started_by=B_STAFF["technician"])["id"]
         store.record_filter_test(self.test_b, B, actor=B_STAFF["technician"], result="partial", details=t["test"])
+        # Issue 16: a command to hilltop's 5b and a device's lock; a timetable and today's cover.
+        store.add_room_command(str(uuid.uuid4()), B, "5b", [B_DEVICE], "message", B_STAFF["teacher"],
+                               {"text": t["command"]})
+        store.ingest([(protocol.Topic(protocol.DEFAULT_PREFIX, B, "5b", B_DEVICE, "event"),
+                       _event(B, "5b", B_DEVICE, "lock", reason="staff", by=t["locked_by"]))])
+        store.add_user(t["timetabled"], "teacher", "not-used", sites={B: "teacher"})
+        store.replace_timetable(B, [{"day": day, "start_time": "00:00", "end_time": "23:59", "room": "5b",
+                                     "staff": t["timetabled"], "period": "1", "label": "Y5 maths"}
+                                    for day in range(7)], by=B_STAFF["office"], source=t["timetable_file"],
+                                sha256="0" * 64)
+        today = datetime.now(zone(self.tree_b.site.timezone)).date().isoformat()
+        self.cover_b = store.add_cover(B, today, "00:00", "23:59", "1a", B_STAFF["teacher"], by=B_STAFF["office"],
+                                       note=t["cover_note"])
 
     def _school(self, site, room, device, outcome, blocked, dsl, note=None, evidence=None, check=None) -> str:
         store = self.store
@@ -378,14 +411,19 @@ class World:
         return {*B_CANARY_TEXT, self.incident_b, B, B_SCHOOL, self.version_b, B_ONLY, "Only At Hilltop",
                 *B_STAFF.values(), *(d for d in self.tree_b.device_ids()), B_RECIPIENT, B_DELIVERY_ERROR,
                 B_WATCHER, B_VIEWER, *B_RECORD_TEXT.values(), self.concern_b, self.change_b, self.check_b,
-                self.test_b, self.ask_b, self.it_item_b}
+                self.test_b, self.ask_b, self.it_item_b, self.cover_b}
 
     def b_params(self) -> dict[str, str]:
         """A hilltop value for every path parameter a route may have."""
         return {"incident_id": self.incident_b, "alert_id": self.incident_b, "device_id": B_DEVICE,
                 "device": B_DEVICE, "username": B_ONLY, "room": "5b", "room_id": "5b", "item_id": self.it_item_b,
                 "change_id": self.change_b, "check_id": self.check_b, "test_id": self.test_b,
-                "request_id": self.ask_b}
+                "request_id": self.ask_b, "cover_id": self.cover_b}
+
+    def cover_day(self) -> str:
+        from server.localtime import zone
+
+        return datetime.now(zone(self.tree_b.site.timezone)).date().isoformat()
 
     def b_state(self) -> dict:
         """Everything hilltop holds that another school could try to change."""
@@ -402,6 +440,8 @@ class World:
                 "tests": store.list_filter_tests(B), "ask": store.unblock_request(self.ask_b, B),
                 "incidents": sorted(i["id"] for i in store.list_incidents(site=B)),
                 "audit": sorted((e["action"], e["target"] or "") for e in store.list_audit(sites=[B])),
+                "commands": store.room_commands(B, "5b"), "locks": store.device_locks(B, "5b"),
+                "timetable": store.timetable(B), "cover": store.covers(B, self.cover_day()),
                 "cmds": [t for t in self.publisher.sent if f"/{B}/" in t]}
 
 
@@ -510,7 +550,8 @@ def test_no_route_shows_or_changes_another_schools_records(world):
                 leaked = sorted(c for c in canaries - allowed if c in text)
                 assert not leaked, f"{method} {path} as {role} of {A} shows {B}'s {leaked}: {r.text[:300]}"
                 names_b_record = any(k in ("incident_id", "alert_id", "device_id", "device", "username", "item_id",
-                                           "change_id", "check_id", "test_id", "request_id") for k in named)
+                                           "change_id", "check_id", "test_id", "request_id", "cover_id")
+                                     for k in named)
                 if names_b_record:
                     assert not 200 <= r.status_code < 400, \
                         f"{method} {path} as {role} of {A} on {B}'s record answered {r.status_code}: {r.text[:300]}"
@@ -565,6 +606,32 @@ def test_same_room_id_in_two_schools_is_two_rooms(world):
         assert client.get(f"/api/v1/incidents/{world.incident_b}", headers=h).status_code == 404
         assert client.post(f"/api/v1/alerts/{world.incident_b}/ack", headers=h).status_code == 404
         assert not [t for t in world.publisher.sent if f"/{B}/" in t]
+
+
+def test_cover_and_room_commands_stay_in_their_school(world):
+    """The office of penny-acres cannot put hilltop's teacher on cover (nor learn the name is
+    an account there); penny-acres' 5b lock reaches penny-acres' 5b devices only; hilltop's
+    timetable gives its teacher hilltop's rooms, never penny-acres' room of the same id."""
+    store = world.store
+    with TestClient(world.app, base_url="https://testserver") as client:
+        office = world.headers(STAFF["office"])
+        form = {"room": "5b", "start": "00:00", "end": "23:59", "note": ""}
+        r = client.post("/cover", headers=office, data={**form, "staff": B_STAFF["teacher"]})
+        unknown = client.post("/cover", headers=office, data={**form, "staff": "no.such.person"})
+        assert r.status_code == unknown.status_code == 422 and "staff: choose a member of staff" in r.text
+        assert store.covers(A, world.cover_day()) == []
+        assert client.post("/cover", headers=office, data={**form, "staff": STAFF["teacher"]},
+                           follow_redirects=False).status_code == 303
+        assert [c["staff"] for c in store.covers(A, world.cover_day())] == [STAFF["teacher"]]
+        assert client.post(f"/cover/{world.cover_b}/remove", headers=office, data={}).status_code == 404
+        sent = client.post("/api/v1/rooms/5b/lock", headers=world.headers(STAFF["teacher"]), json={"minutes": 1})
+        assert sent.status_code == 200
+        assert {d["device"] for d in sent.json()["devices"]} == {d.id for d in world.tree_a.rooms["5b"].devices}
+        assert world.publisher.sent and not [t for t in world.publisher.sent if f"/{B}/" in t]
+        audit = [e for e in store.list_audit(action="room.lock")]
+        assert [e["site"] for e in audit] == [A]
+        me = client.get("/api/v1/me", headers=world.headers(B_RECORD_TEXT["timetabled"])).json()
+        assert me["site"] == B and me["rooms"] == ["5b"]
 
 
 def test_live_room_stream_carries_only_its_own_schools_alerts(world):

@@ -3,7 +3,9 @@
 Three reasons can hold a device locked at once, layered (``LockState``):
 
 * **staff** -- a ``lock`` command from a teacher; only a staff ``unlock`` (or the staff
-  PIN on an X11 overlay) lifts it.
+  PIN on an X11 overlay) lifts it, or its own time: a lock with ``minutes`` ("Eyes on me",
+  1 to 60) unlocks itself then, and one with ``message`` shows the teacher's words instead
+  of the key stage's.
 * **schedule** -- the timetable (``policy.locked``: out of hours, weekends, holidays,
   closures, locked room slots).  Lifts when the timetable says so, or for a while after
   a staff ``unlock`` (``STAFF_OVERRIDE``, never past the next timetable change).
@@ -22,7 +24,8 @@ costs one check per lock period), or at once when a backend reports something (t
 unlocked, the staff PIN was typed).  It returns the seconds until it next needs to run,
 so tests drive it with a fake clock and no sleeping.
 
-Events: ``lock`` {reason, by, mode, user} and ``unlock`` {reason, by, user}.
+Events: ``lock`` {reason, by, mode, user; a teacher's timed lock adds ``until``} and
+``unlock`` {reason, by, user; ``reason: expired`` when a timed lock ran out}.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..desktop.base import SESSION_MODE, STAFF_MODE, IdleSource, LockBackend, Words
+from ..protocol import now_ts
 
 if TYPE_CHECKING:
     from ..core.interfaces import RuntimeAPI
@@ -51,6 +55,8 @@ class LockDecision:
     by: str
     mode: str  # staff | session
     message_key: str  # key of policy.messages to show
+    message: str | None = None  # a teacher's own words for their lock, instead of the key's
+    until: datetime | None = None  # a teacher's timed lock unlocks itself then
 
 
 class LockState:
@@ -58,6 +64,8 @@ class LockState:
 
     def __init__(self) -> None:
         self.staff_by: str | None = None
+        self.staff_until: datetime | None = None
+        self.staff_message: str | None = None
         self.idle = False
         self.schedule_reason: str | None = None
         self.override_until: datetime | None = None
@@ -67,11 +75,20 @@ class LockState:
         if not locked:
             self.override_until = None  # the timetable opened by itself; no override needed
 
-    def staff_lock(self, by: str) -> None:
-        self.staff_by = by
+    def staff_lock(self, by: str, until: datetime | None = None, message: str | None = None) -> None:
+        self.staff_by, self.staff_until, self.staff_message = by, until, message
+
+    def staff_expired(self, now: datetime) -> str | None:
+        """End a timed staff lock whose time is up; returns who had set it (else None).
+        Only the staff layer ends: an idle or timetable lock underneath stays."""
+        if self.staff_by is None or self.staff_until is None or now < self.staff_until:
+            return None
+        by = self.staff_by
+        self.staff_by = self.staff_until = self.staff_message = None
+        return by
 
     def staff_unlock(self, now: datetime, next_change: datetime | None) -> None:
-        self.staff_by = None
+        self.staff_by = self.staff_until = self.staff_message = None
         self.idle = False
         if self.schedule_reason is not None:
             until = now + STAFF_OVERRIDE
@@ -88,8 +105,8 @@ class LockState:
         return True
 
     def decide(self, now: datetime) -> LockDecision | None:
-        if self.staff_by is not None:
-            return LockDecision("staff", self.staff_by, STAFF_MODE, "locked")
+        if self.staff_by is not None and (self.staff_until is None or now < self.staff_until):
+            return LockDecision("staff", self.staff_by, STAFF_MODE, "locked", self.staff_message, self.staff_until)
         if self.schedule_applies(now):
             key = "locked" if self.schedule_reason == "schedule" else "out_of_hours"
             return LockDecision(self.schedule_reason, "schedule", STAFF_MODE, key)
@@ -155,8 +172,12 @@ class LockComponent:
     def on_command(self, cmd: dict) -> bool:
         name = cmd.get("cmd")
         if name == "lock":
-            self.state.staff_lock(str(cmd.get("by") or "staff"))
+            minutes = cmd.get("minutes")
+            until = self.runtime.clock() + timedelta(minutes=minutes) if isinstance(minutes, int) else None
+            self.state.staff_lock(str(cmd.get("by") or "staff"), until, cmd.get("message") or None)
             self._apply()
+            if until is not None:
+                self._schedule(min(LOCKED_POLL, self._until_expiry()))
             return True
         if name == "unlock":
             by = str(cmd.get("by") or "staff")
@@ -191,6 +212,9 @@ class LockComponent:
             return MAX_SLEEP
         now = self.runtime.clock()
         unlock_reason = unlock_by = None
+        expired_by = self.state.staff_expired(now)
+        if expired_by is not None:
+            unlock_reason, unlock_by = "expired", expired_by
         back = self.backend.poll()
         if back is not None:
             reason, by = back
@@ -212,11 +236,18 @@ class LockComponent:
         self._apply(unlock_reason=unlock_reason, unlock_by=unlock_by)
         if self.current is not None:
             delay = LOCKED_POLL
+            if self.current.until is not None:
+                # "Eyes on me" ends on the dot, not up to LOCKED_POLL late.
+                delay = min(delay, self._until_expiry())
         elif self.state.override_until is not None:
             # A staff unlock of a timetable lock ends on the dot, not up to a minute late.
             delay = max(0.0, min(delay, (self.state.override_until - self.runtime.clock()).total_seconds()))
         self._schedule(delay)
         return delay
+
+    def _until_expiry(self) -> float:
+        until = self.state.staff_until
+        return 0.0 if until is None else max(0.0, (until - self.runtime.clock()).total_seconds())
 
     def _apply(self, unlock_reason: str | None = None, unlock_by: str | None = None) -> None:
         want = self.state.decide(self.runtime.clock())
@@ -235,15 +266,18 @@ class LockComponent:
             return
         messages = getattr(self.policy, "messages", {}) or {}
         self.current = want
-        if have is not None and (have.mode, have.by) == (want.mode, want.by):
+        if have is not None and (have.mode, have.by, have.message, have.until) == \
+                (want.mode, want.by, want.message, want.until):
             # Friday evening becomes the weekend becomes half term: one lock, not three.
             return
         key = want.message_key if messages.get(want.message_key) else "locked"
+        extra = {"until": now_ts(want.until)} if want.until is not None else {}
         try:
-            # The words with their pictogram (the overlays draw it; swaylock and the greeter cannot).
-            self.backend.lock(want.mode, Words(messages.get(key) or "", key))
+            # The words with their pictogram (the overlays draw it; swaylock and the greeter
+            # cannot); a teacher's own words ("Eyes on me") go under the lock's picture.
+            self.backend.lock(want.mode, Words(want.message or messages.get(key) or "", key))
         finally:
-            self.runtime.emit_event("lock", reason=want.reason, by=want.by, mode=want.mode, user=self._user())
+            self.runtime.emit_event("lock", reason=want.reason, by=want.by, mode=want.mode, user=self._user(), **extra)
         if want.mode == STAFF_MODE:
             self.runtime.say(key)  # the idle lock is the user's own locker: nothing to say over it
 

@@ -43,8 +43,8 @@ from ..rollout import Rollouts
 from ..sites import Sites
 from ..store import Store, StoreError
 from . import state
-from .api import (API, alerts, allowlist as allowlist_api, audit, aup, concerns, config, deliveries, devices, exports,
-                  guard, incidents, login, ops, reports, reviews, sites, unblock, users)
+from .api import (API, alerts, allowlist as allowlist_api, audit, aup, commands, concerns, config, deliveries,
+                  devices, exports, guard, incidents, login, ops, reports, reviews, sites, timetable, unblock, users)
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -53,8 +53,8 @@ from .throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, sites, incidents, alerts, devices, users, audit, ops, config, reports, deliveries, concerns,
-               guard, allowlist_api, exports, reviews, aup, unblock)
+API_ROUTERS = (login, sites, incidents, alerts, commands, devices, users, audit, ops, config, reports, deliveries,
+               concerns, guard, allowlist_api, exports, reviews, aup, unblock, timetable)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})

@@ -22,7 +22,9 @@ Use in routes::
     def x(user: User = Depends(require("dsl", "admin"))): ...
 
 A teacher's rooms are the rooms whose ``alert_staff`` lists their username in the
-live config tree of the site they act in.  Pages use ``server.web.pages.base.page(...)``, the
+live config tree of the site they act in, and the rooms that school's timetable or office
+cover has them teaching in now (server/timetable/now.py: ``rooms_now``).  Pages use
+``server.web.pages.base.page(...)``, the
 same check that sends a browser to the login page instead of answering 401.
 """
 
@@ -44,6 +46,7 @@ from fastapi import HTTPException, Request
 from agent.config.schema import check_username
 
 from ..store import iso
+from ..timetable.now import rooms_now
 from .throttle import LoginThrottle, address_key
 
 # office: the school office (reception), who sends an adult when a room has nobody watching;
@@ -125,10 +128,15 @@ def check_staff_name(name: str) -> str:
     return check_username(name)
 
 
-def staff_rooms(tree, username: str) -> tuple[str, ...]:
+def staff_rooms(tree, username: str, store=None) -> tuple[str, ...]:
+    """The rooms whose alert_staff lists *username*, and, given the *store*, those the
+    timetable or cover has them teaching in now."""
     if tree is None:
         return ()
-    return tuple(sorted(room_id for room_id, room in tree.rooms.items() if username in room.alert_staff))
+    rooms = {room_id for room_id, room in tree.rooms.items() if username in room.alert_staff}
+    if store is not None:
+        rooms.update(rooms_now(store, tree, username))
+    return tuple(sorted(rooms))
 
 
 # --------------------------------------------------------------------------- sessions
@@ -268,7 +276,8 @@ def make_user(request: Request, username: str, display_name: str | None, site: s
     if role == TRUST_ROLE and site != TRUST_SITE or site == TRUST_SITE and role != TRUST_ROLE:
         role = None  # the trust level has one role, and it is only the trust level's
     tree = sites.tree(site) if sites is not None else None
-    return User(username, role, display_name, staff_rooms(tree, username), site, tuple(sorted(memberships.items())))
+    return User(username, role, display_name, staff_rooms(tree, username, store), site,
+                tuple(sorted(memberships.items())))
 
 
 def current_user(request: Request) -> User | None:

@@ -19,7 +19,8 @@ PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audi
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
              "sessions": "expires_at", "enrol_tokens": "expires_at", "oidc_flows": "expires_at",
              "it_queue": "done_at", "exports": "ts", "allowlist_changes": "proposed_at", "reviews": "recorded_at",
-             "check_actions": "ts", "filter_tests": "started_at", "aup_acceptances": "accepted_at"}
+             "check_actions": "ts", "filter_tests": "started_at", "aup_acceptances": "accepted_at",
+             "room_commands": "sent_at", "cover": "created_at"}
 
 
 # How a row of each table belongs to a school, for a purge limited to one site.
@@ -27,7 +28,8 @@ SITE_WHERE = {"heartbeats": "device IN (SELECT id FROM devices WHERE site = ?)",
               "incidents": "site = ?", "audit": "site = ?", "alert_transitions": "site = ?",
               "device_alerts": "site = ?", "enrol_tokens": "site = ?", "it_queue": "site = ?",
               "exports": "site = ?", "allowlist_changes": "site = ?", "reviews": "site = ?",
-              "check_actions": "site = ?", "filter_tests": "site = ?", "aup_acceptances": "site = ?"}
+              "check_actions": "site = ?", "filter_tests": "site = ?", "aup_acceptances": "site = ?",
+              "room_commands": "site = ?", "cover": "site = ?"}
 
 
 def _marks(values: Sequence) -> str:

@@ -163,12 +163,15 @@ def cmd_serve(args) -> int:
         for listener in list(app.state.listeners):
             listener("device_alert", None, alert)
 
-    notifier = None
+    notifier = risk = None
     if notify_settings is not None:
-        from .notify import Notifier
+        from .notify import Notifier, RiskNotices
 
         notifier = Notifier(store, notify_settings, lambda: app.state.tree, app.state.presence)
         app.state.listeners.append(notifier.listener)  # after presence: it has seen every _watch before
+        # High-risk blocked attempts to the DSL (server/notify/risk.py), sent by the notifier.
+        risk = RiskNotices(store, notify_settings, lambda: app.state.tree, wake=notifier.poke)
+        notifier.notice_makers["high-risk"] = risk.notice
     dark = DarkChecker(store, lambda: app.state.tree, interval=settings.dark_check_seconds, on_alert=dark_alert)
     retention = Retention(store, lambda: app.state.tree)
     from .reports import DigestScheduler, SmtpSettings  # weekly digest (docs/dashboard.md)
@@ -179,6 +182,7 @@ def cmd_serve(args) -> int:
     digest.start()
     if notifier is not None:
         notifier.start()
+        risk.start()
     try:
         uvicorn.run(app, host=args.bind, port=args.port, log_level="info", proxy_headers=True)
     finally:
@@ -186,6 +190,7 @@ def cmd_serve(args) -> int:
         retention.stop()
         digest.stop()
         if notifier is not None:
+            risk.stop()
             notifier.stop()
         if ingest is not None:
             ingest.stop()

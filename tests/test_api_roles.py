@@ -52,6 +52,11 @@ EXPECTED = {
     ("PATCH", "/api/v1/users/{username}"): {A},
     ("GET", "/api/v1/audit"): {D, A},
     ("GET", "/api/v1/deliveries"): {D, A},
+    ("GET", "/api/v1/holds"): {D},
+    ("GET", "/api/v1/incidents/{incident_id}/holds"): {D},
+    ("POST", "/api/v1/incidents/{incident_id}/hold"): {D},
+    ("POST", "/api/v1/holds/{hold_id}/lift"): {D},
+    ("GET", "/api/v1/blocked"): {D, TECH},
 }
 
 

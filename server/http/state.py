@@ -6,7 +6,8 @@
 None`` that reaches the broker, or None), ``metrics`` (server.ingest.Metrics), ``ingest``
 (the Ingest worker or None), ``login_throttle`` (throttle.LoginThrottle) and ``listeners``
 (callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest) and
-``presence`` (server/presence.Presence: the live receivers of each room).
+``presence`` (server/presence.Presence: the live receivers of each room) and ``holds``
+(server/holds.Holds: the DSL's holds, re-sent to a device when it comes online).
 The dashboard adds ``live`` (server/web/live.py).
 """
 
@@ -51,3 +52,8 @@ def site_and_timezone(request: Request) -> tuple[str, str]:
 def presence(request: Request):
     """Who is watching each room (server/presence.py)."""
     return request.app.state.presence
+
+
+def holds(request: Request):
+    """The DSL's holds on devices (server/holds.py)."""
+    return request.app.state.holds

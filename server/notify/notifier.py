@@ -78,6 +78,13 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify-send")
         self._last_sweep = 0.0
+        # Messages that are not about a report say their own words: reason -> make(delivery,
+        # tree, dashboard_url) (server/notify/risk.py registers "high-risk").
+        self.notice_makers: dict[str, Callable] = {}
+
+    def poke(self) -> None:
+        """Something was queued elsewhere (server/notify/risk.py): run a round now."""
+        self._wake.set()
 
     # ------------------------------------------------------------------ triggers
 
@@ -149,6 +156,10 @@ class Notifier:
     # ------------------------------------------------------------------ sending
 
     def _notice(self, delivery: dict, tree) -> Notice:
+        make = self.notice_makers.get(delivery["reason"])
+        if make is not None:
+            dashboard = self.settings.dashboard_url or (str(tree.site.collector.url) if tree is not None else None)
+            return make(delivery, tree, dashboard)
         incident = self.store.get_incident(delivery["alert_id"]) or {}
         timeline = incident.get("timeline") or []
         by = next((t["by"] for t in reversed(timeline) if t.get("by")), None)

@@ -16,7 +16,8 @@ Where things are:
   actions), devices.py (registry, heartbeats, enrolment tokens, technician alerts),
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
   reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
-  webhooks with every attempt, and the dashboard tabs watching a room).
+  webhooks with every attempt, and the dashboard tabs watching a room), blocked.py (the
+  blocked-attempt search, high-risk notification windows), holds.py (the DSL's holds).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -29,10 +30,12 @@ import threading
 from typing import Any, Callable, Sequence
 
 from .audit import AuditTable
+from .blocked import BlockedTable
 from .deliveries import DeliveriesTable
 from .devices import DevicesTable
 from .engine import Engine, StoreError, Tx, connect
 from .events import EventsTable
+from .holds import HoldsTable
 from .incidents import IncidentsTable
 from .reports import ReportsTable
 from .retention import RetentionTable
@@ -45,7 +48,7 @@ __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
-            RetentionTable, DeliveriesTable):
+            RetentionTable, DeliveriesTable, BlockedTable, HoldsTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

@@ -4,6 +4,10 @@ Which rows go when (site.yaml ``retention``) is decided in server/retention.py; 
 how: each purgeable table's time column (``PURGEABLE``), event purges by type, and the
 purge of closed incidents together with their timeline, notes, evidence events and the
 escalation messages sent about them (deliveries and their attempts).
+
+A device the DSL holds (holds.py) keeps every row from the hold's ``held_from`` on: each
+purge of a device table carries ``held_clause``, so nothing of a held device goes until
+the hold is lifted, and then only what the periods say.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 from typing import Sequence
 
 from .engine import StoreError, Tx
+from .holds import held_clause
 
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
-             "sessions": "expires_at", "enrol_tokens": "expires_at"}
+             "sessions": "expires_at", "enrol_tokens": "expires_at", "holds": "lifted_at",
+             "risk_windows": "opened_at"}
 
 
 def _marks(values: Sequence) -> str:
@@ -46,8 +52,8 @@ class RetentionTable:
 
         def run(tx: Tx) -> int:
             ids = [row["id"] for row in tx.query(
-                "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?",
-                (before,))]
+                "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ? AND "
+                + held_clause("incidents", "raised_at"), (before,))]
             for incident_id in ids:
                 tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
                 tx.execute("DELETE FROM alert_transitions WHERE alert_id = ?", (incident_id,))
@@ -61,6 +67,18 @@ class RetentionTable:
 
         return self.write(run)
 
+    def purge_deliveries(self, reasons: Sequence[str], before: str) -> int:
+        """Delete deliveries of *reasons* (not about an incident: high-risk notices) created before
+        *before*, with their attempts; returns deliveries deleted."""
+
+        def run(tx: Tx) -> int:
+            where = f"reason IN {_marks(reasons)} AND created_at < ?"
+            tx.execute(f"DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE {where})",
+                       (*reasons, before))
+            return tx.execute(f"DELETE FROM deliveries WHERE {where}", (*reasons, before))
+
+        return self.write(run)
+
     def _purge(self, table: str, before: str, where: str = "", params: Sequence = ()) -> int:
         column = PURGEABLE.get(table)
         if column is None:
@@ -68,4 +86,7 @@ class RetentionTable:
         sql = f"DELETE FROM {table} WHERE {column} IS NOT NULL AND {column} < ?"
         if where:
             sql += f" AND ({where})"
+        held = held_clause(table, column)
+        if held:
+            sql += f" AND {held}"
         return self.execute(sql, (before, *params))

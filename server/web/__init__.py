@@ -17,11 +17,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .live import get_broadcaster, live_listener
-from .pages import deliveries, devices, incidents, login, office, reports, rollout, rooms
+from .pages import blocked, deliveries, devices, holds, incidents, login, office, reports, rollout, rooms
 from .pages.base import LoginRedirect, error_page, to_login
 from .templating import STATIC_DIR
 
-PAGES = (login, rooms, office, incidents, devices, rollout, reports, deliveries)
+PAGES = (login, rooms, office, incidents, devices, rollout, reports, deliveries, holds, blocked)
 PUBLIC = frozenset().union(*(module.PUBLIC for module in PAGES))
 
 __all__ = ["install", "PUBLIC"]

@@ -3,7 +3,9 @@
 A device tags a blocked lookup with the risk list it matched (agent/filter/risk.py); the
 lists with ``notify`` (site.yaml ``filtering.risk_lists``) are high-risk.  ``RiskNotices``
 polls the store for such events as they are stored, by whichever ingest worker in
-whichever process (a listener would only hear its own process's), twice a second, and
+whichever process (a listener would only hear its own process's), twice a second (a
+keyset cursor on ``received_at``, id; every ``CATCHUP_SECONDS`` it also looks again at the
+last ``OVERLAP``, for a batch another worker committed late), and
 queues a ``high-risk`` delivery for each (device, list) whose window is free: **at most one
 message per device per risk list per ``COALESCE`` (10 minutes)**, however many attempts
 come; the window is taken in the store (``take_risk_window``: one conditional upsert), so
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -41,8 +44,11 @@ REASON = "high-risk"
 STATE = "high-risk"
 COALESCE = timedelta(minutes=10)
 POLL_SECONDS = 0.5
-# Re-read this far behind the newest row seen: two ingest workers can commit out of order.
+# Two ingest workers can commit out of order: every CATCHUP_SECONDS, look again this far
+# behind the cursor (rows already handled are remembered and skipped).
 OVERLAP = timedelta(seconds=30)
+CATCHUP_SECONDS = 10.0
+PAGE = 1000
 ROLES = ("dsl", "deputy-dsl")
 
 
@@ -86,7 +92,8 @@ class RiskNotices:
         self.coalesce = coalesce
         self.poll_seconds = poll_seconds
         # received_at is the server's real time whatever *clock* says (tests move *clock*).
-        self._after = iso(datetime.now(timezone.utc) - lookback)
+        self._cursor: tuple[str, str] = (iso(datetime.now(timezone.utc) - lookback), "")
+        self._last_catchup = 0.0
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.suppressed = 0   # attempts inside an open window (no message: the window's message covers them)
         self.queued = 0
@@ -102,24 +109,35 @@ class RiskNotices:
         if not lists or not self.settings.send_high_risk:
             return 0
         now = now or self.clock()
+        queued = self._scan(self._cursor, sorted(lists), lists, now, tree, advance=True)
+        if time.monotonic() - self._last_catchup >= CATCHUP_SECONDS:
+            self._last_catchup = time.monotonic()
+            behind = iso(parse_ts(self._cursor[0], "received_at") - OVERLAP)
+            queued += self._scan((behind, ""), sorted(lists), lists, now, tree, advance=False)
+        if queued:
+            self.wake()
+        return queued
+
+    def _scan(self, start: tuple[str, str], categories: list[str], lists: dict[str, str], now: datetime, tree, *,
+              advance: bool) -> int:
         queued = 0
+        cursor = start
         while True:
-            rows = self.store.high_risk_received(sorted(lists), self._after)
-            fresh = [r for r in rows if r["id"] not in self._seen]
-            for row in fresh:
+            rows = self.store.high_risk_received(categories, cursor, PAGE)
+            for row in rows:
+                if row["id"] in self._seen:
+                    continue
                 self._remember(row["id"])
                 try:
                     queued += self.event(row, now, tree, lists)
                 except Exception:  # noqa: BLE001 - one bad row must not stop the others
                     log.exception("notify: could not queue a high-risk message for event %s", row.get("id"))
             if rows:
-                newest = parse_ts(rows[-1]["received_at"], "received_at")
-                self._after = max(self._after, iso(newest - OVERLAP))
-            if len(rows) < 1000 or not fresh:
-                break
-        if queued:
-            self.wake()
-        return queued
+                cursor = (rows[-1]["received_at"], rows[-1]["id"])
+                if advance:
+                    self._cursor = cursor
+            if len(rows) < PAGE:
+                return queued
 
     def event(self, row: dict, now: datetime, tree, lists: dict[str, str]) -> int:
         """One high-risk event: a message unless this device's window for the list is open."""

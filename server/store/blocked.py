@@ -71,15 +71,18 @@ class BlockedTable:
                         "last_seen": _text(data.get("last_seen")) or row["ts"]})
         return out
 
-    def high_risk_received(self, categories: Sequence[str], after: str, limit: int = 1000) -> list[dict]:
-        """Blocked events of *categories* received after *after* (``received_at``), oldest first:
-        ``{id, ts, site, room, device, category, received_at, count}``."""
+    def high_risk_received(self, categories: Sequence[str], after: tuple[str, str], limit: int = 1000) -> list[dict]:
+        """Blocked events of *categories* stored after *after* = (received_at, id), in that order:
+        ``{id, ts, site, room, device, category, received_at, count}`` (keyset pages: a batch
+        shares one received_at)."""
         if not categories:
             return []
         marks = ", ".join("?" for _ in categories)
+        received, last_id = after
         rows = self.query(f"SELECT id, ts, site, room, device, category, received_at, data FROM events "
-                          f"WHERE category IN ({marks}) AND received_at > ? AND type = ? "
-                          f"ORDER BY received_at, id LIMIT ?", (*categories, after, "blocked", int(limit)))
+                          f"WHERE category IN ({marks}) AND (received_at > ? OR (received_at = ? AND id > ?)) "
+                          f"AND type = ? ORDER BY received_at, id LIMIT ?",
+                          (*categories, received, received, last_id, "blocked", int(limit)))
         for row in rows:
             row["count"] = _int(_data(row).get("count"))
         return rows

@@ -236,3 +236,21 @@ def test_a_high_risk_lookup_on_a_real_dnsmasq_reaches_the_dsl_by_email(mosquitto
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_notify_check_says_who_hears_of_high_risk_attempts(tmp_path, capsys):
+    import argparse
+
+    from notify_fixtures import CONTACT_EMAILS, notify_tree_dir
+    from server.notify.commands import cmd_check
+
+    config = notify_tree_dir(tmp_path, REPO)
+    notify = tmp_path / "notify.yaml"
+    pw = tmp_path / "smtp.pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    notify.write_text(f"smtp: {{host: 127.0.0.1, username: u, password_file: {pw}, from: a@b.test}}\n")
+    assert cmd_check(argparse.Namespace(file=str(notify), config=str(config))) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "high-risk" in line)
+    assert "self-harm" in line and "gambling" not in line  # gambling only counts
+    assert f"email:{CONTACT_EMAILS['dsl']}" in line and CONTACT_EMAILS["office"] not in line

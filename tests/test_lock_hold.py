@@ -117,9 +117,11 @@ def test_the_hold_is_kept_on_disk_and_a_new_agent_is_held_before_any_config(tmp_
     comp2 = LockComponent(backend=backend2, idle=HeadlessIdle(rt2.clock))
     comp2.start(rt2)
     assert comp2.is_held and comp2.is_locked and backend2.is_locked and backend2.mode == "staff"
+    assert backend2.message == ""  # no config yet: no words, but locked
     rt2.policy = rt2.evaluate()
     comp2.on_policy(rt2.policy)
     assert comp2.is_locked and comp2.current.reason == "hold"
+    assert backend2.message == rt2.policy.messages["locked"]  # the config's words once it is there
     assert comp2.on_command({"cmd": "unlock", "by": "m.khan"}) and comp2.is_locked
     comp2.on_command(release_cmd(cmd["hold_id"]))
     assert not comp2.is_locked and json.loads(path.read_text()) == {}

@@ -169,11 +169,14 @@ class LockComponent:
                 log.exception("closing %s failed", part)
 
     def on_policy(self, policy) -> None:
+        wordless = self.policy is None and self.current is not None  # held at start, before any config
         self.policy = policy
         now = self.runtime.clock()
         self.state.set_schedule(policy.locked, policy.lock_reason, now)
         if self.idle is not None:
             self.idle.set_timeout(self._threshold())
+        if wordless and self.state.decide(now) == self.current:
+            self._relock()  # the same lock, now with the key stage's words on it
         self.tick()
 
     def on_command(self, cmd: dict) -> bool:

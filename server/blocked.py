@@ -40,6 +40,10 @@ class SearchError(ValueError):
     """A filter that is not valid; str() names it."""
 
 
+class NotForRole(SearchError):
+    """A filter this role may not use (a technician searching by pupil)."""
+
+
 @dataclass
 class Filters:
     user: str | None = None
@@ -82,7 +86,7 @@ def parse_filters(raw: dict[str, Any], role: str, tz: str) -> Filters:
     text = {k: (v.strip() if isinstance(v, str) else v) for k, v in raw.items() if v not in (None, "")}
     if "user" in text:
         if role != "dsl":
-            raise SearchError("user: only the DSL may search blocked attempts by pupil")
+            raise NotForRole("user: only the DSL may search blocked attempts by pupil")
         if not _USER_RE.match(text["user"]):
             raise SearchError(f"user: {text['user']!r:.40} is not a login name")
         f.user = text["user"]

@@ -102,13 +102,17 @@ def test_a_hold_locks_the_real_agent_survives_a_restart_and_only_the_dsl_lifts_i
         assert device.lock.is_held and device.backend.is_locked
         wait_until(device.connected, 15)
 
-        # Its state lost (a new SD card): the collector holds it again when it comes online.
+        # Its state lost (a new SD card): the collector holds it again when it comes online.  The
+        # restart from its own disk above said nothing new; this time the hold arrives anew, so
+        # the device announces it again (a second `lock` event) once the collector's copy lands.
+        assert len(_events(store, "lock")) == 1
         device.stop()
         (tmp_path / "state" / HOLDS_FILE).unlink()
         device.start()
-        assert not device.lock.is_held
         wait_until(lambda: device.lock.is_held and device.backend.is_locked, 15,
                    message="the collector did not re-assert the hold when the device came online")
+        again = wait_until(lambda: len(_events(store, "lock")) == 2 and _events(store, "lock"), 10)
+        assert {e["data"]["hold_id"] for e in again} == {hold["id"]}
 
         # The DSL lifts it: unlocked, and said so.
         r = dsl.post(f"/api/v1/holds/{hold['id']}/lift", json={"reason": "No further action"})

@@ -26,7 +26,7 @@ def filters_from(request: Request, user: User) -> blocked.Filters:
     try:
         return blocked.parse_filters(raw, user.role, tz)
     except blocked.SearchError as exc:
-        raise HTTPException(403 if str(exc).startswith("user: only") else 400, str(exc)) from None
+        raise HTTPException(403 if isinstance(exc, blocked.NotForRole) else 400, str(exc)) from None
 
 
 def router() -> APIRouter:

@@ -95,6 +95,11 @@ EXPECTED = {
     ("GET", "/aup"): {D, A},
     ("GET", "/reports/term"): {D},
     ("GET", "/reports/term.pdf"): {D},
+    ("GET", "/api/v1/holds"): {D},
+    ("GET", "/api/v1/incidents/{incident_id}/holds"): {D},
+    ("POST", "/api/v1/incidents/{incident_id}/hold"): {D},
+    ("POST", "/api/v1/holds/{hold_id}/lift"): {D},
+    ("GET", "/api/v1/blocked"): {D, TECH},
 }
 
 

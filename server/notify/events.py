@@ -18,9 +18,10 @@ records and retries as an escalation (the Notifier's thread sends them):
   only that there is a concern and where to read it.
 
 ``EventNotices.listener`` goes on ingest's listeners (it only queues, on ingest's thread);
-``take(now, tree)`` runs on the Notifier's thread (server/notify/notifier.py ``sources``)
-and writes the deliveries; ``adult_concern`` is called by the routes.  What a message says
-is ``EventNotice`` (same interface as message.Notice: ``email``, ``payload``).
+``take(now, tree)`` runs on the Notifier's thread (it is one of server/notify/notifier.py's
+``sources``) and writes the deliveries; ``adult_concern`` is called by the routes.  What a
+message says is ``EventNotice`` (``notice``; same interface as message.Notice: ``email``,
+``payload``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def window_key(kind: str, device: str, start: datetime) -> str:
 
 
 class EventNotices:
-    """Queue guard, filter-check and adult-concern messages; see the module docstring."""
+    """Queue guard, filter-check and adult-concern messages; see the module docstring.
+    A ``NoticeSource`` of the Notifier (server/notify/notifier.py)."""
+
+    reasons = REASONS
+    poll_seconds = None  # woken by its listener (``wake``), never polled
 
     def __init__(self, store, settings: NotifySettings, tree_source: Callable[[], object], *,
                  wake: Callable[[], None] | None = None, coalesce: timedelta = COALESCE) -> None:
@@ -141,6 +146,10 @@ class EventNotices:
             log.warning("notify: %s on %s in room %s: telling %s", etype, key[1], alert["room"],
                         ", ".join(f"{r['channel']}:{r['recipient']}" for r in new))
         return 1 if new else 0
+
+    def notice(self, delivery: dict, tree, dashboard_url: str | None) -> "EventNotice":
+        """What a delivery of one of ``REASONS`` says (the Notifier asks at each attempt)."""
+        return build_notice(self.store, delivery, tree, dashboard_url)
 
     # ------------------------------------------------------------------ from the routes
 

@@ -22,6 +22,13 @@ it is marked failed (audit ``notify.failed``).  A collector that restarts picks 
 pending rows where they were: nothing is sent twice that was recorded as sent, and
 nothing floods (a row's next attempt time survives the restart).  A sweep every minute
 queues any escalation stored without its deliveries (a collector killed between the two).
+
+Messages that are not about a report come from ``sources`` (``NoticeSource``), run on the
+same thread each round: server/notify/events.py (guard events, failed filter checks,
+concerns about adults: queued from an ingest listener, which pokes the thread) and
+server/notify/risk.py (high-risk blocked attempts: polled from the store every
+``poll_seconds``, so every ingest worker's rows count).  Their deliveries are the same rows,
+sent, retried and recorded the same way; each source says what its messages say.
 """
 
 from __future__ import annotations
@@ -31,15 +38,14 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Protocol
 
 from agent.config import effective_policy
 from agent.protocol import parse_ts
 
 from ..store import iso
 from .channels import DeliveryError, EmailChannel, WebhookChannel, mask
-from .events import REASONS as EVENT_REASONS
-from .events import EventNotice, build_notice
+from .message import REASONS as REPORT_REASONS
 from .message import Notice
 from .settings import NotifySettings
 
@@ -51,6 +57,22 @@ SWEEP_SECONDS = 60.0
 SWEEP_WINDOW = timedelta(hours=1)
 ESCALATED_ROLES = ("dsl", "deputy-dsl", "headteacher", "office", "technician")  # every contact
 UNWATCHED_ROLES = ("dsl", "deputy-dsl", "office")
+
+
+class NoticeSource(Protocol):
+    """Another kind of message the Notifier's thread sends (server/notify/events.py: guard,
+    filter-check, adult-concern; risk.py: high-risk).  ``take(now, tree)`` queues its
+    deliveries (``store.add_deliveries``, the same rows as an escalation) and returns how many
+    messages it queued; ``notice(delivery, tree, dashboard_url)`` says what a delivery of one
+    of its ``reasons`` says, at each attempt.  ``poll_seconds``: how often ``take`` must run
+    even when nothing woke the thread (the store is polled), or None."""
+
+    reasons: tuple[str, ...]
+    poll_seconds: float | None
+
+    def take(self, now: datetime, tree) -> int: ...
+
+    def notice(self, delivery: dict, tree, dashboard_url: str | None): ...
 
 
 class Notifier:
@@ -80,9 +102,9 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify-send")
         self._last_sweep = 0.0
-        # Other things that queue messages on this thread (server/notify/events.py): each has
-        # ``take(now, tree)``; their deliveries are sent like any other.
-        self.sources: list = []
+        # The other kinds of message (server/notify/events.py, risk.py): each source queues
+        # its deliveries on this thread and says what they say (``NoticeSource`` below).
+        self.sources: list[NoticeSource] = []
 
     def poke(self) -> None:
         """Something was queued (or is waiting to be): run a round now."""
@@ -157,10 +179,15 @@ class Notifier:
 
     # ------------------------------------------------------------------ sending
 
-    def _notice(self, delivery: dict, tree) -> Notice | EventNotice:
-        if delivery["reason"] in EVENT_REASONS:
+    def _notice(self, delivery: dict, tree):
+        """What *delivery* says: a source's message for its reasons, else a report's ``Notice``."""
+        reason = delivery["reason"]
+        if reason not in REPORT_REASONS:
+            source = next((s for s in self.sources if reason in s.reasons), None)
+            if source is None:
+                raise DeliveryError(f"no message for {reason!r} deliveries on this collector")
             dashboard = self.settings.dashboard_url or (str(tree.site.collector.url) if tree is not None else None)
-            return build_notice(self.store, delivery, tree, dashboard)
+            return source.notice(delivery, tree, dashboard)
         incident = self.store.get_incident(delivery["alert_id"]) or {}
         timeline = incident.get("timeline") or []
         by = next((t["by"] for t in reversed(timeline) if t.get("by")), None)
@@ -242,11 +269,13 @@ class Notifier:
     # ------------------------------------------------------------------ the thread
 
     def _seconds_to_next(self) -> float:
+        polls = [s.poll_seconds for s in self.sources if s.poll_seconds]
+        longest = min([self.sweep_seconds, *polls])
         due = self.store.next_delivery_due()
         if due is None:
-            return self.sweep_seconds
+            return longest
         left = (parse_ts(due) - self.clock()).total_seconds()
-        return max(0.05, min(left, self.sweep_seconds))
+        return max(0.05, min(left, longest))
 
     def _run(self) -> None:
         while not self._stop.is_set():

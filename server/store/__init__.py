@@ -17,8 +17,9 @@ Where things are:
   staff.py (users, sessions), audit.py, rollouts.py (config versions, rollouts),
   reports.py (report runs), retention.py (purges), deliveries.py (escalation e-mails and
   webhooks with every attempt, and the dashboard tabs watching a room), unblock.py (pupils'
-  "Ask my teacher" requests and the teacher's answers); the DSL's record (issue 15):
-  concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's events),
+  "Ask my teacher" requests and the teacher's answers), blocked.py (the blocked-attempt
+  search, high-risk notification windows), holds.py (the DSL's holds); the DSL's record
+  (issue 15): concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's events),
   allowlist.py (allowlist change requests), exports.py (the export log), reviews.py (annual
   reviews, check actions, test-filtering runs), aup.py (acceptable use per pupil per term).
 
@@ -35,6 +36,7 @@ from typing import Any, Callable, Sequence
 from .allowlist import AllowlistTable
 from .audit import AuditTable
 from .aup import AupTable
+from .blocked import BlockedTable
 from .concerns import ConcernsTable
 from .deliveries import DeliveriesTable
 from .devices import DevicesTable
@@ -42,6 +44,7 @@ from .engine import Engine, StoreError, Tx, connect
 from .events import EventsTable
 from .exports import ExportsTable
 from .guard import GuardTable
+from .holds import HoldsTable
 from .incidents import IncidentsTable
 from .reports import ReportsTable
 from .retention import RetentionTable
@@ -57,7 +60,7 @@ __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
             RetentionTable, DeliveriesTable, ConcernsTable, GuardTable, AllowlistTable, ExportsTable, ReviewsTable,
-            AupTable, UnblockTable):
+            AupTable, UnblockTable, BlockedTable, HoldsTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

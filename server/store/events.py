@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Columns of the events table, in insert order.
 EVENT_COLUMNS = ("id", "type", "ts", "site", "room", "device", "user_name", "domain", "profile", "alert_id",
-                 "data", "received_at")
+                 "data", "received_at", "category")
 
 
 def event_row(event: dict, received_at: str, raw: bytes | str | None = None) -> tuple:
@@ -38,6 +38,8 @@ def event_row(event: dict, received_at: str, raw: bytes | str | None = None) -> 
         str_or_none(event.get("user")), str_or_none(event.get("domain")), str_or_none(event.get("profile")),
         str_or_none(event.get("alert_id")),
         raw if raw is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False), received_at,
+        # The risk list a blocked attempt matched (agent/filter/risk.py); validated as an id.
+        str_or_none(event.get("category")) if event["type"] == "blocked" else None,
     )
 
 
@@ -164,7 +166,7 @@ class EventsTable:
 
     def blocked_between(self, start: str, end: str) -> list[dict]:
         """``blocked`` events with ts in [start, end), data as stored JSON text (the weekly report)."""
-        return self.query("SELECT room, profile, domain, device, ts, data FROM events "
+        return self.query("SELECT room, profile, domain, device, ts, data, category FROM events "
                           "WHERE type = ? AND ts >= ? AND ts < ?", ["blocked", start, end])
 
     def filter_checks_between(self, start: str, end: str) -> list[dict]:

@@ -4,6 +4,10 @@ Which rows go when (site.yaml ``retention``) is decided in server/retention.py; 
 how: each purgeable table's time column (``PURGEABLE``), event purges by type, and the
 purge of closed incidents together with their timeline, notes, evidence events and the
 escalation messages sent about them (deliveries and their attempts).
+
+A device the DSL holds (holds.py) keeps every row from the hold's ``held_from`` on: each
+purge of a device table carries ``held_clause``, so nothing of a held device goes until
+the hold is lifted, and then only what the periods say.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ from __future__ import annotations
 from typing import Sequence
 
 from .engine import StoreError, Tx
+from .holds import held_clause
 
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
              "sessions": "expires_at", "enrol_tokens": "expires_at", "it_queue": "done_at", "exports": "ts",
              "allowlist_changes": "proposed_at", "reviews": "recorded_at", "check_actions": "ts",
-             "filter_tests": "started_at", "aup_acceptances": "accepted_at"}
+             "filter_tests": "started_at", "aup_acceptances": "accepted_at", "holds": "lifted_at",
+             "risk_windows": "opened_at"}
 
 
 def _marks(values: Sequence) -> str:
@@ -48,8 +54,8 @@ class RetentionTable:
 
         def run(tx: Tx) -> int:
             ids = [row["id"] for row in tx.query(
-                "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?",
-                (before,))]
+                "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ? AND "
+                + held_clause("incidents", "raised_at"), (before,))]
             for incident_id in ids:
                 tx.execute("DELETE FROM incident_actions WHERE incident_id = ?", (incident_id,))
                 tx.execute("DELETE FROM concerns WHERE incident_id = ?", (incident_id,))
@@ -66,7 +72,8 @@ class RetentionTable:
 
     def purge_notice_deliveries(self, before: str, reasons: Sequence[str]) -> int:
         """Delete the deliveries (and their attempts) of *reasons* created before *before*: the
-        messages about guard events and failed checks, which belong to no incident."""
+        messages about guard events, failed checks and high-risk blocked attempts, which belong
+        to no incident."""
 
         def run(tx: Tx) -> int:
             marks = _marks(reasons)
@@ -83,4 +90,7 @@ class RetentionTable:
         sql = f"DELETE FROM {table} WHERE {column} IS NOT NULL AND {column} < ?"
         if where:
             sql += f" AND ({where})"
+        held = held_clause(table, column)
+        if held:
+            sql += f" AND {held}"
         return self.execute(sql, (before, *params))

@@ -22,14 +22,14 @@ APT_PACKAGES=(
   python3-tk python3-gi dbus fonts-dejavu-core
   sway swayidle swaylock openssl systemd
   gir1.2-gtklayershell-0.1 wtype acl
-  alsa-utils wayvnc
+  alsa-utils wayvnc openssh-client
 )
 NEEDED_COMMANDS=(
   python3 mosquitto mosquitto_sub mosquitto_pub dnsmasq dig nft dnsperf ip
   chromium chromedriver firefox-esr Xvfb xdotool xdpyinfo notify-send
   sway swayidle swaylock openssl systemd-analyze dbus-run-session
   wtype setfacl getfacl
-  aplay wayvnc
+  aplay wayvnc ssh-agent
 )
 
 # Run as root directly, otherwise through sudo if it exists.

@@ -5,6 +5,7 @@ through the virtual-keyboard protocol, the way a keyboard would."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -25,11 +26,15 @@ USER = "nobody"
 def sway_session(tmp_path):
     require_root()
     require_binary("sway")
-    runtime_dir = Path(f"/run/user/{pwd.getpwnam(USER).pw_uid}")
-    if runtime_dir.exists():
-        skip_or_fail(f"{runtime_dir} is in use; not touching a real session")
-    with headless_sway(tmp_path / "sway.log") as session:
-        yield session
+    try:
+        with headless_sway(tmp_path / "sway.log") as session:
+            yield session
+    except SwayRuntimeDirInUse as e:
+        skip_or_fail(str(e))
+
+
+class SwayRuntimeDirInUse(RuntimeError):
+    pass
 
 
 @contextlib.contextmanager
@@ -40,8 +45,17 @@ def headless_sway(log_path: Path, user: str = USER) -> Iterator[Session]:
         raise RuntimeError("sway is not installed")
     entry = pwd.getpwnam(user)
     runtime_dir = Path(f"/run/user/{entry.pw_uid}")
-    if runtime_dir.exists():
-        raise RuntimeError(f"{runtime_dir} is in use; not touching a real session")
+    # One user, one runtime dir: two test runs on one machine take turns rather than
+    # one failing on the other's desktop.
+    with open("/run/lock/classroom-safety-sway.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        clear_stale_runtime_dir(runtime_dir, entry.pw_uid)
+        if runtime_dir.exists():
+            raise SwayRuntimeDirInUse(f"{runtime_dir} is in use; not touching a real session")
+        yield from _run_sway(log_path, user, entry, runtime_dir, sway)
+
+
+def _run_sway(log_path, user, entry, runtime_dir, sway):
     runtime_dir.mkdir(parents=True, mode=0o700)
     os.chown(runtime_dir, entry.pw_uid, entry.pw_gid)
     # In the user's own runtime dir: pytest's temp dirs are root-only.
@@ -63,6 +77,18 @@ def headless_sway(log_path: Path, user: str = USER) -> Iterator[Session]:
             if p.info["name"] in ("swaylock", "swayidle", "sway") and p.info["username"] == user:
                 p.kill()
         shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def clear_stale_runtime_dir(runtime_dir: Path, uid: int) -> None:
+    """Remove a runtime dir an interrupted test run left behind (a killed pytest never
+    reaches headless_sway's cleanup), so one killed run does not fail every later one.
+    Only our own leftover goes: it holds the sway.conf written below, and no process of
+    the user is alive.  A real session of that user (any live process) is never touched."""
+    if not (runtime_dir / "sway.conf").exists():
+        return
+    if any(p.info["uids"] and p.info["uids"].real == uid for p in psutil.process_iter(["uids"])):
+        return
+    shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 def wtype(session: Session, *args: str) -> None:

@@ -56,11 +56,14 @@ def test_a_hold_locks_and_only_its_release_lifts_it(tmp_path):
     refused = rt.of_type("unlock_refused")[-1]
     assert (refused["by"], refused["how"], refused["holds"]) == ("m.khan", "unlock", [cmd["hold_id"]])
 
-    # The staff PIN on the device: the overlay let go, the agent locks again at once.
+    # The lock screen says no PIN (the overlays take none: test_overlay_core)...
+    assert backend.message.pin is False
+    # ...and a staff PIN that got through anyway (a backend without that): locked again at once.
     backend.simulate_pin()
     comp.tick()
     assert comp.is_locked and backend.is_locked and backend.mode == "staff"
     assert backend.calls[-1][0] == "lock" and rt.of_type("unlock") == []
+    assert backend.message.pin is False
     assert rt.of_type("unlock_refused")[-1]["how"] == "staff_pin"
 
     # A release for another hold id changes nothing; the right one unlocks.
@@ -79,8 +82,10 @@ def test_a_hold_outranks_a_staff_lock_and_the_timetable_and_leaves_them_undernea
     comp.on_command(cmd)
     assert comp.current.reason == "hold"
     assert [e["reason"] for e in rt.of_type("lock")] == ["staff", "hold"]  # the hold is always announced
+    assert backend.message.pin is False  # the lock screen takes no staff PIN under the hold
     comp.on_command(release_cmd(cmd["hold_id"]))
     assert comp.current.reason == "staff"  # the teacher's lock was never lifted by anyone
+    assert backend.calls[-1][0] == "lock" and backend.message.pin is True  # the PIN lifts a staff lock again
     # After school the timetable lock would follow; a hold placed then still wins.
     policy = rt.set_time(utc(2026, 11, 24, 17, 0))
     comp.on_command({"cmd": "unlock", "by": "m.khan"})

@@ -5,7 +5,8 @@ Four reasons can hold a device locked at once, layered (``LockState``):
 * **hold** -- the DSL's hold on an incident's device (policy 000 §11.4: quarantine until
   police advice has been sought): a ``hold`` command from the collector, lifted only by its
   ``release``.  A teacher's ``unlock`` and the staff PIN are refused (an ``unlock_refused``
-  event each).  Kept in ``state_dir/holds.json`` (written durably), so it survives an agent
+  event each): the lock screen's words say no PIN (``Words.pin``), so the overlays take
+  none, and a backend that lets go anyway is locked again at once.  Kept in ``state_dir/holds.json`` (written durably), so it survives an agent
   restart and a reboot; the collector also sends it again whenever the device reconnects
   (server/holds.py), so a device whose state was lost is held again at once.
 * **staff** -- a ``lock`` command from a teacher; only a staff ``unlock`` (or the staff
@@ -315,12 +316,17 @@ class LockComponent:
         messages = getattr(self.policy, "messages", {}) or {}
         return decision.message_key if messages.get(decision.message_key) else "locked"
 
+    def _words(self, decision: LockDecision) -> Words:
+        """What the lock screen shows for *decision*: the words, their pictogram, and under a
+        hold no staff PIN (the overlay refuses it; ``tick`` still locks again whatever lets go)."""
+        messages = getattr(self.policy, "messages", {}) or {}
+        key = self._message_key(decision)
+        return Words(messages.get(key) or "", key, pin=decision.reason != "hold")
+
     def _relock(self) -> None:
         if self.current is None:
             return
-        messages = getattr(self.policy, "messages", {}) or {}
-        key = self._message_key(self.current)
-        self.backend.lock(self.current.mode, Words(messages.get(key) or "", key))
+        self.backend.lock(self.current.mode, self._words(self.current))
 
     def _apply(self, unlock_reason: str | None = None, unlock_by: str | None = None) -> None:
         want = self.state.decide(self.runtime.clock())
@@ -337,7 +343,6 @@ class LockComponent:
                 self.runtime.emit_event("unlock", reason=reason, by=by, user=self._user(),
                                         previous=have.reason if have else None)
             return
-        messages = getattr(self.policy, "messages", {}) or {}
         self.current = want
         if (have is not None and (have.mode, have.by) == (want.mode, want.by)
                 and "hold" not in (have.reason, want.reason)):
@@ -350,8 +355,9 @@ class LockComponent:
             hold_id, hold = min(self.state.holds.items(), key=lambda kv: kv[1].get("since") or "")
             extra = {"hold_id": hold_id, "incident": hold.get("incident")}
         try:
-            # The words with their pictogram (the overlays draw it; swaylock and the greeter cannot).
-            self.backend.lock(want.mode, Words(messages.get(key) or "", key))
+            # The words with their pictogram (the overlays draw it; swaylock and the greeter cannot),
+            # and under a hold no staff PIN.
+            self.backend.lock(want.mode, self._words(want))
         finally:
             self.runtime.emit_event("lock", reason=want.reason, by=want.by, mode=want.mode, user=self._user(),
                                     **extra)

@@ -43,16 +43,29 @@ EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
     "bypass_process", "removable_media", "press_repeated", "override_rejected", "state_degraded",
-    "unblock_request", "unlock_refused",
+    "unblock_request", "unlock_refused", "cmd_result",
 )
 # hold / release: the DSL's hold on a device (agent/policy/lock.py), only ever from the collector.
-COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check", "hold", "release")
+COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check", "message", "hold", "release")
+# What a device says it did with a command that carried an ``id`` (a ``cmd_result`` event):
+# done; refused (understood, will not: ``error`` says why); unsupported (nothing on this
+# device handles it); failed (a fault on the device: ``error``).
+CMD_RESULTS = ("done", "refused", "unsupported", "failed")
+TEXT_MAX = 120       # a teacher's one-line message, or the words on an "Eyes on me" lock
+LOCK_MINUTES_MAX = 60  # a timed lock ("Eyes on me") unlocks itself within the hour
+MESSAGE_SECONDS = (5, 600)  # how long a message stays on the pupils' screens
 MAX_PAYLOAD = 64 * 1024
 MAX_NUMBER = 2 ** 53  # every number in a payload fits a double exactly and a BIGINT column
 
 
 class ProtocolError(ValueError):
     """A message that does not follow the contract; str() is a one-line reason."""
+
+
+class CommandRefused(Exception):
+    """Raised by a device component that understood a command and will not carry it out
+    (an override longer than the school allows, a message with nobody logged in); str() is
+    the one-line reason, sent back in the command's ``cmd_result``."""
 
 
 @dataclass(frozen=True)
@@ -313,6 +326,13 @@ def validate_event(data: dict, where: Topic | None = None) -> dict:
 
         if not is_domain(domain):
             raise ProtocolError(f"domain: {domain!r} is not a domain")
+    if kind == "cmd_result":
+        _need_uuid(data, "cmd_id")
+        _need(data, "cmd", str)
+        result = _need(data, "result", str)
+        if result not in CMD_RESULTS:
+            raise ProtocolError(f"result: {result!r} is not one of {', '.join(CMD_RESULTS)}")
+        _need(data, "error", str, optional=True)
     if kind == "report_evidence":
         _need(data, "alert_id", str)
         domains = _need(data, "domains", list)
@@ -331,13 +351,38 @@ def validate_heartbeat(data: dict, where: Topic | None = None) -> dict:
     return data
 
 
+def _need_line(data: dict, key: str, *, optional: bool = False) -> str | None:
+    """One line of text a pupil's screen shows: 1 to TEXT_MAX printable characters."""
+    value = _need(data, key, str, optional=optional)
+    if value is None:
+        return None
+    if not value.strip() or len(value) > TEXT_MAX:
+        raise ProtocolError(f"{key}: must be 1 to {TEXT_MAX} characters, not {len(value)}")
+    if not value.isprintable():
+        raise ProtocolError(f"{key}: must be one line of printable text")
+    return value
+
+
 def validate_cmd(data: dict, where: Topic | None = None) -> dict:
     cmd = _need(data, "cmd", str)
     if cmd not in COMMANDS:
         raise ProtocolError(f"cmd: {cmd!r} is not one of {', '.join(COMMANDS)}")
     _need(data, "by", str)
+    if "id" in data:
+        # The collector's id for this command: the device answers with a cmd_result naming it.
+        _need_uuid(data, "id")
     if cmd in ("ack", "clear"):
         _need_uuid(data, "alert_id")
+    if cmd == "lock":
+        minutes = _need(data, "minutes", int, optional=True)
+        if minutes is not None and not 1 <= minutes <= LOCK_MINUTES_MAX:
+            raise ProtocolError(f"minutes: {minutes} is not between 1 and {LOCK_MINUTES_MAX}")
+        _need_line(data, "message", optional=True)
+    if cmd == "message":
+        _need_line(data, "text")
+        seconds = _need(data, "seconds", int, optional=True)
+        if seconds is not None and not MESSAGE_SECONDS[0] <= seconds <= MESSAGE_SECONDS[1]:
+            raise ProtocolError(f"seconds: {seconds} is not between {MESSAGE_SECONDS[0]} and {MESSAGE_SECONDS[1]}")
     if cmd == "allow":
         domain = _need(data, "domain", str)
         from .config.schema import is_domain

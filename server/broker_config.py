@@ -12,7 +12,11 @@
   ``alert_staff`` and writes there only ``.../+/reply/<their username>`` (ack/clear: the device
   takes ``by`` from that last level) and their own presence ``.../_watch/<their username>``;
   escalation contacts read every room's alerts and reply in every room under their own name;
-  only the server (the collector) writes ``cmd`` and reads ``event``.
+  only the server (the collector) writes ``cmd`` and reads ``event``.  With ``--db``, staff
+  the imported timetable has teaching in a room (or the office's cover, from today on) get
+  that room's teacher rules too, at every hour of the week: mosquitto's ACL has no clock,
+  so the dashboard holds them to their lesson times and the broker to their rooms
+  (docs/broker.md, "Timetabled teachers", has the trade-off).
 * ``OUT/credentials/<user>.yaml`` (0600): ``username`` + ``password`` per account, to copy onto a
   device (agent ``credentials``) or hand to a member of staff (``classroom-alerts --password-file``).
 
@@ -109,8 +113,9 @@ def worker_users(server_user: str, ingest_workers: int) -> list[str]:
 
 
 def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER,
-                   ingest_workers: int = 1) -> dict[str, Account]:
-    """Every broker account the config tree implies, with its ACL rules."""
+                   ingest_workers: int = 1, timetabled: dict[str, list[str]] | None = None) -> dict[str, Account]:
+    """Every broker account the config tree implies, with its ACL rules; *timetabled*
+    (``{staff: [rooms]}``, from the store's timetable and cover) adds teacher rules."""
     site = tree.site.site
     prefix = tree.site.broker.prefix
     accounts: dict[str, Account] = {}
@@ -139,6 +144,13 @@ def build_accounts(tree: ConfigTree, server_user: str = DEFAULT_SERVER_USER,
         for name in room.alert_staff:
             acc = staff(name, "teacher")
             for rule in teacher_rules(prefix, site, room.room, name):
+                acc.allow(*rule)
+    for name, rooms in sorted((timetabled or {}).items()):
+        for room in rooms:
+            if room not in tree.rooms:
+                continue  # a room the timetable knew and the config no longer has
+            acc = staff(name, "teacher")
+            for rule in teacher_rules(prefix, site, room, name):
                 acc.allow(*rule)
     for contact in tree.site.escalation.contacts:
         if contact.staff:
@@ -243,8 +255,8 @@ def load_users(path: str | Path) -> dict[str, str]:
     return users
 
 
-def enrolled_hashes(db_url: str) -> dict[str, str]:
-    """{device: $7$ hash} for devices that enrolled with the collector (server/devices.py)."""
+def _open_db(db_url: str):
+    """The collector's store for ``--db``, or a one-line UserError (never an empty new database)."""
     from .store import Store, StoreError
 
     if db_url.startswith("sqlite:///"):
@@ -255,16 +267,34 @@ def enrolled_hashes(db_url: str) -> dict[str, str]:
         if not Path(db_path).exists():
             raise UserError(f"--db: {db_path}: no such database (give the collector's --db)")
     try:
-        store = Store.open(db_url)
+        return Store.open(db_url)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a DSN may carry a password: do not echo it
         raise UserError(f"--db: cannot open the collector's store ({type(exc).__name__})") from None
+
+
+def enrolled_hashes(db_url: str) -> dict[str, str]:
+    """{device: $7$ hash} for devices that enrolled with the collector (server/devices.py)."""
+    store = _open_db(db_url)
     try:
         hashes = store.mqtt_hashes()
     finally:
         store.close()
     return {device: h for device, h in hashes.items() if str(h).startswith("$7$")}
+
+
+def timetabled_staff(db_url: str, tree: ConfigTree) -> dict[str, list[str]]:
+    """{staff: [rooms]} the collector's timetable and cover (from today, school time) name."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    today = datetime.now(timezone.utc).astimezone(ZoneInfo(tree.site.timezone)).date().isoformat()
+    store = _open_db(db_url)
+    try:
+        return store.timetabled_rooms(tree.site.site, today)
+    finally:
+        store.close()
 
 
 def read_credentials(path: Path) -> dict | None:
@@ -357,16 +387,17 @@ class Result:
 def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None = None,
              users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
              opts: ListenerOptions | None = None, passwd_tool: str | None = "auto",
-             enrolled: dict[str, str] | None = None, ingest_workers: int = 1) -> Result:
+             enrolled: dict[str, str] | None = None, ingest_workers: int = 1,
+             timetabled: dict[str, list[str]] | None = None) -> Result:
     out = Path(out)
     opts = opts or ListenerOptions()
     users = dict(users or {})
-    accounts = build_accounts(tree, server_user, ingest_workers)
+    accounts = build_accounts(tree, server_user, ingest_workers, timetabled)
     workers = worker_users(server_user, ingest_workers)[1:]
     for name in users:
         if name not in accounts:
-            raise UserError(f"{users_path}: {name!r} is not a device, a staff member in alert_staff or "
-                            f"escalation contacts, or the server user{did_you_mean(name, list(accounts))}")
+            raise UserError(f"{users_path}: {name!r} is not a device, a staff member in alert_staff, escalation "
+                            f"contacts or the timetable, or the server user{did_you_mean(name, list(accounts))}")
     out.mkdir(parents=True, exist_ok=True)
     cred_dir = out / "credentials"
     cred_dir.mkdir(mode=0o700, exist_ok=True)
@@ -416,7 +447,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="where to write mosquitto.conf, passwd, acl")
     p.add_argument("--users", metavar="FILE", help="YAML username: password; others are generated")
     p.add_argument("--db", metavar="URL", help="the collector's store (as serve --db): enrolled devices keep "
-                   "their enrolment password")
+                   "their enrolment password, and timetabled staff may read their rooms")
     p.add_argument("--server-user", default=DEFAULT_SERVER_USER, help="broker username of classroom-server")
     p.add_argument("--ingest-workers", type=int, default=1, metavar="N",
                    help="as `serve --ingest-workers N`: accounts USER-1..USER-(N-1) for the extra workers")
@@ -446,11 +477,12 @@ def cmd_broker_config(args) -> int:
                            cafile=args.cafile, persistence_dir=args.persistence_dir, run_as=args.run_as,
                            log_file=args.log_file)
     enrolled = enrolled_hashes(args.db) if args.db else None
+    timetabled = timetabled_staff(args.db, tree) if args.db else None
     if not 1 <= args.ingest_workers <= 64:
         raise UserError(f"--ingest-workers: {args.ingest_workers} is not between 1 and 64")
     result = generate(tree, args.out, users=users, users_path=args.users or "users file",
                       server_user=args.server_user, opts=opts, enrolled=enrolled,
-                      ingest_workers=args.ingest_workers)
+                      ingest_workers=args.ingest_workers, timetabled=timetabled)
     for warning in result.warnings:
         print(f"classroom-server: warning: {warning}", file=sys.stderr)
     roles: dict[str, int] = {}

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_commands(sub)
 
+    from .timetable.cli import add_parser as add_timetable_commands  # timetable import / show (docs/server.md)
+
+    add_timetable_commands(sub)
+
     from .notify.commands import add_parser as add_notify_commands  # notify check / test (docs/server.md)
 
     add_notify_commands(sub)

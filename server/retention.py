@@ -59,6 +59,10 @@ class Retention:
         done["events"] = self.store.purge_events(
             cutoff(r.events_days), except_types=SHORT_EVENT_TYPES + INCIDENT_EVENT_TYPES + AUDIT_EVENT_TYPES)
         done["device_alerts"] = self.store.purge_cleared_device_alerts(cutoff(r.events_days))
+        # A teacher's room commands and the office's cover go with the device events (each
+        # command is also in the audit log, kept for audit_days).
+        done["room_commands"] = self.store.purge("room_commands", cutoff(r.events_days))
+        done["cover"] = self.store.purge("cover", cutoff(r.events_days))
         done["sessions"] = self.store.purge("sessions", iso(now))
         done["enrol_tokens"] = self.store.purge("enrol_tokens", cutoff(30))
         done["audit"] = self.store.purge("audit", cutoff(r.audit_days))

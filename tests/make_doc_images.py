@@ -81,7 +81,7 @@ def room_page(out: Path) -> None:
     server = LiveServer(app).start()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in (*CHROMIUM_FLAGS, "--window-size=900,1100", f"--user-data-dir={work / 'profile'}"):
+    for flag in (*CHROMIUM_FLAGS, "--window-size=900,1700", f"--user-data-dir={work / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
     try:

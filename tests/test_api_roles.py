@@ -100,6 +100,17 @@ EXPECTED = {
     ("POST", "/api/v1/incidents/{incident_id}/hold"): {D},
     ("POST", "/api/v1/holds/{hold_id}/lift"): {D},
     ("GET", "/api/v1/blocked"): {D, TECH},
+    # Issue 16: a teacher's room commands (their own rooms: alert_staff, timetable, cover)
+    # and the timetable (the office enters cover).
+    ("POST", "/api/v1/rooms/{room}/lock"): {T, D, A},
+    ("POST", "/api/v1/rooms/{room}/unlock"): {T, D, A},
+    ("POST", "/api/v1/rooms/{room}/allow"): {T, D, A},
+    ("POST", "/api/v1/rooms/{room}/message"): {T, D, A},
+    ("GET", "/api/v1/rooms/{room}/commands"): {T, D, A},
+    ("GET", "/api/v1/timetable"): {O, D, A},
+    ("GET", "/cover"): {O, D, A},
+    ("POST", "/cover"): {O, D, A},
+    ("POST", "/cover/{cover_id}/remove"): {O, D, A},
 }
 
 

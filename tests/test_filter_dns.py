@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from agent.filter import dnsclient
+from agent.protocol import CommandRefused
 from filter_fixtures import (  # noqa: F401 - fixtures
     SCHOOL_TIME, filter_root, filter_runtime, filtering_for, make_filter, stub_upstream, with_domains,
 )
@@ -197,7 +198,9 @@ def test_bad_override_commands_change_nothing(make_filter, caplog):
     chromium_before = (comp.chromium_dir / "classroom-safety.json").read_text()
     for cmd, field in BAD_COMMANDS:
         caplog.clear()
-        assert rt.call(comp.on_command, cmd) is True
+        # Refused, and said so: the runtime's cmd_result carries the reason to the teacher.
+        with pytest.raises(CommandRefused, match=field):
+            rt.call(comp.on_command, cmd)
         lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert len(lines) == 1 and field in lines[0] and "\n" not in lines[0], (cmd, lines)
     assert comp.paths.servers.read_text() == servers_before

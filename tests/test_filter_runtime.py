@@ -63,6 +63,17 @@ def test_filter_in_the_real_runtime(filter_root, stub_upstream):
                                            "by": "a.teacher", "reason": "lesson"})
         wait_until(lambda: ask("override-me.org") == ("NOERROR", ["192.0.2.77"]), 1.0)
         assert outbox_events(runtime, "override_opened")[0]["domain"] == "override-me.org"
+        # A command with the collector's id is answered: done, or refused with the reason.
+        done, refused = protocol.new_id(), protocol.new_id()
+        runtime.call(runtime._on_command, {"cmd": "allow", "domain": "second.example.org", "by": "a.teacher",
+                                           "id": done})
+        runtime.call(runtime._on_command, {"cmd": "allow", "domain": "third.example.org", "minutes": 999,
+                                           "by": "a.teacher", "id": refused})
+        results = {e["cmd_id"]: e for e in outbox_events(runtime, "cmd_result")}
+        assert results[done]["result"] == "done" and results[done]["cmd"] == "allow"
+        assert results[refused]["result"] == "refused" and "minutes" in results[refused]["error"]
+        assert [e["domain"] for e in outbox_events(runtime, "override_opened")] == ["override-me.org",
+                                                                                 "second.example.org"]
         wait_until(lambda: {"bbc.co.uk", "tiktok.com", "override-me.org"}
                    <= {row["domain"] for row in runtime.evidence_source(10)}, 5)
     finally:

@@ -97,6 +97,6 @@ def test_every_component_of_the_agent_is_a_component(real_runtime):
 
     sync = ConfigSync("http://127.0.0.1:9", "1a-pi-01", real_runtime.state_dir)
     components = [*real_runtime.components, *default_components(), sync]
-    assert {c.name for c in components} >= {"report", "configsync", "filter", "sessions", "lock", "guard"}
+    assert {c.name for c in components} >= {"report", "configsync", "filter", "sessions", "lock", "message", "guard"}
     for component in components:
         assert conformance(component, Component) == [], component

@@ -177,6 +177,58 @@ def test_staff_lock_and_unlock_commands(rig):
     assert (ev["reason"], ev["by"]) == ("staff", "m.khan")
 
 
+def test_eyes_on_me_shows_the_teachers_words_and_unlocks_itself_on_the_dot(rig):
+    rt, comp, backend, idle = rig
+    assert comp.on_command({"cmd": "lock", "by": "m.khan", "minutes": 2, "message": "Eyes on me, please"}) is True
+    assert comp.is_locked and backend.mode == "staff" and backend.message == "Eyes on me, please"
+    ev = rt.of_type("lock")[-1]
+    assert (ev["reason"], ev["by"], ev["until"]) == ("staff", "m.khan", "2026-11-24T10:02:00.000Z")
+    # The runtime's timer is due no later than the lock's end.
+    assert min(t.due for t in rt.timers if not t.cancelled) <= utc(2026, 11, 24, 10, 2)
+    rt.clock.advance(119)
+    idle.touch()
+    rt.run_due()
+    assert comp.is_locked and rt.of_type("unlock") == []
+    rt.clock.advance(1)
+    idle.touch()
+    assert rt.run_due() >= 1
+    assert not comp.is_locked and backend.calls[-1] == ("unlock",)
+    ev = rt.of_type("unlock")[-1]
+    assert (ev["reason"], ev["by"], ev["previous"]) == ("expired", "m.khan", "staff")
+
+
+def test_a_timed_lock_ending_leaves_the_idle_lock_underneath(rig):
+    rt, comp, backend, idle = rig
+    rt.clock.advance(15 * 60)
+    comp.tick()
+    assert comp.current.reason == "idle"
+    comp.on_command({"cmd": "lock", "by": "m.khan", "minutes": 1})
+    assert comp.current.reason == "staff" and backend.message == rt.policy.messages["locked"]
+    rt.clock.advance(60)
+    rt.run_due()
+    # The pupil had walked away: the session lock comes back, not an open desktop.
+    assert comp.current.reason == "idle" and backend.mode == "session"
+    assert rt.of_type("unlock") == []
+
+
+def test_a_new_eyes_on_me_replaces_the_words_and_the_time(rig):
+    rt, comp, backend, idle = rig
+    comp.on_command({"cmd": "lock", "by": "m.khan", "minutes": 1, "message": "Eyes on me"})
+    comp.on_command({"cmd": "lock", "by": "m.khan", "minutes": 5, "message": "Tidy up time"})
+    assert backend.message == "Tidy up time"
+    assert [e["until"] for e in rt.of_type("lock")] == ["2026-11-24T10:01:00.000Z", "2026-11-24T10:05:00.000Z"]
+    rt.clock.advance(60)
+    idle.touch()
+    rt.run_due()
+    assert comp.is_locked  # the first one's end no longer applies
+    # A plain lock (no minutes) stays until a staff unlock.
+    comp.on_command({"cmd": "lock", "by": "m.khan"})
+    rt.clock.advance(3600)
+    idle.touch()
+    comp.tick()
+    assert comp.is_locked and "until" not in rt.of_type("lock")[-1]
+
+
 def test_staff_lock_outranks_idle_and_unlock_clears_both(rig):
     rt, comp, backend, idle = rig
     rt.clock.advance(15 * 60)

@@ -50,8 +50,9 @@ def test_a_hold_locks_and_only_its_release_lifts_it(tmp_path):
     assert (ev["reason"], ev["by"], ev["hold_id"], ev["incident"]) == ("hold", "s.patel", cmd["hold_id"],
                                                                        cmd["incident"])
 
-    # A teacher's unlock: refused, said so, nothing changes.
-    assert comp.on_command({"cmd": "unlock", "by": "m.khan"}) is True
+    # A teacher's unlock: refused (the teacher's cmd_result says so), said so, nothing changes.
+    with pytest.raises(protocol.CommandRefused, match="on hold"):
+        comp.on_command({"cmd": "unlock", "by": "m.khan"})
     assert comp.is_locked and backend.is_locked and rt.of_type("unlock") == []
     refused = rt.of_type("unlock_refused")[-1]
     assert (refused["by"], refused["how"], refused["holds"]) == ("m.khan", "unlock", [cmd["hold_id"]])
@@ -127,7 +128,9 @@ def test_the_hold_is_kept_on_disk_and_a_new_agent_is_held_before_any_config(tmp_
     comp2.on_policy(rt2.policy)
     assert comp2.is_locked and comp2.current.reason == "hold"
     assert backend2.message == rt2.policy.messages["locked"]  # the config's words once it is there
-    assert comp2.on_command({"cmd": "unlock", "by": "m.khan"}) and comp2.is_locked
+    with pytest.raises(protocol.CommandRefused):
+        comp2.on_command({"cmd": "unlock", "by": "m.khan"})
+    assert comp2.is_locked
     comp2.on_command(release_cmd(cmd["hold_id"]))
     assert not comp2.is_locked and json.loads(path.read_text()) == {}
 

@@ -298,3 +298,10 @@ def test_event_stream_ends_by_itself_with_a_snapshot_so_the_server_can_stop(coll
     assert data[0]["id"] == open_alert["id"] and data[-1] == {"open": [open_alert["id"]]}
     assert "event: snapshot" in lines
     wait_until(lambda: collector.app.state.live.subscribers == 0, timeout=10)
+
+
+def test_the_room_page_puts_the_alerts_above_the_class_controls(app):
+    """A teacher on a laptop must see a press without scrolling past the controls."""
+    page = form_login(app, "teacher").get("/rooms/5b").text
+    alerts, asks, controls = page.index('id="alerts-h"'), page.index('id="asks"'), page.index('id="controls-h"')
+    assert alerts < asks < controls

@@ -558,25 +558,41 @@ class Runtime:
         return event
 
     def _on_command(self, cmd: dict) -> None:
+        """Hand a command to whoever handles it; a command with an ``id`` (the collector
+        gives every one of its own an id) is answered with a ``cmd_result`` event, so the
+        teacher sees whether this device obeyed (docs/protocol.md, "cmd_result")."""
+        result, error = self._route_command(cmd)
+        if cmd.get("id"):
+            fields = {"cmd_id": cmd["id"], "cmd": cmd["cmd"], "by": cmd.get("by"), "result": result}
+            if error:
+                fields["error"] = error[:300]
+            self.emit_event("cmd_result", **fields)
+
+    def _route_command(self, cmd: dict) -> tuple[str, str | None]:
+        """(result, error) of *cmd*: one of protocol.CMD_RESULTS, and why when not done."""
         name = cmd["cmd"]
         if name in ("ack", "clear"):
             self.report.on_command(cmd)
-            return
+            return "done", None
         if name == "reload-config" and self.bootstrap.config_dir:
             log.info("reload-config requested by %s", cmd.get("by"))
-            self.reload_config()
-            return
+            if self.reload_config():
+                return "done", None
+            return "refused", "the local config did not load (config_rejected says why)"
         # Without a local tree, reload-config goes to the collector sync (agent/uplink/configsync.py).
         for component in self.components:
             if component is self.report:
                 continue
             try:
                 if component.on_command(cmd):
-                    return
-            except Exception:  # noqa: BLE001
+                    return "done", None
+            except protocol.CommandRefused as exc:
+                return "refused", " ".join(str(exc).split()) or "refused"
+            except Exception as exc:  # noqa: BLE001
                 log.exception("component %s failed on cmd %s", component.name, name)
-                return
+                return "failed", f"{component.name}: {type(exc).__name__}"
         log.warning("cmd %s from %s: nothing on this device handles it", name, cmd.get("by"))
+        return "unsupported", f"nothing on this device handles {name!r}"
 
     # ------------------------------------------------------------------ who is at the device
     def current_user(self) -> str | None:
@@ -658,7 +674,7 @@ class Runtime:
 def default_components(sessions: SessionSource | None = None) -> list:
     """The components of a real classroom device, besides the report and config sync every
     runtime has: filter, sessions (*sessions* if given, the same one the runtime is given
-    as its sessions source), lock, guard.  One that cannot be built is left out with a
+    as its sessions source), lock, a teacher's message, guard.  One that cannot be built is left out with a
     log line: the report button must run whatever else fails."""
 
     def build(what: str, make: Callable[[], Any]):
@@ -688,9 +704,15 @@ def default_components(sessions: SessionSource | None = None) -> list:
 
         return LockComponent()
 
+    def teacher_message(source):
+        from ..policy.teacher_message import TeacherMessage
+
+        return TeacherMessage(session=source.desktop if source is not None else None)
+
     the_guard = build("Guard", guard)
+    the_sessions = sessions if sessions is not None else build("SessionsComponent", session_component)
     # The browser policy files the filter writes are the guard's to protect.
     found = [build("FilterComponent", lambda: web_filter(the_guard.protect if the_guard is not None else None)),
-             sessions if sessions is not None else build("SessionsComponent", session_component),
-             build("LockComponent", lock), the_guard]
+             the_sessions, build("LockComponent", lock),
+             build("TeacherMessage", lambda: teacher_message(the_sessions)), the_guard]
     return [c for c in found if c is not None]

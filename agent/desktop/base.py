@@ -20,7 +20,8 @@ they put it back: ``{"what": ..., "action": ...}`` plus details; the guard
   guess); ``set_timeout`` tells a push source (swayidle) the threshold; it may call
   ``when_changed()`` as well.
 * ``Presenter`` -- the acceptable-use dialog and the monitoring notice:
-  ``notice(session, text)``, ``dialog(session, text, on_accept)``, ``close(handle)``.
+  ``notice(session, text)``, ``dialog(session, text, on_accept)``, ``close(handle)``; and a
+  teacher's one-line message to the room, ``message(session, text)`` (a banner).
 * ``ScreenButton`` -- the on-screen "I saw something" button (agent/desktop/button.py):
   ``enable(label, hold_ms, corner)``, ``disable()``, ``when_pressed()``, and
   ``cover(who, covering)`` from the blank and lock overlays, so it hides under them.
@@ -182,6 +183,11 @@ class Presenter(ABC):
     @abstractmethod
     def close(self, handle) -> None:
         """Take a notice or dialog down."""
+
+    def message(self, session, text: str) -> Any:
+        """Show a teacher's one-line message across the screen until ``close``; a presenter
+        without a banner of its own shows it as a notice."""
+        return self.notice(session, text)
 
 
 class ScreenButton:

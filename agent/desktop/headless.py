@@ -112,6 +112,7 @@ class HeadlessPresenter(Presenter):
 
     def __init__(self) -> None:
         self.shown: list[tuple[str, str, str]] = []
+        self.closed: list = []
 
     def notice(self, session, text: str):
         self.shown.append(("notice", session.id, text))
@@ -121,8 +122,12 @@ class HeadlessPresenter(Presenter):
         self.shown.append(("dialog", session.id, text))
         return ("dialog", session.id)
 
+    def message(self, session, text: str):
+        self.shown.append(("message", session.id, text))
+        return ("message", session.id, len(self.shown))
+
     def close(self, handle) -> None:
-        pass
+        self.closed.append(handle)
 
 
 class HeadlessButton(ScreenButton):

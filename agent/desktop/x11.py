@@ -317,6 +317,9 @@ class TkPresenter(Presenter):
     def notice(self, session, text: str):
         return self._spawn(session, "notice", text)
 
+    def message(self, session, text: str):
+        return self._spawn(session, "message", text)
+
     def dialog(self, session, text: str, on_accept):
         proc = self._spawn(session, "dialog", text)
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..protocol import now_ts
+from ..protocol import CommandRefused, now_ts
 from . import browser, nftables
 from .blocked import Batch, BlockedEvents
 from .blockpage import AskTeacher, BlockPage
@@ -436,16 +436,14 @@ class FilterComponent:
             return False
         filtering = self.filtering()
         if filtering is None or self.policy is None:
-            self.audit.rejected(cmd, "no filter policy on this device yet")
-            return True
+            self._refuse(cmd, "no filter policy on this device yet")
         now = self.runtime.clock()
         lesson_end = self.policy.next_change if self.policy.in_school_hours else None
         try:
             ov = parse_allow(cmd, now, default_minutes=filtering.override_default_minutes,
                              max_minutes=filtering.override_max_minutes, lesson_end=lesson_end)
         except OverrideError as exc:
-            self.audit.rejected(cmd, str(exc))
-            return True
+            self._refuse(cmd, str(exc))
         previous = self.overrides.put(ov)
         if not self._apply(self.policy, filtering):
             # Put the store back exactly as it was: the filter did not change.
@@ -453,8 +451,7 @@ class FilterComponent:
                 self.overrides.put(previous)
             else:
                 self.overrides.remove(ov.domain)
-            self.audit.rejected(cmd, self.last_error or "filter could not be updated")
-            return True
+            self._refuse(cmd, self.last_error or "filter could not be updated")
         self.audit.opened(ov, previous)
         return True
 
@@ -467,6 +464,11 @@ class FilterComponent:
                                 seat=policy.seat, device_name=policy.seat or policy.device,
                                 profile=policy.key_stage, profile_name=policy.profile_name)
         log.info("filter: a pupil asked the teacher to open %s", domain)
+
+    def _refuse(self, cmd: dict, reason: str) -> None:
+        """Audit a refused override, then tell the runtime (its cmd_result says why)."""
+        self.audit.rejected(cmd, reason)
+        raise CommandRefused(reason)
 
     # ------------------------------------------------------------------ ticking
     def _tick(self) -> None:

@@ -6,11 +6,15 @@ Four reasons can hold a device locked at once, layered (``LockState``):
   police advice has been sought): a ``hold`` command from the collector, lifted only by its
   ``release``.  A teacher's ``unlock`` and the staff PIN are refused (an ``unlock_refused``
   event each): the lock screen's words say no PIN (``Words.pin``), so the overlays take
-  none, and a backend that lets go anyway is locked again at once.  Kept in ``state_dir/holds.json`` (written durably), so it survives an agent
-  restart and a reboot; the collector also sends it again whenever the device reconnects
-  (server/holds.py), so a device whose state was lost is held again at once.
+  none, and a backend that lets go anyway is locked again at once.  Kept in
+  ``state_dir/holds.json`` (written durably), so it survives an agent restart and a reboot;
+  the collector also sends it again whenever the device reconnects (server/holds.py), so a
+  device whose state was lost is held again at once.  A teacher's ``lock`` meanwhile goes
+  underneath it, as do the timetable and idle locks.
 * **staff** -- a ``lock`` command from a teacher; only a staff ``unlock`` (or the staff
-  PIN on an X11 overlay) lifts it.
+  PIN on an X11 overlay) lifts it, or its own time: a lock with ``minutes`` ("Eyes on me",
+  1 to 60) unlocks itself then, and one with ``message`` shows the teacher's words instead
+  of the key stage's.
 * **schedule** -- the timetable (``policy.locked``: out of hours, weekends, holidays,
   closures, locked room slots).  Lifts when the timetable says so, or for a while after
   a staff ``unlock`` (``STAFF_OVERRIDE``, never past the next timetable change).
@@ -29,9 +33,11 @@ costs one check per lock period), or at once when a backend reports something (t
 unlocked, the staff PIN was typed).  It returns the seconds until it next needs to run,
 so tests drive it with a fake clock and no sleeping.
 
-Events: ``lock`` {reason, by, mode, user} (a hold adds ``hold_id``, ``incident``),
-``unlock`` {reason, by, user} (``hold_lifted`` when the last hold is released) and
-``unlock_refused`` {by, how, holds} (a teacher's unlock or the staff PIN under a hold).
+Events: ``lock`` {reason, by, mode, user; a hold adds ``hold_id``, ``incident``; a
+teacher's timed lock adds ``until``}, ``unlock`` {reason, by, user; ``hold_lifted`` when the
+last hold is released, ``expired`` when a timed lock ran out} and ``unlock_refused`` {by,
+how, holds} (a teacher's unlock or the staff PIN under a hold; the teacher's ``unlock`` is
+also answered ``refused`` in its ``cmd_result``).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from ..desktop.base import SESSION_MODE, STAFF_MODE, IdleSource, LockBackend, Words
 from ..files import atomic_write
-from ..protocol import now_ts
+from ..protocol import CommandRefused, now_ts
 
 if TYPE_CHECKING:
     from ..core.interfaces import RuntimeAPI
@@ -67,6 +73,8 @@ class LockDecision:
     by: str
     mode: str  # staff | session
     message_key: str  # key of policy.messages to show
+    message: str | None = None  # a teacher's own words for their lock, instead of the key's
+    until: datetime | None = None  # a teacher's timed lock unlocks itself then
 
 
 class LockState:
@@ -75,6 +83,8 @@ class LockState:
     def __init__(self) -> None:
         self.holds: dict[str, dict] = {}   # hold id -> {"by", "incident", "since"}: the DSL's
         self.staff_by: str | None = None
+        self.staff_until: datetime | None = None
+        self.staff_message: str | None = None
         self.idle = False
         self.schedule_reason: str | None = None
         self.override_until: datetime | None = None
@@ -84,11 +94,20 @@ class LockState:
         if not locked:
             self.override_until = None  # the timetable opened by itself; no override needed
 
-    def staff_lock(self, by: str) -> None:
-        self.staff_by = by
+    def staff_lock(self, by: str, until: datetime | None = None, message: str | None = None) -> None:
+        self.staff_by, self.staff_until, self.staff_message = by, until, message
+
+    def staff_expired(self, now: datetime) -> str | None:
+        """End a timed staff lock whose time is up; returns who had set it (else None).
+        Only the staff layer ends: an idle or timetable lock underneath stays."""
+        if self.staff_by is None or self.staff_until is None or now < self.staff_until:
+            return None
+        by = self.staff_by
+        self.staff_by = self.staff_until = self.staff_message = None
+        return by
 
     def staff_unlock(self, now: datetime, next_change: datetime | None) -> None:
-        self.staff_by = None
+        self.staff_by = self.staff_until = self.staff_message = None
         self.idle = False
         if self.schedule_reason is not None:
             until = now + STAFF_OVERRIDE
@@ -108,8 +127,8 @@ class LockState:
         if self.holds:
             first = min(self.holds.values(), key=lambda h: h.get("since") or "")
             return LockDecision("hold", str(first.get("by") or "dsl"), STAFF_MODE, "locked")
-        if self.staff_by is not None:
-            return LockDecision("staff", self.staff_by, STAFF_MODE, "locked")
+        if self.staff_by is not None and (self.staff_until is None or now < self.staff_until):
+            return LockDecision("staff", self.staff_by, STAFF_MODE, "locked", self.staff_message, self.staff_until)
         if self.schedule_applies(now):
             key = "locked" if self.schedule_reason == "schedule" else "out_of_hours"
             return LockDecision(self.schedule_reason, "schedule", STAFF_MODE, key)
@@ -189,12 +208,17 @@ class LockComponent:
             self._release(cmd)
             return True
         if name == "unlock" and self.state.holds:
-            # Only the DSL's release lifts a hold; a teacher's unlock changes nothing at all.
+            # Only the DSL's release lifts a hold; a teacher's unlock changes nothing at all,
+            # and the teacher's screen is told so (cmd_result: refused).
             self._refuse(str(cmd.get("by") or "staff"), "unlock")
-            return True
+            raise CommandRefused("the device is on hold: only the DSL can lift it")
         if name == "lock":
-            self.state.staff_lock(str(cmd.get("by") or "staff"))
+            minutes = cmd.get("minutes")
+            until = self.runtime.clock() + timedelta(minutes=minutes) if isinstance(minutes, int) else None
+            self.state.staff_lock(str(cmd.get("by") or "staff"), until, cmd.get("message") or None)
             self._apply()
+            if until is not None:
+                self._schedule(min(LOCKED_POLL, self._until_expiry()))
             return True
         if name == "unlock":
             by = str(cmd.get("by") or "staff")
@@ -279,6 +303,9 @@ class LockComponent:
             return MAX_SLEEP
         now = self.runtime.clock()
         unlock_reason = unlock_by = None
+        expired_by = self.state.staff_expired(now)
+        if expired_by is not None:
+            unlock_reason, unlock_by = "expired", expired_by
         back = self.backend.poll()
         if back is not None and self.state.holds:
             # The staff PIN (or anything else) let the lock go; the hold did not: lock again.
@@ -305,11 +332,18 @@ class LockComponent:
         self._apply(unlock_reason=unlock_reason, unlock_by=unlock_by)
         if self.current is not None:
             delay = LOCKED_POLL
+            if self.current.until is not None:
+                # "Eyes on me" ends on the dot, not up to LOCKED_POLL late.
+                delay = min(delay, self._until_expiry())
         elif self.state.override_until is not None:
             # A staff unlock of a timetable lock ends on the dot, not up to a minute late.
             delay = max(0.0, min(delay, (self.state.override_until - self.runtime.clock()).total_seconds()))
         self._schedule(delay)
         return delay
+
+    def _until_expiry(self) -> float:
+        until = self.state.staff_until
+        return 0.0 if until is None else max(0.0, (until - self.runtime.clock()).total_seconds())
 
     def _message_key(self, decision: LockDecision) -> str:
         """The ``policy.messages`` key whose words (and pictogram) *decision* shows."""
@@ -321,7 +355,8 @@ class LockComponent:
         hold no staff PIN (the overlay refuses it; ``tick`` still locks again whatever lets go)."""
         messages = getattr(self.policy, "messages", {}) or {}
         key = self._message_key(decision)
-        return Words(messages.get(key) or "", key, pin=decision.reason != "hold")
+        # A teacher's own words ("Eyes on me") go under the lock's picture.
+        return Words(decision.message or messages.get(key) or "", key, pin=decision.reason != "hold")
 
     def _relock(self) -> None:
         if self.current is None:
@@ -344,13 +379,13 @@ class LockComponent:
                                         previous=have.reason if have else None)
             return
         self.current = want
-        if (have is not None and (have.mode, have.by) == (want.mode, want.by)
-                and "hold" not in (have.reason, want.reason)):
+        if (have is not None and "hold" not in (have.reason, want.reason)
+                and (have.mode, have.by, have.message, have.until) == (want.mode, want.by, want.message, want.until)):
             # Friday evening becomes the weekend becomes half term: one lock, not three (a hold
             # is always its own lock: its event names the hold).
             return
         key = self._message_key(want)
-        extra = {}
+        extra = {"until": now_ts(want.until)} if want.until is not None else {}
         if want.reason == "hold":
             hold_id, hold = min(self.state.holds.items(), key=lambda kv: kv[1].get("since") or "")
             extra = {"hold_id": hold_id, "incident": hold.get("incident")}
@@ -359,8 +394,7 @@ class LockComponent:
             # and under a hold no staff PIN.
             self.backend.lock(want.mode, self._words(want))
         finally:
-            self.runtime.emit_event("lock", reason=want.reason, by=want.by, mode=want.mode, user=self._user(),
-                                    **extra)
+            self.runtime.emit_event("lock", reason=want.reason, by=want.by, mode=want.mode, user=self._user(), **extra)
         if want.mode == STAFF_MODE:
             self.runtime.say(key)  # the idle lock is the user's own locker: nothing to say over it
 

@@ -38,8 +38,8 @@ from ..presence import Presence
 from ..rollout import Rollouts
 from ..store import Store, StoreError
 from . import state
-from .api import (API, alerts, allowlist as allowlist_api, audit, aup, blocked, concerns, config, deliveries, devices,
-                  exports, guard, holds, incidents, login, ops, reports, reviews, unblock, users)
+from .api import (API, alerts, allowlist as allowlist_api, audit, aup, blocked, commands, concerns, config, deliveries,
+                  devices, exports, guard, holds, incidents, login, ops, reports, reviews, timetable, unblock, users)
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -48,8 +48,8 @@ from .throttle import LoginThrottle
 log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
-API_ROUTERS = (login, incidents, alerts, devices, users, audit, ops, config, reports, deliveries, concerns, guard,
-               allowlist_api, exports, reviews, aup, unblock, holds, blocked)
+API_ROUTERS = (login, incidents, alerts, commands, devices, users, audit, ops, config, reports, deliveries, concerns,
+               guard, allowlist_api, exports, reviews, aup, unblock, timetable, holds, blocked)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})

@@ -12,7 +12,8 @@ Use in routes::
     def x(user: User = Depends(require("dsl", "admin"))): ...
 
 A teacher's rooms are the rooms whose ``alert_staff`` lists their username in the
-live config tree (``app.state.tree``).  Pages use ``server.web.pages.base.page(...)``, the
+live config tree (``app.state.tree``), and the rooms the timetable or the office's cover
+has them teaching in now (server/timetable/now.py: ``rooms_now``).  Pages use ``server.web.pages.base.page(...)``, the
 same check that sends a browser to the login page instead of answering 401.
 """
 
@@ -34,6 +35,7 @@ from fastapi import HTTPException, Request
 from agent.config.schema import check_username
 
 from ..store import iso
+from ..timetable.now import rooms_now
 from .throttle import LoginThrottle, address_key
 
 # office: the school office (reception), who sends an adult when a room has nobody watching;
@@ -93,10 +95,15 @@ def check_staff_name(name: str) -> str:
     return check_username(name)
 
 
-def staff_rooms(tree, username: str) -> tuple[str, ...]:
+def staff_rooms(tree, username: str, store=None) -> tuple[str, ...]:
+    """The rooms whose alert_staff lists *username*, and, given the *store*, those the
+    timetable or cover has them teaching in now."""
     if tree is None:
         return ()
-    return tuple(sorted(room_id for room_id, room in tree.rooms.items() if username in room.alert_staff))
+    rooms = {room_id for room_id, room in tree.rooms.items() if username in room.alert_staff}
+    if store is not None:
+        rooms.update(rooms_now(store, tree, username))
+    return tuple(sorted(rooms))
 
 
 # --------------------------------------------------------------------------- sessions
@@ -188,7 +195,7 @@ def current_user(request: Request) -> User | None:
     session = request.app.state.store.get_session(token_hash(token))
     if session is None or session["disabled"]:
         return None
-    rooms = staff_rooms(getattr(request.app.state, "tree", None), session["username"])
+    rooms = staff_rooms(getattr(request.app.state, "tree", None), session["username"], request.app.state.store)
     return User(session["username"], session["role"], session["display_name"], rooms)
 
 

@@ -49,6 +49,11 @@ def site_and_timezone(request: Request) -> tuple[str, str]:
     return (live.site.site, live.site.timezone) if live is not None else ("", "Europe/London")
 
 
+def live(app: FastAPI):
+    """The dashboard's broadcaster (server/web/live.py), or None without the dashboard."""
+    return getattr(app.state, "live", None)
+
+
 def presence(request: Request):
     """Who is watching each room (server/presence.py)."""
     return request.app.state.presence

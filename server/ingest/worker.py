@@ -54,14 +54,19 @@ INGEST_KINDS = ("status", "alert", "event", "heartbeat")
 # Read and handed to the listeners, never stored: a teacher client's presence for a room.
 PRESENCE_KINDS = ("watch",)
 LISTENED_KINDS = ("status", "alert", "watch")
+# The few event types the listeners hear as well (the room page shows them live): a
+# device's answer to a teacher's command and its lock changing.  Not blocked events and
+# the rest of the hot path.
+LISTENED_EVENTS = frozenset({"cmd_result", "lock", "unlock"})
 
 
 class Ingest:
     """One ingest worker.  ``start()`` connects and runs; ``stop()`` flushes and disconnects.
 
     ``listeners``: callables ``(kind, topic, data)`` called after commit for each alert
-    transition (once per process), every status message (the live dashboard subscribes here)
-    and every receiver presence message (kind ``watch``, topic an ``agent.protocol.StaffTopic``)."""
+    transition (once per process), every status message (the live dashboard subscribes here),
+    every receiver presence message (kind ``watch``, topic an ``agent.protocol.StaffTopic``)
+    and the events of ``LISTENED_EVENTS`` this worker stored (kind ``event``)."""
 
     def __init__(self, store: Store, broker_url: str, *, prefix: str = DEFAULT_PREFIX,
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
@@ -309,7 +314,7 @@ class Ingest:
                     self._seen_alerts[key] = None
                     if len(self._seen_alerts) > 10000:
                         self._seen_alerts.pop(next(iter(self._seen_alerts)))
-                if where.kind in LISTENED_KINDS:
+                if where.kind in LISTENED_KINDS or where.kind == "event" and data["type"] in LISTENED_EVENTS:
                     for listener in list(self.listeners):
                         try:
                             listener(where.kind, where, data)

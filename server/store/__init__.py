@@ -21,7 +21,9 @@ Where things are:
   search, high-risk notification windows), holds.py (the DSL's holds); the DSL's record
   (issue 15): concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's events),
   allowlist.py (allowlist change requests), exports.py (the export log), reviews.py (annual
-  reviews, check actions, test-filtering runs), aup.py (acceptable use per pupil per term).
+  reviews, check actions, test-filtering runs), aup.py (acceptable use per pupil per term);
+  the teacher in control (issue 16): commands.py (a teacher's room commands and the
+  devices' answers), timetable.py (the imported timetable and the office's cover).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 write goes through ``write(fn)``, where ``fn(tx)`` runs inside a transaction (on the
@@ -37,6 +39,7 @@ from .allowlist import AllowlistTable
 from .audit import AuditTable
 from .aup import AupTable
 from .blocked import BlockedTable
+from .commands import CommandsTable
 from .concerns import ConcernsTable
 from .deliveries import DeliveriesTable
 from .devices import DevicesTable
@@ -53,6 +56,7 @@ from .rollouts import RolloutsTable
 from .schema import apply as apply_schema
 from .schema import iso, new_id, utcnow
 from .staff import StaffTable
+from .timetable import TimetableTable
 from .unblock import UnblockTable
 
 __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
@@ -60,7 +64,7 @@ __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
             RetentionTable, DeliveriesTable, ConcernsTable, GuardTable, AllowlistTable, ExportsTable, ReviewsTable,
-            AupTable, UnblockTable, BlockedTable, HoldsTable):
+            AupTable, UnblockTable, CommandsTable, TimetableTable, BlockedTable, HoldsTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

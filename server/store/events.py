@@ -2,7 +2,8 @@
 
 ``ingest(items)`` stores one batch of validated ``(Topic, payload)`` pairs in ONE
 transaction across the tables they touch: events (here), alert transitions and incidents
-(incidents.py), device status, heartbeats and last-seen (devices.py).  This is the hot
+(incidents.py), device status, heartbeats and last-seen (devices.py), and the answers
+(``cmd_result``) to a teacher's room commands and each device's lock (commands.py).  This is the hot
 path (bench/ingest.py): rows are built before the write task is queued, so the writer
 thread only runs SQL, and big event batches take the engine's bulk path (engine.py).
 
@@ -89,7 +90,7 @@ class EventsTable:
         "alert_duplicates": n, "status": n, "heartbeats": n, "refused": [one line per transition
         or evidence refused because it names another device's incident]}``."""
         now = utcnow()
-        events, alerts, statuses, beats, touched = [], [], [], [], []
+        events, alerts, statuses, beats, touched, answers, locks = [], [], [], [], [], [], []
         for item in items:
             where, data = item[0], item[1]
             if where.kind not in ("event", "alert", "status", "heartbeat"):
@@ -97,6 +98,10 @@ class EventsTable:
             touched.append((where.site, where.room, where.device))
             if where.kind == "event":
                 events.append(event_row(data, now, item[2] if len(item) > 2 else None))
+                if data["type"] == "cmd_result":
+                    answers.append(data)
+                elif data["type"] in ("lock", "unlock"):
+                    locks.append(data)
             elif where.kind == "alert":
                 alerts.append(data)
             elif where.kind == "status":
@@ -113,6 +118,10 @@ class EventsTable:
                 self._record_status(tx, where.site, where.room, where.device, data)
             if beats:
                 self._record_heartbeats(tx, beats, now)
+            if answers:
+                self._record_cmd_results(tx, answers, now)
+            if locks:
+                self._record_locks(tx, locks)
             self._touch_devices(tx, touched, now)
             alerts_refused = len(refused) - events_refused
             return {"events": inserted, "duplicates": len(events) - inserted - events_refused, "alerts": new_alerts,

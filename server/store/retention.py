@@ -22,8 +22,8 @@ PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audi
              "alert_transitions": "ts", "incident_actions": "ts", "device_alerts": "raised_at",
              "sessions": "expires_at", "enrol_tokens": "expires_at", "it_queue": "done_at", "exports": "ts",
              "allowlist_changes": "proposed_at", "reviews": "recorded_at", "check_actions": "ts",
-             "filter_tests": "started_at", "aup_acceptances": "accepted_at", "holds": "lifted_at",
-             "risk_windows": "opened_at"}
+             "filter_tests": "started_at", "aup_acceptances": "accepted_at", "room_commands": "sent_at",
+             "cover": "created_at", "holds": "lifted_at", "risk_windows": "opened_at"}
 
 
 def _marks(values: Sequence) -> str:

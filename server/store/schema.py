@@ -416,6 +416,82 @@ CREATE TABLE IF NOT EXISTS holds (
 CREATE INDEX IF NOT EXISTS holds_device ON holds (site, device, lifted_at);
 CREATE INDEX IF NOT EXISTS holds_incident ON holds (incident_id);
 
+-- A teacher's room commands (server/http/api/commands.py): one row per command and device,
+-- and what the device answered (its cmd_result event, stored by ingest).  details: the
+-- command's own fields as JSON (minutes, message, text, domain, reason).  result NULL: no
+-- answer yet ("not reachable" on the room page once COMMAND_ANSWER_SECONDS have passed).
+CREATE TABLE IF NOT EXISTS room_commands (
+    id TEXT NOT NULL,
+    device TEXT NOT NULL,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    cmd TEXT NOT NULL,
+    by_whom TEXT NOT NULL,
+    sent_at TEXT NOT NULL,
+    details TEXT,
+    result TEXT,
+    error TEXT,
+    answered_at TEXT,
+    PRIMARY KEY (id, device)
+);
+CREATE INDEX IF NOT EXISTS room_commands_room ON room_commands (site, room, sent_at);
+
+-- Each device's lock as its latest lock/unlock event says (ingest keeps it; the room page
+-- shows it): locked 1/0, reason (staff, idle, out_of_hours ...), by, until (a timed lock).
+CREATE TABLE IF NOT EXISTS device_locks (
+    device TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    room TEXT NOT NULL,
+    locked INTEGER NOT NULL,
+    reason TEXT,
+    by_whom TEXT,
+    until TEXT,
+    ts TEXT NOT NULL
+);
+
+-- The school's timetable (server/timetable.py), as last imported from the MIS export: who
+-- teaches in which room when, so a press alerts the teacher in the room.  day: 0 = Monday;
+-- times HH:MM in the school's zone.  Replaced whole by each import that passes validation.
+CREATE TABLE IF NOT EXISTS timetable_lessons (
+    site TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    start_time TEXT NOT NULL,
+    end_time TEXT NOT NULL,
+    room TEXT NOT NULL,
+    staff TEXT NOT NULL,
+    period TEXT,
+    label TEXT
+);
+CREATE INDEX IF NOT EXISTS timetable_lessons_staff ON timetable_lessons (site, staff, day);
+CREATE INDEX IF NOT EXISTS timetable_lessons_room ON timetable_lessons (site, room, day);
+
+-- Each timetable import: who, when, from which file (name and SHA-256), how many lessons.
+CREATE TABLE IF NOT EXISTS timetable_imports (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    by_whom TEXT NOT NULL,
+    source TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    lessons INTEGER NOT NULL
+);
+
+-- Cover the office enters (/cover): on one date, from start to end (HH:MM, school zone),
+-- staff teaches in room and gets its alerts like the timetabled teacher.
+CREATE TABLE IF NOT EXISTS cover (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    day TEXT NOT NULL,
+    start_time TEXT NOT NULL,
+    end_time TEXT NOT NULL,
+    room TEXT NOT NULL,
+    staff TEXT NOT NULL,
+    by_whom TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS cover_day ON cover (site, day);
+
 -- Weekly digests already written, so a restart does not write/send one twice.
 CREATE TABLE IF NOT EXISTS report_runs (
     week TEXT NOT NULL PRIMARY KEY,

@@ -17,13 +17,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .live import get_broadcaster, live_listener
-from .pages import (allowlist, aup, blocked, concerns, deliveries, devices, exports, guard, holds, incidents, login,
-                    office, reports, reviews, rollout, rooms)
+from .pages import (allowlist, aup, blocked, concerns, cover, deliveries, devices, exports, guard, holds, incidents,
+                    login, office, reports, reviews, rollout, rooms)
 from .pages.base import LoginRedirect, error_page, to_login
 from .templating import STATIC_DIR
 
-PAGES = (login, rooms, office, incidents, devices, rollout, reports, deliveries, concerns, guard, allowlist, exports,
-         reviews, aup, holds, blocked)
+PAGES = (login, rooms, office, cover, incidents, devices, rollout, reports, deliveries, concerns, guard, allowlist,
+         exports, reviews, aup, holds, blocked)
 PUBLIC = frozenset().union(*(module.PUBLIC for module in PAGES))
 
 __all__ = ["install", "PUBLIC"]

@@ -9,7 +9,9 @@ blocks ingest.
 One broadcaster per app (``app.state.live``); ``get_broadcaster(app)`` creates it on
 first use so ingest and the web routes agree on the same object.  ``live_listener(app)``
 is the ingest listener (``app.state.listeners``) that feeds it: alert transitions, device
-status and receivers' presence (``presence``); the room pages' and the office board's event
+status, receivers' presence (``presence``), a device's answer to a teacher's command
+(``cmd_result``) and its lock changing (``lock``); the API adds the commands a teacher sends
+(``command``, server/http/api/commands.py); the room pages' and the office board's event
 streams (pages/rooms.py, pages/office.py) read it.
 """
 
@@ -120,6 +122,14 @@ def live_listener(app):
         elif kind == "watch":  # a teacher client came or went (server/presence.py): the office board
             live.publish("presence", {"room": where.room, "who": where.staff, "state": data.get("state"),
                                       "kind": "client"})
+        elif kind == "event" and data.get("type") == "cmd_result":  # the room page: did it obey?
+            live.publish("cmd_result", {k: data.get(k) for k in ("site", "room", "device", "cmd_id", "cmd", "result",
+                                                                 "error", "ts")})
+        elif kind == "event" and data.get("type") in ("lock", "unlock"):
+            live.publish("lock", {"site": data.get("site"), "room": data.get("room"), "device": data.get("device"),
+                                  "locked": data["type"] == "lock", "reason": data.get("reason"),
+                                  "by": data.get("by"), "until": data.get("until") if data["type"] == "lock" else None,
+                                  "ts": data.get("ts")})
 
     listener.is_live_feed = True  # type: ignore[attr-defined]
     return listener

@@ -1,10 +1,12 @@
 """The acceptable-use dialog and the monitoring notice: tiny Tk programs.
 
-``python -m agent.desktop.programs.aup_windows dialog|notice`` with the text on stdin,
+``python -m agent.desktop.programs.aup_windows dialog|notice|message`` with the text on stdin,
 run as the desktop user by agent/desktop/x11.py's ``TkPresenter`` (agent/policy/aup.py
 decides when).  The dialog prints only the word ``accepted`` when the pupil agrees;
 closing it is not agreeing.  The notice has no title bar and no close button: it stays
-for the whole session.  Standard library only.
+for the whole session.  The message is a teacher's one line to the room (agent/policy/
+teacher_message.py), a banner across the top of the screen until the agent ends it.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -60,7 +62,22 @@ def _notice(text: str) -> int:  # pragma: no cover
     return 0
 
 
+def _message(text: str) -> int:  # pragma: no cover
+    import tkinter as tk
+
+    root = tk.Tk()
+    root.overrideredirect(True)  # a banner: no title bar, no close button; the agent ends it
+    root.attributes("-topmost", True)
+    width = root.winfo_screenwidth()
+    tk.Label(root, text=" ".join(text.split()), font=("sans", 24, "bold"), wraplength=width - 48,
+             bg="#1d4ed8", fg="white", padx=24, pady=14).pack(fill="x")
+    root.update_idletasks()
+    root.geometry(f"{width}x{root.winfo_reqheight()}+0+0")
+    root.mainloop()
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover - run as a child
     kind = sys.argv[1] if len(sys.argv) > 1 else ""
     body = sys.stdin.read()
-    sys.exit({"dialog": _dialog, "notice": _notice}.get(kind, lambda _t: 2)(body))
+    sys.exit({"dialog": _dialog, "notice": _notice, "message": _message}.get(kind, lambda _t: 2)(body))

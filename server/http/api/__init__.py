@@ -7,10 +7,11 @@ and unions their ``PUBLIC`` sets; tests/test_api_roles.py walks every route and 
 each refuses every other role and the unauthenticated.
 
 login.py (sessions), incidents.py (the DSL's records), alerts.py (ack/clear commands to
-a device), devices.py (registry, enrolment), users.py (staff accounts), audit.py,
+a device), commands.py (a teacher's room commands: Eyes on me, lock, allow, message), devices.py (registry, enrolment), users.py (staff accounts), audit.py,
 config.py (rollout, and devices fetching their config), reports.py (weekly report),
 ops.py (health, metrics), deliveries.py (escalation e-mails and webhooks, every attempt),
 unblock.py (pupils' "Ask my teacher" from the block page, and the teacher's answer).
+timetable.py (the imported timetable, today's cover, who is teaching in each room now).
 """
 
 from __future__ import annotations

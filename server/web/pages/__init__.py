@@ -1,8 +1,9 @@
 """The dashboard's pages, one module per page family.
 
 login.py (the landing redirect, log in, log out), rooms.py (a teacher's rooms, the live
-room view and its event stream), office.py (the office board: every room's open alerts and
-live receivers), incidents.py (the DSL's incident records), devices.py (the technician's
+room view with the teacher's controls, and its event stream), office.py (the office board:
+every room's open alerts and live receivers), cover.py (the office's cover: who teaches in a
+room instead), incidents.py (the DSL's incident records), devices.py (the technician's
 device list), rollout.py (publish, roll back, audit), reports.py (the weekly report),
 deliveries.py (escalation e-mails and webhooks, every attempt), concerns.py (the staff
 concern form, the IT queue), guard.py (the guard log), allowlist.py (allowlist changes,

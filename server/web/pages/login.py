@@ -49,7 +49,8 @@ def router() -> APIRouter:
             return render(request, "login.html", http_status=401, user=None, next=_safe_next(next), username=username,
                           error="That username and password do not match. Try again.")
         row = state.store(request).get_user(username)
-        user = User(username, row["role"], row["display_name"], staff_rooms(state.tree(request), username))
+        user = User(username, row["role"], row["display_name"],
+                    staff_rooms(state.tree(request), username, state.store(request)))
         response = RedirectResponse(_safe_next(next) or home_for(user), status_code=303)
         set_session_cookie(request, response, attempt.token)
         return response

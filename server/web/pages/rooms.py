@@ -1,4 +1,4 @@
-"""A teacher's rooms: the list, the live room view, and its event stream.
+"""A teacher's rooms: the list, the live room view with the teacher's controls, and its event stream.
 
 Live alerts: ingest calls ``app.state.listeners`` after each commit; server/web/live.py
 publishes alert and status changes to the in-process broadcaster, and each open
@@ -9,6 +9,13 @@ after ``STREAM_SECONDS``; the browser reconnects at once.
 An open stream is a live receiver for its room (server/presence.py): it is recorded when it
 opens and at each keep-alive, so a press in a room whose page nobody has open is escalated
 at once (server/notify/).
+
+The teacher's controls (static/room.js) send room commands through the API
+(server/http/api/commands.py): "Eyes on me" for 1, 2 or 5 minutes, lock and unlock one
+device, allow a site for the lesson, a message to every screen.  The stream also carries
+each command sent (``command``), each device's answer (``cmd_result``) and each lock
+change (``lock``), so every device shows whether it obeyed or is not reachable; the page
+starts from the room's latest command and each device's lock (server/store/commands.py).
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ from fastapi.responses import StreamingResponse
 
 from ...http import state
 from ...incidents import is_live_alert
+from ...http.api.commands import EYES_ON_ME
 from ...http.auth import User
 from ...store import iso
+from ...store.commands import ANSWER_SECONDS
+from ...timetable.now import lesson_end, staff_now
 from ..live import get_broadcaster
 from .base import page, render
 
@@ -35,6 +45,7 @@ KEEPALIVE_SECONDS = 10.0
 # endless stream would stop `systemctl stop` from finishing; proxies also drop idle streams.
 STREAM_SECONDS = 20.0
 OPEN_ALERT_HOURS = 24
+LIVE_KINDS = ("alert", "status", "command", "cmd_result", "lock")
 
 
 def open_alerts(store, room: str, now: datetime | None = None) -> list[dict]:
@@ -74,17 +85,27 @@ def router() -> APIRouter:
     def room_view(room: str, request: Request, user: User = Depends(teacher_view)):
         room_obj = _room_or_404(request, room, user)
         store = state.store(request)
+        tree = state.tree(request)
+        site = tree.site.site
         status = {d["id"]: d for d in store.list_devices([room])}
-        devices = [{"id": d.id, "seat": d.seat, "status": (status.get(d.id) or {}).get("status") or "unknown"}
-                   for d in room_obj.devices]
+        locks = store.device_locks(site, room)
+        latest = store.room_commands(site, room, limit=1)
+        command = latest[0] if latest else None
+        answers = {a["device"]: a for a in command["devices"]} if command else {}
+        devices = [{"id": d.id, "seat": d.seat, "status": (status.get(d.id) or {}).get("status") or "unknown",
+                    "lock": locks.get(d.id), "answer": answers.get(d.id)} for d in room_obj.devices]
+        ends = lesson_end(store, tree, room)
         return render(request, "room.html", room=room, room_name=room_obj.name or room,
-                      alerts=open_alerts(store, room), devices=devices)
+                      alerts=open_alerts(store, room), devices=devices, command=command,
+                      teaching=staff_now(store, tree, room), lesson_end=iso(ends) if ends else None,
+                      override_max=tree.site.filtering.override_max_minutes, answer_seconds=ANSWER_SECONDS,
+                      eyes_on_me=EYES_ON_ME)
 
     @r.get("/rooms/{room}/events")
     async def room_events(room: str, request: Request, user: User = Depends(teacher_view)):
         _room_or_404(request, room, user)
         live = get_broadcaster(request.app)
-        sub = live.subscribe(lambda kind, data: kind in ("alert", "status") and data.get("room") == room)
+        sub = live.subscribe(lambda kind, data: kind in LIVE_KINDS and data.get("room") == room)
         store = state.store(request)
         presence = state.presence(request)
         site = state.tree(request).site.site

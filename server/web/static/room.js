@@ -1,4 +1,6 @@
-// Teacher room view: live alerts over server-sent events, a beep, "I'm coming" and "Clear".
+// Teacher room view: live alerts over server-sent events, a beep, "I'm coming" and "Clear";
+// the class controls ("Eyes on me", lock/unlock a device, allow a site, a message to every
+// screen) and, per device, whether it obeyed the latest command or is not reachable.
 // No framework and no external files: this page must work on any phone on the school Wi-Fi.
 (function () {
   "use strict";
@@ -116,10 +118,183 @@
   function setDevice(d) {
     var li = document.getElementById("device-" + d.device);
     if (!li) return;
-    li.className = "device " + d.state;
+    li.classList.remove("online", "offline", "unknown");
+    li.classList.add(d.state);
+    li.querySelector(".device-status").textContent = d.state;
     var dot = li.querySelector(".dot");
     if (dot) dot.className = "dot " + (d.state === "online" ? "on" : "off");
   }
+
+  // ------------------------------------------------------------------ class controls
+  // Every command goes through the API (server/http/api/commands.py), which sets who sent
+  // it; each device answers with a cmd_result over the event stream.  No answer within
+  // answerSeconds: "not reachable".
+  var answerSeconds = +document.body.dataset.answerSeconds || 2;
+  var status = document.getElementById("command-status");
+  var errorBox = document.getElementById("command-error");
+  var devices = document.getElementById("devices");
+  var timers = {};
+  var early = {};  // answers that overtook their command on the way here: {cmd_id: [answer]}
+  var NAMES = {lock: "Lock", unlock: "Unlock", allow: "Allow a site", message: "Message"};
+  var DONE = {lock: "✓ locked", unlock: "✓ unlocked", allow: "✓ site open", message: "✓ on screen"};
+
+  function deviceItems() { return Array.prototype.slice.call(devices.querySelectorAll("li[data-device]")); }
+
+  function answerLabel(cmd, result, error) {
+    if (result === "done") return DONE[cmd] || "✓ done";
+    if (result === "refused") return "refused: " + (error || "no reason given");
+    if (result === "unsupported") return "this device cannot do that";
+    if (result === "failed") return "failed: " + (error || "error");
+    if (result === "unreachable") return "not reachable";
+    return "sent…";
+  }
+
+  function showAnswer(li, result, error) {
+    var cmd = status.dataset.cmd;
+    li.dataset.result = result || "";
+    li.dataset.error = error || "";
+    var span = li.querySelector(".answer");
+    span.className = "answer answer-" + (result || "waiting");
+    span.textContent = answerLabel(cmd, result, error);
+    summarise();
+  }
+
+  // The latest command's line: what, by whom, and how many devices obeyed.
+  function summarise() {
+    var id = status.dataset.cmdId;
+    if (!id) return;
+    var counts = {done: 0, unreachable: 0, waiting: 0, other: 0};
+    deviceItems().forEach(function (li) {
+      if (li.dataset.cmdId !== id) return;
+      var r = li.dataset.result;
+      counts[r === "done" || r === "unreachable" ? r : (r ? "other" : "waiting")] += 1;
+    });
+    var parts = [counts.done + " obeyed"];
+    if (counts.waiting) parts.push(counts.waiting + " waiting");
+    if (counts.unreachable) parts.push(counts.unreachable + " not reachable");
+    if (counts.other) parts.push(counts.other + " refused or could not");
+    status.textContent = (NAMES[status.dataset.cmd] || status.dataset.cmd) + " by " + status.dataset.by + ": " +
+      parts.join(", ");
+    status.hidden = false;
+  }
+
+  function noAnswerIn(li, id, ms) {
+    clearTimeout(timers[li.dataset.device]);
+    timers[li.dataset.device] = setTimeout(function () {
+      if (li.dataset.cmdId === id && !li.dataset.result) showAnswer(li, "unreachable");
+    }, Math.max(0, ms));
+  }
+
+  // A command sent (by this page, or by another page of the same room over the stream).
+  function track(command) {
+    if (status.dataset.cmdId === command.id) {
+      // Our own reply after the stream's announcement: only what could not be sent is news.
+      command.devices.forEach(function (d) {
+        var li = document.getElementById("device-" + d.device);
+        if (li && !d.sent && li.dataset.cmdId === command.id && !li.dataset.result) showAnswer(li, "unreachable");
+      });
+      return;
+    }
+    status.dataset.cmdId = command.id;
+    status.dataset.cmd = command.cmd;
+    status.dataset.by = command.by;
+    command.devices.forEach(function (d) {
+      var li = document.getElementById("device-" + d.device);
+      if (!li) return;
+      li.dataset.cmdId = command.id;
+      if (!d.sent) { showAnswer(li, "unreachable"); return; }
+      showAnswer(li, "");
+      noAnswerIn(li, command.id, answerSeconds * 1000);
+    });
+    var overtaken = early[command.id] || [];
+    early = {};  // answers to older commands are of no use any more
+    overtaken.forEach(answered);
+    summarise();
+  }
+
+  function answered(r) {
+    var li = document.getElementById("device-" + r.device);
+    if (!li) return;
+    if (li.dataset.cmdId !== r.cmd_id) {
+      // An answer to an older command, or to one this page has not heard of yet.
+      if (status.dataset.cmdId !== r.cmd_id) (early[r.cmd_id] = early[r.cmd_id] || []).push(r);
+      return;
+    }
+    clearTimeout(timers[r.device]);
+    showAnswer(li, r.result, r.error);
+  }
+
+  function showLock(l) {
+    var li = document.getElementById("device-" + l.device);
+    if (!li) return;
+    li.classList.toggle("locked", !!l.locked);
+    li.querySelector(".lock-state").textContent = l.locked ?
+      "Locked (" + l.reason + (l.by ? ", " + l.by : "") + ")" + (l.until ? " until " + window.schoolTime(l.until) : "") :
+      "Unlocked";
+  }
+
+  function send(what, body, button) {
+    errorBox.hidden = true;
+    if (button) button.disabled = true;
+    return fetch("/api/v1/rooms/" + encodeURIComponent(room) + "/" + what, {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf},
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (data) {
+        if (!r.ok) {
+          var detail = data.detail;
+          if (Array.isArray(detail)) detail = detail.map(function (d) { return (d.loc || []).slice(-1)[0] + ": " + d.msg; }).join("; ");
+          throw new Error(detail || ("HTTP " + r.status));
+        }
+        track(data);
+        return data;
+      });
+    }).catch(function (e) {
+      errorBox.textContent = "Not sent: " + e.message;
+      errorBox.hidden = false;
+    }).finally(function () { if (button) button.disabled = false; });
+  }
+
+  document.getElementById("eyes-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var form = ev.target;
+    send("lock", {minutes: +form.querySelector("input[name=minutes]:checked").value, message: form.message.value},
+         document.getElementById("eyes-on-me"));
+  });
+  document.getElementById("eyes-end").addEventListener("click", function (ev) {
+    send("unlock", {}, ev.target);
+  });
+  document.getElementById("allow-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var form = ev.target;
+    var body = {domain: form.domain.value.trim(), reason: form.reason.value.trim()};
+    if (form.minutes.value) body.minutes = +form.minutes.value;
+    send("allow", body, document.getElementById("allow-submit")).then(function (data) {
+      if (data) form.domain.value = "";
+    });
+  });
+  document.getElementById("message-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var form = ev.target;
+    send("message", {text: form.text.value}, document.getElementById("message-send")).then(function (data) {
+      if (data) form.text.value = "";
+    });
+  });
+  devices.addEventListener("click", function (ev) {
+    var btn = ev.target.closest("button[data-device-action]");
+    if (!btn) return;
+    send(btn.dataset.deviceAction, {devices: [btn.closest("li[data-device]").dataset.device]}, btn);
+  });
+
+  // Where the page starts: the room's latest command, as the server knows it.
+  deviceItems().forEach(function (li) {
+    if (li.dataset.cmdId !== status.dataset.cmdId || !li.dataset.cmdId) return;
+    if (li.dataset.result) { showAnswer(li, li.dataset.result, li.dataset.error); return; }
+    var waited = Date.now() - Date.parse(li.dataset.sentAt);
+    if (waited >= answerSeconds * 1000) showAnswer(li, "unreachable");
+    else { showAnswer(li, ""); noAnswerIn(li, li.dataset.cmdId, answerSeconds * 1000 - waited); }
+  });
 
   var source = new EventSource("/rooms/" + encodeURIComponent(room) + "/events");
   // The server ends each stream every ~20 s and the browser reconnects at once: only
@@ -141,6 +316,9 @@
     if (a.state === "raised" || a.state === "escalated") beep();
   });
   source.addEventListener("status", function (ev) { setDevice(JSON.parse(ev.data)); });
+  source.addEventListener("command", function (ev) { track(JSON.parse(ev.data)); });
+  source.addEventListener("cmd_result", function (ev) { answered(JSON.parse(ev.data)); });
+  source.addEventListener("lock", function (ev) { showLock(JSON.parse(ev.data)); });
   // Sent on every (re)connect after the open alerts: drop any that were cleared meanwhile.
   source.addEventListener("snapshot", function (ev) {
     var open = JSON.parse(ev.data).open;

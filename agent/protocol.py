@@ -43,9 +43,10 @@ EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
     "bypass_process", "removable_media", "press_repeated", "override_rejected", "state_degraded",
-    "unblock_request", "cmd_result",
+    "unblock_request", "unlock_refused", "cmd_result",
 )
-COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check", "message")
+# hold / release: the DSL's hold on a device (agent/policy/lock.py), only ever from the collector.
+COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check", "message", "hold", "release")
 # What a device says it did with a command that carried an ``id`` (a ``cmd_result`` event):
 # done; refused (understood, will not: ``error`` says why); unsupported (nothing on this
 # device handles it); failed (a fault on the device: ``error``).
@@ -317,6 +318,7 @@ def validate_event(data: dict, where: Topic | None = None) -> dict:
         count = _need(data, "count", int, optional=True)
         if count is not None and not 1 <= count <= 1_000_000:
             raise ProtocolError(f"count: {count} is not between 1 and 1000000")
+        _need_id(data, "category", optional=True)  # the risk list it matched (site.yaml ids)
     if kind == "unblock_request":
         # A pupil's "Ask my teacher" on the block page: the blocked page's domain, nothing else of it.
         domain = _need(data, "domain", str)
@@ -391,6 +393,10 @@ def validate_cmd(data: dict, where: Topic | None = None) -> dict:
         if minutes is not None and not 1 <= minutes <= 1440:
             raise ProtocolError(f"minutes: {minutes} is not between 1 and 1440")
         _need(data, "reason", str, optional=True)
+    if cmd in ("hold", "release"):
+        _need_uuid(data, "hold_id")
+        if cmd == "hold":
+            _need(data, "incident", str, optional=True)
     return data
 
 

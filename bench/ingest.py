@@ -39,7 +39,7 @@ from agent import protocol  # noqa: E402
 from server.ingest import Ingest  # noqa: E402
 from server.store import Store  # noqa: E402
 from server.store.events import EVENT_COLUMNS, event_row  # noqa: E402
-from server.store.schema import SCHEMA, split_sql, utcnow  # noqa: E402
+from server.store.schema import MIGRATIONS, SCHEMA, split_sql, utcnow  # noqa: E402
 from services import find_binary  # noqa: E402
 
 SITE = "bench-school"
@@ -145,7 +145,8 @@ def raw_sqlite(rows: list[tuple], directory: str) -> float:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    for statement in split_sql(SCHEMA):
+    # The same schema and indexes as the store's: SCHEMA, then every migration.
+    for statement in split_sql(SCHEMA) + [st for _, migration in MIGRATIONS for st in migration]:
         conn.execute(statement)
     conn.commit()
     sql = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"

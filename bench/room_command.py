@@ -217,8 +217,9 @@ def main() -> int:
         driver.find_element(By.ID, "username").send_keys("m.khan")
         driver.find_element(By.ID, "password").send_keys(PASSWORD)
         driver.find_element(By.ID, "login-submit").click()
-        wait_for(lambda: driver.current_url.endswith(f"/rooms/{ROOM}"), 10, "the room page")
-        wait_for(lambda: driver.find_element(By.ID, "conn").text == "live", 10, "the event stream")
+        wait_for(lambda: driver.current_url.endswith(f"/rooms/{ROOM}"), 30, "the room page")
+        # find_elements, not find_element: on a busy machine the new page may not be there yet.
+        wait_for(lambda: any(e.text == "live" for e in driver.find_elements(By.ID, "conn")), 30, "the event stream")
         driver.execute_script(STAMP)
 
         latencies: list[float] = []

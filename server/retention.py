@@ -4,6 +4,8 @@ Each table has a time to live from ``site.retention``: short for heartbeats and 
 attempts, longer for other device events, DSL-controlled for incidents (kept until the
 DSL deletes them unless ``incidents_days`` is set; only CLOSED incidents are ever
 purged, together with their timeline, notes and evidence), years for the audit log.
+A device the DSL holds (server/holds.py) keeps everything from 24 h before the press
+until the hold is lifted (policy 000 §11.4; the SQL: server/store/holds.py).
 Every purge that deletes something is written to the audit log (actor ``system``), so
 a DPIA reviewer can see data really goes.  ``Retention.run(now)`` is one pass; the
 server calls it daily.  The DELETE statements are in server/store/retention.py.
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 # Events kept with their incident, not by events_days: the DSL's evidence.
 INCIDENT_EVENT_TYPES = ("report_evidence",)
 SHORT_EVENT_TYPES = ("blocked",)
+# Messages that are not about an incident (server/notify/risk.py), kept like the attempts
+# they were about.
+BLOCKED_DELIVERY_REASONS = ("high-risk",)
 # The DfE filtering check log and every change to the filtering policy (teacher overrides)
 # are records of the school's own diligence: kept as long as the audit log.
 AUDIT_EVENT_TYPES = ("filter_check", "override_opened", "override_closed", "override_rejected")
@@ -83,6 +88,12 @@ class Retention:
             # Messages about guard events and failed checks belong to no incident: as long as the events.
             done["notice_deliveries"] = self.store.purge_notice_deliveries(cutoff(r.events_days),
                                                                            ("guard", "filter-check"), site)
+            # High-risk messages: as long as the blocked attempts they were about.
+            done["high_risk_messages"] = self.store.purge_notice_deliveries(cutoff(r.blocked_days),
+                                                                            BLOCKED_DELIVERY_REASONS, site)
+            # Lifted holds are a record of the school's own action: as long as the audit log.
+            done["holds"] = self.store.purge("holds", cutoff(r.audit_days), site)
+            done["risk_windows"] = self.store.purge("risk_windows", cutoff(1), site)
             if r.incidents_days:
                 done["incidents"] = self.store.purge_closed_incidents(cutoff(r.incidents_days), INCIDENT_EVENT_TYPES,
                                                                       site)

@@ -207,17 +207,19 @@ def cmd_serve(args) -> int:
 
     notifier = None
     if notify_settings is not None:
-        from .notify import Notifier
+        from .notify import Notifier, RiskNotices
 
         # Each alert's messages go to its own school's contacts (its tree's escalation.contacts).
         notifier = Notifier(store, notify_settings, lambda: app.state.sites, app.state.presence)
         app.state.listeners.append(notifier.listener)  # after presence: it has seen every _watch before
-        # Guard events, failed filter checks and concerns about adults, sent by the same thread,
+        # Guard events, failed filter checks and concerns about adults, and high-risk blocked
+        # attempts to the DSL (server/notify/events.py, risk.py): sent by the same thread,
         # each to its own school's contacts.
         from .notify.events import EventNotices
 
         notices = EventNotices(store, notify_settings, lambda: app.state.sites, wake=notifier.poke)
         notifier.sources.append(notices)
+        notifier.sources.append(RiskNotices(store, notify_settings, lambda: app.state.sites))
         app.state.listeners.append(notices.listener)
         app.state.event_notices = notices
     # Background work runs once per school (each school's own tree, time zone and periods).

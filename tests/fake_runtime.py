@@ -184,6 +184,10 @@ class FakeRuntime:
 
     # ------------------------------------------------------------------ messages
     def emit_event(self, type, **fields):  # noqa: A002
+        if self.policy is None:
+            # As the real runtime: no config yet, no room to address it to; not sent.
+            return {"id": protocol.new_id(), "type": type, "ts": protocol.now_ts(self.clock()),
+                    "site": self.bootstrap.site, "room": None, "device": self.device, **fields}
         event = {"id": protocol.new_id(), "type": type, "ts": protocol.now_ts(self.clock()),
                  "site": self.policy.site, "room": self.policy.room, "device": self.device, **fields}
         protocol.validate("event", event)

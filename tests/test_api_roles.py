@@ -99,6 +99,11 @@ EXPECTED = {
     ("GET", "/aup"): {D, A},
     ("GET", "/reports/term"): {D},
     ("GET", "/reports/term.pdf"): {D},
+    ("GET", "/api/v1/holds"): {D},
+    ("GET", "/api/v1/incidents/{incident_id}/holds"): {D},
+    ("POST", "/api/v1/incidents/{incident_id}/hold"): {D},
+    ("POST", "/api/v1/holds/{hold_id}/lift"): {D},
+    ("GET", "/api/v1/blocked"): {D, TECH},
     # Issue 16: a teacher's room commands (their own rooms: alert_staff, timetable, cover)
     # and the timetable (the office enters cover).
     ("POST", "/api/v1/rooms/{room}/lock"): {T, D, A},

@@ -1,4 +1,5 @@
-"""Heartbeat payload: every field the contract names, valid per agent.protocol."""
+"""Heartbeat payload: every field the contract names, valid per agent.protocol, and never
+who is logged in (device health only: issue 15 item 2, data minimisation)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ pytestmark = pytest.mark.timeout(20)
 
 
 def test_collect_has_every_field_and_passes_the_wire_validator():
-    hb = heartbeat.collect("pupil1", "abc123def456")
-    assert set(hb) == {"ts", "cpu", "mem", "temp", "disk", "uptime", "user", "config_version"}
+    hb = heartbeat.collect("abc123def456")
+    assert set(hb) == {"ts", "cpu", "mem", "temp", "disk", "uptime", "config_version"}
     protocol.validate("heartbeat", hb)
-    assert hb["user"] == "pupil1" and hb["config_version"] == "abc123def456"
+    assert hb["config_version"] == "abc123def456"
     assert 0 <= hb["cpu"] <= 100 and 0 < hb["mem"] <= 100 and 0 <= hb["disk"] <= 100
     assert abs(hb["uptime"] - (time.time() - psutil.boot_time())) < 5
     assert abs(protocol.parse_ts(hb["ts"]).timestamp() - time.time()) < 5
@@ -25,10 +26,12 @@ def test_collect_has_every_field_and_passes_the_wire_validator():
     assert protocol.decode(protocol.encode(hb)) == hb
 
 
-def test_no_user_and_no_config_is_allowed():
-    hb = heartbeat.collect(None, None)
+def test_no_config_is_allowed_and_there_is_no_user_to_give():
+    hb = heartbeat.collect(None)
     protocol.validate("heartbeat", hb)
-    assert hb["user"] is None
+    assert hb["config_version"] is None and "user" not in hb
+    with pytest.raises(TypeError):
+        heartbeat.collect("pupil1", "abc123def456")  # the old signature: a user has no place here
 
 
 def test_temperature_prefers_the_cpu_thermal_zone(tmp_path):
@@ -53,7 +56,7 @@ def test_temperature_ignores_broken_zones_and_returns_none_without_sensors(tmp_p
 
 
 def test_unreadable_disk_path_gives_none_not_a_crash():
-    hb = heartbeat.collect("x", "v", disk_path="/no/such/dir")
+    hb = heartbeat.collect("v", disk_path="/no/such/dir")
     assert hb["disk"] is None
     protocol.validate("heartbeat", hb)
 
@@ -64,6 +67,8 @@ def test_the_running_agent_sends_it_every_heartbeat_seconds(tmp_path, mosquitto)
 
     from agent.core.clock import FakeClock
     from agent.core.runtime import Runtime
+    from agent.desktop.session import Session
+    from agent.policy.sessions import SessionsComponent
     from agent.report.screen import Screen
     from runtime_fixtures import Subscriber, bootstrap
     from services import wait_until
@@ -71,13 +76,19 @@ def test_the_running_agent_sends_it_every_heartbeat_seconds(tmp_path, mosquitto)
     clock = FakeClock()
     pins = MockFactory()
     sub = Subscriber(mosquitto)
-    rt = Runtime(bootstrap(tmp_path, mosquitto), clock=clock, screen=Screen(), pin_factory=pins).start()
+    # Someone is logged in: the agent knows who, and still the heartbeat does not say.
+    table = [Session(id="c1", user="amira.k", uid=1001, type="x11", display=":0", seat="seat0")]
+    sessions = SessionsComponent(reader=lambda: list(table), poll_seconds=3600)
+    rt = Runtime(bootstrap(tmp_path, mosquitto), clock=clock, screen=Screen(), pin_factory=pins,
+                 sessions=sessions).start()
     try:
         assert rt.tree.site.heartbeat_seconds == 30
         sub.wait_for("status", state="online")
         clock.advance(30)
         hb = sub.wait_for("heartbeat")
-        assert set(hb) >= {"ts", "cpu", "mem", "temp", "disk", "uptime", "user", "config_version"}
+        assert set(hb) == {"ts", "cpu", "mem", "temp", "disk", "uptime", "config_version"}
+        assert rt.current_user() == "amira.k"
+        assert sub.wait_for("event", type="login")["user"] == "amira.k"  # where the user has a purpose
         assert hb["config_version"] == rt.tree.version
         protocol.validate("heartbeat", hb)
         clock.advance(30)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from agent.desktop.programs.overlay_core import STAFF_HINT, WAIT_HINT, WRONG_HINT, OverlayCore
+from agent.desktop.programs.overlay_core import HELD_HINT, STAFF_HINT, WAIT_HINT, WRONG_HINT, OverlayCore
 from agent.desktop.pin import PinBackoff, hash_pin
 
 RAISED = "Well done for telling. A grown-up is coming."
@@ -122,6 +122,36 @@ def test_escape_alt_f4_and_letters_do_nothing_the_pin_clears(overlay):
     assert not overlay.visible
     cleared, hidden = overlay.events()[-2:]
     assert (cleared["event"], cleared["by"], hidden) == ("cleared", "staff-pin", {"event": "hidden"})
+
+
+def test_a_show_that_says_no_pin_takes_none_until_a_show_that_allows_it(overlay):
+    # The DSL's hold (agent/policy/lock.py): the right PIN does nothing, costs nothing, says nothing.
+    overlay.feed(b'{"op": "show", "message": "hi", "pin": false}\n')
+    assert overlay.visible and overlay.hint == HELD_HINT
+    before = overlay.backoff.to_dict()
+    type_keys(overlay, PIN)
+    type_keys(overlay, "0000")
+    assert overlay.visible and overlay.typed == "" and overlay.hint == HELD_HINT
+    assert [e["event"] for e in overlay.events()] == ["shown"] and overlay.backoff.to_dict() == before
+    # The hold released under a teacher's lock: the same screen takes the PIN again.
+    overlay.feed(b'{"op": "message", "message": "hi", "pin": true}\n')
+    assert overlay.hint == STAFF_HINT
+    type_keys(overlay, PIN)
+    assert not overlay.visible and overlay.events()[-2]["event"] == "cleared"
+    # A later show without a word about the PIN takes it, as every report blank does.
+    overlay.feed(b'{"op": "show", "message": "hi", "pin": false}\n{"op": "hide"}\n{"op": "show", "message": "hi"}\n')
+    type_keys(overlay, PIN)
+    assert not overlay.visible
+
+
+def test_the_agent_says_no_pin_for_words_that_say_so():
+    from agent.desktop.base import Words
+    from agent.desktop.overlay import OverlayBackend
+
+    backend = OverlayBackend()
+    assert backend._show_op(Words("Locked", "locked", pin=False))["pin"] is False
+    assert backend._show_op(Words("Locked", "locked"))["pin"] is True
+    assert backend._show_op("plain words")["pin"] is True
 
 
 def test_wrong_pins_cost_a_growing_wait_reported_to_the_agent(overlay):

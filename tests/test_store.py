@@ -94,6 +94,9 @@ def test_status_newest_wins_and_heartbeats(store):
     assert store.count("heartbeats") == 1
     device = store.list_devices()[0]
     assert device["last_heartbeat"]["cpu"] == 3.5 and device["last_seen"]
+    # An older agent's heartbeat still names the user: health only is kept (issue 15 item 2).
+    assert hb["user"] == "pupil" and "user" not in device["last_heartbeat"]
+    assert store.query("SELECT user_name FROM heartbeats") == [{"user_name": None}]
 
 
 def test_evidence_is_domains_only(store):

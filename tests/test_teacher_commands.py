@@ -121,3 +121,23 @@ def test_refused_and_unsupported_commands_say_why(device, mosquitto):
     assert answered == {refused, unsupported}
     for payload in sub.payloads("event"):
         protocol.validate("event", payload)
+
+
+def test_a_held_device_answers_a_teachers_unlock_refused_and_stays_held(device, mosquitto):
+    # The DSL's hold (agent/policy/lock.py, issue 15) outranks the teacher's controls: "Eyes on
+    # me" goes underneath it (done), an unlock is refused with the reason, and the hold stays.
+    rt, clock, sub, _ = device
+    lock = component(rt, "lock")
+    hold_id = protocol.new_id()
+    publish(mosquitto, f"{PREFIX}/cmd", {"cmd": "hold", "by": "s.patel", "hold_id": hold_id,
+                                         "incident": protocol.new_id()})
+    sub.wait_for("event", type="lock", reason="hold")
+    eyes = send(mosquitto, cmd="lock", by="m.khan", minutes=2, message="Eyes on me, please")
+    assert sub.wait_for("event", type="cmd_result", cmd_id=eyes)["result"] == "done"
+    assert lock.current.reason == "hold" and lock.backend.message.pin is False
+    unlock = send(mosquitto, cmd="unlock", by="m.khan")
+    result = sub.wait_for("event", type="cmd_result", cmd_id=unlock)
+    assert result["result"] == "refused" and "on hold" in result["error"]
+    assert sub.wait_for("event", type="unlock_refused", by="m.khan")["how"] == "unlock"
+    assert lock.is_held and lock.backend.is_locked
+    assert [p for p in sub.payloads("event") if p["type"] == "unlock"] == []

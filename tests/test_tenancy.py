@@ -8,8 +8,9 @@ device status, a dark device, an enrolment token, a published config version, au
 entries, a staff account, an escalation e-mail with its attempt, a teacher client and a
 dashboard tab watching its 5b; issue 15's record: a concern with its IT queue item, an
 allowlist change, an override, an export, a review, a check action, a test-filtering run,
-AUP acceptances and logins, a guard event; issue 16's "Ask my teacher" request, a teacher's
-room command, a device's lock, a timetable and cover), each carrying canary strings.  Then every route of the app --
+AUP acceptances and logins, a guard event, a DSL's hold on its device; issue 16's "Ask my
+teacher" request, a teacher's room command, a device's lock, a timetable and cover), each
+carrying canary strings.  Then every route of the app --
 enumerated from the app itself, so a route added later is covered without editing this
 file -- is called as every penny-acres role and the trust level, with hilltop's ids in its
 path and a body that would change something: no answer may contain a hilltop canary,
@@ -68,7 +69,8 @@ B_RECORD_TEXT = {
     "review": "CANARY-B-REVIEW-91c", "check_action": "CANARY-B-CHECK-ACTION-91c", "test": "CANARY-B-TEST-91c",
     "guard": "canary-b-tor-91c", "ask": "canary-b-ask-91c.example",
     "command": "CANARY-B-EYES-91c", "locked_by": "b.locker-91c", "timetabled": "b.timetabled-91c",
-    "timetable_file": "canary-b-timetable-91c.csv", "cover_note": "CANARY-B-COVER-91c"}
+    "timetable_file": "canary-b-timetable-91c.csv", "cover_note": "CANARY-B-COVER-91c",
+    "hold": "CANARY-B-HOLD-91c"}
 
 # How each route is scoped (reviewed).  "collector": public, says nothing about any school;
 # "caller": about the caller alone (their session, their schools); "school": reads or
@@ -198,6 +200,18 @@ SITE_SCOPE = {
     ("GET", "/cover"): "school",
     ("POST", "/cover"): "school",
     ("POST", "/cover/{cover_id}/remove"): "school",
+    # Issue 15's blocked-attempt log and the DSL's holds.
+    ("GET", "/api/v1/blocked"): "school",
+    ("GET", "/blocked"): "school",
+    ("GET", "/blocked.csv"): "school",
+    ("GET", "/api/v1/holds"): "school",
+    ("GET", "/api/v1/incidents/{incident_id}/holds"): "school",
+    ("POST", "/api/v1/incidents/{incident_id}/hold"): "school",
+    ("POST", "/api/v1/holds/{hold_id}/lift"): "school",
+    ("GET", "/holds"): "school",
+    ("GET", "/incidents/{incident_id}/hold"): "school",
+    ("POST", "/incidents/{incident_id}/hold"): "school",
+    ("POST", "/holds/{hold_id}/lift"): "school",
 }
 
 # Bodies that would change something if the route let them through (JSON for the API,
@@ -224,6 +238,8 @@ JSON_BODIES = {
     ("POST", "/api/v1/rooms/{room}/allow"): {"domain": "example.org", "reason": "from another school",
                                             "devices": [B_DEVICE]},
     ("POST", "/api/v1/rooms/{room}/message"): {"text": "from another school", "devices": [B_DEVICE]},
+    ("POST", "/api/v1/incidents/{incident_id}/hold"): {"reason": "from another school"},
+    ("POST", "/api/v1/holds/{hold_id}/lift"): {"reason": "from another school"},
 }
 FORM_BODIES = {
     ("POST", "/incidents/{incident_id}/update"): {"status": "closed", "outcome": "changed by another school"},
@@ -244,6 +260,8 @@ FORM_BODIES = {
     ("POST", "/cover"): {"room": "5b", "staff": B_STAFF["teacher"], "start": "00:00", "end": "23:59",
                          "note": "from another school"},
     ("POST", "/cover/{cover_id}/remove"): {},
+    ("POST", "/incidents/{incident_id}/hold"): {"reason": "from another school"},
+    ("POST", "/holds/{hold_id}/lift"): {"reason": "from another school"},
 }
 API_PREFIX = "/api/v1"
 
@@ -371,6 +389,8 @@ class World:
                                     for day in range(7)], by=B_STAFF["office"], source=t["timetable_file"],
                                 sha256="0" * 64)
         today = datetime.now(zone(self.tree_b.site.timezone)).date().isoformat()
+        # Issue 15: the DSL holds the reported device (a hold is placed on an incident with no hold).
+        self.hold_b = store.place_hold(store.get_incident(self.incident_b), B_STAFF["dsl"], t["hold"])["id"]
         self.cover_b = store.add_cover(B, today, "00:00", "23:59", "1a", B_STAFF["teacher"], by=B_STAFF["office"],
                                        note=t["cover_note"])
 
@@ -411,14 +431,14 @@ class World:
         return {*B_CANARY_TEXT, self.incident_b, B, B_SCHOOL, self.version_b, B_ONLY, "Only At Hilltop",
                 *B_STAFF.values(), *(d for d in self.tree_b.device_ids()), B_RECIPIENT, B_DELIVERY_ERROR,
                 B_WATCHER, B_VIEWER, *B_RECORD_TEXT.values(), self.concern_b, self.change_b, self.check_b,
-                self.test_b, self.ask_b, self.it_item_b, self.cover_b}
+                self.test_b, self.ask_b, self.it_item_b, self.cover_b, self.hold_b}
 
     def b_params(self) -> dict[str, str]:
         """A hilltop value for every path parameter a route may have."""
         return {"incident_id": self.incident_b, "alert_id": self.incident_b, "device_id": B_DEVICE,
                 "device": B_DEVICE, "username": B_ONLY, "room": "5b", "room_id": "5b", "item_id": self.it_item_b,
                 "change_id": self.change_b, "check_id": self.check_b, "test_id": self.test_b,
-                "request_id": self.ask_b, "cover_id": self.cover_b}
+                "request_id": self.ask_b, "cover_id": self.cover_b, "hold_id": self.hold_b}
 
     def cover_day(self) -> str:
         from server.localtime import zone
@@ -442,6 +462,7 @@ class World:
                 "audit": sorted((e["action"], e["target"] or "") for e in store.list_audit(sites=[B])),
                 "commands": store.room_commands(B, "5b"), "locks": store.device_locks(B, "5b"),
                 "timetable": store.timetable(B), "cover": store.covers(B, self.cover_day()),
+                "holds": store.list_holds(B),
                 "cmds": [t for t in self.publisher.sent if f"/{B}/" in t]}
 
 
@@ -550,7 +571,8 @@ def test_no_route_shows_or_changes_another_schools_records(world):
                 leaked = sorted(c for c in canaries - allowed if c in text)
                 assert not leaked, f"{method} {path} as {role} of {A} shows {B}'s {leaked}: {r.text[:300]}"
                 names_b_record = any(k in ("incident_id", "alert_id", "device_id", "device", "username", "item_id",
-                                           "change_id", "check_id", "test_id", "request_id", "cover_id")
+                                           "change_id", "check_id", "test_id", "request_id", "cover_id",
+                                           "hold_id")
                                      for k in named)
                 if names_b_record:
                     assert not 200 <= r.status_code < 400, \
@@ -841,6 +863,54 @@ def test_guard_check_and_adult_concern_messages_go_to_their_own_schools_contacts
     assert email.sent == [(b_emails["headteacher"], B_SCHOOL, "adult-concern")] and hooks.sent == []
 
 
+def test_high_risk_attempts_are_judged_and_told_by_their_own_school(store, tmp_path):
+    """High-risk blocked attempts on a collector of two schools: each attempt counts only if a
+    risk list of its own school notifies, and goes to its own school's DSL and the webhooks
+    serving that school (hilltop does not notify self-harm; penny-acres does)."""
+    import yaml
+
+    from notify_fixtures import CONTACT_EMAILS, notify_tree_dir
+    from server.notify import Notifier, RiskNotices
+    from server.notify.settings import NotifySettings, Smtp, Webhook
+    from server.presence import Presence
+    from server.sites import Sites
+
+    folder_a = notify_tree_dir(tmp_path / "a", REPO)
+    folder_b = make_school_b(tmp_path)
+    data = yaml.safe_load((folder_b / "site.yaml").read_text())
+    for contact in data["escalation"]["contacts"]:
+        contact["email"] = f"{contact['role']}@hilltop.test"
+    for risk in data["filtering"]["risk_lists"]:
+        if risk["id"] == "self-harm":
+            risk["notify"] = False
+    (folder_b / "site.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    sites = Sites([load_tree(folder_a), load_tree(folder_b)])
+
+    class Channel:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, recipient, notice):
+            self.sent.append((recipient, notice.school, notice.site))
+
+    email, hooks = Channel(), Channel()
+    settings = NotifySettings(smtp=Smtp(host="127.0.0.1", port=25, starttls=False, sender="safety@trust.test"),
+                              webhooks=(Webhook("trust-all", "http://127.0.0.1:9/all"),
+                                        Webhook("hilltop-teams", "http://127.0.0.1:9/b", sites=(B,))))
+    notifier = Notifier(store, settings, lambda: sites, Presence(store), email=email, webhooks=hooks)
+    notifier.sources.append(RiskNotices(store, settings, lambda: sites))
+    store.insert_events([
+        _event(A, "5b", A_DEVICE, "blocked", domain="selfharm-a.example", profile="ks2", category="self-harm"),
+        _event(B, "5b", B_DEVICE, "blocked", domain="selfharm-b.example", profile="ks2", category="self-harm"),
+        _event(B, "1a", "hb-1a-pi-01", "blocked", domain="adult-b.example", profile="ks1", category="adult")])
+    notifier.run_once()
+    a_school = "Penny Acres Primary School"
+    assert sorted(email.sent) == sorted([(CONTACT_EMAILS["dsl"], a_school, A), ("dsl@hilltop.test", B_SCHOOL, B)])
+    assert sorted(hooks.sent) == sorted([("trust-all", a_school, A), ("trust-all", B_SCHOOL, B),
+                                         ("hilltop-teams", B_SCHOOL, B)])
+    assert [d["device"] for d in store.list_deliveries(site=B)] == ["hb-1a-pi-01"] * 3
+
+
 def test_the_nightly_filter_check_runs_each_schools_night(store, tmp_path):
     """Each school's devices are asked at its own night, once, audited in its own school; a
     failure raises the technician's alert at the device's own school."""
@@ -1061,7 +1131,7 @@ def test_a_single_school_database_from_before_tenancy_keeps_working(backend, tmp
     _v1_database(url, tree)
     store = Store.open(url)
     try:
-        assert store.schema_version == 2
+        assert store.schema_version == 3  # 2: the risk list column (issue 15), 3: tenancy
         assert store.memberships("s.patel") == {}  # nothing assumed before the collector knows its school
         app = create_app(Settings(db_url="unused"), store=store, tree=None)  # no --config: the published tree
         assert app.state.sites.ids() == [A]

@@ -40,7 +40,7 @@ def _type_name(annotation) -> str:
         names = {"check_domain": "domain", "check_url_pattern": "URL pattern", "check_hhmm": "time HH:MM",
                  "check_id": "id", "check_username": "username", "check_resolver": "IP address",
                  "check_timezone": "timezone", "check_language": "language code",
-                 "check_pupil_text": "pupil words"}
+                 "check_pupil_text": "pupil words", "check_keyword": "keyword"}
         for fn in meta:
             if fn is not None and getattr(fn, "__name__", "") in names:
                 return names[fn.__name__]

@@ -26,6 +26,7 @@ _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _TLD_RE = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
 _HHMM_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _USER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{2,62}$")
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -125,6 +126,16 @@ def check_url(schemes: tuple[str, ...]):
     return check
 
 
+def check_keyword(value: str) -> str:
+    """A risk-list keyword: matched as a substring of a looked-up domain name."""
+    if isinstance(value, str) and value != value.lower() and _KEYWORD_RE.match(value.lower()):
+        raise ValueError(f"{value!r} is not a keyword (write it in lowercase: {value.lower()!r})")
+    if not isinstance(value, str) or not _KEYWORD_RE.match(value):
+        raise ValueError(f"{value!r} is not a keyword (3 to 63 of a-z, 0-9, '.', '-'; it is matched inside "
+                         "domain names, which hold nothing else)")
+    return value
+
+
 def check_username(value: str) -> str:
     if not isinstance(value, str) or not _USER_RE.match(value):
         raise ValueError(f"{value!r} is not a staff username (lowercase letters, digits, '.', '_', '-')")
@@ -137,6 +148,7 @@ UrlPattern = Annotated[str, AfterValidator(check_url_pattern)]
 HHMM = Annotated[str, AfterValidator(check_hhmm)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Username = Annotated[str, AfterValidator(check_username)]
+Keyword = Annotated[str, AfterValidator(check_keyword)]
 Resolver = Annotated[str, AfterValidator(check_resolver)]
 Language = Annotated[str, AfterValidator(check_language)]
 # Pupil-facing words: every sentence short enough for a five-year-old (words.py).
@@ -240,6 +252,29 @@ class Retention(Model):
     audit_days: int = Field(default=2555, ge=365, description="Keep the audit log this long (default 7 years).")
 
 
+class RiskList(Model):
+    """One list of high-risk names (filtering.risk_lists): a blocked lookup that matches it is
+    tagged with its ``id`` as the event's ``category`` (docs/filtering.md, "Risk lists")."""
+
+    id: Id = Field(description="Category id blocked events are tagged with ('self-harm', 'adult', ...).")
+    name: str = Field(min_length=1, max_length=80,
+                      description="What the DSL reads ('Self-harm and suicide').")
+    notify: bool = Field(default=True, description="Tell the DSL at once (escalation e-mail/webhook, at most one "
+                         "message per device per list per 10 minutes); false: counted in the weekly report only.")
+    domains: list[Domain] = Field(default=[], max_length=5000,
+                                  description="Domains (with their subdomains) in this category.")
+    keywords: list[Keyword] = Field(default=[], max_length=500,
+                                    description="Words that put a domain in this category wherever they appear "
+                                    "in its name ('suicide' matches 'how-to-suicide.example'). Pick words that "
+                                    "are not inside ordinary ones ('sex' is inside 'essex').")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.domains and not self.keywords:
+            raise ValueError("give domains, keywords or both")
+        return self
+
+
 class Filtering(Model):
     upstream_dns: list[Resolver] = Field(min_length=1,
                                          description="The school's filtered resolver(s). Never a public resolver.")
@@ -259,6 +294,22 @@ class Filtering(Model):
         default=[], max_length=64,
         description="Outgoing UDP ports allowed besides DNS (to the device's dnsmasq), DHCP, NTP and mDNS "
                     "multicast; every other UDP port is refused so no resolver can be asked on an odd port.")
+    risk_lists: list[RiskList] = Field(
+        default=[], max_length=50,
+        description="High-risk categories (self-harm, adult, extremism, weapons, drugs, gambling, the school's "
+                    "own): a blocked lookup matching one is tagged with its id, counted by category in the weekly "
+                    "report and, with notify, sent to the DSL at once. Examples only: the school's upstream "
+                    "filter stays the filter of record. First matching list wins.")
+
+    @field_validator("risk_lists")
+    @classmethod
+    def _unique_lists(cls, value: list[RiskList]) -> list[RiskList]:
+        seen: set[str] = set()
+        for item in value:
+            if item.id in seen:
+                raise ValueError(f"{item.id!r} is used by two risk lists; ids must be unique")
+            seen.add(item.id)
+        return value
 
 
 class Guard(Model):

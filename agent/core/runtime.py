@@ -643,13 +643,14 @@ class Runtime:
         if self.policy is None:
             return
         version = self.tree.version if self.tree else ""
+        # Device health only, never who is logged in (agent/uplink/heartbeat.py says why).
         try:
             from ..uplink.heartbeat import collect
         except ImportError:
             payload = {"ts": protocol.now_ts(self.clock()), "uptime": round(time.monotonic() - self._boot_monotonic, 1),
-                       "user": self.current_user(), "config_version": version}
+                       "config_version": version}
         else:
-            payload = collect(self.current_user(), version)
+            payload = collect(version)
         self.send("heartbeat", payload)
 
     # ------------------------------------------------------------------ status

@@ -54,19 +54,28 @@ def _nothing() -> None:
 class Words(str):
     """The words a pupil screen shows, with the pictogram drawn above them (``picture``: a
     name in agent/desktop/assets/pictograms, such as ``report_raised``; None: words only).
-    A ``str``, so every backend that knows nothing of pictures shows the words as before."""
+    A ``str``, so every backend that knows nothing of pictures shows the words as before.
+    ``pin``: False when the staff PIN must not lift the screen they are shown on (the DSL's
+    hold, agent/policy/lock.py): the overlay then takes no PIN at all."""
 
     picture: str | None
+    pin: bool
 
-    def __new__(cls, text: str, picture: str | None = None) -> "Words":
+    def __new__(cls, text: str, picture: str | None = None, *, pin: bool = True) -> "Words":
         words = super().__new__(cls, text)
         words.picture = picture
+        words.pin = pin
         return words
 
 
 def picture_of(message) -> str | None:
     """The pictogram that goes with *message* (a ``Words``), else None."""
     return getattr(message, "picture", None)
+
+
+def pin_allowed(message) -> bool:
+    """Whether the staff PIN may lift a screen showing *message* (plain text: yes)."""
+    return getattr(message, "pin", True) is not False
 
 
 TamperCallback = Callable[[dict], None]

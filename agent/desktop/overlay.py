@@ -26,7 +26,8 @@ Every one of these is reported through ``when_tampered(fields)`` (the guard send
 report counts the ones left out in ``repeats``).  A wrong staff PIN
 typed on the overlay updates the device's ``PinBackoffFile`` (agent/desktop/pin.py),
 which every overlay is given when it starts and on every show; every
-``PinBackoff.REPORT_EVERY``-th wrong try in a row is reported too.
+``PinBackoff.REPORT_EVERY``-th wrong try in a row is reported too.  Words that say no PIN
+(``Words.pin``: the DSL's hold) go with ``"pin": false``, and the overlay takes none.
 
 When an overlay has covered the screen or been hidden, any overlay left by an earlier
 agent process (one that died mid-alert) is ended.
@@ -44,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .base import ScreenBackend, picture_of
+from .base import ScreenBackend, picture_of, pin_allowed
 from .pin import PinBackoff, PinBackoffFile
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class OverlayBackend(ScreenBackend):
             return self._send_locked(obj)
 
     def _show_op(self, message: str) -> dict:
-        return {"op": "show", "message": message, "picture": picture_of(message),
+        return {"op": "show", "message": message, "picture": picture_of(message), "pin": pin_allowed(message),
                 "backoff": self.pin_backoff.snapshot(), "ignore": self._ignored()}
 
     def _ignored(self) -> list[int]:
@@ -410,7 +411,8 @@ class OverlayBackend(ScreenBackend):
     def set_message(self, message: str) -> None:
         with self._lock:
             self._wanted = message
-            self._send_locked({"op": "message", "message": message, "picture": picture_of(message)})
+            self._send_locked({"op": "message", "message": message, "picture": picture_of(message),
+                               "pin": pin_allowed(message)})
 
     def hide(self) -> None:
         with self._lock:

@@ -39,6 +39,7 @@ from .dnsmasq import (DnsmasqPaths, DnsmasqProcess, FilterError, FilterSpec, bui
 from .evidence import Evidence
 from .overrides import OverrideAudit, OverrideError, OverrideStore, parse_allow
 from .querylog import QueryLogFollower, Record
+from .risk import RiskMatcher
 
 if TYPE_CHECKING:
     from ..core.interfaces import RuntimeAPI
@@ -139,6 +140,7 @@ class FilterComponent:
         self.spec: FilterSpec | None = None
         self.evidence = Evidence()
         self.blocked = BlockedEvents(self._emit_blocked, 60, settle_seconds)
+        self.risk = RiskMatcher()   # site.filtering.risk_lists, rebuilt with each policy
         self.overrides: OverrideStore | None = None
         self.audit: OverrideAudit | None = None
         self.dnsmasq: DnsmasqProcess | None = None        # the logging filter
@@ -282,6 +284,7 @@ class FilterComponent:
             log.error("filter: no site filtering settings yet; keeping the filter as it was")
             return
         self.blocked.configure(filtering.coalesce_seconds, self.settle_seconds)
+        self.risk = RiskMatcher.from_filtering(filtering)
         first = self.policy is None
         # Overrides that expired while the agent was down never open again.
         gone = self.overrides.expired(self.runtime.clock()) if first else []
@@ -520,6 +523,8 @@ class FilterComponent:
 
     def _emit_blocked(self, batch: Batch) -> None:
         policy = self.policy
+        # A high-risk name is tagged with its risk list (risk.py); the collector does the rest.
+        category = self.risk.category(batch.domain) if self.risk else None
         self.runtime.emit_event(
             "blocked",
             device_name=policy.seat or policy.device,
@@ -531,6 +536,7 @@ class FilterComponent:
             count=batch.count,
             first_seen=now_ts(batch.first_seen),
             last_seen=now_ts(batch.last_seen),
+            **({"category": category} if category else {}),
         )
 
     # ------------------------------------------------------------------ evidence, checks

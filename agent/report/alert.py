@@ -10,7 +10,7 @@ published on the device's ``alert`` topic with the same ``id``.  Order on a pres
    broker has not acknowledged it within moments); light the button's LED;
 3. on the runtime's queue thread, ``FOLLOW_UP_DELAY`` later: start the escalation
    timer (runtime clock, so tests can use a fake one; counted from the press), and
-   send ``report_evidence`` (domains only, server-only topic).  Later, not at once:
+   send ``report_evidence`` (domains only, and who was logged in; server-only topic).  Later, not at once:
    while the alert crosses the broker to the teacher, the agent keeps out of the way.
 
 Step 2 does not hop to the queue thread like every other component's work: the hop
@@ -409,6 +409,14 @@ class Report:
         if left_out:
             log.warning("report evidence for alert %s: %d older domain(s) left out to fit the payload limit",
                         alert_id, left_out)
+        # Who was logged in at the press: the DSL's record (issue 15 item 2), on the
+        # server-only event topic, never on the alert teachers' clients receive.
+        try:
+            user = rt.current_user()
+        except Exception:  # noqa: BLE001 - an unknown user must not cost the evidence
+            user = None
+        if user:
+            extra["user"] = user
         rt.emit_event("report_evidence", alert_id=alert_id, domains=domains, **extra)
 
     # ------------------------------------------------------------------ escalation

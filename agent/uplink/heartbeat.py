@@ -1,9 +1,14 @@
 """The heartbeat payload: how a device is doing, every site.heartbeat_seconds (30 s default).
 
-``collect(user, config_version)`` is all the runtime needs.  Every reading is cheap
+``collect(config_version)`` is all the runtime needs.  Every reading is cheap
 (psutil reads /proc; no process is spawned and nothing sleeps), so calling it every 30 s
 costs well under a millisecond of CPU.  Readings a device cannot give (no thermal zone on
 a VM) are ``None`` rather than a guess.
+
+Device health only: the heartbeat never names who is logged in.  Sending the user every
+30 s would build a minute-by-minute record of a pupil that no one needs (data
+minimisation); the user goes where it has a purpose (``login``/``logout``, ``blocked``,
+``report_evidence``: docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -58,8 +63,8 @@ def temperature(thermal_root: Path = THERMAL_ROOT) -> float | None:
     return None
 
 
-def collect(user: str | None, config_version: str | None, *, disk_path: str = "/") -> dict:
-    """A heartbeat payload as in DESIGN.md: ts, cpu, mem, temp, disk, uptime, user, config_version."""
+def collect(config_version: str | None, *, disk_path: str = "/") -> dict:
+    """A heartbeat payload as in DESIGN.md: ts, cpu, mem, temp, disk, uptime, config_version."""
     try:
         disk = psutil.disk_usage(disk_path).percent
     except OSError:
@@ -71,6 +76,5 @@ def collect(user: str | None, config_version: str | None, *, disk_path: str = "/
         "temp": temperature(),
         "disk": disk,
         "uptime": int(time.time() - psutil.boot_time()),
-        "user": user,
         "config_version": config_version,
     }

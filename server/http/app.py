@@ -37,14 +37,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .. import __version__, allowlist, web
+from ..holds import Holds
 from ..ingest import Metrics
 from ..presence import Presence
 from ..rollout import Rollouts
 from ..sites import Sites
 from ..store import Store, StoreError
 from . import state
-from .api import (API, alerts, allowlist as allowlist_api, audit, aup, commands, concerns, config, deliveries,
-                  devices, exports, guard, incidents, login, ops, reports, reviews, sites, timetable, unblock, users)
+from .api import (API, alerts, allowlist as allowlist_api, audit, aup, blocked, commands, concerns, config, deliveries,
+                  devices, exports, guard, holds, incidents, login, ops, reports, reviews, sites, timetable, unblock,
+                  users)
 from .bodylimit import BodyLimit
 from .csrf import CsrfGuard
 from .headers import SecurityHeaders
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # In this order; the dashboard's pages come after them.
 API_ROUTERS = (login, sites, incidents, alerts, commands, devices, users, audit, ops, config, reports, deliveries,
-               concerns, guard, allowlist_api, exports, reviews, aup, unblock, timetable)
+               concerns, guard, allowlist_api, exports, reviews, aup, unblock, timetable, holds, blocked)
 # FastAPI's own page: the OpenAPI document.  (Not its Swagger UI: that loads scripts from a
 # CDN, which the dashboard's Content-Security-Policy and house rules forbid.)
 DOCS_ROUTES = frozenset({("GET", f"{API}/openapi.json")})
@@ -133,6 +135,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     # board shows it and the notifier (serve.py) escalates a press in a room that has nobody.
     app.state.presence = Presence(store)
     app.state.listeners.append(app.state.presence.listener)
+    # The DSL's holds (server/holds.py): a device that comes online is told its holds again.
+    app.state.holds = Holds(store, lambda topic, payload, qos: _cmd_publisher(app)(topic, payload, qos, False),
+                            lambda: state.topic_prefix(app))
+    app.state.listeners.append(app.state.holds.listener)
     app.state.login_throttle = LoginThrottle()
     _start_rollouts(app)
     _adopt_single_site(app)

@@ -8,7 +8,8 @@ None: for code that is not acting for a staff member of one school), ``rollouts`
 None`` that reaches the broker, or None), ``metrics`` (server.ingest.Metrics), ``ingest``
 (the Ingest worker or None), ``login_throttle`` (throttle.LoginThrottle) and ``listeners``
 (callables ``(kind, topic, data)`` for live updates; serve.py attaches them to ingest) and
-``presence`` (server/presence.Presence: the live receivers of each room).
+``presence`` (server/presence.Presence: the live receivers of each room) and ``holds``
+(server/holds.Holds: the DSL's holds, re-sent to a device when it comes online).
 The dashboard adds ``live`` (server/web/live.py).
 """
 
@@ -83,3 +84,8 @@ def event_notices(request: Request):
     """The guard / filter-check / adult-concern messages (server/notify/events.py), or None
     when the collector runs without ``--notify``."""
     return getattr(request.app.state, "event_notices", None)
+
+
+def holds(request: Request):
+    """The DSL's holds on devices (server/holds.py)."""
+    return request.app.state.holds

@@ -44,6 +44,14 @@ def cmd_check(args) -> int:
         for reason in ("escalated", "unwatched"):
             who = recipients_for(settings, tree, reason)
             print(f"  {reason}: {', '.join(f'{c}:{r}' for c, r in who) or 'nobody'}")
+        # High-risk blocked attempts (server/notify/risk.py): to whom, and for which risk lists.
+        from .risk import notifying
+        from .risk import recipients as risk_recipients
+
+        lists = notifying(tree)
+        who = risk_recipients(settings, tree) if settings.send_high_risk and lists else []
+        print(f"  high-risk ({', '.join(lists) or 'no risk list notifies'}): "
+              f"{', '.join(f'{c}:{r}' for c, r in who) or 'nobody'}")
     return 0
 
 

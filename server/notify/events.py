@@ -22,9 +22,10 @@ incident's) own school, from its live tree, and to the webhooks that serve that 
 (``webhooks[].sites``); a school's DSL never hears of another school's guard events.
 
 ``EventNotices.listener`` goes on ingest's listeners (it only queues, on ingest's thread);
-``take(now, trees)`` runs on the Notifier's thread (server/notify/notifier.py ``sources``)
-and writes the deliveries; ``adult_concern`` is called by the routes.  What a message says
-is ``EventNotice`` (same interface as message.Notice: ``email``, ``payload``).
+``take(now, trees)`` runs on the Notifier's thread (it is one of server/notify/notifier.py's
+``sources``) and writes the deliveries; ``adult_concern`` is called by the routes.  What a
+message says is ``EventNotice`` (``notice``; same interface as message.Notice: ``email``,
+``payload``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,11 @@ def window_key(kind: str, device: str, start: datetime) -> str:
 
 
 class EventNotices:
-    """Queue guard, filter-check and adult-concern messages; see the module docstring."""
+    """Queue guard, filter-check and adult-concern messages; see the module docstring.
+    A ``NoticeSource`` of the Notifier (server/notify/notifier.py)."""
+
+    reasons = REASONS
+    poll_seconds = None  # woken by its listener (``wake``), never polled
 
     def __init__(self, store, settings: NotifySettings, tree_source: Callable[[], object], *,
                  wake: Callable[[], None] | None = None, coalesce: timedelta = COALESCE) -> None:
@@ -153,6 +158,10 @@ class EventNotices:
             log.warning("notify: %s on %s in room %s: telling %s", etype, key[1], alert["room"],
                         ", ".join(f"{r['channel']}:{r['recipient']}" for r in new))
         return 1 if new else 0
+
+    def notice(self, delivery: dict, tree, dashboard_url: str | None) -> "EventNotice":
+        """What a delivery of one of ``REASONS`` says (the Notifier asks at each attempt)."""
+        return build_notice(self.store, delivery, tree, dashboard_url)
 
     # ------------------------------------------------------------------ from the routes
 

@@ -29,6 +29,14 @@ is never e-mailed about another's), its school hours, its rooms' timeouts, its t
 in the message.  A webhook goes to every school unless the notify file limits it
 (``webhooks[].sites``).  An alert of a school the collector has no tree for goes to the
 unlimited webhooks only.
+
+Messages that are not about a report come from ``sources`` (``NoticeSource``), run on the
+same thread each round: server/notify/events.py (guard events, failed filter checks,
+concerns about adults: queued from an ingest listener, which pokes the thread) and
+server/notify/risk.py (high-risk blocked attempts: polled from the store every
+``poll_seconds``, so every ingest worker's rows count).  Their deliveries are the same rows,
+sent, retried and recorded the same way; each source says what its messages say, and each
+message is about one school (the delivery's site) and told with that school's tree.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Protocol
 
 from agent.config import effective_policy
 from agent.protocol import parse_ts
@@ -46,8 +54,7 @@ from agent.protocol import parse_ts
 from ..sites import tree_of_site
 from ..store import iso
 from .channels import DeliveryError, EmailChannel, WebhookChannel, mask
-from .events import REASONS as EVENT_REASONS
-from .events import EventNotice, build_notice
+from .message import REASONS as REPORT_REASONS
 from .message import Notice
 from .settings import NotifySettings
 
@@ -59,6 +66,24 @@ SWEEP_SECONDS = 60.0
 SWEEP_WINDOW = timedelta(hours=1)
 ESCALATED_ROLES = ("dsl", "deputy-dsl", "headteacher", "office", "technician")  # every contact
 UNWATCHED_ROLES = ("dsl", "deputy-dsl", "office")
+
+
+class NoticeSource(Protocol):
+    """Another kind of message the Notifier's thread sends (server/notify/events.py: guard,
+    filter-check, adult-concern; risk.py: high-risk).  ``take(now, trees)`` queues its
+    deliveries (``store.add_deliveries``, the same rows as an escalation; *trees*: the one
+    live tree or every school's, as ``tree_source()`` gives them: each message is told with
+    its own school's) and returns how many messages it queued; ``notice(delivery, tree,
+    dashboard_url)`` says what a delivery of one of its ``reasons`` says, at each attempt,
+    with the delivery's own school's tree.  ``poll_seconds``: how often ``take`` must run
+    even when nothing woke the thread (the store is polled), or None."""
+
+    reasons: tuple[str, ...]
+    poll_seconds: float | None
+
+    def take(self, now: datetime, trees) -> int: ...
+
+    def notice(self, delivery: dict, tree, dashboard_url: str | None): ...
 
 
 class Notifier:
@@ -88,9 +113,9 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify-send")
         self._last_sweep = 0.0
-        # Other things that queue messages on this thread (server/notify/events.py): each has
-        # ``take(now, tree)``; their deliveries are sent like any other.
-        self.sources: list = []
+        # The other kinds of message (server/notify/events.py, risk.py): each source queues
+        # its deliveries on this thread and says what they say (``NoticeSource`` below).
+        self.sources: list[NoticeSource] = []
 
     def poke(self) -> None:
         """Something was queued (or is waiting to be): run a round now."""
@@ -169,10 +194,15 @@ class Notifier:
 
     # ------------------------------------------------------------------ sending
 
-    def _notice(self, delivery: dict, tree) -> Notice | EventNotice:
-        if delivery["reason"] in EVENT_REASONS:
+    def _notice(self, delivery: dict, tree):
+        """What *delivery* says: a source's message for its reasons, else a report's ``Notice``."""
+        reason = delivery["reason"]
+        if reason not in REPORT_REASONS:
+            source = next((s for s in self.sources if reason in s.reasons), None)
+            if source is None:
+                raise DeliveryError(f"no message for {reason!r} deliveries on this collector")
             dashboard = self.settings.dashboard_url or (str(tree.site.collector.url) if tree is not None else None)
-            return build_notice(self.store, delivery, tree, dashboard)
+            return source.notice(delivery, tree, dashboard)
         incident = self.store.get_incident(delivery["alert_id"]) or {}
         timeline = incident.get("timeline") or []
         by = next((t["by"] for t in reversed(timeline) if t.get("by")), None)
@@ -254,11 +284,13 @@ class Notifier:
     # ------------------------------------------------------------------ the thread
 
     def _seconds_to_next(self) -> float:
+        polls = [s.poll_seconds for s in self.sources if s.poll_seconds]
+        longest = min([self.sweep_seconds, *polls])
         due = self.store.next_delivery_due()
         if due is None:
-            return self.sweep_seconds
+            return longest
         left = (parse_ts(due) - self.clock()).total_seconds()
-        return max(0.05, min(left, self.sweep_seconds))
+        return max(0.05, min(left, longest))
 
     def _run(self) -> None:
         while not self._stop.is_set():

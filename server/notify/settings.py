@@ -24,7 +24,7 @@ and ``serve --notify`` both go through ``load_notify``.
       - {name: office-teams, url_file: /etc/classroom-server/office-teams.url, format: teams}
       # A trust's collector: a school's own channel gets that school's reports only.
       - {name: hilltop-teams, url_file: /etc/classroom-server/hilltop.url, format: teams, sites: [hilltop]}
-    send: {escalated: true, unwatched: true}
+    send: {escalated: true, unwatched: true, high_risk: true}
     retry: {max_interval_seconds: 300, give_up_after_minutes: 720}
 """
 
@@ -85,6 +85,9 @@ class SendModel(Model):
     escalated: bool = Field(default=True, description="Send each report the device escalated (nobody answered).")
     unwatched: bool = Field(default=True, description="Send each report raised during school hours in a room "
                             "with no live receiver (no teacher client, no dashboard tab), at once.")
+    high_risk: bool = Field(default=True, description="Tell the DSL at once of a blocked attempt on a risk list "
+                            "with notify (site.yaml filtering.risk_lists), at most once per device per list "
+                            "per 10 minutes.")
 
 
 class RetryModel(Model):
@@ -157,6 +160,7 @@ class NotifySettings:
     dashboard_url: str | None = None
     send_escalated: bool = True
     send_unwatched: bool = True
+    send_high_risk: bool = True
     max_interval: float = 300.0
     give_up_after: float = 720 * 60.0
 
@@ -240,6 +244,7 @@ def load_notify(path: str | Path) -> NotifySettings:
         raise ConfigInvalid(errors)
     return NotifySettings(path=str(path), smtp=smtp, webhooks=tuple(hooks), dashboard_url=model.dashboard_url,
                           send_escalated=model.send.escalated, send_unwatched=model.send.unwatched,
+                          send_high_risk=model.send.high_risk,
                           max_interval=float(model.retry.max_interval_seconds),
                           give_up_after=model.retry.give_up_after_minutes * 60.0)
 

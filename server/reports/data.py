@@ -6,6 +6,8 @@ One report per school week (Monday 00:00 to Monday 00:00, school local time):
   denied/blocked lists");
 * over-blocking candidates: the most-requested blocked domains ("avoid over-blocking":
   a domain many pupils keep asking for is probably one a lesson needs);
+* attempts by risk list (the ``category`` a device tagged a blocked attempt with,
+  agent/filter/risk.py): self-harm, adult content, extremism... counted, never named;
 * an incidents summary (counts only: no pupil detail in a digest; the counts by category
   and status are the DSL's, ``for_role`` leaves them out for everyone else);
 * guard events (bypass tools, tampering, removable media, shared logins) counted per
@@ -105,6 +107,8 @@ class Report:
     # the denied/blocked list: room, key_stage, domain, attempts, devices, first, last
     blocked: list[dict] = field(default_factory=list)
     overblocking: list[dict] = field(default_factory=list)
+    # attempts per risk list: category, attempts, devices, rooms
+    by_category: list[dict] = field(default_factory=list)
     incidents: dict[str, Any] = field(default_factory=dict)
     checks: list[dict] = field(default_factory=list)
     # guard events: {type, room, device, n}
@@ -152,6 +156,7 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
     per_room: dict[tuple, dict] = {}
     per_domain: dict[tuple, dict] = {}
     overall: dict[str, dict] = {}
+    per_category: dict[str, dict] = {}
     for row in blocked_rows:
         room, ks, domain = row.get("room") or "?", row.get("profile") or "?", row.get("domain") or "?"
         n = _count(row)
@@ -178,6 +183,13 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
         o["devices"].add(row.get("device"))
         o["rooms"].add(room)
         o["key_stages"].add(ks)
+        category = row.get("category") or data.get("category")
+        if isinstance(category, str) and category:
+            c = per_category.setdefault(category, {"category": category, "attempts": 0, "devices": set(),
+                                                   "rooms": set()})
+            c["attempts"] += n
+            c["devices"].add(row.get("device"))
+            c["rooms"].add(room)
 
     by_room = [{**a, "domains": len(a["domains"]), "devices": len(a["devices"])}
                for a in sorted(per_room.values(), key=lambda a: (a["room"], a["key_stage"]))]
@@ -188,6 +200,10 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
     overblocking = [{"domain": o["domain"], "attempts": o["attempts"], "devices": len(o["devices"]),
                      "rooms": ", ".join(sorted(o["rooms"])), "key_stages": ", ".join(sorted(o["key_stages"]))}
                     for o in over]
+
+    by_category = [{"category": c["category"], "attempts": c["attempts"], "devices": len(c["devices"]),
+                    "rooms": ", ".join(sorted(c["rooms"]))}
+                   for c in sorted(per_category.values(), key=lambda c: (-c["attempts"], c["category"]))]
 
     incidents = list(incident_rows)
     summary = {
@@ -203,7 +219,8 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
     guard = [{"type": g["type"], "room": g.get("room") or "?", "device": g.get("device") or "?", "n": int(g["n"])}
              for g in guard_rows]
     return Report(week=week, site=site, by_room=by_room, blocked=blocked, overblocking=overblocking,
-                  incidents=summary, checks=checks, guard=guard, generated_at=generated_at or now_ts())
+                  by_category=by_category, incidents=summary, checks=checks, guard=guard,
+                  generated_at=generated_at or now_ts())
 
 
 # The incident counts only the DSL may see: they are made of the DSL's record (category,

@@ -18,12 +18,13 @@ Where things are:
   rollouts.py (config versions, rollouts per school), reports.py (report runs, the term
   report's figures), retention.py (purges), deliveries.py (escalation e-mails and webhooks
   with every attempt, and the dashboard tabs watching a room), unblock.py (pupils' "Ask my
-  teacher" requests and the teacher's answers); the DSL's record (issue 15): concerns.py
-  (staff-logged concerns, the IT queue), guard.py (the guard's events), allowlist.py
-  (allowlist change requests), exports.py (the export log), reviews.py (annual reviews,
-  check actions, test-filtering runs), aup.py (acceptable use per pupil per term); the
-  teacher in control (issue 16): commands.py (a teacher's room commands and the devices'
-  answers), timetable.py (the imported timetable and the office's cover).
+  teacher" requests and the teacher's answers), blocked.py (the blocked-attempt search,
+  high-risk notification windows), holds.py (the DSL's holds); the DSL's record (issue 15):
+  concerns.py (staff-logged concerns, the IT queue), guard.py (the guard's events),
+  allowlist.py (allowlist change requests), exports.py (the export log), reviews.py (annual
+  reviews, check actions, test-filtering runs), aup.py (acceptable use per pupil per term);
+  the teacher in control (issue 16): commands.py (a teacher's room commands and the
+  devices' answers), timetable.py (the imported timetable and the office's cover).
 
 Code outside this package calls these methods and never writes SQL of its own.  Every
 record belongs to one school (a ``site`` column, or its device's or incident's); the
@@ -40,6 +41,7 @@ from typing import Any, Callable, Sequence
 from .allowlist import AllowlistTable
 from .audit import AuditTable
 from .aup import AupTable
+from .blocked import BlockedTable
 from .commands import CommandsTable
 from .concerns import ConcernsTable
 from .deliveries import DeliveriesTable
@@ -48,6 +50,7 @@ from .engine import Engine, StoreError, Tx, connect
 from .events import EventsTable
 from .exports import ExportsTable
 from .guard import GuardTable
+from .holds import HoldsTable
 from .incidents import IncidentsTable
 from .reports import ReportsTable
 from .retention import RetentionTable
@@ -64,7 +67,7 @@ __all__ = ["Store", "StoreError", "Tx", "iso", "new_id", "utcnow"]
 
 class Store(EventsTable, IncidentsTable, DevicesTable, StaffTable, AuditTable, RolloutsTable, ReportsTable,
             RetentionTable, DeliveriesTable, ConcernsTable, GuardTable, AllowlistTable, ExportsTable, ReviewsTable,
-            AupTable, UnblockTable, CommandsTable, TimetableTable):
+            AupTable, UnblockTable, CommandsTable, TimetableTable, BlockedTable, HoldsTable):
     """Backend-neutral API.  Use ``Store.open(url)``."""
 
     def __init__(self, engine: Engine) -> None:

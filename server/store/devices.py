@@ -54,15 +54,17 @@ class DevicesTable:
         def num(v):
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
+        # Device health only: a user an older agent still sends is not kept (data minimisation;
+        # the user is stored where it has a purpose: login/logout, blocked, report_evidence).
         tx.executemany(
             "INSERT INTO heartbeats (device, ts, cpu, mem, temp, uptime, user_name, config_version, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, ts) DO NOTHING",
             [(w.device, d["ts"], num(d.get("cpu")), num(d.get("mem")), num(d.get("temp")), num(d.get("uptime")),
-              str_or_none(d.get("user")), str_or_none(d.get("config_version")), now) for w, d in beats],
+              None, str_or_none(d.get("config_version")), now) for w, d in beats],
         )
         latest: dict[str, dict] = {}
         for w, d in beats:
-            latest[w.device] = d
+            latest[w.device] = {k: v for k, v in d.items() if k != "user"}
         tx.executemany(
             "UPDATE devices SET last_heartbeat = ?, config_version = COALESCE(?, config_version) WHERE id = ?",
             [(json.dumps(d, separators=(",", ":")), str_or_none(d.get("config_version")), dev)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Columns of the events table, in insert order.
 EVENT_COLUMNS = ("id", "type", "ts", "site", "room", "device", "user_name", "domain", "profile", "alert_id",
-                 "data", "received_at")
+                 "data", "received_at", "category")
 
 
 def event_row(event: dict, received_at: str, raw: bytes | str | None = None) -> tuple:
@@ -39,6 +39,8 @@ def event_row(event: dict, received_at: str, raw: bytes | str | None = None) -> 
         str_or_none(event.get("user")), str_or_none(event.get("domain")), str_or_none(event.get("profile")),
         str_or_none(event.get("alert_id")),
         raw if raw is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False), received_at,
+        # The risk list a blocked attempt matched (agent/filter/risk.py); validated as an id.
+        str_or_none(event.get("category")) if event["type"] == "blocked" else None,
     )
 
 
@@ -175,8 +177,8 @@ class EventsTable:
 
     def blocked_between(self, start: str, end: str, site: str | None = None) -> list[dict]:
         """``blocked`` events with ts in [start, end) (of *site*), data as stored JSON text (the weekly report)."""
-        return self._between("SELECT room, profile, domain, device, ts, data FROM events", "blocked", start, end,
-                             site)
+        return self._between("SELECT room, profile, domain, device, ts, data, category FROM events", "blocked", start,
+                             end, site)
 
     def filter_checks_between(self, start: str, end: str, site: str | None = None) -> list[dict]:
         """``filter_check`` events with ts in [start, end) (of *site*) (the weekly report's filtering check log)."""

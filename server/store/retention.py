@@ -6,6 +6,10 @@ purge of closed incidents together with their timeline, notes, evidence events a
 escalation messages sent about them (deliveries and their attempts).  Each school sets
 its own periods, so every purge can be limited to one ``site`` (``SITE_WHERE`` says how a
 table's rows belong to a site).
+
+A device the DSL holds (holds.py) keeps every row from the hold's ``held_from`` on: each
+purge of a device table carries ``held_clause``, so nothing of a held device goes until
+the hold is lifted, and then only what the periods say.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .engine import StoreError, Tx
+from .holds import held_clause
 
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
@@ -20,7 +25,7 @@ PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audi
              "sessions": "expires_at", "enrol_tokens": "expires_at", "oidc_flows": "expires_at",
              "it_queue": "done_at", "exports": "ts", "allowlist_changes": "proposed_at", "reviews": "recorded_at",
              "check_actions": "ts", "filter_tests": "started_at", "aup_acceptances": "accepted_at",
-             "room_commands": "sent_at", "cover": "created_at"}
+             "room_commands": "sent_at", "cover": "created_at", "holds": "lifted_at", "risk_windows": "opened_at"}
 
 
 # How a row of each table belongs to a school, for a purge limited to one site.
@@ -29,7 +34,7 @@ SITE_WHERE = {"heartbeats": "device IN (SELECT id FROM devices WHERE site = ?)",
               "device_alerts": "site = ?", "enrol_tokens": "site = ?", "it_queue": "site = ?",
               "exports": "site = ?", "allowlist_changes": "site = ?", "reviews": "site = ?",
               "check_actions": "site = ?", "filter_tests": "site = ?", "aup_acceptances": "site = ?",
-              "room_commands": "site = ?", "cover": "site = ?"}
+              "room_commands": "site = ?", "cover": "site = ?", "holds": "site = ?", "risk_windows": "site = ?"}
 
 
 def _marks(values: Sequence) -> str:
@@ -65,7 +70,8 @@ class RetentionTable:
         incidents deleted."""
 
         def run(tx: Tx) -> int:
-            sql = "SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ?"
+            sql = ("SELECT id FROM incidents WHERE status = 'closed' AND closed_at IS NOT NULL AND closed_at < ? AND "
+                   + held_clause("incidents", "raised_at"))
             params: tuple = (before,)
             if site is not None:
                 sql, params = sql + " AND site = ?", (before, site)
@@ -86,7 +92,8 @@ class RetentionTable:
 
     def purge_notice_deliveries(self, before: str, reasons: Sequence[str], site: str | None = None) -> int:
         """Delete the deliveries (and their attempts) of *reasons* created before *before* (of
-        *site*): the messages about guard events and failed checks, which belong to no incident."""
+        *site*): the messages about guard events, failed checks and high-risk blocked attempts,
+        which belong to no incident."""
 
         def run(tx: Tx) -> int:
             where = f"reason IN {_marks(reasons)} AND created_at < ?"
@@ -107,6 +114,9 @@ class RetentionTable:
         sql = f"DELETE FROM {table} WHERE {column} IS NOT NULL AND {column} < ?"
         if where:
             sql += f" AND ({where})"
+        held = held_clause(table, column)
+        if held:
+            sql += f" AND {held}"
         params = (before, *params)
         if site is not None:
             if table not in SITE_WHERE:

@@ -386,6 +386,35 @@ CREATE TABLE IF NOT EXISTS aup_acceptances (
     event_id TEXT NOT NULL,
     PRIMARY KEY (site, term, user_name)
 );
+-- High-risk notifications (server/notify/risk.py): one row per (site, device, risk list),
+-- the start of its current 10-minute window.  Taking a window is one conditional upsert, so
+-- two collectors on one PostgreSQL never both notify, and a restart does not reset it.
+CREATE TABLE IF NOT EXISTS risk_windows (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    category TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    PRIMARY KEY (site, device, category)
+);
+
+-- The DSL's holds (server/holds.py): the incident's device locked until the DSL lifts it,
+-- and its records from held_from (24 h before the press) kept out of retention meanwhile.
+CREATE TABLE IF NOT EXISTS holds (
+    id TEXT NOT NULL PRIMARY KEY,
+    site TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    room TEXT NOT NULL,
+    device TEXT NOT NULL,
+    held_from TEXT NOT NULL,
+    placed_at TEXT NOT NULL,
+    placed_by TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    lifted_at TEXT,
+    lifted_by TEXT,
+    lift_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS holds_device ON holds (site, device, lifted_at);
+CREATE INDEX IF NOT EXISTS holds_incident ON holds (incident_id);
 
 -- A teacher's room commands (server/http/api/commands.py): one row per command and device,
 -- and what the device answered (its cmd_result event, stored by ingest).  details: the
@@ -506,10 +535,18 @@ CREATE TABLE IF NOT EXISTS oidc_flows (
 # Statements must be portable; one statement per list entry.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, []),
-    # 2: tenancy (one collector, several schools) and single sign-on.  Rows written before
-    # it have no site; server/http/sites.py gives them the one site of a single-school
+    # Issue 15: the risk list a blocked attempt matched (agent/filter/risk.py), for the
+    # blocked-attempt search, the weekly counts by category and the DSL's notifications.
+    # A partial index: only the few tagged rows pay for it, so ingest keeps its pace (a
+    # search by pupil walks the (type, ts) index over its date range instead of costing
+    # every event an index entry).
+    (2, ["ALTER TABLE events ADD COLUMN category TEXT",
+         "CREATE INDEX IF NOT EXISTS events_category_received ON events (category, received_at) "
+         "WHERE category IS NOT NULL"]),
+    # 3: tenancy (one collector, several schools) and single sign-on.  Rows written before
+    # it have no site; server/http/app.py gives them the one site of a single-school
     # install at start (``Store.adopt_single_site``), so nothing needs setting up.
-    (2, [
+    (3, [
         "ALTER TABLE users ADD COLUMN last_login_at TEXT",
         "ALTER TABLE users ADD COLUMN last_login_via TEXT",
         "ALTER TABLE users ADD COLUMN oidc_subject TEXT",

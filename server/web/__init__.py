@@ -17,13 +17,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .live import get_broadcaster, live_listener
-from .pages import (allowlist, aup, concerns, cover, deliveries, devices, exports, guard, incidents, login, office,
-                    reports, reviews, rollout, rooms, sites, sso, users)
+from .pages import (allowlist, aup, blocked, concerns, cover, deliveries, devices, exports, guard, holds, incidents,
+                    login, office, reports, reviews, rollout, rooms, sites, sso, users)
 from .pages.base import LoginRedirect, error_page, to_login
 from .templating import STATIC_DIR
 
 PAGES = (login, sso, sites, rooms, office, cover, incidents, devices, rollout, reports, deliveries, users, concerns,
-         guard, allowlist, exports, reviews, aup)
+         guard, allowlist, exports, reviews, aup, holds, blocked)
 PUBLIC = frozenset().union(*(module.PUBLIC for module in PAGES))
 
 __all__ = ["install", "PUBLIC"]

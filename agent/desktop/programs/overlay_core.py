@@ -5,8 +5,8 @@ Wayland layer-shell surface; both are child processes of agent/desktop/overlay.p
 both hold an ``OverlayCore`` for everything that is not drawing:
 
 * the conversation with the agent, JSON lines on stdin: ``{"op":"config","pin_hash":...,
-  "backoff":...}``, ``{"op":"show","message":...,"picture":...,"backoff":...}``,
-  ``{"op":"message","message":...,"picture":...}`` (``picture``: a pictogram's name,
+  "backoff":...}``, ``{"op":"show","message":...,"picture":...,"pin":...,"backoff":...}``,
+  ``{"op":"message","message":...,"picture":...,"pin":...}`` (``picture``: a pictogram's name,
   agent/desktop/pictograms.py; any op may carry ``ignore``, X windows of ours that may
   sit above the overlay: the on-screen button), ``{"op":"hide"}``, ``{"op":"state","seq":N}``, ``{"op":"quit"}``; and
   JSON lines back on stdout: ``ready``, ``shown``, ``hidden``, ``{"event":"pin_wrong",
@@ -15,7 +15,10 @@ both hold an ``OverlayCore`` for everything that is not drawing:
   ``{"event":"state",...}``;
 * the staff PIN typed on the device: digits, Backspace, Enter; every other key is
   swallowed; wrong tries cost a growing wait (agent/desktop/pin.py: ``PinBackoff``),
-  which the agent keeps across restarts and hands over in ``backoff``.
+  which the agent keeps across restarts and hands over in ``backoff``.  A show or message
+  with ``"pin": false`` (the DSL's hold on the device) takes no PIN: digits are swallowed
+  like any other key and the hint says the PIN cannot unlock it, so a hold is never lifted
+  on the screen, not even for the moment before the agent would lock again.
 
 If the agent goes away while the overlay is shown, the overlay stays up (the pupil must
 not see the page again) and the PIN still clears it.
@@ -41,6 +44,7 @@ HINT_FG = "#8fa3c7"
 STAFF_HINT = "Staff: type the PIN and press Enter"
 WAIT_HINT = "Too many tries. Wait a moment."
 WRONG_HINT = "Staff: that PIN was not right"
+HELD_HINT = "Staff: the PIN cannot unlock this device now"
 MAX_PIN = 12
 # The shipped pictograms (agent/desktop/assets/pictograms), found from here: this module
 # also runs on the system Python, which does not import agent.desktop.pictograms' package.
@@ -65,6 +69,7 @@ class OverlayCore:
         self.clock = clock  # wall clock: the agent keeps the back-off across restarts
         self.out = out or sys.stdout
         self.pin_hash: str | None = None
+        self.pin_allowed = True  # False while the agent says no PIN (the DSL's hold)
         self.typed = ""
         self.backoff = PinBackoff()
         self.shown = False
@@ -135,11 +140,14 @@ class OverlayCore:
         elif op == "show":
             self.set_picture(req.get("picture"))
             self.draw_message(str(req.get("message") or ""))
+            self.set_pin_allowed(req.get("pin") is not False)
             self.show()
         elif op == "message":
             if "picture" in req:
                 self.set_picture(req.get("picture"))
             self.draw_message(str(req.get("message") or ""))
+            if "pin" in req:
+                self.set_pin_allowed(req.get("pin") is not False)
         elif op == "hide":
             self.hide()
         elif op == "state":
@@ -149,6 +157,11 @@ class OverlayCore:
             self.quit()
         else:
             raise ValueError(f"unknown op {op!r}")
+
+    def set_pin_allowed(self, allowed: bool) -> None:
+        self.pin_allowed = allowed
+        self.typed = ""
+        self.draw_hint(STAFF_HINT if allowed else HELD_HINT)
 
     def set_picture(self, name) -> None:
         path = picture_path(name)
@@ -168,6 +181,7 @@ class OverlayCore:
     def hide(self) -> None:
         self.shown = False
         self.typed = ""
+        self.pin_allowed = True
         self.draw_hint(STAFF_HINT)
         self.draw_hide()
         self.say(event="hidden")
@@ -179,6 +193,9 @@ class OverlayCore:
         """One key press while shown.  Everything that is not part of a PIN is ignored,
         which is how Escape, Alt+F4, Alt+Tab and Ctrl+W do nothing."""
         if not self.shown:
+            return
+        if not self.pin_allowed:
+            self.draw_hint(HELD_HINT)  # no PIN is taken, so none is typed (or checked, or counted)
             return
         if keysym in ("Return", "KP_Enter"):
             self.check_pin()

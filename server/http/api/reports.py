@@ -85,6 +85,7 @@ def router() -> APIRouter:
             return HTMLResponse(html, headers={"Content-Security-Policy": policy_for(html)})
         return {"week": report.week.key, "site": report.site, "total_attempts": report.total_attempts,
                 "by_room": report.by_room, "blocked": report.blocked, "overblocking": report.overblocking,
+                "by_category": report.by_category,
                 "incidents": report.incidents, "checks": report.checks}
 
     return r

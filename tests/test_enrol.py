@@ -191,3 +191,15 @@ def test_broker_config_credentials_also_log_in_to_the_collector(live_collector, 
         main(["broker-config", "--config", str(REPO / "config"), "--out", str(tmp_path / "broker"), "--db", db])
     assert yaml.safe_load((tmp_path / "broker/credentials/5b-pi-01.yaml").read_text()) == kept
     assert _login(live_collector.url, "5b-pi-01", kept["password"]) == 200
+
+
+def test_a_token_never_starts_with_a_dash_so_the_command_line_takes_it(monkeypatch):
+    """``enrol --token -Ew...`` is an argparse error ("expected one argument"); one token in
+    64 from token_urlsafe starts with "-".  The generator skips those."""
+    import secrets
+
+    from server.http import auth
+
+    made = iter(["-Ew" + "a" * 40, "-x" + "b" * 41, "Ok" + "c" * 41])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(made))
+    assert auth.new_token() == "Ok" + "c" * 41

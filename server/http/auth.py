@@ -76,7 +76,13 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """A random token; never starting with "-", because an enrolment token is typed as
+    ``classroom-agent enrol --token TOKEN`` and argparse takes "-Ew..." for an option
+    (one token in 64 would otherwise fail with "expected one argument")."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def token_hash(token: str) -> str:

@@ -20,6 +20,19 @@
 * ``OUT/credentials/<user>.yaml`` (0600): ``username`` + ``password`` per account, to copy onto a
   device (agent ``credentials``) or hand to a member of staff (``classroom-alerts --password-file``).
 
+For a trust of schools (docs/broker.md, "Bridging a trust's schools"; docs/scaling.md):
+
+* ``--central --config A --config B ...`` writes the trust's central broker instead: a bridge
+  account per school, ``bridge-<site>``, that may read and write only under its own
+  ``{prefix}/{site}/#`` (a compromised school broker cannot reach another school's topics), the
+  collector's ingest workers, and each school's staff with their school rules.  No devices:
+  they log in to their school's broker.
+* ``--bridge-to URL --bridge-credentials FILE [--bridge-ca-file CA]`` adds to a school's
+  mosquitto.conf its bridge to the central broker: TLS, the school's own bridge account,
+  persistent sessions on both sides so what is to go out is queued while the link is down
+  (``MAX_QUEUED``), and only the school's own topics: out what devices and staff write
+  (``BRIDGE_OUT``), in only the collector's commands to its devices (``BRIDGE_IN``).
+
 Passwords come from ``--users`` (YAML ``username: password``) or are generated once and kept in
 ``OUT/credentials/`` so re-running after adding a device does not change anyone else's password.
 With ``--db`` (the collector's store), devices that enrolled through ``/api/v1/enrol`` keep the
@@ -712,6 +725,10 @@ def cmd_broker_config(args) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in roles.items())
     out = Path(args.out)
     print(f"{out}: wrote mosquitto.conf, passwd ({result.hashed_by}), acl for {summary}")
+    if bridge is not None:
+        print(f"{out / 'mosquitto.conf'}: bridges {tree.site.broker.prefix}/{tree.site.site}/... to {args.bridge_to} as "
+              f"{bridge.username}; it holds the bridge's password (0600): chown it to the user mosquitto runs as, "
+              "like passwd and acl")
     if result.enrolled:
         print(f"{len(result.enrolled)} enrolled device(s) keep their enrolment password: {', '.join(result.enrolled)}")
     if args.db:

@@ -82,8 +82,8 @@ HARDENING = (
 # Messages queued per client (QoS 1 only: heartbeats are QoS 0 and never queued).  For a
 # school's bridge this is what is kept while the trust's link is down: 400 devices at a
 # generous 20 events an hour each is 8,000 an hour, so 100,000 is over a school day and a
-# half (docs/broker.md, "Bridging").  The byte cap keeps a Pi's memory safe from a queue of
-# large events (64 KiB each at most), whichever limit is reached first.
+# half (docs/broker.md, "Bridging a trust's schools").  The byte cap keeps a Pi's memory
+# safe from a queue of large events (64 KiB each at most), whichever limit comes first.
 MAX_QUEUED = 100_000
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
 
@@ -407,7 +407,7 @@ def listener_lines(out: Path, opts: ListenerOptions, header: list[str], url_port
         # Alerts are tiny; Nagle's delay would dominate the press -> teacher latency.
         "set_tcp_nodelay true",
         # Per client: the ingest backlog during a collector restart (docs/server.md), and a
-        # school's bridge backlog while the trust's link is down (docs/broker.md, "Bridging").
+        # school's bridge backlog while the trust's link is down (MAX_QUEUED).
         f"max_queued_messages {MAX_QUEUED}",
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
         *HARDENING,
@@ -472,7 +472,8 @@ def render_bridge(tree: ConfigTree, bridge: BridgeOptions) -> tuple[str, list[st
     warnings = []
     lines = [
         "",
-        f"# Bridge to the trust's central broker (docs/broker.md, \"Bridging\"): only {prefix}/{site}/...",
+        f"# Bridge to the trust's central broker (docs/broker.md, \"Bridging a trust's schools\"): "
+        f"only {prefix}/{site}/...",
         f"connection {bridge.username}",
         f"address {host}:{port}",
         # MQTT 3.1.1 with mosquitto's bridge flag (try_private): the central broker does not
@@ -661,7 +662,7 @@ def add_parser(sub) -> None:
     p.add_argument("--persistence-dir", metavar="DIR", help="mosquitto persistence (default OUT/data)")
     p.add_argument("--run-as", metavar="USER", help="user mosquitto runs as (must be able to read OUT)")
     p.add_argument("--log-file", metavar="FILE", help="mosquitto log file (default: mosquitto's own)")
-    trust = p.add_argument_group("a trust of schools (docs/broker.md, \"Bridging\")")
+    trust = p.add_argument_group("a trust of schools (docs/broker.md, \"Bridging a trust's schools\")")
     trust.add_argument("--central", action="store_true",
                        help="write the trust's central broker: a bridge account per school (--config each), "
                             "the collector's and the staff's accounts")
@@ -726,9 +727,9 @@ def cmd_broker_config(args) -> int:
     out = Path(args.out)
     print(f"{out}: wrote mosquitto.conf, passwd ({result.hashed_by}), acl for {summary}")
     if bridge is not None:
-        print(f"{out / 'mosquitto.conf'}: bridges {tree.site.broker.prefix}/{tree.site.site}/... to {args.bridge_to} as "
-              f"{bridge.username}; it holds the bridge's password (0600): chown it to the user mosquitto runs as, "
-              "like passwd and acl")
+        print(f"{out / 'mosquitto.conf'}: bridges {tree.site.broker.prefix}/{tree.site.site}/... to "
+              f"{args.bridge_to} as {bridge.username}; it holds the bridge's password (0600): chown it to "
+              "the user mosquitto runs as, like passwd and acl")
     if result.enrolled:
         print(f"{len(result.enrolled)} enrolled device(s) keep their enrolment password: {', '.join(result.enrolled)}")
     if args.db:

@@ -52,7 +52,8 @@ def test_school_conf_bridges_only_its_own_topics_keeps_hardening_and_hides_the_p
         assert line in conf.splitlines()
     topics = [line.split() for line in conf.splitlines() if line.startswith("topic ")]
     base = f"{PREFIX}/{A}/"
-    assert topics and all(t[3] == "1" and t[4] == base and t[5] == base and len(t) == 6 for t in topics), topics  # nothing outside the school's own
+    # Nothing outside the school's own topics, on either side.
+    assert topics and all(len(t) == 6 and t[3] == "1" and t[4] == base and t[5] == base for t in topics), topics
     assert sorted(t[1] for t in topics if t[2] == "out") == sorted(BRIDGE_OUT)
     assert [t[1] for t in topics if t[2] == "in"] == list(BRIDGE_IN) == ["+/+/cmd"]
     assert "both" not in {t[2] for t in topics} and not any("#" in t[1] for t in topics)
@@ -96,7 +97,8 @@ def test_the_same_site_twice_for_central_is_refused(tmp_path):
     (["--central", "--bridge-to", "mqtts://c:8883"], "--bridge-to: not used with --central"),
     (["--central", "--db", "sqlite:////nope.db"], "--db: not used with --central"),
     (["--bridge-to", "http://central:8883", "--bridge-credentials", "X"], "--bridge-to: 'http://central:8883' is not"),
-    (["--bridge-to", "mqtts://central:88a3", "--bridge-credentials", "X"], "--bridge-to: 'mqtts://central:88a3' has a bad port"),
+    (["--bridge-to", "mqtts://central:88a3", "--bridge-credentials", "X"],
+     "--bridge-to: 'mqtts://central:88a3' has a bad port"),
     (["--bridge-to", "mqtts://central:8883"], "--bridge-to needs --bridge-credentials"),
     (["--bridge-credentials", "X"], "--bridge-credentials: only with --bridge-to"),
     (["--bridge-ca-file", "X"], "--bridge-ca-file: only with --bridge-to"),

@@ -263,17 +263,20 @@ def build_trust(tmp_path: Path, ingest_workers: int = 2) -> Trust:
     central = Mosquitto(central_out, conf_file=central_out / "mosquitto.conf", port=central_port,
                         log_file=central_out / "mosquitto.log").start()
     schools, school_out, school_pw = {}, {}, {}
+    printed = []
     for site, config in configs.items():
         port = free_port()
         out = tmp_path / f"school-{site}"
-        run_cli("broker-config", "--config", str(config), "--out", str(out), "--bind", "127.0.0.1",
+        printed.append(run_cli("broker-config", "--config", str(config), "--out", str(out), "--bind", "127.0.0.1",
                 "--port", str(port), "--bridge-to", f"mqtts://127.0.0.1:{central_port}",
                 "--bridge-credentials", str(central_out / "credentials" / f"bridge-{site}.yaml"),
-                "--bridge-ca-file", str(tls["ca"]), "--log-file", str(out / "mosquitto.log"), *run_as)
+                "--bridge-ca-file", str(tls["ca"]), "--log-file", str(out / "mosquitto.log"), *run_as))
         schools[site] = Mosquitto(out, conf_file=out / "mosquitto.conf", port=port,
                                   log_file=out / "mosquitto.log").start()
         school_out[site] = out
         school_pw[site] = credentials(out)
+    for result in printed:  # the bridge's password is never printed
+        assert not any(pw in result.stdout + result.stderr for pw in credentials(central_out).values())
     trust = Trust(tmp_path, configs, tls, central, schools, central_out, school_out, credentials(central_out),
                   school_pw)
     for site in configs:

@@ -19,9 +19,7 @@ the same path.
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -280,3 +278,37 @@ def test_commands_come_in_only_to_their_school_and_one_schools_link_does_not_tou
     publish(collector, cmd_topic(B), b'{"cmd":"unlock","id":"still-for-hilltop"}')
     cmds[B].wait_for("still-for-hilltop")
     assert trust.central.is_running and trust.schools[B].is_running
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_bridge_refuses_a_central_broker_whose_certificate_names_another_host(tmp_path):
+    """TLS on the link checks the name too: a central broker with another host's certificate
+    (signed by the same CA) gets no connection, so no event of the school."""
+    from services import Mosquitto
+    from trust_fixtures import make_ca, run_cli
+
+    tls = make_ca(tmp_path / "tls", hosts=("elsewhere.trust.example",))
+    configs = {A: make_school_a(tmp_path), B: make_school_b(tmp_path)}
+    run_as = ["--run-as", "root"] if os.geteuid() == 0 else []
+    central_port, school_port = free_port(), free_port()
+    central_out, school_out = tmp_path / "central", tmp_path / "school"
+    run_cli("broker-config", "--central", "--config", str(configs[A]), "--config", str(configs[B]),
+            "--out", str(central_out), "--bind", "127.0.0.1", "--port", str(central_port),
+            "--certfile", str(tls["cert"]), "--keyfile", str(tls["key"]),
+            "--log-file", str(central_out / "mosquitto.log"), *run_as)
+    run_cli("broker-config", "--config", str(configs[A]), "--out", str(school_out), "--bind", "127.0.0.1",
+            "--port", str(school_port), "--bridge-to", f"mqtts://127.0.0.1:{central_port}",
+            "--bridge-credentials", str(central_out / "credentials" / f"bridge-{A}.yaml"),
+            "--bridge-ca-file", str(tls["ca"]), "--log-file", str(school_out / "mosquitto.log"), *run_as)
+    central = Mosquitto(central_out, conf_file=central_out / "mosquitto.conf", port=central_port,
+                        log_file=central_out / "mosquitto.log").start()
+    school = Mosquitto(school_out, conf_file=school_out / "mosquitto.conf", port=school_port,
+                       log_file=school_out / "mosquitto.log").start()
+    try:
+        wait_until(lambda: "host name verification failed" in school.log_path.read_text(), timeout=60,
+                   message=lambda: school.log_path.read_text()[-3000:])
+        assert bridge_connections(central, A) == 0
+    finally:
+        school.stop()
+        central.stop()

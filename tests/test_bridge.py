@@ -285,8 +285,7 @@ def test_commands_come_in_only_to_their_school_and_one_schools_link_does_not_tou
 def test_a_bridge_refuses_a_central_broker_whose_certificate_names_another_host(tmp_path):
     """TLS on the link checks the name too: a central broker with another host's certificate
     (signed by the same CA) gets no connection, so no event of the school."""
-    from services import Mosquitto
-    from trust_fixtures import make_ca, run_cli
+    from trust_fixtures import make_ca, run_cli, start_generated
 
     tls = make_ca(tmp_path / "tls", hosts=("elsewhere.trust.example",))
     configs = {A: make_school_a(tmp_path), B: make_school_b(tmp_path)}
@@ -297,14 +296,12 @@ def test_a_bridge_refuses_a_central_broker_whose_certificate_names_another_host(
             "--out", str(central_out), "--bind", "127.0.0.1", "--port", str(central_port),
             "--certfile", str(tls["cert"]), "--keyfile", str(tls["key"]),
             "--log-file", str(central_out / "mosquitto.log"), *run_as)
+    central = start_generated(central_out, central_port)
     run_cli("broker-config", "--config", str(configs[A]), "--out", str(school_out), "--bind", "127.0.0.1",
-            "--port", str(school_port), "--bridge-to", f"mqtts://127.0.0.1:{central_port}",
+            "--port", str(school_port), "--bridge-to", f"mqtts://127.0.0.1:{central.port}",
             "--bridge-credentials", str(central_out / "credentials" / f"bridge-{A}.yaml"),
             "--bridge-ca-file", str(tls["ca"]), "--log-file", str(school_out / "mosquitto.log"), *run_as)
-    central = Mosquitto(central_out, conf_file=central_out / "mosquitto.conf", port=central_port,
-                        log_file=central_out / "mosquitto.log").start()
-    school = Mosquitto(school_out, conf_file=school_out / "mosquitto.conf", port=school_port,
-                       log_file=school_out / "mosquitto.log").start()
+    school = start_generated(school_out, school_port)
     try:
         wait_until(lambda: "host name verification failed" in school.log_path.read_text(), timeout=60,
                    message=lambda: school.log_path.read_text()[-3000:])

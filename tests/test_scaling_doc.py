@@ -29,7 +29,7 @@ import pytest
 
 from services import Mosquitto, free_port, spawn, terminate, wait_until
 from trust_fixtures import (A, B, DEVICE, PREFIX, REPO, alert, connect, event, make_ca, make_school_a,
-                            make_school_b, publish, subscribe)
+                            make_school_b, publish, start_generated, subscribe)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -131,8 +131,9 @@ def test_following_scaling_md_gives_two_bridged_schools_and_a_central_collector(
                     exec_start = [ln for ln in drop_in.splitlines() if ln.startswith("ExecStart=")][-1]
                     conf = Path(shlex.split(exec_start.removeprefix("ExecStart="))[-1])
                     assert exec_start.startswith("ExecStart=/usr/sbin/mosquitto -c ") and conf.exists(), drop_in
-                    brokers[host] = Mosquitto(conf.parent, conf_file=conf, port=ports[host],
-                                              log_file=conf.parent / "mosquitto.log").start()
+                    # (A port taken meanwhile by another test moves to a free one; later steps use it.)
+                    brokers[host] = start_generated(conf.parent, ports[host])
+                    ports[host] = brokers[host].port
                     continue
                 if argv[:3] == ["systemctl", "restart", "classroom-server"]:
                     env = (roots[host] / "etc/classroom-safety/server.env").read_text()

@@ -249,6 +249,37 @@ class Trust:
             broker.stop()
 
 
+def start_generated(out: Path, port: int, attempts: int = 3) -> Mosquitto:
+    """Start the Mosquitto of a generated ``OUT/mosquitto.conf`` listening on 127.0.0.1:*port*.
+
+    ``free_port`` only finds a port that was free a moment ago; between it and mosquitto's
+    bind, broker-config runs (seconds on a busy machine) and another test may take the port.
+    Then the listener line moves to a new free port and mosquitto starts again."""
+    from services import wait_until
+
+    conf = out / "mosquitto.conf"
+    log = out / "mosquitto.log"
+    for attempt in range(attempts):
+        runs = log.read_text().count(" running") if log.exists() else 0
+        broker = Mosquitto(out, conf_file=conf, port=port, log_file=log)
+        try:
+            broker.start()
+            # Someone else's listener on the port also answers start()'s probe: wait for this
+            # mosquitto to say it is running (its listeners open), or to exit.
+            wait_until(lambda: not broker.is_running or log.read_text().count(" running") > runs, timeout=30,
+                       message=broker._logs)
+            if not broker.is_running:
+                raise ServiceError(f"mosquitto exited\n{broker._logs()}")
+            return broker
+        except ServiceError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+            new = free_port()
+            conf.write_text(conf.read_text().replace(f"listener {port} 127.0.0.1", f"listener {new} 127.0.0.1"))
+            port = new
+    raise AssertionError("unreachable")
+
+
 def build_trust(tmp_path: Path, ingest_workers: int = 2) -> Trust:
     """Generate and start the three brokers; every school's bridge up before returning."""
     configs = {A: make_school_a(tmp_path), B: make_school_b(tmp_path)}
@@ -260,8 +291,8 @@ def build_trust(tmp_path: Path, ingest_workers: int = 2) -> Trust:
             "--out", str(central_out), "--bind", "127.0.0.1", "--port", str(central_port),
             "--certfile", str(tls["cert"]), "--keyfile", str(tls["key"]), "--ingest-workers", str(ingest_workers),
             "--log-file", str(central_out / "mosquitto.log"), *run_as)
-    central = Mosquitto(central_out, conf_file=central_out / "mosquitto.conf", port=central_port,
-                        log_file=central_out / "mosquitto.log").start()
+    central = start_generated(central_out, central_port)
+    central_port = central.port
     schools, school_out, school_pw = {}, {}, {}
     printed = []
     for site, config in configs.items():
@@ -271,8 +302,7 @@ def build_trust(tmp_path: Path, ingest_workers: int = 2) -> Trust:
                 "--port", str(port), "--bridge-to", f"mqtts://127.0.0.1:{central_port}",
                 "--bridge-credentials", str(central_out / "credentials" / f"bridge-{site}.yaml"),
                 "--bridge-ca-file", str(tls["ca"]), "--log-file", str(out / "mosquitto.log"), *run_as))
-        schools[site] = Mosquitto(out, conf_file=out / "mosquitto.conf", port=port,
-                                  log_file=out / "mosquitto.log").start()
+        schools[site] = start_generated(out, port)
         school_out[site] = out
         school_pw[site] = credentials(out)
     for result in printed:  # the bridge's password is never printed

@@ -20,6 +20,19 @@
 * ``OUT/credentials/<user>.yaml`` (0600): ``username`` + ``password`` per account, to copy onto a
   device (agent ``credentials``) or hand to a member of staff (``classroom-alerts --password-file``).
 
+For a trust of schools (docs/broker.md, "Bridging a trust's schools"; docs/scaling.md):
+
+* ``--central --config A --config B ...`` writes the trust's central broker instead: a bridge
+  account per school, ``bridge-<site>``, that may read and write only under its own
+  ``{prefix}/{site}/#`` (a compromised school broker cannot reach another school's topics), the
+  collector's ingest workers, and each school's staff with their school rules.  No devices:
+  they log in to their school's broker.
+* ``--bridge-to URL --bridge-credentials FILE [--bridge-ca-file CA]`` adds to a school's
+  mosquitto.conf its bridge to the central broker: TLS, the school's own bridge account,
+  persistent sessions on both sides so what is to go out is queued while the link is down
+  (``MAX_QUEUED``), and only the school's own topics: out what devices and staff write
+  (``BRIDGE_OUT``), in only the collector's commands to its devices (``BRIDGE_IN``).
+
 Passwords come from ``--users`` (YAML ``username: password``) or are generated once and kept in
 ``OUT/credentials/`` so re-running after adding a device does not change anyone else's password.
 With ``--db`` (the collector's store), devices that enrolled through ``/api/v1/enrol`` keep the
@@ -47,7 +60,7 @@ import yaml
 from agent.config import ConfigTree, did_you_mean
 from agent.errors import UserError
 from agent.files import atomic_write
-from agent.protocol import MAX_PAYLOAD, REPLY, WATCH
+from agent.protocol import MAX_PAYLOAD, REPLY, WATCH, ProtocolError, parse_broker_url
 
 DEFAULT_SERVER_USER = "classroom-server"
 DEVICE_WRITES = ("status", "alert", "event", "heartbeat")
@@ -65,6 +78,25 @@ HARDENING = (
     # ... and a packet far larger gets its sender disconnected before it is read into memory.
     f"max_packet_size {2 * MAX_PAYLOAD}",
 )
+
+# Messages queued per client (QoS 1 only: heartbeats are QoS 0 and never queued).  For a
+# school's bridge this is what is kept while the trust's link is down: 400 devices at a
+# generous 20 events an hour each is 8,000 an hour, so 100,000 is over a school day and a
+# half (docs/broker.md, "Bridging a trust's schools").  The byte cap keeps a Pi's memory
+# safe from a queue of large events (64 KiB each at most), whichever limit comes first.
+MAX_QUEUED = 100_000
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+
+# What a school's bridge carries, relative to ``{prefix}/{site}/``.  Out to the trust's
+# central broker: everything devices and staff write in the school (device status, alerts,
+# events, heartbeats, staff answers and presence), so the central collector sees what a
+# school's own collector would.  In from the central broker: only the collector's
+# commands to this school's devices.  Each is a separate pattern, never ``#`` or ``both``,
+# so a command that came in is never sent back out.  Nothing outside ``{prefix}/{site}/``
+# is ever bridged: every pattern is under the school's own prefix on both sides.
+BRIDGE_OUT = ("+/+/status", "+/+/alert", "+/+/event", "+/+/heartbeat", f"+/+/{REPLY}/+", f"+/{WATCH}/+")
+BRIDGE_IN = ("+/+/cmd",)
+BRIDGE_QOS = 1
 
 # mosquitto 2.x's own parameters for "$7$" hashes (see mosquitto_passwd.c): 101 rounds, 12-byte salt.
 PBKDF2_ROUNDS = 101
@@ -328,20 +360,33 @@ class ListenerOptions:
     log_file: str | None = None
 
 
-def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str, list[str]]:
-    """mosquitto.conf text plus warnings for the technician."""
+def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions,
+                bridge: "BridgeOptions | None" = None) -> tuple[str, list[str]]:
+    """mosquitto.conf text plus warnings for the technician; with *bridge*, the school's
+    bridge to the trust's central broker goes at the end."""
     warnings: list[str] = []
     url = urlsplit(tree.site.broker.url)
+    if url.scheme == "mqtts" and not opts.certfile:
+        warnings.append(f"site broker url {tree.site.broker.url} is mqtts:// but no --certfile/--keyfile "
+                        "was given; writing a plain-text listener")
+    lines = listener_lines(out, opts, [f"site {tree.site.site}, config version {tree.version}"], url.port)
+    if bridge is not None:
+        bridge_text, bridge_warnings = render_bridge(tree, bridge)
+        lines.append(bridge_text)
+        warnings += bridge_warnings
+    return "\n".join(lines) + "\n", warnings
+
+
+def listener_lines(out: Path, opts: ListenerOptions, header: list[str], url_port: int | None = None) -> list[str]:
+    """The broker-wide part of every generated mosquitto.conf, school or central: the
+    listener, accounts, persistence and HARDENING."""
     tls = bool(opts.certfile)
     if bool(opts.certfile) != bool(opts.keyfile):
         raise UserError("--certfile and --keyfile go together")
-    if url.scheme == "mqtts" and not tls:
-        warnings.append(f"site broker url {tree.site.broker.url} is mqtts:// but no --certfile/--keyfile "
-                        "was given; writing a plain-text listener")
-    port = opts.port or url.port or (8883 if tls else 1883)
+    port = opts.port or url_port or (8883 if tls else 1883)
     lines = [
         "# mosquitto.conf written by `classroom-server broker-config`; re-run it, do not edit by hand.",
-        f"# site {tree.site.site}, config version {tree.version}",
+        *(f"# {h}" for h in header),
         "per_listener_settings false",
         f"listener {port}" + (f" {opts.bind}" if opts.bind else ""),
     ]
@@ -361,7 +406,10 @@ def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str
         "max_connections -1",
         # Alerts are tiny; Nagle's delay would dominate the press -> teacher latency.
         "set_tcp_nodelay true",
-        "max_queued_messages 100000",  # ingest backlog during a collector restart (docs/server.md)
+        # Per client: the ingest backlog during a collector restart (docs/server.md), and a
+        # school's bridge backlog while the trust's link is down (MAX_QUEUED).
+        f"max_queued_messages {MAX_QUEUED}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         *HARDENING,
     ]
     if opts.run_as:
@@ -369,7 +417,148 @@ def render_conf(tree: ConfigTree, out: Path, opts: ListenerOptions) -> tuple[str
     if opts.log_file:
         lines += [f"log_dest file {Path(opts.log_file).resolve()}", "log_timestamp true",
                   "connection_messages true"]
-    return "\n".join(lines) + "\n", warnings
+    return lines
+
+
+# --------------------------------------------------------------------------- bridging (a trust)
+
+
+def bridge_user(site: str) -> str:
+    """The central broker's account for *site*'s bridge (one per school)."""
+    return f"bridge-{site}"
+
+
+@dataclass
+class BridgeOptions:
+    """A school broker's link to the trust's central broker (``--bridge-to`` and friends)."""
+
+    url: str
+    username: str
+    password: str
+    cafile: str | None = None
+
+
+def load_bridge_credentials(path: str | Path, site: str) -> tuple[str, str]:
+    """(username, password) from the central broker's ``credentials/bridge-SITE.yaml``, which
+    must be this school's: another school's file would put this school's traffic under
+    that school's name (and the central ACL would drop it)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UserError(f"--bridge-credentials: {path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise UserError(f"--bridge-credentials: {path}: not valid YAML") from None
+    creds = read_credentials(path) if isinstance(data, dict) else None
+    if creds is None or not isinstance(creds.get("username"), str):
+        raise UserError(f"--bridge-credentials: {path}: needs username and password (the central broker's "
+                        f"credentials/{bridge_user(site)}.yaml)")
+    if creds["username"] != bridge_user(site):
+        raise UserError(f"--bridge-credentials: {path}: username {creds['username']!r} is not this school's bridge "
+                        f"account {bridge_user(site)!r}")
+    if any(c in creds["password"] for c in "\r\n\0") or creds["password"] != creds["password"].strip():
+        raise UserError(f"--bridge-credentials: {path}: password may not contain line breaks or edge spaces")
+    return creds["username"], creds["password"]
+
+
+def render_bridge(tree: ConfigTree, bridge: BridgeOptions) -> tuple[str, list[str]]:
+    """The ``connection`` section of a school's mosquitto.conf: its bridge to the central
+    broker, carrying only ``{prefix}/{site}/...`` (BRIDGE_OUT out, BRIDGE_IN in)."""
+    try:
+        host, port, tls = parse_broker_url(bridge.url, "--bridge-to")
+    except ProtocolError as exc:
+        raise UserError(str(exc)) from None
+    site, prefix = tree.site.site, tree.site.broker.prefix
+    warnings = []
+    lines = [
+        "",
+        f"# Bridge to the trust's central broker (docs/broker.md, \"Bridging a trust's schools\"): "
+        f"only {prefix}/{site}/...",
+        f"connection {bridge.username}",
+        f"address {host}:{port}",
+        # MQTT 3.1.1 with mosquitto's bridge flag (try_private): the central broker does not
+        # echo back what the bridge itself sent.
+        "bridge_protocol_version mqttv311",
+        "try_private true",
+        # The central broker ties a session to its username (use_username_as_clientid).
+        f"remote_clientid {bridge.username}",
+        f"remote_username {bridge.username}",
+        f"remote_password {bridge.password}",
+        f"local_clientid {bridge.username}.local",
+        # The queue while the link is down: persistent sessions on both sides, so this broker
+        # keeps what is to go out (up to max_queued_messages, saved with its persistence) and
+        # the central broker keeps this school's commands; subscriptions are kept, not undone.
+        "cleansession false",
+        "local_cleansession false",
+        "bridge_attempt_unsubscribe false",
+        "start_type automatic",
+        "restart_timeout 2 30",
+        "keepalive_interval 30",
+        # A bridge's $SYS notifications would go to the central broker outside this school's
+        # topics, where its ACL drops them anyway.
+        "notifications false",
+    ]
+    if tls:
+        lines.append(f"bridge_cafile {Path(bridge.cafile).resolve()}" if bridge.cafile
+                     else "bridge_capath /etc/ssl/certs")
+        lines += ["bridge_tls_version tlsv1.2", "bridge_insecure false"]
+    else:
+        warnings.append(f"--bridge-to {bridge.url} is plain mqtt://: the school's events cross the trust's network "
+                        "unencrypted; use mqtts:// outside a closed test network")
+    base = f"{prefix}/{site}/"
+    lines += [f"topic {pattern} out {BRIDGE_QOS} {base} {base}" for pattern in BRIDGE_OUT]
+    lines += [f"topic {pattern} in {BRIDGE_QOS} {base} {base}" for pattern in BRIDGE_IN]
+    return "\n".join(lines), warnings
+
+
+def build_central_accounts(trees: list[ConfigTree], server_user: str = DEFAULT_SERVER_USER,
+                           ingest_workers: int = 1) -> dict[str, Account]:
+    """The trust's central broker: one bridge account per school (read and write only under
+    its own ``{prefix}/{site}/#``), the collector's ingest workers (every school's topics),
+    and each school's staff with the same rules as on their school's broker, for trust
+    staff and escalation contacts who connect to the central broker.  Devices log in to
+    their school's broker, so they have no account here."""
+    sites = [tree.site.site for tree in trees]
+    for site in sites:
+        if sites.count(site) > 1:
+            raise UserError(f"--config: site {site!r} is given twice; one config tree per school")
+    accounts: dict[str, Account] = {}
+    bridges = {bridge_user(site) for site in sites}
+    for tree in trees:
+        for name, acc in build_accounts(tree, server_user, ingest_workers).items():
+            if "device" in acc.roles:
+                continue
+            if name in bridges:
+                raise UserError(f"{tree.site.site}: staff username {name!r} is a school bridge account's name")
+            merged = accounts.setdefault(name, Account(name))
+            for role in acc.roles:
+                if role not in merged.roles:
+                    merged.roles.append(role)
+            for rule in acc.rules:
+                merged.allow(*rule)
+    for tree in trees:
+        acc = accounts.setdefault(bridge_user(tree.site.site), Account(bridge_user(tree.site.site), ["bridge"]))
+        acc.allow("readwrite", f"{tree.site.broker.prefix}/{tree.site.site}/#")
+    return accounts
+
+
+def generate_central(trees: list[ConfigTree], out: str | Path, *, users: dict[str, str] | None = None,
+                     users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
+                     opts: ListenerOptions | None = None, passwd_tool: str | None = "auto",
+                     ingest_workers: int = 1) -> Result:
+    """``broker-config --central``: the trust's central broker files in *out*."""
+    out = Path(out)
+    opts = opts or ListenerOptions()
+    accounts = build_central_accounts(trees, server_user, ingest_workers)
+    header = [f"central broker of the trust: sites {', '.join(t.site.site for t in trees)}"]
+    conf = "\n".join(listener_lines(out, opts, header)) + "\n"
+    generated, hashed, hashed_by = write_accounts(out, accounts, users or {}, users_path, server_user,
+                                                  ingest_workers, passwd_tool, header[0])
+    Path(opts.persistence_dir or out / "data").mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "mosquitto.conf", conf, 0o644)
+    warnings = [] if opts.certfile else ["no --certfile/--keyfile: the central broker listens in plain text; "
+                                         "schools' bridges need mqtts:// outside a closed test network"]
+    return Result(accounts, generated, hashed, hashed_by, warnings)
 
 
 # --------------------------------------------------------------------------- the command
@@ -388,16 +577,33 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
              users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
              opts: ListenerOptions | None = None, passwd_tool: str | None = "auto",
              enrolled: dict[str, str] | None = None, ingest_workers: int = 1,
-             timetabled: dict[str, list[str]] | None = None) -> Result:
+             timetabled: dict[str, list[str]] | None = None, bridge: BridgeOptions | None = None) -> Result:
     out = Path(out)
     opts = opts or ListenerOptions()
-    users = dict(users or {})
     accounts = build_accounts(tree, server_user, ingest_workers, timetabled)
+    # The conf first: a bad flag stops the command before any file is written.
+    conf, warnings = render_conf(tree, out, opts, bridge)
+    header = f"site {tree.site.site}, config version {tree.version}"
+    generated, hashed, hashed_by = write_accounts(out, accounts, users or {}, users_path, server_user,
+                                                  ingest_workers, passwd_tool, header, enrolled)
+    Path(opts.persistence_dir or out / "data").mkdir(parents=True, exist_ok=True)
+    # With a bridge, the conf holds the bridge's password (mosquitto has no other place for
+    # it), so it is as private as passwd.
+    atomic_write(out / "mosquitto.conf", conf, 0o600 if bridge else 0o644)
+    return Result(accounts, generated, hashed, hashed_by, warnings)
+
+
+def write_accounts(out: Path, accounts: dict[str, Account], users: dict[str, str], users_path: str,
+                   server_user: str, ingest_workers: int, passwd_tool: str | None, header: str,
+                   enrolled: dict[str, str] | None = None) -> tuple[list[str], list[str], str]:
+    """Passwords (from *users*, kept in ``credentials/``, enrolled hashes, or new), the
+    ``credentials/`` files, ``passwd`` and ``acl``; returns (generated, enrolled, hashed_by)."""
     workers = worker_users(server_user, ingest_workers)[1:]
     for name in users:
         if name not in accounts:
             raise UserError(f"{users_path}: {name!r} is not a device, a staff member in alert_staff, escalation "
-                            f"contacts or the timetable, or the server user{did_you_mean(name, list(accounts))}")
+                            f"contacts or the timetable, a school bridge, or the server user"
+                            f"{did_you_mean(name, list(accounts))}")
     out.mkdir(parents=True, exist_ok=True)
     cred_dir = out / "credentials"
     cred_dir.mkdir(mode=0o700, exist_ok=True)
@@ -432,18 +638,15 @@ def generate(tree: ConfigTree, out: str | Path, *, users: dict[str, str] | None 
                       f"# broker credentials for {name} ({', '.join(acc.roles)}); keep this file 0600\n"
                       + yaml.safe_dump({"username": name, "password": passwords[name]}, sort_keys=False))
     hashed_by = write_password_file(out / "passwd", passwords, tool=passwd_tool, hashed=hashed)
-    acl = render_acl(accounts, header=f"site {tree.site.site}, config version {tree.version}")
-    write_private(out / "acl", acl)
-    conf, warnings = render_conf(tree, out, opts)
-    Path(opts.persistence_dir or out / "data").mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "mosquitto.conf", conf, 0o644)
-    return Result(accounts, generated, sorted(hashed), hashed_by, warnings)
+    write_private(out / "acl", render_acl(accounts, header=header))
+    return generated, sorted(hashed), hashed_by
 
 
 def add_parser(sub) -> None:
     """Register ``broker-config`` on classroom-server's subcommands."""
     p = sub.add_parser("broker-config", help="write mosquitto.conf, password file and ACL from the config tree")
-    p.add_argument("--config", required=True, metavar="DIR", help="the config tree (site.yaml, rooms/...)")
+    p.add_argument("--config", required=True, metavar="DIR", action="append",
+                   help="the config tree (site.yaml, rooms/...); with --central, once per school of the trust")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write mosquitto.conf, passwd, acl")
     p.add_argument("--users", metavar="FILE", help="YAML username: password; others are generated")
     p.add_argument("--db", metavar="URL", help="the collector's store (as serve --db): enrolled devices keep "
@@ -459,6 +662,17 @@ def add_parser(sub) -> None:
     p.add_argument("--persistence-dir", metavar="DIR", help="mosquitto persistence (default OUT/data)")
     p.add_argument("--run-as", metavar="USER", help="user mosquitto runs as (must be able to read OUT)")
     p.add_argument("--log-file", metavar="FILE", help="mosquitto log file (default: mosquitto's own)")
+    trust = p.add_argument_group("a trust of schools (docs/broker.md, \"Bridging a trust's schools\")")
+    trust.add_argument("--central", action="store_true",
+                       help="write the trust's central broker: a bridge account per school (--config each), "
+                            "the collector's and the staff's accounts")
+    trust.add_argument("--bridge-to", metavar="URL",
+                       help="this school's broker bridges its own topics to the central broker at URL "
+                            "(mqtts://HOST:PORT)")
+    trust.add_argument("--bridge-credentials", metavar="FILE",
+                       help="the central broker's credentials/bridge-SITE.yaml for this school")
+    trust.add_argument("--bridge-ca-file", metavar="FILE",
+                       help="CA certificate that signed the central broker's (default: the system's CAs)")
     p.set_defaults(func=cmd_broker_config)
 
 
@@ -468,21 +682,41 @@ def cmd_broker_config(args) -> int:
     from agent.config import ConfigInvalid, load_tree
     from agent.errors import print_problems
 
-    try:
-        tree = load_tree(args.config)
-    except ConfigInvalid as exc:
-        return print_problems("classroom-server", exc.errors, args.config, "no broker files were written")
+    check_trust_flags(args)
+    trees = []
+    for config in args.config:
+        try:
+            trees.append(load_tree(config))
+        except ConfigInvalid as exc:
+            return print_problems("classroom-server", exc.errors, config, "no broker files were written")
+    tree = trees[0]
     users = load_users(args.users) if args.users else {}
     opts = ListenerOptions(port=args.port, bind=args.bind, certfile=args.certfile, keyfile=args.keyfile,
                            cafile=args.cafile, persistence_dir=args.persistence_dir, run_as=args.run_as,
                            log_file=args.log_file)
-    enrolled = enrolled_hashes(args.db) if args.db else None
-    timetabled = timetabled_staff(args.db, tree) if args.db else None
     if not 1 <= args.ingest_workers <= 64:
         raise UserError(f"--ingest-workers: {args.ingest_workers} is not between 1 and 64")
+    if args.central:
+        result = generate_central(trees, args.out, users=users, users_path=args.users or "users file",
+                                  server_user=args.server_user, opts=opts, ingest_workers=args.ingest_workers)
+        for warning in result.warnings:
+            print(f"classroom-server: warning: {warning}", file=sys.stderr)
+        out = Path(args.out)
+        bridges = [name for name, acc in result.accounts.items() if "bridge" in acc.roles]
+        print(f"{out}: wrote the central broker's mosquitto.conf, passwd ({result.hashed_by}), acl for "
+              f"{len(bridges)} school bridge(s), the collector and {len(result.accounts) - len(bridges) - 1} staff")
+        for name in bridges:
+            print(f"copy {out / 'credentials' / (name + '.yaml')} to that school for its --bridge-credentials")
+        return 0
+    bridge = None
+    if args.bridge_to:
+        username, password = load_bridge_credentials(args.bridge_credentials, tree.site.site)
+        bridge = BridgeOptions(args.bridge_to, username, password, args.bridge_ca_file)
+    enrolled = enrolled_hashes(args.db) if args.db else None
+    timetabled = timetabled_staff(args.db, tree) if args.db else None
     result = generate(tree, args.out, users=users, users_path=args.users or "users file",
                       server_user=args.server_user, opts=opts, enrolled=enrolled,
-                      ingest_workers=args.ingest_workers, timetabled=timetabled)
+                      ingest_workers=args.ingest_workers, timetabled=timetabled, bridge=bridge)
     for warning in result.warnings:
         print(f"classroom-server: warning: {warning}", file=sys.stderr)
     roles: dict[str, int] = {}
@@ -492,6 +726,10 @@ def cmd_broker_config(args) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in roles.items())
     out = Path(args.out)
     print(f"{out}: wrote mosquitto.conf, passwd ({result.hashed_by}), acl for {summary}")
+    if bridge is not None:
+        print(f"{out / 'mosquitto.conf'}: bridges {tree.site.broker.prefix}/{tree.site.site}/... to "
+              f"{args.bridge_to} as {bridge.username}; it holds the bridge's password (0600): chown it to "
+              "the user mosquitto runs as, like passwd and acl")
     if result.enrolled:
         print(f"{len(result.enrolled)} enrolled device(s) keep their enrolment password: {', '.join(result.enrolled)}")
     if args.db:
@@ -504,6 +742,33 @@ def cmd_broker_config(args) -> int:
               f"{', '.join(result.generated)} (files are 0600; copy each device's file to its "
               "/etc/classroom-safety/credentials.yaml)")
     return 0
+
+
+def check_trust_flags(args) -> None:
+    """The --central / --bridge-* combinations, each wrong one a one-line error."""
+    if args.central:
+        for flag, value in (("--bridge-to", args.bridge_to), ("--bridge-credentials", args.bridge_credentials),
+                            ("--bridge-ca-file", args.bridge_ca_file), ("--db", args.db)):
+            if value:
+                raise UserError(f"{flag}: not used with --central (it belongs to a school's broker-config)")
+        return
+    if len(args.config) > 1:
+        raise UserError("--config: give one school's config tree (several only with --central)")
+    if args.bridge_to:
+        try:
+            parse_broker_url(args.bridge_to, "--bridge-to")
+        except ProtocolError as exc:
+            raise UserError(str(exc)) from None
+        if not args.bridge_credentials:
+            raise UserError("--bridge-to needs --bridge-credentials (the central broker's "
+                            "credentials/bridge-SITE.yaml for this school)")
+    else:
+        for flag, value in (("--bridge-credentials", args.bridge_credentials),
+                            ("--bridge-ca-file", args.bridge_ca_file)):
+            if value:
+                raise UserError(f"{flag}: only with --bridge-to URL")
+    if args.bridge_ca_file and not Path(args.bridge_ca_file).is_file():
+        raise UserError(f"--bridge-ca-file: {args.bridge_ca_file}: no such file")
 
 
 def record_device_logins(db_url: str, out: Path, accounts: dict[str, Account], tree: ConfigTree) -> list[str]:

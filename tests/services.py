@@ -311,7 +311,11 @@ class Mosquitto:
         allow_anonymous: bool | None = None,
         persistence: bool = True,
         port: int | None = None,
+        conf_file: str | Path | None = None,
+        log_file: str | Path | None = None,
     ) -> None:
+        """With *conf_file* (a generated mosquitto.conf: ``broker-config``), that file is run
+        as it is; give the *port* it listens on and the *log_file* it names."""
         self.binary = require_binary("mosquitto")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +325,12 @@ class Mosquitto:
         self.stdout_path = self.dir / "mosquitto.stdout"
         self.data_dir = self.dir / "data"
         self.data_dir.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        if conf_file is not None:
+            assert port, "a generated mosquitto.conf names its own port: pass it"
+            self.conf_path = Path(conf_file)
+            self.log_path = Path(log_file) if log_file else self.stdout_path
+            return
         if allow_anonymous is None:
             allow_anonymous = password_file is None
         lines = [

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("page", ["security.md", "architecture.md", "protocol.md", "server.md", "deploy-pi.md"])
+@pytest.mark.parametrize("page", ["security.md", "architecture.md", "protocol.md", "server.md", "deploy-pi.md", "broker.md",
+                                  "scaling.md"])
 def test_every_test_file_a_page_names_exists(page):
     text = (REPO / "docs" / page).read_text()
     named = set(re.findall(r"tests/[A-Za-z0-9_/]+\.py", text))

@@ -449,12 +449,12 @@ class Runtime:
             return
         self.network_location = location
         log.warning("network location: %s -> %s (%s)", previous, location, reason)
-        # Queued first, so it leaves on whichever link comes next.
-        self.emit_event("network_location", location=location, previous=previous, reason=reason[:200])
         if self.policy is not None:
             self._set_policy(self.policy)
         else:
             self._ensure_link()
+        # After the switch: it goes to the broker of where the device is now (through the outbox).
+        self.emit_event("network_location", location=location, previous=previous, reason=reason[:200])
 
     def _ensure_link(self) -> None:
         if not self._connect:

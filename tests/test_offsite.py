@@ -305,7 +305,7 @@ def _with(root: Path, text: str, contacts: bool = True) -> list[str]:
 
 def _line(root: Path, needle: str) -> int:
     return next(i for i, line in enumerate((root / "site.yaml").read_text().splitlines(), 1)
-                if needle in line and not line.lstrip().startswith("#"))   # the example's comment says it too
+                if needle in line and not line.lstrip().startswith("#"))   # a comment may name it too
 
 
 @pytest.mark.parametrize("text, needle, expect", [

@@ -102,7 +102,7 @@ def test_a_device_moves_from_school_to_home_and_back(tmp_path, netns, dnsmasq_fa
     require_binary("nft")
     device, school, home = netns(), netns(), netns()
     dev_school, school_addr = device.link(school)
-    _dev_home, home_addr = device.link(home)
+    dev_home, home_addr = device.link(home)
     dnsmasq_factory(STUB_RECORDS, port=53, netns=school, listen_address=school_addr)
     dnsmasq_factory(HOME_RECORDS, port=53, netns=home, listen_address=home_addr)
     at_school = _broker(school, school_addr, tmp_path / "school-broker")
@@ -133,7 +133,7 @@ def test_a_device_moves_from_school_to_home_and_back(tmp_path, netns, dnsmasq_fa
     agent = device.popen([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "agent.yaml")],
                          log_path=log, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=str(REPO))
     try:
-        _run(device, school, agent, log, sock, school_addr, home_addr, dev_school, at_school, at_home,
+        _run(device, agent, log, sock, school_addr, home_addr, dev_school, dev_home, at_school, at_home,
              smtp_server, sqlite_store, tmp_path)
     finally:
         if agent.poll() is None:
@@ -142,7 +142,7 @@ def test_a_device_moves_from_school_to_home_and_back(tmp_path, netns, dnsmasq_fa
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _run(device, school, agent, log, sock, school_addr, home_addr, dev_school, at_school, at_home,
+def _run(device, agent, log, sock, school_addr, home_addr, dev_school, dev_home, at_school, at_home,
          smtp_server, store, tmp_path):
     def status():
         if agent.poll() is not None:
@@ -185,6 +185,10 @@ def _run(device, school, agent, log, sock, school_addr, home_addr, dev_school, a
     assert moved["previous"] == "school" and "off-site resolver answers" in moved["reason"]
     wait_until(lambda: any(k == "status" and p["state"] == "online" and p.get("location") == "offsite"
                            for k, p in _messages(at_home)), 10)
+    # A blocked attempt made at home is logged with the device's address on the home network.
+    [at_home_blocked] = wait_until(lambda: [e for e in _events(at_home, "blocked") if e["domain"] == "facebook.com"],
+                                   15, message=why)
+    assert at_home_blocked["device_ip"] == dev_home
 
     # A press at home: the screen blanks, the alert says where it was made...
     assert request(sock, {"op": "press", "source": "key"})["ok"]

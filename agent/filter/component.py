@@ -320,9 +320,11 @@ class FilterComponent:
                 return False
             if changed:  # timetable ticks re-send the same policy: no needless cache flush
                 self._reload()
+        moved = self.spec is None or self.spec.upstreams != spec.upstreams
         self.spec = spec
-        if not self.device_ip:
-            self.device_ip = _device_ip(filtering.upstream_dns)
+        if not self.device_ip or moved:
+            # The address towards the resolver in use: another one off-site (blocked events carry it).
+            self.device_ip = _device_ip(resolvers) or self.device_ip
         self._write_browser(policy, spec, filtering)
         missing = [t for t in spec.targets if not _has_v4(self._targets.get(t))]
         if missing:

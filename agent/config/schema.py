@@ -232,7 +232,7 @@ class Contact(Model):
     name: str = Field(description="Person or desk, as staff know them.")
     role: Literal["dsl", "deputy-dsl", "headteacher", "office", "technician", "remote-learning"] = Field(
         description="Why they are contacted. remote-learning: told at once of a report made on a device "
-                    "away from the school network (offsite), instead of the room's teacher.")
+                    "away from the school network (offsite), where no teacher in the room can see it.")
     staff: Username | None = Field(default=None, description="Their classroom-server username (receives escalations).")
     email: str | None = Field(default=None, description="Optional e-mail for the weekly digest and escalations.")
     phone: str | None = Field(default=None, description="Optional phone, shown to staff on escalation.")

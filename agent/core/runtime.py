@@ -33,6 +33,11 @@ cached config or place file is ignored.  Each is reported once as a ``state_degr
 event (``file``, ``cause``, ``ongoing``) and, while it lasts, in the ``degraded`` field
 of the retained status (``state_problem``).
 
+Where the device is, ``network_location`` (school, or offsite: a laptop at home, a trip),
+is decided by agent/uplink/location.py, which the runtime adds whenever it connects (idle
+unless site.yaml has ``offsite``); ``set_location`` re-sends the policy, so the filter
+forwards to the resolver of that place, and reconnects the link to its broker.
+
 Before any config has loaded the runtime uses where the device last knew it was
 (agent/core/place.py): the button is armed on its pins and a press is sent to that room.
 
@@ -443,7 +448,7 @@ class Runtime:
 
     def set_location(self, location: str, reason: str) -> None:
         """The device moved on or off the school network (agent/uplink/location.py; queue
-        thread): say so, then let the filter pick its resolver and the link its broker."""
+        thread): the filter picks its resolver and the link its broker, then it is said."""
         previous = self.network_location
         if location == previous:
             return

@@ -43,8 +43,11 @@ EVENT_TYPES = (
     "blocked", "report_evidence", "login", "logout", "lock", "unlock", "config_applied", "config_rejected",
     "tamper", "override_opened", "override_closed", "filter_check", "aup_accepted", "shared_login",
     "bypass_process", "removable_media", "press_repeated", "override_rejected", "state_degraded",
-    "unblock_request", "unlock_refused", "cmd_result",
+    "unblock_request", "unlock_refused", "cmd_result", "network_location",
 )
+# Where a device is (agent/uplink/location.py): on the school network, or off it (at home,
+# on a trip).  A ``network_location`` event at each switch; a report raised off-site says so.
+LOCATIONS = ("school", "offsite")
 # hold / release: the DSL's hold on a device (agent/policy/lock.py), only ever from the collector.
 COMMANDS = ("ack", "clear", "allow", "lock", "unlock", "reload-config", "filter-check", "message", "hold", "release")
 # What a device says it did with a command that carried an ``id`` (a ``cmd_result`` event):
@@ -286,7 +289,15 @@ def validate_status(data: dict, where: Topic | None = None) -> dict:
     _need(data, "agent_version", str, optional=True)
     _need(data, "config_version", str, optional=True)
     _need(data, "degraded", str, optional=True)  # a state file the agent cannot use, and why
+    _need_location(data, "location", optional=True)
     return data
+
+
+def _need_location(data: dict, key: str, *, optional: bool = False) -> str | None:
+    value = _need(data, key, str, optional=optional)
+    if value is not None and value not in LOCATIONS:
+        raise ProtocolError(f"{key}: {value!r} is not one of {', '.join(LOCATIONS)}")
+    return value
 
 
 def validate_alert(data: dict, where: Topic | None = None) -> dict:
@@ -300,6 +311,7 @@ def validate_alert(data: dict, where: Topic | None = None) -> dict:
     _need(data, "seat", str, optional=True)
     parse_ts(_need(data, "ts", str))
     _need(data, "by", str, optional=True)
+    _need_location(data, "location", optional=True)  # "offsite": pressed away from the school network
     return data
 
 
@@ -333,6 +345,10 @@ def validate_event(data: dict, where: Topic | None = None) -> dict:
         if result not in CMD_RESULTS:
             raise ProtocolError(f"result: {result!r} is not one of {', '.join(CMD_RESULTS)}")
         _need(data, "error", str, optional=True)
+    if kind == "network_location":
+        _need_location(data, "location")
+        _need_location(data, "previous")
+        _need(data, "reason", str)
     if kind == "report_evidence":
         _need(data, "alert_id", str)
         domains = _need(data, "domains", list)

@@ -73,6 +73,7 @@ class FakeRuntime:
         self.posted: queue.SimpleQueue = queue.SimpleQueue()
         self._kept: dict[str, dict] = {}
         self.place = None
+        self.network_location = "school"
         self.state_problems: list[tuple[str, str, bool]] = []
         self._cond = threading.Condition()
         self.policy = self.evaluate()
@@ -233,6 +234,12 @@ class FakeRuntime:
         from agent.desktop.base import Words
 
         return Words(self.policy.messages[key], key)
+
+    def set_location(self, location: str, reason: str) -> None:
+        """As the real runtime, less the policy re-sent to components (a test does that itself)."""
+        previous, self.network_location = self.network_location, location
+        if previous != location:
+            self.emit_event("network_location", location=location, previous=previous, reason=reason)
 
     def say(self, key: str) -> None:
         self.said.append(key)

@@ -230,8 +230,9 @@ class Collector(Model):
 
 class Contact(Model):
     name: str = Field(description="Person or desk, as staff know them.")
-    role: Literal["dsl", "deputy-dsl", "headteacher", "office", "technician"] = Field(
-        description="Why they are contacted.")
+    role: Literal["dsl", "deputy-dsl", "headteacher", "office", "technician", "remote-learning"] = Field(
+        description="Why they are contacted. remote-learning: told at once of a report made on a device "
+                    "away from the school network (offsite), where no teacher in the room can see it.")
     staff: Username | None = Field(default=None, description="Their classroom-server username (receives escalations).")
     email: str | None = Field(default=None, description="Optional e-mail for the weekly digest and escalations.")
     phone: str | None = Field(default=None, description="Optional phone, shown to staff on escalation.")
@@ -312,6 +313,43 @@ class Filtering(Model):
         return value
 
 
+class Offsite(Model):
+    """site.offsite: devices taken off the school network (a laptop at home, a trip).  The
+    filter stays allowlist-only; only the resolver it forwards allowed names to changes, and
+    the broker the device reports to (docs/deploy-pi.md, "Off-site devices")."""
+
+    upstream_dns: list[Resolver] = Field(
+        min_length=1, max_length=4,
+        description="The filtered resolver(s) a device forwards allowed names to while off-site (the trust's "
+                    "public-facing filtered resolver). Never a public resolver; nftables lets dnsmasq reach "
+                    "it only while the device is off-site.")
+    broker_url: MqttUrl | None = Field(
+        default=None, description="The trust's public-facing broker ('mqtts://broker.trust.example:8883') the "
+        "device reports to while off-site; empty: events and reports stay queued until it is back at school.")
+    leave_after_seconds: int = Field(
+        default=60, ge=5, le=3600,
+        description="Off-site when neither the school resolver answers nor the school broker takes a "
+                    "connection for this long, and an off-site resolver answers.")
+    return_after_seconds: int = Field(
+        default=10, ge=1, le=3600,
+        description="Back at school once the school resolver answers or the school broker takes a connection, "
+                    "without a miss, for this long.")
+    probe_seconds: int = Field(default=5, ge=1, le=300,
+                               description="How often the device looks for the school network.")
+    detect_by: list[Literal["resolver", "broker"]] = Field(
+        default=["resolver", "broker"], min_length=1,
+        description="What shows the school network is there: the school resolver answering (filtering."
+                    "upstream_dns), the school broker (agent.yaml broker_url) taking a connection, or either. "
+                    "Leave out broker if the school's broker is reachable from the internet.")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.probe_seconds > self.leave_after_seconds:
+            raise ValueError(f"probe_seconds {self.probe_seconds} is longer than leave_after_seconds "
+                             f"{self.leave_after_seconds}")
+        return self
+
+
 class Guard(Model):
     bypass_processes: list[str] = Field(
         default=["tor", "openvpn", "wireguard-go", "psiphon", "ultrasurf", "hotspotshield", "windscribe",
@@ -348,6 +386,9 @@ class Site(Model):
     retention: Retention = Field(default_factory=Retention)
     filtering: Filtering
     guard: Guard = Field(default_factory=Guard)
+    offsite: Offsite | None = Field(default=None, description="Devices off the school network (at home, on a "
+                                    "trip): where they resolve and report. Empty: a device off-site resolves "
+                                    "nothing and keeps its reports queued until it is back.")
     staff: Staff = Field(default_factory=Staff, description="How a device tells a staff login from a pupil's.")
     language: Language = Field(default="en", description="The language of pupil screens, and of key stages' "
                                "messages ('en', 'cy').")

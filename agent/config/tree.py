@@ -320,6 +320,19 @@ def _check_site(site: Site | None, src: Source | None, errors, known_profiles=()
         errors.append(SourceError(src.file, src.line_of(("staff", "profile")), "staff.profile",
                                   f"unknown key stage {name!r}{did_you_mean(name, known_profiles)}; "
                                   f"known: {', '.join(known_profiles) or 'none'}"))
+    if site.offsite is not None:
+        # Off-site reports go to a remote-learning contact (server/notify/notifier.py).
+        if not any(c.role == "remote-learning" for c in site.escalation.contacts):
+            errors.append(SourceError(src.file, src.line_of(("offsite",)), "offsite",
+                                      "no escalation contact has role remote-learning (reports made off-site "
+                                      "go to them); add one to escalation.contacts"))
+        for i, resolver in enumerate(site.offsite.upstream_dns):
+            if resolver in site.filtering.upstream_dns:
+                # The school resolver must be missing off-site, or a device never leaves school.
+                errors.append(SourceError(src.file, src.line_of(("offsite", "upstream_dns", i)),
+                                          f"offsite.upstream_dns[{i}]",
+                                          f"{resolver} is also the school's resolver (filtering.upstream_dns); "
+                                          "give the resolver devices use away from school"))
     for a, b in _overlaps([(t.start, t.end, i) for i, t in enumerate(site.terms)]):
         errors.append(SourceError(src.file, src.line_of(("terms", b[2])), f"terms[{b[2]}]",
                                   f"overlaps terms[{a[2]}] ({site.terms[a[2]].name})"))

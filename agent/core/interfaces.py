@@ -146,6 +146,12 @@ class RuntimeAPI(Protocol):
 
     def say(self, key: str) -> None: ...
 
+    # Where the device is: "school" or "offsite" (agent/uplink/location.py, which calls
+    # set_location on the queue thread; the filter and the report read it).
+    network_location: str
+
+    def set_location(self, location: str, reason: str) -> None: ...
+
     # The control socket (agent/core/control.py).
     def register_control(self, op: str, handler: Callable[[dict], Any]) -> None: ...
 

@@ -33,6 +33,11 @@ cached config or place file is ignored.  Each is reported once as a ``state_degr
 event (``file``, ``cause``, ``ongoing``) and, while it lasts, in the ``degraded`` field
 of the retained status (``state_problem``).
 
+Where the device is, ``network_location`` (school, or offsite: a laptop at home, a trip),
+is decided by agent/uplink/location.py, which the runtime adds whenever it connects (idle
+unless site.yaml has ``offsite``); ``set_location`` re-sends the policy, so the filter
+forwards to the resolver of that place, and reconnects the link to its broker.
+
 Before any config has loaded the runtime uses where the device last knew it was
 (agent/core/place.py): the button is armed on its pins and a press is sent to that room.
 
@@ -119,6 +124,9 @@ class Runtime:
         self.tree: ConfigTree | None = None
         self.policy = None
         self.link = None
+        self._link_url: str | None = None
+        # school | offsite (agent/uplink/location.py); a device always starts at school.
+        self.network_location = protocol.LOCATIONS[0]
         self.control: ControlServer | None = None
         self.components: list[Component] = []
         self.evidence_source: Callable[[int], list[dict]] = lambda minutes: []
@@ -150,6 +158,10 @@ class Runtime:
 
             self.add_component(ConfigSync.from_bootstrap(bootstrap))
         components = list(components or ())
+        if connect and not any(getattr(c, "name", None) == "location" for c in components):
+            from ..uplink.location import NetworkLocation  # idle unless site.offsite is configured
+
+            self.add_component(NetworkLocation())
         if sessions is not None and sessions not in components:
             components.insert(0, sessions)
         for component in components:
@@ -426,6 +438,29 @@ class Runtime:
             return self.place.prefix, self.place.site, self.place.room
         return None
 
+    def broker_url(self) -> str:
+        """The broker to report to: agent.yaml's, or off the school network the trust's
+        public-facing one (site.offsite.broker_url) when there is one."""
+        offsite = self.tree.site.offsite if self.tree is not None else None
+        if self.network_location == "offsite" and offsite is not None and offsite.broker_url:
+            return offsite.broker_url
+        return self.bootstrap.broker_url
+
+    def set_location(self, location: str, reason: str) -> None:
+        """The device moved on or off the school network (agent/uplink/location.py; queue
+        thread): the filter picks its resolver and the link its broker, then it is said."""
+        previous = self.network_location
+        if location == previous:
+            return
+        self.network_location = location
+        log.warning("network location: %s -> %s (%s)", previous, location, reason)
+        if self.policy is not None:
+            self._set_policy(self.policy)
+        else:
+            self._ensure_link()
+        # After the switch: it goes to the broker of where the device is now (through the outbox).
+        self.emit_event("network_location", location=location, previous=previous, reason=reason[:200])
+
     def _ensure_link(self) -> None:
         if not self._connect:
             return
@@ -433,10 +468,14 @@ class Runtime:
         if where is None:
             return
         prefix, site, room = where
+        url = self.broker_url()
         if self.link is not None:
-            if (self.link.prefix, self.link.site, self.link.room) == where:
+            if (self.link.prefix, self.link.site, self.link.room) == where and self._link_url == url:
                 return
-            log.warning("device moved to room %s: reconnecting under the new topics", room)
+            if self._link_url != url:
+                log.warning("reporting to %s now (%s)", url, self.network_location)
+            else:
+                log.warning("device moved to room %s: reconnecting under the new topics", room)
             self.link.stop()
         from ..config.credentials import load_credentials
         from ..uplink.link import Link
@@ -444,7 +483,8 @@ class Runtime:
         broker = self.tree.site.broker if self.tree is not None else None
         username, password = load_credentials(self.bootstrap.credentials)
         report = self.report
-        self.link = Link(broker_url=self.bootstrap.broker_url, prefix=prefix, site=site,
+        self._link_url = url
+        self.link = Link(broker_url=url, prefix=prefix, site=site,
                          room=room, device=self.bootstrap.device, outbox=self.outbox,
                          on_command=lambda cmd: self.post(self._on_command, cmd),
                          username=username, password=password, ca_file=self.bootstrap.ca_file,
@@ -454,7 +494,7 @@ class Runtime:
                          reconnect_max=broker.reconnect_max_seconds if broker else 2.0,
                          connect_timeout=broker.connect_timeout_seconds if broker else 2.0,
                          republish=lambda: [("alert", last)] if (last := report.last_transition) else [],
-                         degraded=self.degraded_text,
+                         degraded=self.degraded_text, location=lambda: self.network_location,
                          on_ready=lambda first: self.post(self._link_ready, first))
         self.link.start()
 
@@ -661,6 +701,8 @@ class Runtime:
             "room": self.policy.room if self.policy else None,
             "config_version": self.tree.version if self.tree else None,
             "connected": bool(link and link.is_connected),
+            "location": self.network_location,
+            "broker": self._link_url,
             "outbox_pending": self.outbox.count(),
             "outbox_in_memory": self.outbox.in_memory,
             "outbox_memory_total": self.outbox.memory_total,

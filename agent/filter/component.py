@@ -149,6 +149,7 @@ class FilterComponent:
         self.device_ip = ""
         self.last_error: str | None = None
         self.nft_applied = False
+        self._nft_upstreams: tuple[str, ...] = ()   # the resolvers the loaded table lets dnsmasq reach
         self._targets: dict[str, list[str]] = {}
         self._resolve_attempt_at = 0.0
         self._resolving = False
@@ -290,7 +291,8 @@ class FilterComponent:
         gone = self.overrides.expired(self.runtime.clock()) if first else []
         if self._apply(policy, filtering):
             self.policy = policy
-            if first:
+            if first or (self.nft_applied and self._nft_upstreams != self.spec.upstreams):
+                # Off-site and back (agent/uplink/location.py): dnsmasq may reach only the resolver in use.
                 self._apply_nftables(filtering)
         else:
             self.runtime.emit_event("config_rejected", version=policy.config_version, errors=[self.last_error],
@@ -301,8 +303,9 @@ class FilterComponent:
     def _apply(self, policy, filtering) -> bool:
         """Compile and install; on any problem leave everything as it was and return False."""
         try:
-            spec = build_spec(policy, filtering.upstream_dns, self.overrides.domains(),
-                              upstream_port=self.upstream_port, infrastructure=self._infrastructure())
+            resolvers, where = self.upstream_dns(filtering)
+            spec = build_spec(policy, resolvers, self.overrides.domains(), upstream_port=self.upstream_port,
+                              infrastructure=self._infrastructure(), where=where)
         except FilterError as exc:
             self.last_error = str(exc)
             log.error("filter: %s; keeping the filter as it was", exc)
@@ -317,14 +320,25 @@ class FilterComponent:
                 return False
             if changed:  # timetable ticks re-send the same policy: no needless cache flush
                 self._reload()
+        moved = self.spec is None or self.spec.upstreams != spec.upstreams
         self.spec = spec
-        if not self.device_ip:
-            self.device_ip = _device_ip(filtering.upstream_dns)
+        if not self.device_ip or moved:
+            # The address towards the resolver in use: another one off-site (blocked events carry it).
+            self.device_ip = _device_ip(resolvers) or self.device_ip
         self._write_browser(policy, spec, filtering)
         missing = [t for t in spec.targets if not _has_v4(self._targets.get(t))]
         if missing:
             self._resolve_targets(spec.targets)
         return True
+
+    def upstream_dns(self, filtering) -> tuple[list[str], str]:
+        """(resolvers, where they are configured) to forward allowed names to: the school's,
+        or while the device is off the school network, site.offsite's (agent/uplink/location.py)."""
+        tree = self.runtime.tree
+        offsite = tree.site.offsite if tree is not None else None
+        if offsite is not None and getattr(self.runtime, "network_location", "school") == "offsite":
+            return list(offsite.upstream_dns), "offsite.upstream_dns"
+        return list(filtering.upstream_dns), "filtering.upstream_dns"
 
     def _infrastructure(self) -> list[str]:
         """Broker and collector host names: the agent itself must still resolve them."""
@@ -336,6 +350,8 @@ class FilterComponent:
         tree = self.runtime.tree
         if tree is not None:
             urls += [tree.site.broker.url, tree.site.collector.url]
+            if tree.site.offsite is not None and tree.site.offsite.broker_url:
+                urls.append(tree.site.offsite.broker_url)
         hosts = {(urlsplit(u).hostname or "").lower() for u in urls}
         return sorted(h for h in hosts if is_domain(h))
 
@@ -374,11 +390,14 @@ class FilterComponent:
         if uid is None:
             log.error("filter: cannot tell which user dnsmasq runs as: DNS bypass is NOT blocked on this device")
             return
+        upstreams = self.spec.upstreams if self.spec is not None else ()
         ruleset = nftables.render(dns_port=self.port, dnsmasq_user=uid, block_quic=filtering.block_quic,
-                                  allow_udp_ports=filtering.allow_udp_ports)
+                                  allow_udp_ports=filtering.allow_udp_ports,
+                                  upstreams=[u.split("#", 1)[0] for u in upstreams])
         try:
             nftables.apply(ruleset, argv_prefix=self.argv_prefix)
             self.nft_applied = True
+            self._nft_upstreams = upstreams
             log.info("filter: nftables table inet %s loaded (DNS redirected to :%d)", nftables.TABLE, self.port)
         except (RuntimeError, OSError) as exc:
             log.error("filter: %s: DNS bypass is NOT blocked on this device", exc)

@@ -84,22 +84,24 @@ def _check_domains(domains: Iterable, where: str) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def upstream_addresses(upstream_dns: Sequence[str], port: int = 53) -> tuple[str, ...]:
+def upstream_addresses(upstream_dns: Sequence[str], port: int = 53,
+                       where: str = "filtering.upstream_dns") -> tuple[str, ...]:
     """dnsmasq ``server=`` addresses for the site's resolvers; public resolvers are refused."""
     if not upstream_dns:
-        raise FilterError("filtering.upstream_dns: no upstream resolver configured")
+        raise FilterError(f"{where}: no upstream resolver configured")
     out = []
     for i, value in enumerate(upstream_dns):
         try:
             address = check_resolver(value)
         except (ValueError, TypeError) as exc:
-            raise FilterError(f"filtering.upstream_dns[{i}]: {exc}") from None
+            raise FilterError(f"{where}[{i}]: {exc}") from None
         out.append(address if port == 53 else f"{address}#{port}")
     return tuple(out)
 
 
 def build_spec(policy, upstream_dns: Sequence[str], overrides: Iterable[str] = (), *,
-               upstream_port: int = 53, infrastructure: Iterable[str] = ()) -> FilterSpec:
+               upstream_port: int = 53, infrastructure: Iterable[str] = (),
+               where: str = "filtering.upstream_dns") -> FilterSpec:
     """Validate and combine a policy's allowlist with open overrides.  Raises FilterError.
 
     *infrastructure*: the school's own broker / collector host names, which the agent must
@@ -118,7 +120,7 @@ def build_spec(policy, upstream_dns: Sequence[str], overrides: Iterable[str] = (
     return FilterSpec(
         profile=policy.key_stage,
         allow_domains=tuple(sorted(set(allowed) | set(infra))),
-        upstreams=upstream_addresses(upstream_dns, upstream_port),
+        upstreams=upstream_addresses(upstream_dns, upstream_port, where),
         # Mode upstream reaches every engine, so every engine's safe search is forced.
         rewrites=tuple(rewrites(ALL_NAMES if mode == "upstream" else allowed, bool(policy.safe_search),
                                 policy.youtube_restrict)),

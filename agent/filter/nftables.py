@@ -13,7 +13,11 @@
   and any school proxy apply).
 
 Only dnsmasq itself (``skuid``) is exempt from all of this: it alone talks to the
-school's upstream.  What is left is DNS over TCP or HTTPS to a resolver that is not on
+school's upstream, and when the agent passes the resolvers in use (``upstreams``) only to
+them: the off-site resolver (agent/uplink/location.py) is let through only while the device
+is off-site, and the school's only while it is at school.  The agent's own probes of a
+named resolver carry ``PROBE_MARK`` (agent/filter/dnsclient.py) and are not redirected;
+setting a mark needs CAP_NET_ADMIN, which no pupil process has.  What is left is DNS over TCP or HTTPS to a resolver that is not on
 the list, on an ordinary port: that cannot be told apart from HTTPS here, and relies on
 the browser policy (DoH off, no extensions, no proxies), the guard (bypass tools) and
 the school's upstream filter (docs/security.md says so).
@@ -29,7 +33,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import ipaddress
 from typing import Sequence
+
+from .dnsclient import PROBE_MARK
 
 TABLE = "classroom_safety"
 
@@ -66,8 +73,20 @@ NEEDED_UDP_PORTS = (67, 68, 123, 546, 547)
 
 def render(*, dns_port: int = 53, dnsmasq_user: str | int = "dnsmasq", block_quic: bool = True,
            allow_udp_ports: Sequence[int] = (), refuse_v4: Sequence[str] = PUBLIC_RESOLVERS_V4,
-           refuse_v6: Sequence[str] = PUBLIC_RESOLVERS_V6) -> str:
+           refuse_v6: Sequence[str] = PUBLIC_RESOLVERS_V6, upstreams: Sequence[str] = ()) -> str:
+    """The table's text.  *upstreams*: the resolvers dnsmasq forwards to now; given, dnsmasq
+    may send nothing anywhere else (empty: dnsmasq is not limited by address)."""
     user = str(dnsmasq_user) if isinstance(dnsmasq_user, int) else f'"{dnsmasq_user}"'
+    if upstreams:
+        v4 = [str(a) for a in map(ipaddress.ip_address, upstreams) if a.version == 4]
+        v6 = [str(a) for a in map(ipaddress.ip_address, upstreams) if a.version == 6]
+        dnsmasq_out = "".join(
+            f'\t\tmeta skuid {user} {family} daddr {{ {", ".join(found)} }} accept '
+            f'comment "dnsmasq: the resolver in use"\n'
+            for family, found in (("ip", v4), ("ip6", v6)) if found)
+        dnsmasq_out += f'\t\tmeta skuid {user} counter reject comment "dnsmasq: no other resolver"\n'
+    else:
+        dnsmasq_out = f'\t\tmeta skuid {user} accept comment "dnsmasq alone talks to the upstream"\n'
     udp_ports = ", ".join(str(p) for p in sorted(set(NEEDED_UDP_PORTS) | set(allow_udp_ports)))
     quic = ('\t\tudp dport 443 counter reject comment "QUIC: browsers fall back to TCP"\n' if block_quic
             else "\t\tudp dport 443 accept\n")
@@ -92,13 +111,14 @@ def render(*, dns_port: int = 53, dnsmasq_user: str | int = "dnsmasq", block_qui
         "\tchain dns_redirect {\n"
         "\t\ttype nat hook output priority -100; policy accept;\n"
         f'\t\tmeta skuid {user} accept comment "dnsmasq itself may ask the school upstream"\n'
+        f'\t\tmeta mark {PROBE_MARK:#x} accept comment "the agent\'s own probe of a named resolver"\n'
         f'\t\tudp dport 53 counter redirect to :{dns_port} comment "all DNS goes to the local dnsmasq"\n'
         f"\t\ttcp dport 53 counter redirect to :{dns_port}\n"
         "\t}\n"
         "\tchain bypass_block {\n"
         "\t\ttype filter hook output priority filter; policy accept;\n"
-        f'\t\tmeta skuid {user} accept comment "dnsmasq alone talks to the upstream"\n'
         '\t\toif "lo" accept\n'
+        f"{dnsmasq_out}"
         f"{refuse}"
         '\t\ttcp dport 853 counter reject with tcp reset comment "DNS over TLS"\n'
         '\t\tudp dport 853 counter reject comment "DNS over QUIC"\n'

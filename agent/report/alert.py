@@ -270,6 +270,9 @@ class Report:
     def _payload(a: dict, state: str, by: str | None, ts: str, **extra) -> dict:
         payload = {"id": a["id"], "state": state, "site": a["site"], "room": a["room"], "device": a["device"],
                    "seat": a["seat"], "ts": ts, "by": by, "presses": a["presses"], **extra}
+        if a.get("location"):
+            # Pressed off the school network: the collector tells the remote-learning contact.
+            payload["location"] = a["location"]
         if state != "raised" and a.get("raised_ts"):
             payload["raised_ts"] = a["raised_ts"]  # when the pupil pressed: for receivers that join late
         return payload
@@ -345,6 +348,8 @@ class Report:
         if policy is not None:
             self._alert = self._new_alert(alert_id, source, rt.clock(), policy.site, policy.room, policy.device,
                                           policy.seat)
+            if rt.network_location != "school":
+                self._alert["location"] = rt.network_location  # agent/uplink/location.py
         else:
             # No config yet: what the device knows (agent/core/place.py).
             place = rt.place

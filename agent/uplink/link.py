@@ -111,7 +111,8 @@ class Link:
     (as ``{"cmd", "alert_id", "by"}``) on paho's thread: post them to the runtime.
     ``send(kind, payload)`` is thread-safe and returns the outbox row id (None if refused).
     ``republish()`` gives the messages to publish again after each backlog (the latest
-    alert transition); ``degraded()`` the state-file trouble for the status;
+    alert transition); ``degraded()`` the state-file trouble for the status, ``location()``
+    where the device is (``offsite`` goes in the status);
     ``on_ready(first)`` is told when a connection has drained its backlog.
     ``is_connected`` (the socket is up); ``connected`` (a threading.Event) is set once the
     backlog has drained and ``send()`` publishes directly; ``subscribed`` on the SUBACK.
@@ -125,6 +126,7 @@ class Link:
                  reconnect_max: float = 2.0, connect_timeout: float = 2.0,
                  republish: Callable[[], list[tuple[str, dict]]] | None = None,
                  degraded: Callable[[], str | None] | None = None,
+                 location: Callable[[], str] | None = None,
                  on_ready: Callable[[bool], None] | None = None):
         self.host, self.port, self.tls = protocol.parse_broker_url(broker_url, "broker_url")
         self.prefix, self.site, self.room, self.device = prefix, site, room, device
@@ -137,6 +139,7 @@ class Link:
         self._later = later
         self._republish = republish or (lambda: [])
         self._degraded = degraded or (lambda: None)
+        self._location = location or (lambda: "school")
         self._on_ready = on_ready
         self._thread: threading.Thread | None = None
         # Set once the backlog and the online status are out: send() publishes directly again.
@@ -205,6 +208,8 @@ class Link:
         degraded = self._degraded() if state == "online" else None
         if degraded:
             status["degraded"] = degraded
+        if state == "online" and self._location() != "school":
+            status["location"] = self._location()  # off the school network (agent/uplink/location.py)
         return status
 
     def _jitter_backoff(self) -> None:

@@ -41,7 +41,7 @@ def cmd_check(args) -> int:
         [f"webhook {w.name} ({w.format})" for w in settings.webhooks]
     print(f"{args.file}: ok: {', '.join(channels) or 'no channel'}")
     if tree is not None:
-        for reason in ("escalated", "unwatched"):
+        for reason in ("escalated", "unwatched") + (("offsite",) if tree.site.offsite is not None else ()):
             who = recipients_for(settings, tree, reason)
             print(f"  {reason}: {', '.join(f'{c}:{r}' for c, r in who) or 'nobody'}")
         # High-risk blocked attempts (server/notify/risk.py): to whom, and for which risk lists.

@@ -21,12 +21,13 @@ from ..localtime import local_long
 REASONS = {
     "escalated": "Nobody has answered a report",
     "unwatched": "A report was made in a room nobody is watching",
+    "offsite": "A report was made on a device away from school",
 }
 
 
 @dataclass(frozen=True)
 class Notice:
-    reason: str            # escalated | unwatched
+    reason: str            # escalated | unwatched | offsite
     alert_id: str
     state: str             # the transition this is about: escalated | raised
     school: str
@@ -62,6 +63,9 @@ class Notice:
             return f"Now: {self.by or 'a member of staff'} has said they are coming."
         if self.status_now == "cleared":
             return f"Now: cleared by {self.by or 'a member of staff'}."
+        if self.reason == "offsite":
+            return ("Now: the device is off the school network (at home or on a trip), so nobody in the room "
+                    "will see it. Please follow the school's remote-learning procedure.")
         if self.reason == "unwatched":
             return "Now: no teacher client or dashboard is showing this room. Please send an adult to the room."
         return "Now: nobody has said they are coming. Please send an adult to the room."

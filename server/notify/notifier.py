@@ -11,6 +11,12 @@ Two triggers (both ingest listeners, after the transition is committed):
   timer.  Only a report the collector first heard of within that room's escalation timeout
   and that is still unanswered counts (a retained alert replayed at a restart is old news:
   the device's own escalation covers it).
+* **offsite**: a ``raised`` whose alert says ``location: offsite`` (pressed on a device away
+  from the school network: at home, on a trip; agent/uplink/location.py).  Nobody in the
+  room will see it, so it goes at once, at any time of day and however late it arrived
+  (a device at home may have kept it queued), to the contacts whose role is
+  remote-learning (site.yaml, required with ``offsite``; without one, as unwatched: dsl,
+  deputy-dsl, office), and to every webhook of its school, unless it has been answered.
 
 Each message is a delivery row (server/store/deliveries.py) unique per (alert, state,
 channel, recipient), so it is queued once however often the transition is heard (a
@@ -64,8 +70,9 @@ BACKOFF = (10.0, 30.0, 60.0, 120.0, 300.0)
 LEASE_SECONDS = 180.0
 SWEEP_SECONDS = 60.0
 SWEEP_WINDOW = timedelta(hours=1)
-ESCALATED_ROLES = ("dsl", "deputy-dsl", "headteacher", "office", "technician")  # every contact
+ESCALATED_ROLES = ("dsl", "deputy-dsl", "headteacher", "office", "technician", "remote-learning")  # every contact
 UNWATCHED_ROLES = ("dsl", "deputy-dsl", "office")
+OFFSITE_ROLES = ("remote-learning",)
 
 
 class NoticeSource(Protocol):
@@ -164,6 +171,10 @@ class Notifier:
             return False
         return not self.presence.is_watched(alert["site"], alert["room"])
 
+    def _is_unanswered(self, alert: dict) -> bool:
+        incident = self.store.get_incident(alert["id"])
+        return incident is None or incident["alert_state"] in ("raised", "escalated")
+
     def _take_triggers(self, now: datetime) -> None:
         while self._triggers:
             alert = self._triggers.popleft()
@@ -171,6 +182,11 @@ class Notifier:
                 tree = self.tree_for(alert.get("site"))
                 if alert["state"] == "escalated" and self.settings.send_escalated:
                     self._queue(alert, "escalated", tree, now)
+                elif alert["state"] == "raised" and alert.get("location") == "offsite":
+                    if self._is_unanswered(alert):
+                        log.warning("notify: report %s from device %s was made off the school network; telling "
+                                    "the remote-learning contact", alert["id"], alert["device"])
+                        self._queue(alert, "offsite", tree, now)
                 elif alert["state"] == "raised" and self._is_unwatched(alert, tree, now):
                     log.warning("notify: report %s in room %s: nobody is watching the room; telling the office "
                                 "and the DSL", alert["id"], alert["room"])
@@ -323,13 +339,16 @@ def recipients_for(settings: NotifySettings, tree, reason: str, site: str | None
     """``[(channel, recipient)]`` for a message about a report of *site* (default: *tree*'s
     site; *tree* must be that site's own): the escalation contacts in *tree* with an e-mail
     whose role suits *reason* (every contact for ``escalated``; dsl, deputy-dsl and office for
-    ``unwatched``), then every webhook for that school (``sites`` empty, or naming it)."""
+    ``unwatched``; remote-learning for ``offsite``, or the unwatched ones if the school has
+    none), then every webhook for that school (``sites`` empty, or naming it)."""
     out: list[tuple[str, str]] = []
     site = site or (tree.site.site if tree is not None else None)
     if tree is not None and site is not None and tree.site.site != site:
         tree = None  # another school's tree: never its contacts
     if settings.smtp is not None and tree is not None:
         roles = ESCALATED_ROLES if reason == "escalated" else UNWATCHED_ROLES
+        if reason == "offsite" and any(c.role in OFFSITE_ROLES for c in tree.site.escalation.contacts):
+            roles = OFFSITE_ROLES
         out += [("email", c.email.strip().lower()) for c in tree.site.escalation.contacts
                 if c.email and c.role in roles]
     out += [("webhook", hook.name) for hook in settings.webhooks if hook.serves(site)]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -157,6 +156,8 @@ def main() -> int:
 
     import requests
 
+    from agent.config import load_tree
+    from server.devices import create_enrol_token, enrol
     from server.http.auth import hash_password
     from server.store import Store
 
@@ -178,17 +179,18 @@ def main() -> int:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = None
     try:
-        # Accounts as enrolment and `classroom-server user add` make them.
+        # The technician as `classroom-server user add` makes them; every device enrolled with
+        # a one-time token (server/devices.py), its credentials file as `classroom-agent enrol` writes it.
         db = tmp / "server.db"
         store = Store.open(f"sqlite:///{db}")
         store.add_user(TECH, "technician", hash_password(TECH_PASSWORD), sites={SITE: "technician"})
         (tmp / "credentials").mkdir()
         started = time.monotonic()
-        for room, device in devices:
-            password = secrets.token_urlsafe(24)
-            store.set_device_credentials(device, hash_password(password), by="bench", site=SITE, room=room)
-            (tmp / "credentials" / f"{device}.yaml").write_text(
-                json.dumps({"username": device, "password": password, "site": SITE, "room": room}))
+        tree = load_tree(config)
+        for _, device in devices:
+            creds = enrol(store, create_enrol_token(store, device, TECH, tree)["token"], tree)
+            (tmp / "credentials" / f"{device}.yaml").write_text(json.dumps(
+                {k: creds[k] for k in ("username", "password", "site", "room")}))
         store.close()
         print(f"enrolled {args.devices} devices in {time.monotonic() - started:.1f} s")
 

@@ -160,8 +160,9 @@ def main() -> int:
         return devices_main(args)
     if args.procs is None:
         args.procs = -(-args.devices // PER_PROC)
-    if args.devices < 1 or args.procs < 1:
-        parser.error("--devices and --procs must be at least 1")
+    for flag, value in (("--devices", args.devices), ("--procs", args.procs), ("--timeout", args.timeout)):
+        if value < 1:
+            parser.error(f"{flag}: must be at least 1")
 
     import requests
 

@@ -4,8 +4,8 @@ target p95 <= 10 s).
 
 One run, everything real and on loopback: mosquitto on a free port; the collector as
 ``classroom-server serve`` (its own process, SQLite store, MQTT ingest) with a config tree
-of ``--devices`` devices in rooms of 30; each device enrolled with its own random
-password (the collector's hash of it, as enrolment stores it).  The devices are the
+of ``--devices`` devices in rooms of 30; each device enrolled with a one-time token
+(server/devices.py), so it has its own password as a real one does.  The devices are the
 agent's own runtime (agent/core/runtime.py with its config sync and MQTT link, headless,
 no desktop components), many per process (``--procs`` processes) since 1,000 agent
 processes do not fit on a 2-core machine: each connects to the broker with its own client,
@@ -25,6 +25,8 @@ device is current, or the rest count as failed.
 Last line: ``rollout devices=1000 p50_s=... p95_s=... failed=0``
 
     .venv/bin/python bench/rollout.py [--devices 1000] [--procs N] [--timeout 120]
+
+``ROLLOUT_BENCH_KEEP=1`` keeps the collector's, the broker's and the devices' files and logs.
 """
 
 from __future__ import annotations
@@ -236,7 +238,7 @@ def main() -> int:
         wait_for(lambda: len(collector.applied(v0)) == args.devices or _dead(procs, server), 600,
                  f"{args.devices} devices to boot and apply the first version")
         if _dead(procs, server):
-            raise SystemExit(f"bench: a process died; see {tmp}")
+            raise SystemExit("bench: a device process or the collector died (ROLLOUT_BENCH_KEEP=1 keeps their logs)")
         print(f"{args.devices} devices booted on version {v0} in {time.monotonic() - started:.1f} s "
               f"({args.procs} processes)")
         wait_for(lambda: _all_online(tech, base, args.devices), 120, "every device's link to be up")

@@ -777,7 +777,7 @@ def record_device_logins(db_url: str, out: Path, accounts: dict[str, Account], t
     (config fetch, device API) as well as to the broker.  Devices that enrolled with a token
     have no file there and are left alone; a hash that already matches is not redone.
     Returns the devices whose collector login was (re)recorded."""
-    from .http.auth import hash_password, verify_password
+    from .http.auth import hash_password, verify_device_secret
     from .store import Store
 
     rooms = {d.id: room.room for room in tree.rooms.values() for d in room.devices}
@@ -791,7 +791,7 @@ def record_device_logins(db_url: str, out: Path, accounts: dict[str, Account], t
             if kept is None:
                 continue
             row = store.get_device(name) or {}
-            if row.get("password_hash") and verify_password(row["password_hash"], kept["password"]):
+            if row.get("password_hash") and verify_device_secret(row["password_hash"], kept["password"]):
                 continue
             store.set_device_credentials(name, hash_password(kept["password"]), by="broker-config",
                                          site=tree.site.site, room=rooms.get(name))

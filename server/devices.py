@@ -32,7 +32,7 @@ from typing import Callable
 from agent.config import effective_policy
 from agent.protocol import parse_ts
 
-from .http.auth import device_cache, hash_password, new_token, token_hash
+from .http.auth import device_cache, hash_device_secret, new_token, token_hash
 from .sites import trees_of
 from .store import Store, iso
 
@@ -94,7 +94,7 @@ def enrol(store: Store, token: str, tree=None) -> dict:
     if room is None:  # not in the live tree: the registry may know where it was last heard
         known = store.get_device(device) or {}
         site, room = site or known.get("site"), known.get("room")
-    store.set_device_credentials(device, hash_password(password), by="enrol-token", site=site, room=room,
+    store.set_device_credentials(device, hash_device_secret(password), by="enrol-token", site=site, room=room,
                                  mqtt_hash=mosquitto_hash(password))
     device_cache.forget_device(device)
     store.audit(f"device:{device}", "device.enrol", device, {"site": site, "room": room}, site=site)

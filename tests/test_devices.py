@@ -50,6 +50,26 @@ def test_enrolment_over_the_api(store, app_factory, staff_client):
     assert "token" not in tech.get("/api/v1/enrol-tokens").json()[0]
 
 
+def test_enrolled_password_is_stored_as_sha256_and_argon2_device_hashes_still_work(store, app_factory,
+                                                                                  staff_client, tree):
+    # Enrolment's 192-bit random password: a plain SHA-256 (an argon2 check per device made a
+    # rollout to 1,000 devices cost over a minute of collector CPU, docs/rollout.md).  A device
+    # password broker-config recorded (argon2, it may be a person's choice) still logs in.
+    from server.http.auth import device_cache, hash_password
+
+    app = app_factory(store)
+    anon = staff_client(app, None)
+    creds = enrol(store, create_enrol_token(store, "5b-pi-01", "tech", tree)["token"], tree)
+    stored = store.get_device("5b-pi-01")["password_hash"]
+    assert stored.startswith("sha256$") and creds["password"] not in stored
+    store.set_device_credentials("5b-pi-02", hash_password("chosen by a person"), by="broker-config")
+    device_cache.forget_device("5b-pi-02")
+    for device, password in (("5b-pi-01", creds["password"]), ("5b-pi-02", "chosen by a person")):
+        assert anon.get("/api/v1/device/whoami", headers=_basic(device, password)).json() == {"device": device}
+        assert anon.get("/api/v1/device/whoami", headers=_basic(device, password + "x")).status_code == 401
+    assert anon.get("/api/v1/device/whoami", headers=_basic("5b-pi-02", creds["password"])).status_code == 401
+
+
 def test_expired_token_is_refused(sqlite_store, tree):
     made = create_enrol_token(sqlite_store, "5b-pi-02", "tech", tree, hours=1,
                               now=datetime.now(timezone.utc) - timedelta(hours=2))

@@ -374,3 +374,33 @@ def test_status_reads_rejections_and_heartbeat_versions(setup, store):
     assert status["counts"] == {"current": 1, "pending": 4, "rejected": 1}
     page = tech.get("/rollout").text
     assert 'class="state state-rejected">rejected: &lt;compiled config&gt;' in page
+
+
+# --------------------------------------------------------------------------- bench/rollout.py
+
+
+@pytest.mark.timeout(300)
+def test_rollout_bench_runs_and_prints_its_summary_line():
+    # The numbers are the bench's business (no timed assertions in tests); this keeps it runnable:
+    # a real collector, broker and agent runtimes, 5 devices publish -> config_applied.
+    import sys
+
+    from services import require_binary
+
+    require_binary("mosquitto")
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "rollout.py"), "--devices", "5", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("rollout devices=5 p50_s=") and " p95_s=" in last and last.endswith(" failed=0"), last
+    assert "'current': 5, 'pending': 0, 'rejected': 0" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("flag", ["--devices", "--procs", "--timeout"])
+def test_rollout_bench_refuses_a_count_below_one_in_one_line(flag):
+    import sys
+
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "rollout.py"), flag, "0"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith(f"{flag}: must be at least 1"), r.stderr

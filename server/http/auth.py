@@ -6,7 +6,13 @@ Staff log in with a password hashed with argon2id (argon2-cffi), always through
 both end in ``start_session``.  A session is a random token given to the browser as an
 HttpOnly SameSite=Strict cookie and to API clients as a bearer token; only its SHA-256
 is stored, so a stolen database holds no usable session.  Devices authenticate with
-the credentials enrolment gave them (HTTP basic, username = device id), also argon2.
+the credentials enrolment gave them (HTTP basic, username = device id).  Enrolment's
+password is 192 random bits the collector made itself, so it is stored as a plain
+SHA-256 (``hash_device_secret``) like the session tokens: argon2's cost protects guessable
+human passwords, and it made a rollout to 1,000 devices cost 1,000 argon2 checks (about
+80 ms of CPU each, over a minute on two cores; docs/rollout.md).  Device passwords a
+person may have chosen (``broker-config`` credentials files) stay argon2, and so do
+enrolments made before this; ``verify_device_secret`` checks either.
 
 Tenancy: an account belongs to one or more sites (schools) with a role in each
 (teacher, dsl, technician, admin, office), or to the trust level (site ``*``, role ``trust``:
@@ -33,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -73,6 +80,21 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+DEVICE_HASH_PREFIX = "sha256$"
+
+
+def hash_device_secret(secret: str) -> str:
+    """The stored form of a password the collector generated (enrolment: 192 random bits)."""
+    return DEVICE_HASH_PREFIX + hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
+
+
+def verify_device_secret(stored: str | None, secret: str) -> bool:
+    """A device's password against its stored hash: SHA-256 (enrolment) or argon2 (others)."""
+    if stored and stored.startswith(DEVICE_HASH_PREFIX):
+        return hmac.compare_digest(stored, hash_device_secret(secret))
+    return verify_password(stored, secret)
 
 
 def new_token() -> str:
@@ -400,7 +422,7 @@ def current_device(request: Request) -> str:
     if device_cache.check(key):
         return device
     row = request.app.state.store.get_device(device)
-    if row is None or not verify_password(row.get("password_hash"), password):
+    if row is None or not verify_device_secret(row.get("password_hash"), password):
         raise HTTPException(401, "device credentials are not valid", headers={"WWW-Authenticate": "Basic"})
     device_cache.remember(key)
     return device

@@ -1,8 +1,8 @@
 """The ``devices``, ``heartbeats``, ``enrol_tokens`` and ``device_alerts`` tables.
 
 The registry row of a device is written from three sides: ingest (last seen on every
-batch, retained status and Last Will, heartbeats), enrolment (credentials: an argon2
-hash for the collector and a mosquitto ``$7$`` hash for the broker's password file) and
+batch, retained status and Last Will, heartbeats), enrolment (credentials: a hash
+for the collector, SHA-256 or argon2, and a mosquitto ``$7$`` hash for the broker's password file) and
 the technician's dark-device alerts.  What the hashes are and when a device counts as
 dark is decided in server/devices.py; here is only how they are stored.
 """
@@ -124,7 +124,7 @@ class DevicesTable:
 
     def set_device_credentials(self, device: str, password_hash: str, by: str, site: str | None = None,
                                room: str | None = None, mqtt_hash: str | None = None) -> None:
-        """Record an enrolment: the collector's argon2 hash and, if given, the broker's ``$7$`` hash."""
+        """Record an enrolment: the collector's hash (server/http/auth.py) and, if given, the broker's ``$7$`` hash."""
         now = utcnow()
         self.execute("INSERT INTO devices (id, site, room, password_hash, mqtt_hash, enrolled_at, enrolled_by) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "

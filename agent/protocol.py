@@ -58,6 +58,22 @@ TEXT_MAX = 120       # a teacher's one-line message, or the words on an "Eyes on
 LOCK_MINUTES_MAX = 60  # a timed lock ("Eyes on me") unlocks itself within the hour
 MESSAGE_SECONDS = (5, 600)  # how long a message stays on the pupils' screens
 MAX_PAYLOAD = 64 * 1024
+# A command the broker has held longer than this is dropped (MQTT 5 message expiry, set by
+# the collector): "Eyes on me", a message or an allow is meant for now, and must not land
+# hours later when a school's bridge link or a device comes back.  Staff see what each
+# device did (cmd_result) and send again.  A DSL's hold and its release do not expire: they
+# must arrive, and the collector sends a hold again whenever the device comes back.
+CMD_EXPIRY_SECONDS = 120
+DURABLE_COMMANDS = ("hold", "release")
+
+
+def cmd_expiry_seconds(payload: bytes) -> int | None:
+    """How long the broker may keep this ``cmd`` payload (None: as long as it likes)."""
+    try:
+        cmd = json.loads(payload).get("cmd")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return CMD_EXPIRY_SECONDS
+    return None if cmd in DURABLE_COMMANDS else CMD_EXPIRY_SECONDS
 MAX_NUMBER = 2 ** 53  # every number in a payload fits a double exactly and a BIGINT column
 
 

@@ -30,6 +30,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent import protocol
+
 log = logging.getLogger("server.ingest")
 
 TESTED_PAHO = "2.2.0"  # keep in step with pyproject.toml's pin
@@ -113,7 +115,14 @@ class Connection:
         self.wake()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        properties = None
+        expiry = protocol.cmd_expiry_seconds(payload) if topic.endswith("/cmd") else None
+        if expiry is not None:
+            # Every command to a device leaves the collector here: the broker (and a school
+            # bridge's queue on the central broker) drops it once it is stale.
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = expiry
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         self.wake()
         return info
 

@@ -243,3 +243,36 @@ def test_metrics_of_worker_processes_are_shared_and_stay_monotonic():
     assert parent.total("ingest_events_stored_total") == 13
     with pytest.raises(KeyError):
         restarted.inc("no_such_counter")
+
+
+def test_a_worker_taken_away_for_good_is_drained_by_running_its_id_once_with_session_expiry_0(
+        broker, sqlite_store):
+    """A stopped worker's stored session keeps its share of the shared subscription (mosquitto
+    gives it half here); running its id once with session expiry 0 ingests that share and ends
+    the session, after which the remaining worker gets everything."""
+    from server.ingest import Ingest
+
+    url = f"mqtt://{broker.host}:{broker.port}"
+    stays = Ingest(sqlite_store, url, client_id="srv", session_expiry=600).start()
+    leaving = Ingest(sqlite_store, url, client_id="srv-2", session_expiry=600).start()
+    try:
+        assert stays.subscribed.wait(10) and leaving.subscribed.wait(10)
+        leaving.stop()  # taken away: its session stays on the broker
+        burst = make_burst(400)
+        publish(broker, burst)
+        wait_until(lambda: stays.metrics.get("ingest_events_stored_total") > 0, 15)
+        drain = Ingest(sqlite_store, url, client_id="srv-2", session_expiry=0).start()
+        try:
+            wait_until(lambda: sqlite_store.count("events") == len(burst), 15)
+            # What the broker had kept for the stopped worker came to it when its id was back.
+            assert drain.metrics.get("ingest_events_stored_total") > 0
+            assert stays.flush(10) and drain.flush(10)
+        finally:
+            drain.stop()
+        # Its session ended with it: everything now goes to the worker that stays.
+        more = make_burst(200)
+        publish(broker, more)
+        wait_until(lambda: sqlite_store.count("events") == len(burst) + len(more), 15)
+        assert_stored_exactly_once(sqlite_store, burst + more)
+    finally:
+        stays.stop()

@@ -276,3 +276,22 @@ def test_a_worker_taken_away_for_good_is_drained_by_running_its_id_once_with_ses
         assert_stored_exactly_once(sqlite_store, burst + more)
     finally:
         stays.stop()
+
+
+@pytest.mark.timeout(500)
+def test_trust_bench_runs_and_prints_its_summary_line():
+    # The numbers are the bench's business (no timed assertions in tests); this keeps it runnable.
+    import re
+    import subprocess
+
+    from services import require_binary
+
+    for binary in ("mosquitto", "mosquitto_pub", "initdb"):
+        require_binary(binary)
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "trust.py"), "--schools", "2", "--devices", "5",
+                        "--heartbeat", "2", "--presses", "4", "--burst", "400", "--year-events", "2000"],
+                       capture_output=True, text=True, timeout=450)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"trust devices=10 alert_p99_ms=[\d.]+ ingest_eps=\d+ pg_ratio=[\d.]+ report_year_s=[\d.]+ "
+                        r"purge_year_s=[\d.]+ rss_mb_per_1k_devices=[\d.]+", last), last

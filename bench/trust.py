@@ -171,6 +171,19 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
 def poll(predicate, timeout: float, what: str, every: float = 0.1):
     """common.wait_for, but at *every* seconds: a COUNT(*) every 2 ms would cost a core."""
     return wait_for(lambda: predicate() or time.sleep(every), timeout, what)
@@ -349,16 +362,30 @@ def main() -> None:
               "workers)", flush=True)
 
         # 3. The ingest burst over the bridges.
-        events_before = store.count("events")
+        # Counted by serve's own /metrics (every worker's, summed), not COUNT(*) on the table,
+        # which would compete with the workers for the two cores.
+        events_before = metric(port, "ingest_events_stored_total") or 0
+        pg_pids = [p for p in children(pg.proc.pid)] + [pg.proc.pid]
+        groups = {"school brokers": [b.proc.pid for _, b in schools], "central broker": [central.proc.pid],
+                  "serve and its workers": [serve.pid] + children(serve.pid), "postgresql": pg_pids}
+        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        rows_before = store.count("events")
         total, commands = burst([(s, central) for s, _ in schools] if args.burst_direct else schools, args.burst,
                                 work)
         start = time.perf_counter()
         pubs = [subprocess.Popen(argv, stdin=open(path, "rb")) for argv, path in commands]
-        poll(lambda: store.count("events") - events_before >= total, 600, "the burst to be stored", every=0.05)
+        poll(lambda: (metric(port, "ingest_events_stored_total") or 0) - events_before >= total, 600,
+             "the burst to be stored", every=0.05)
         elapsed = time.perf_counter() - start
         for p in pubs:
             p.wait(30)
         eps = total / elapsed
+        # Where the two cores went during the burst (the publishers had the rest).
+        used = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
+        print("trust: CPU during the burst: " + ", ".join(f"{name} {100 * s / elapsed:.0f}%"
+                                                          for name, s in used.items()), flush=True)
+        if store.count("events") - rows_before != total:
+            raise SystemExit(f"trust: {store.count('events') - rows_before} rows stored for {total} events")
         raw = raw_pg(rows_for(total, 8), pg.new_database("raw"))
         via = "straight to the central broker" if args.burst_direct else f"over {args.schools} bridges"
         print(f"trust: ingest {eps:,.0f} events/s {via} and {args.workers} workers "

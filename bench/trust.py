@@ -171,17 +171,24 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far."""
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds each live process of *pids* has used so far."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, IndexError, ValueError):
             pass
-    return total / tick
+    return out
+
+
+def cpu_used(before: dict[int, float], pids: list[int]) -> float:
+    """CPU seconds used since *before* by the processes alive then and now (a PostgreSQL
+    backend that ended meanwhile takes its count with it)."""
+    now = cpu_seconds(pids)
+    return sum(now[pid] - before[pid] for pid in now if pid in before)
 
 
 def poll(predicate, timeout: float, what: str, every: float = 0.1):
@@ -381,7 +388,7 @@ def main() -> None:
             p.wait(30)
         eps = total / elapsed
         # Where the two cores went during the burst (the publishers had the rest).
-        used = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
+        used = {name: cpu_used(cpu_before[name], pids) for name, pids in groups.items()}
         print("trust: CPU during the burst: " + ", ".join(f"{name} {100 * s / elapsed:.0f}%"
                                                           for name, s in used.items()), flush=True)
         if store.count("events") - rows_before != total:

@@ -247,32 +247,33 @@ def test_metrics_of_worker_processes_are_shared_and_stay_monotonic():
 
 def test_a_worker_taken_away_for_good_is_drained_by_running_its_id_once_with_session_expiry_0(
         broker, sqlite_store):
-    """A stopped worker's stored session keeps its share of the shared subscription (mosquitto
-    gives it half here); running its id once with session expiry 0 ingests that share and ends
-    the session, after which the remaining worker gets everything."""
+    """A stopped worker's stored session keeps what the shared subscription gave it (here it is
+    the group's only member while the devices send, so everything); running its id once with
+    session expiry 0 ingests that and ends the session, after which the worker that stays gets
+    everything."""
     from server.ingest import Ingest
 
     url = f"mqtt://{broker.host}:{broker.port}"
-    stays = Ingest(sqlite_store, url, client_id="srv", session_expiry=600).start()
     leaving = Ingest(sqlite_store, url, client_id="srv-2", session_expiry=600).start()
+    assert leaving.subscribed.wait(10)
+    leaving.stop()  # taken away: its session stays on the broker, a member of the group
+    burst = make_burst(400)
+    publish(broker, burst)
+    stays = Ingest(sqlite_store, url, client_id="srv", session_expiry=600).start()
     try:
-        assert stays.subscribed.wait(10) and leaving.subscribed.wait(10)
-        leaving.stop()  # taken away: its session stays on the broker
-        burst = make_burst(400)
-        publish(broker, burst)
-        wait_until(lambda: stays.metrics.get("ingest_events_stored_total") > 0, 15)
+        assert stays.subscribed.wait(10)
+        assert sqlite_store.count("events") == 0  # all kept for the stopped worker
         drain = Ingest(sqlite_store, url, client_id="srv-2", session_expiry=0).start()
         try:
             wait_until(lambda: sqlite_store.count("events") == len(burst), 15)
-            # What the broker had kept for the stopped worker came to it when its id was back.
-            assert drain.metrics.get("ingest_events_stored_total") > 0
-            assert stays.flush(10) and drain.flush(10)
+            assert drain.flush(10) and drain.metrics.get("ingest_events_stored_total") == len(burst)
         finally:
             drain.stop()
         # Its session ended with it: everything now goes to the worker that stays.
         more = make_burst(200)
         publish(broker, more)
         wait_until(lambda: sqlite_store.count("events") == len(burst) + len(more), 15)
+        assert stays.flush(10) and stays.metrics.get("ingest_events_stored_total") == len(more)
         assert_stored_exactly_once(sqlite_store, burst + more)
     finally:
         stays.stop()

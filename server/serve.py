@@ -1,7 +1,8 @@
 """``classroom-server serve``, ``user ...`` and ``enrol-token``: running the collector.
 
-``serve`` runs, in one process: the HTTP API (uvicorn), one MQTT ingest worker, the
-daily retention pass, the dark-device checker and, with ``--notify FILE``, the escalation
+``serve`` runs, in one process: the HTTP API (uvicorn), one MQTT ingest worker (and,
+with ``--ingest-workers N``, N-1 more in processes of their own, started again if they
+die: server/ingest/pool.py), the daily retention pass, the dark-device checker and, with ``--notify FILE``, the escalation
 e-mails and webhooks (server/notify/).  Run several ``serve`` processes (or
 machines) against one PostgreSQL database and they share the ingest load through the
 MQTT 5 shared subscription.  One collector may serve several schools: ``--config`` once
@@ -103,33 +104,6 @@ def _load_notify(path: str | None, trees: list):
     return settings
 
 
-def ingest_worker(db: str, broker: str, options: dict) -> None:
-    """An extra ingest-only process (``serve --ingest-workers N``): same store, same shared
-    subscription, so N processes split the MQTT load across CPU cores."""
-    import ctypes
-    import signal
-    import threading
-
-    from .ingest import Ingest
-
-    try:  # die with the serve process, even if it is killed
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM, 0, 0, 0)
-    except OSError:
-        pass
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    store = _open_store(db)
-    ingest = Ingest(store, broker, **options).start()
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        ingest.stop()
-        store.close()
-
-
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -170,22 +144,20 @@ def cmd_serve(args) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
 
-    helpers = []
+    pool = None
     if args.broker and args.ingest_workers > 1:
-        import multiprocessing
+        from .ingest.pool import WorkerPool
 
-        ctx = multiprocessing.get_context("spawn")
-        for i in range(1, args.ingest_workers):
+        def worker_options(i: int) -> dict:
             # One broker account per connection: the broker ties the client id to the
-            # username (broker-config --ingest-workers writes USER-1 .. USER-(N-1)).
-            worker_user = f"{args.mqtt_username}-{i}" if args.mqtt_username else None
-            options = dict(prefix=prefix or "classroom/v1", username=worker_user, password=password,
-                           ca_file=args.ca_file, session_expiry=args.ingest_session_expiry,
-                           client_id=f"{args.ingest_id}-{i}" if args.ingest_id else None)
-            proc = ctx.Process(target=ingest_worker, args=(args.db, args.broker, options), name=f"ingest-{i}",
-                               daemon=True)
-            proc.start()
-            helpers.append(proc)
+            # username (broker-config --ingest-workers writes USER-1 .. USER-(N-1)).  The same
+            # id every time worker i starts, so a restarted worker finds its broker session.
+            return dict(prefix=prefix or "classroom/v1", username=f"{args.mqtt_username}-{i}"
+                        if args.mqtt_username else None, password=password, ca_file=args.ca_file,
+                        session_expiry=args.ingest_session_expiry,
+                        client_id=f"{args.ingest_id}-{i}" if args.ingest_id else None)
+
+        pool = WorkerPool(args.db, args.broker, args.ingest_workers, worker_options, metrics).start()
 
     def publish(topic: str, payload: bytes, qos: int) -> None:
         info = ingest.publish(topic, payload, qos)
@@ -251,10 +223,8 @@ def cmd_serve(args) -> int:
             notifier.stop()
         if ingest is not None:
             ingest.stop()
-        for proc in helpers:
-            proc.terminate()
-        for proc in helpers:
-            proc.join(10)
+        if pool is not None:
+            pool.stop()
         store.close()
     return 0
 

@@ -81,3 +81,44 @@ def test_check_log_and_override_records_follow_the_audit_period(store, tree):
     done = Retention(store, lambda: tree).run(NOW)
     assert done == {"audit_events": 1}
     assert {e["id"] for e in store.events(limit=100)} == {check["id"], override["id"]}
+
+
+@pytest.mark.integration
+def test_a_large_purge_goes_in_batches_and_ingest_keeps_storing_meanwhile(store, tree, mosquitto):
+    """A year's purge must not stop ingest: the purge deletes PURGE_BATCH rows per transaction,
+    and an event published while it runs (between two of its batches) is stored before the
+    purge goes on.  Were the purge one transaction (or holding the writer), this would hang."""
+    from server.ingest import Ingest
+    from services import close_client, mqtt_client, wait_until
+
+    old = [make_event(ts=ts(100 + i % 200), domain=f"d{i}.example") for i in range(3000)]
+    store.insert_events(old)
+    store.purge_batch = 500
+    ingest = Ingest(store, f"mqtt://{mosquitto.host}:{mosquitto.port}").start()
+    assert ingest.subscribed.wait(10)
+    device = mqtt_client(mosquitto)
+    arrived, batches = [], []
+    real_execute = store.execute
+
+    def execute(sql, params=()):
+        deleted = real_execute(sql, params)
+        if sql.startswith("DELETE FROM events"):
+            batches.append(deleted)
+            if len(batches) in (1, 3):  # the purge is under way, more batches to come
+                event = make_event(domain=f"during-purge-{len(batches)}.example")
+                device.publish(topic_of("5b", "5b-pi-01", "event"), protocol.encode(event), qos=1)
+                wait_until(lambda: store.get_event(event["id"]) is not None, 15)
+                arrived.append(event)
+        return deleted
+
+    store.execute = execute
+    try:
+        done = Retention(store, lambda: tree).run(NOW)
+    finally:
+        store.execute = real_execute
+        close_client(device)
+        ingest.stop()
+    assert done["blocked_events"] == len(old)
+    assert batches[:6] == [500] * 6 and sum(batches) == len(old)  # six full batches, then a short one
+    assert len(arrived) == 2 and all(store.get_event(e["id"]) is not None for e in arrived)
+    assert store.count("events", "type = 'blocked'") == 2  # only the two that came during the purge

@@ -2,7 +2,8 @@
 
 ``worker.Ingest`` is one worker (validation, batching, commit-then-acknowledge);
 ``client.Connection`` is its MQTT connection, the only code that knows paho (public API
-only); ``metrics.Metrics`` holds the counters /metrics renders.
+only); ``metrics.Metrics`` holds the counters /metrics renders; ``pool.WorkerPool`` runs
+``serve --ingest-workers``'s extra worker processes and starts a dead one again.
 """
 
 from .metrics import Metrics

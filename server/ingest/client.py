@@ -182,11 +182,14 @@ class Connection:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry
             props.ReceiveMaximum = self.receive_maximum
-            # Expiry 0: clean start, nothing left behind by a dead worker.  Expiry > 0 with a
-            # stable client id: the broker keeps this worker's QoS 1 messages (and the ones it
-            # had not acknowledged) while it restarts, so nothing is lost in that window.
-            self.client.connect(self.host, self.port, keepalive=self.keepalive,
-                                clean_start=self.session_expiry == 0, properties=props)
+            # Expiry > 0 with a stable client id: the broker keeps this worker's QoS 1 messages
+            # (and the ones it had not acknowledged) while it restarts, so nothing is lost in
+            # that window.  Never a clean start: a session this id left behind is taken up
+            # even with expiry 0, so what the broker kept for it (a shared subscription keeps
+            # giving a stopped member its share) is ingested before the session ends with
+            # this connection -- how a worker is taken away for good (docs/server.md).
+            self.client.connect(self.host, self.port, keepalive=self.keepalive, clean_start=False,
+                                properties=props)
         else:
             self.client.reconnect()
 

@@ -1,9 +1,10 @@
 """MQTT ingest: device messages from the broker into the store, validated, de-duplicated, batched.
 
 One ``Ingest`` is one worker.  It joins the MQTT 5 shared subscription
-``$share/classroom-server/{prefix}/+/+/+/+`` with clean start and session expiry 0, so
-several workers (processes or machines) split the load and a dead worker leaves no
-session behind.  Shared subscriptions never deliver retained messages, so each worker
+``$share/classroom-server/{prefix}/+/+/+/+``, so several workers (processes or machines)
+split the load; with a session expiry (``serve``'s default) the broker keeps a stopped
+worker's messages until it is back under the same client id, and it always takes up the
+session its id left (client.py).  Shared subscriptions never deliver retained messages, so each worker
 also subscribes (non-shared) to ``{prefix}/+/+/+/status`` to learn every device's
 retained status / Last Will at start; status is idempotent (newest ts wins).
 

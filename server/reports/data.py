@@ -120,15 +120,12 @@ class Report:
         return sum(r["attempts"] for r in self.by_room)
 
 
-def _count(row: dict) -> int:
-    """A coalesced blocked event carries a count (DESIGN: filtering.coalesce_seconds)."""
-    data = row.get("data")
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            data = None
-    value = (data or {}).get("count") if isinstance(data, dict) else None
+def _count(row: dict, data: dict | None = None) -> int:
+    """A coalesced blocked event carries a count (DESIGN: filtering.coalesce_seconds).
+    *data*: the row's data already parsed (``_data``), so a year's rows are parsed once."""
+    if data is None:
+        data = _data(row)
+    value = data.get("count")
     if value is None:
         value = row.get("count")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
@@ -159,9 +156,9 @@ def build(week: Week, site: str, blocked_rows: Iterable[dict], incident_rows: It
     per_category: dict[str, dict] = {}
     for row in blocked_rows:
         room, ks, domain = row.get("room") or "?", row.get("profile") or "?", row.get("domain") or "?"
-        n = _count(row)
-        ts = row.get("ts") or ""
         data = _data(row)
+        n = _count(row, data)
+        ts = row.get("ts") or ""
         # A coalesced event spans first_seen..last_seen; fall back to its ts.
         first = data.get("first_seen") if isinstance(data.get("first_seen"), str) else ts
         last = data.get("last_seen") if isinstance(data.get("last_seen"), str) else ts

@@ -10,6 +10,13 @@ table's rows belong to a site).
 A device the DSL holds (holds.py) keeps every row from the hold's ``held_from`` on: each
 purge of a device table carries ``held_clause``, so nothing of a held device goes until
 the hold is lifted, and then only what the periods say.
+
+A table purge deletes in batches of ``PURGE_BATCH`` rows, one transaction each, until a
+batch comes back short: a school's year of blocked attempts is millions of rows, and one
+DELETE of them all would hold SQLite's one writer (so ingest) for minutes and make one huge
+PostgreSQL transaction.  Between batches ingest commits as usual.  A batch picks its rows by
+their physical row id (SQLite ``rowid``, PostgreSQL ``ctid`` through ``= ANY(ARRAY(...))``,
+which PostgreSQL fetches directly rather than scanning the table for each batch).
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from typing import Sequence
 
 from .engine import StoreError, Tx
 from .holds import held_clause
+
+# Rows deleted per transaction by a table purge (see the module docstring).
+PURGE_BATCH = 5000
 
 # Tables with a time column retention may purge, and that column.
 PURGEABLE = {"heartbeats": "ts", "events": "ts", "incidents": "closed_at", "audit": "ts",
@@ -44,6 +54,8 @@ def _marks(values: Sequence) -> str:
 class RetentionTable:
     """Store methods for retention purges (mixed into ``Store``).  With *site*, a purge
     touches that school's rows only (None: every row, a single-school install)."""
+
+    purge_batch = PURGE_BATCH
 
     def purge(self, table: str, before: str, site: str | None = None) -> int:
         """Delete rows of *table* whose time column is older than *before*; returns rows deleted."""
@@ -111,7 +123,7 @@ class RetentionTable:
         column = PURGEABLE.get(table)
         if column is None:
             raise StoreError(f"{table!r} has no retention rule")
-        sql = f"DELETE FROM {table} WHERE {column} IS NOT NULL AND {column} < ?"
+        sql = f"{column} IS NOT NULL AND {column} < ?"
         if where:
             sql += f" AND ({where})"
         held = held_clause(table, column)
@@ -123,4 +135,14 @@ class RetentionTable:
                 raise StoreError(f"{table!r} rows belong to no school; purge it without a site")
             sql += f" AND {SITE_WHERE[table]}"
             params = (*params, site)
-        return self.execute(sql, params)
+        batch = int(self.purge_batch)
+        if self.dialect == "postgresql":
+            sql = f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {sql} LIMIT {batch}))"
+        else:
+            sql = f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {sql} LIMIT {batch})"
+        total = 0
+        while True:
+            deleted = self.execute(sql, params)
+            total += deleted
+            if deleted < batch:
+                return total

@@ -45,6 +45,9 @@ CREATE INDEX IF NOT EXISTS events_type_ts ON events (type, ts);
 CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts);
 CREATE INDEX IF NOT EXISTS events_alert ON events (alert_id);
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+-- A school's reports and purges (site, type, time range): on a year of millions of blocked
+-- attempts, (type, ts) alone reads every school's rows of the range and checks each one's site.
+CREATE INDEX IF NOT EXISTS events_site_type_ts ON events (site, type, ts);
 
 -- A teacher's answer to a pupil's "Ask my teacher" (an unblock_request event, whose id
 -- this is): allowed for the lesson, or dismissed.  The request itself is the event row.

@@ -32,15 +32,21 @@ def router() -> APIRouter:
         store = state.store(request)
         ingest = request.app.state.ingest
         devices = store.device_counts()
+        metrics = request.app.state.metrics
+        # This serve process's worker and its --ingest-workers processes (server/ingest/pool.py).
+        worker_depth, workers_connected = metrics.worker_gauges()
+        connected = int(bool(ingest and ingest.connected.is_set()))
         gauges = {
             "devices_online": (devices["online"], "devices whose status is online"),
             "devices_known": (devices["known"], "devices in the registry"),
             "device_alerts_open": (devices["alerts_open"], "open technician alerts"),
             "store_queue_depth": (store.queue_depth, "write tasks waiting for the store"),
-            "ingest_queue_depth": (ingest.queue_depth if ingest is not None else 0,
-                                   "MQTT messages received but not yet committed"),
-            "broker_connected": (int(bool(ingest and ingest.connected.is_set())), "1 if ingest is connected"),
+            "ingest_queue_depth": ((ingest.queue_depth if ingest is not None else 0) + worker_depth,
+                                   "MQTT messages received but not yet committed, all of this process's workers"),
+            "broker_connected": (connected, "1 if this process's own ingest worker is connected"),
+            "ingest_workers_connected": (connected + workers_connected,
+                                         "this process's ingest workers connected to the broker"),
         }
-        return request.app.state.metrics.render(gauges)
+        return metrics.render(gauges)
 
     return r

@@ -65,7 +65,7 @@ class RecordingRunner:
                 return subprocess.CompletedProcess(argv, code, out, "")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    def spawn(self, argv, env=None, stdin_text=None):
+    def spawn(self, argv, env=None, stdin_text=None, stdin_path=None):
         proc = FakeProc(argv)
         proc.stdin_text = stdin_text
         self.spawned.append(proc)

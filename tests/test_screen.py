@@ -97,7 +97,7 @@ class RecordingRunner:
         self.calls = []
         self.procs = []
 
-    def spawn(self, argv, env=None, stdin_text=None):
+    def spawn(self, argv, env=None, stdin_text=None, stdin_path=None):
         proc = FakeProc()
         argv = list(argv)
         if "-i" in argv:

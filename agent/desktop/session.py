@@ -91,12 +91,20 @@ class CommandRunner:
     def run(self, argv: Sequence[str], timeout: float = 10.0, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
-    def spawn(self, argv: Sequence[str], env: dict | None = None, stdin_text: str | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            list(argv), env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL, close_fds=True,
-            start_new_session=True,
-        )
+    def spawn(self, argv: Sequence[str], env: dict | None = None, stdin_text: str | None = None,
+              stdin_path: str | None = None) -> subprocess.Popen:
+        """*stdin_path*: a file the agent opens and hands over as the program's stdin, so a
+        program run as the session user can read it where that user cannot (/dev/stdin)."""
+        stdin = subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL
+        handed = open(stdin_path, "rb") if stdin_path is not None else None
+        try:
+            proc = subprocess.Popen(
+                list(argv), env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=handed if handed is not None else stdin, close_fds=True, start_new_session=True,
+            )
+        finally:
+            if handed is not None:
+                handed.close()
         if stdin_text is not None:
             try:
                 proc.stdin.write(stdin_text)

@@ -94,13 +94,15 @@ class SoundPlayer:
             log.info("no sound player (%s) installed; %s is not spoken", ", ".join(self.players), key)
             return None
         path = recording(language, key, text)
-        argv = player_argv(player, path, volume)
+        # The player runs as the pupil, who may not be able to read the agent's install: the
+        # agent opens the recording and the player reads it from its stdin.
+        argv = player_argv(player, Path("/dev/stdin"), volume)
         argv = argv[:-1] + self.extra_args + argv[-1:]
         argv, env = session_command(session, argv)
         with self._lock:
             self._stop_locked()
             try:
-                self._proc = self.runner.spawn(argv, env=env)
+                self._proc = self.runner.spawn(argv, env=env, stdin_path=str(path))
             except OSError as exc:
                 log.warning("cannot play %s: %s", path.name, exc)
                 return None

@@ -217,8 +217,13 @@ class BlockPage:
 
     def _install_host(self) -> None:
         """The native messaging host: a small script and the manifest naming only our extension."""
+        # The browser runs the host as the pupil: it runs a copy beside the extension (which the
+        # pupil's browser reads anyway), not the agent's own file, whose install the pupil may
+        # not be able to read.
+        host = self.dir / "ask_host.py"
+        self._write(host, (Path(__file__).resolve().parent / "ask_host.py").read_bytes(), 0o644)
         script = (f"#!/bin/sh\n# classroom-safety: the block page's \"Ask my teacher\" (agent/filter/ask_host.py)\n"
-                  f"exec /usr/bin/python3 -I {Path(__file__).resolve().parent / 'ask_host.py'} "
+                  f"exec /usr/bin/python3 -I {host} "
                   f"--socket '{self.control_socket}' \"$@\"\n")
         self._write(self.dir / HOST_SCRIPT, script.encode(), 0o755)
         if self.native_hosts_dir is None:

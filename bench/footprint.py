@@ -107,6 +107,9 @@ def write_setup(work: Path, port: int) -> Path:
         "screen_backend: headless",
         f"chromium_policy_dir: {work / 'chromium'}",
         f"firefox_policy_dir: {work / 'firefox'}",
+        # Every machine-wide path in the bench's own folder: a bench never writes /etc or /var.
+        f"chromium_native_hosts_dir: {work / 'native-hosts'}",
+        f"blockpage_dir: {work / 'blockpage'}",
         f"dnsmasq_dir: {work / 'dnsmasq'}",
         "apply_nftables: false",
     ]) + "\n")

@@ -104,7 +104,8 @@ def main() -> int:
                               state_dir=str(tmp / "state"), control_socket=str(tmp / "control.sock"),
                               config_dir=str(config), screen_backend="headless", dnsmasq_dir=str(tmp / "dnsmasq"),
                               chromium_policy_dir=str(tmp / "chromium" / "managed"),
-                              firefox_policy_dir=str(tmp / "firefox" / "policies"), apply_nftables=False)
+                              firefox_policy_dir=str(tmp / "firefox" / "policies"), apply_nftables=False,
+                          chromium_native_hosts_dir=str(tmp / "native-hosts"), blockpage_dir=str(tmp / "blockpage"))
         runtime = Runtime(boot, screen=Screen(HeadlessScreen()), pin_factory=MockFactory(), control=False)
         filt = FilterComponent(filtering=tree.site.filtering.model_copy(update={"upstream_dns": ["127.0.0.1"]}),
                                port=free_port(), filter_port=free_port(), upstream_port=stub.port)

@@ -110,15 +110,20 @@ def test_enrol_failures_are_one_line_and_write_nothing(live_collector, sqlite_st
 def test_enrol_as_root_needs_the_agents_user_before_it_uses_the_token(live_collector, sqlite_store, tree, tmp_path):
     require_root("the default owner rule")
     try:
-        pwd.getpwnam("classroom-agent")
-        pytest.skip("this machine has a classroom-agent user")
+        agent_user = pwd.getpwnam("classroom-agent")
     except KeyError:
-        pass
+        agent_user = None
     token = _token(sqlite_store, tree)
     result = _enrol("--collector", live_collector.url, "--token", token, "--credentials", str(tmp_path / "c.yaml"))
-    assert result.returncode == 1
-    assert "--owner: no user 'classroom-agent'" in result.stderr
-    assert [t["used_at"] for t in sqlite_store.list_enrol_tokens()] == [None]  # still good for a second try
+    if agent_user is None:
+        assert result.returncode == 1
+        assert "--owner: no user 'classroom-agent'" in result.stderr
+        assert not (tmp_path / "c.yaml").exists()
+        assert [t["used_at"] for t in sqlite_store.list_enrol_tokens()] == [None]  # still good for a second try
+    else:
+        # A machine where the agent is installed: the credentials go to the agent's user.
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "c.yaml").stat().st_uid == agent_user.pw_uid
 
 
 def _stand_in_venv(root: Path, tmp_path: Path) -> Path:

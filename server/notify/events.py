@@ -35,7 +35,6 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Callable
 
 from agent.protocol import parse_ts
@@ -44,6 +43,7 @@ from ..localtime import local_long
 from ..reports.data import check_row
 from ..sites import tree_of_site
 from ..store import iso
+from .message import compose_email
 from .settings import NotifySettings
 
 log = logging.getLogger(__name__)
@@ -235,13 +235,7 @@ class EventNotice:
         return out
 
     def email(self, sender: str, recipient: str) -> EmailMessage:
-        msg = EmailMessage()
-        msg["Subject"] = f"[Classroom safety] {self.headline}"
-        msg["From"] = sender
-        msg["To"] = recipient
-        msg["Message-ID"] = make_msgid(domain="classroom-safety")
-        msg.set_content("\n".join(self.lines()) + "\n")
-        return msg
+        return compose_email(self.headline, self.lines(), sender, recipient)
 
     def fields(self) -> dict:
         return {"event": f"classroom-safety.{self.reason}", "reason": self.reason, "headline": self.headline,

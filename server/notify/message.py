@@ -25,6 +25,21 @@ REASONS = {
 }
 
 
+def compose_email(headline: str, lines: list[str], sender: str, recipient: str,
+                  headers: dict[str, str] | None = None) -> EmailMessage:
+    """THE e-mail every notice sends (escalations, high-risk attempts, guard events): the
+    headline as the subject, the lines as a plain-text body, and the notice's own headers."""
+    msg = EmailMessage()
+    msg["Subject"] = f"[Classroom safety] {headline}"
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Message-ID"] = make_msgid(domain="classroom-safety")
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content("\n".join(lines) + "\n")
+    return msg
+
+
 @dataclass(frozen=True)
 class Notice:
     reason: str            # escalated | unwatched | offsite
@@ -90,15 +105,9 @@ class Notice:
     # ------------------------------------------------------------------ formats
 
     def email(self, sender: str, recipient: str) -> EmailMessage:
-        msg = EmailMessage()
-        msg["Subject"] = f"[Classroom safety] {self.headline}"
-        msg["From"] = sender
-        msg["To"] = recipient
-        msg["Message-ID"] = make_msgid(domain="classroom-safety")
         # Mail clients thread the escalation under the raise of the same report.
-        msg["X-Classroom-Alert"] = f"{self.alert_id} {self.state}"
-        msg.set_content("\n".join(self.lines()) + "\n")
-        return msg
+        return compose_email(self.headline, self.lines(), sender, recipient,
+                             {"X-Classroom-Alert": f"{self.alert_id} {self.state}"})
 
     def fields(self) -> dict:
         """The ``json`` format: the plain fields, with the time in UTC and in the school's zone."""

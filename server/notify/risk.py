@@ -32,7 +32,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Callable
 from urllib.parse import urlencode
 
@@ -41,6 +40,7 @@ from agent.protocol import parse_ts
 from ..localtime import local_long
 from ..sites import trees_of
 from ..store import iso
+from .message import compose_email
 from .settings import NotifySettings
 
 log = logging.getLogger(__name__)
@@ -246,14 +246,8 @@ class RiskNotice:
         return out
 
     def email(self, sender: str, recipient: str) -> EmailMessage:
-        msg = EmailMessage()
-        msg["Subject"] = f"[Classroom safety] {self.headline}"
-        msg["From"] = sender
-        msg["To"] = recipient
-        msg["Message-ID"] = make_msgid(domain="classroom-safety")
-        msg["X-Classroom-High-Risk"] = f"{self.device} {self.category}"
-        msg.set_content("\n".join(self.lines()) + "\n")
-        return msg
+        return compose_email(self.headline, self.lines(), sender, recipient,
+                             {"X-Classroom-High-Risk": f"{self.device} {self.category}"})
 
     def fields(self) -> dict:
         return {"event": "classroom-safety.high-risk", "reason": REASON, "headline": self.headline,

@@ -22,3 +22,43 @@ from services import (  # noqa: E402,F401
     postgres,
     postgres_dsn,
 )
+
+# ---------------------------------------------------------------------------
+# The suite writes nothing machine-wide.  Chromium and Firefox read their policies and
+# native hosts only from /etc, so a test that forgets to point the agent at its own folder
+# leaves a real policy behind for the next run (and for whoever uses this machine).  Tests
+# that must use the real folders (test_blockpage's chromium_dirs) put them back as they were.
+# ---------------------------------------------------------------------------
+import hashlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _machine_wide_dirs() -> list[Path]:
+    from agent.config.schema import AgentBootstrap
+
+    defaults = AgentBootstrap(device="x", site="y", broker_url="mqtt://b", collector_url="http://c")
+    return [Path(p) for p in (defaults.chromium_policy_dir, defaults.chromium_native_hosts_dir,
+                              defaults.blockpage_dir, defaults.firefox_policy_dir, defaults.dnsmasq_dir) if p]
+
+
+def _files_in(dirs: list[Path]) -> dict[str, str]:
+    out = {}
+    for d in dirs:
+        for path in (d.rglob("*") if d.is_dir() else []):
+            if path.is_file():
+                try:
+                    out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+                except OSError:
+                    out[str(path)] = "unreadable"
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_machine_wide():
+    dirs = _machine_wide_dirs()
+    before = _files_in(dirs)
+    yield
+    after = _files_in(dirs)
+    changed = sorted(p for p in after if before.get(p) != after[p])
+    assert not changed, f"the tests left files in the machine's own folders: {', '.join(changed)}"

@@ -125,7 +125,8 @@ def test_deploy_pi_doc_gives_a_device_that_connects_fetches_config_and_delivers_
         installed.update(credentials=str(root / "etc/classroom-safety/credentials.yaml"),
                          state_dir=str(root / "var/lib/classroom-agent"), control_socket=str(tmp_path / "control.sock"),
                          chromium_policy_dir=str(tmp_path / "chromium"), firefox_policy_dir=str(tmp_path / "firefox"),
-                         dnsmasq_dir=str(tmp_path / "dnsmasq"))
+                         chromium_native_hosts_dir=str(tmp_path / "native-hosts"),
+                         blockpage_dir=str(tmp_path / "blockpage"), dnsmasq_dir=str(tmp_path / "dnsmasq"))
         agent_yaml = tmp_path / "agent.yaml"
         agent_yaml.write_text(yaml.safe_dump(installed))
         agent_log = tmp_path / "agent.log"

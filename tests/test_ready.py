@@ -49,7 +49,9 @@ def boot_for(root: Path, **overrides) -> AgentBootstrap:
                   state_dir=str(root / "state"), control_socket=str(root / "control.sock"),
                   config_dir=str(REPO / "config"), screen_backend="headless",
                   dnsmasq_dir=str(root / "dnsmasq"), chromium_policy_dir=str(root / "chromium" / "managed"),
-                  firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False)
+                  firefox_policy_dir=str(root / "firefox" / "policies"), apply_nftables=False,
+                  chromium_native_hosts_dir=str(root / "chromium" / "native-messaging-hosts"),
+                  blockpage_dir=str(root / "blockpage"))
     fields.update(overrides)
     return AgentBootstrap(**fields)
 

@@ -37,7 +37,11 @@ def agent_runtime(tmp_path, collector, device="5b-pi-01", components=None, **boo
     fields = dict(device=device, site=SITE, broker_url=f"mqtt://127.0.0.1:{collector.broker.port}",
                   collector_url=collector.url, credentials=str(tmp_path / "none.yaml"),
                   state_dir=str(tmp_path / "state"), control_socket=str(tmp_path / "control.sock"),
-                  config_dir=str(REPO / "config"), screen_backend="headless")
+                  config_dir=str(REPO / "config"), screen_backend="headless",
+                  # Never the machine-wide defaults (/etc/chromium, /var/cache): a test writes only its own folder.
+                  chromium_policy_dir=str(tmp_path / "chromium" / "managed"),
+                  chromium_native_hosts_dir=str(tmp_path / "chromium" / "native-messaging-hosts"),
+                  blockpage_dir=str(tmp_path / "blockpage"), firefox_policy_dir=str(tmp_path / "firefox"))
     fields.update(boot)
     runtime = Runtime(AgentBootstrap(**fields), screen=Screen(HeadlessScreen()), pin_factory=MockFactory(),
                       control=False, components=components or [])

@@ -1,19 +1,23 @@
 """bench/trust.py: a trust of S schools x D devices, per-school brokers bridged to a central one.
 
 Starts everything on this machine (tests/services.py: free loopback ports): PostgreSQL, a
-central mosquitto, one mosquitto per school bridging that school's ``classroom/v1/{site}/#``
-out to the central broker (QoS 1), and ``classroom-server serve --ingest-workers N`` on the
-central broker and PostgreSQL.  Then:
+central mosquitto, one mosquitto per school, and ``classroom-server serve --ingest-workers N``
+on the central broker and PostgreSQL.  Every broker runs the files ``classroom-server
+broker-config`` writes (server/broker_config.py, the same functions the command calls), from a
+config tree per school (``--devices`` devices in rooms of 30, a teacher per room): device,
+staff, bridge and collector accounts with their ACLs, the central broker on TLS (a CA made
+here), each school's TLS bridge of its own topics to it with its queue.  Then:
 
 1. **Devices**: S x D simulated devices, each its own MQTT connection to its school's broker,
-   held by a few processes with a minimal MQTT 3.1.1 client (CONNECT, then a QoS 0 heartbeat at
+   held by a few processes with a minimal MQTT 3.1.1 client (CONNECT with the device's own
+   username and password, then a QoS 0 heartbeat at
    the real interval, ``--heartbeat`` seconds, spread evenly): what costs the brokers and the
    collector is the connections and the heartbeats, not the client library.
 2. **Alert p99, in school**: while the heartbeats run, ``--presses`` alert presses, each from
-   a device client to its school's broker and on to a teacher client subscribed on that same
-   broker (the path that never leaves the building); p99 of press -> teacher.
+   a device account to its school's broker and on to the room's teacher account subscribed on
+   that same broker (the path that never leaves the building); p99 of press -> teacher.
 3. **Ingest**: a burst of ``--burst`` blocked events sent into the school brokers (one
-   ``mosquitto_pub`` per school), over the bridges and the shared subscription into
+   ``mosquitto_pub`` per school, as one of its devices), over the bridges and the shared subscription into
    PostgreSQL; events/s from the first send to the last stored, against a raw ``COPY`` of the
    same rows (bench/ingest.py's loader) = ``pg_ratio``.
 4. **Memory**: the resident memory of every broker and of ``serve`` with its workers, per
@@ -64,10 +68,10 @@ def site_of(i: int) -> str:
     return f"school-{i:03d}"
 
 
-def device_places(schools: int, devices: int) -> list[tuple[int, str, str, str]]:
-    """(school index, site, room, device) of every simulated device."""
-    return [(s, site_of(s), f"r{d // ROOM_SIZE}", f"s{s:03d}-pi-{d:04d}")
-            for s in range(schools) for d in range(devices)]
+def device_places(schools: int, devices: int, first: int = 0) -> list[tuple[int, str, str, str]]:
+    """(school index, site, room, device) of every simulated device (schools *first* onwards)."""
+    return [(s, site_of(s), room_of(d), f"s{s:03d}-pi-{d:04d}")
+            for s in range(first, first + schools) for d in range(devices)]
 
 
 # --------------------------------------------------------------------------- a minimal MQTT client
@@ -86,8 +90,12 @@ def _string(s: str | bytes) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def connect_packet(client_id: str, keepalive: int) -> bytes:
-    body = _string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", keepalive) + _string(client_id)
+def connect_packet(client_id: str, keepalive: int, password: str) -> bytes:
+    """CONNECT, clean session, as the account *client_id* (the broker makes the username the
+    client id: use_username_as_clientid)."""
+    flags = 0x02 | 0x80 | 0x40  # clean session, username, password
+    body = (_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _string(client_id)
+            + _string(client_id) + _string(password))
     return b"\x10" + _remaining(len(body)) + body
 
 
@@ -108,7 +116,7 @@ def device_process(places: list, ports: dict, interval: float, connected, stop) 
     socks = []
     for school, site, room, device in places:
         sock = socket.create_connection(("127.0.0.1", ports[school]), timeout=30)
-        sock.sendall(connect_packet(device, keepalive=int(interval * 3)))
+        sock.sendall(connect_packet(device, keepalive=int(interval * 3), password=password_of(device)))
         sock.setblocking(False)
         sel.register(sock, selectors.EVENT_READ)
         socks.append((sock, protocol.topic(PREFIX, site, room, device, "heartbeat")))
@@ -142,11 +150,81 @@ def device_process(places: list, ports: dict, interval: float, connected, stop) 
 
 # --------------------------------------------------------------------------- the trust
 
-def bridge_config(site: str, central_port: int) -> str:
-    """A school broker's bridge: its own school's topics out to the central broker, QoS 1,
-    with a persistent session so what is sent while the link is down is kept."""
-    return (f"connection bridge-{site}\naddress 127.0.0.1:{central_port}\nremote_clientid bridge-{site}\n"
-            f"topic {PREFIX}/{site}/# out 1\ncleansession false\nmax_queued_messages 0\n")
+def password_of(account: str) -> str:
+    """Every simulated account's password (given to broker-config as its ``--users``)."""
+    return f"bench-{account}-pw"
+
+
+def room_of(d: int) -> str:
+    return f"r{d // ROOM_SIZE}"
+
+
+def press_device(site: str) -> str:
+    """The device each school's presses and burst come from (in room r0; not one of the heartbeating ones)."""
+    return f"{site}-press"
+
+
+def teacher_of(site: str, room: str) -> str:
+    return f"t-{site}-{room}"
+
+
+def make_tree(folder: Path, index: int, devices: int) -> Path:
+    """A school's config tree: the example's site.yaml and key stages under its own site id,
+    *devices* devices (``device_places``' ids) in rooms of ROOM_SIZE, each room with its teacher."""
+    site = site_of(index)
+    folder.mkdir(parents=True)
+    shutil.copytree(ROOT / "config" / "keystages", folder / "keystages")
+    text = (ROOT / "config" / "site.yaml").read_text()
+    (folder / "site.yaml").write_text(text.replace("site: penny-acres", f"site: {site}")
+                                      .replace("school: Penny Acres Primary School", f"school: Bench School {index}"))
+    (folder / "rooms").mkdir()
+    rooms: dict[str, list[str]] = {"r0": [press_device(site)]}
+    for _, _, room, device in device_places(1, devices, first=index):
+        rooms.setdefault(room, []).append(device)
+    for room, ids in rooms.items():
+        lines = [f"room: {room}", f"name: Room {room}", "key_stage: ks2", f"alert_staff: [{teacher_of(site, room)}]",
+                 "devices:"]
+        lines += [f"  - id: {d}\n    seat: Seat {n + 1}" for n, d in enumerate(ids)]
+        (folder / "rooms" / f"{room}.yaml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def build_brokers(work: Path, schools: int, devices: int, workers: int) -> tuple:
+    """broker-config's files for the central broker and every school, the brokers started:
+    (central, [(index, school broker)], CA file, the collector's password file, {bridge account: password})."""
+    from trust_fixtures import make_ca, start_generated
+
+    from agent.config import load_tree
+    from server import broker_config as bc
+
+    run_as = "root" if os.geteuid() == 0 else None  # as the tests do: mosquitto would drop to its own user
+    trees = [load_tree(make_tree(work / "config" / site_of(s), s, devices)) for s in range(schools)]
+    tls = make_ca(work / "tls")
+    central_out, central_port = work / "central", free_port()
+    bc.generate_central(trees, central_out, users={bc.DEFAULT_SERVER_USER: password_of(bc.DEFAULT_SERVER_USER)},
+                        ingest_workers=workers,
+                        opts=bc.ListenerOptions(port=central_port, bind="127.0.0.1", certfile=str(tls["cert"]),
+                                                keyfile=str(tls["key"]), run_as=run_as,
+                                                log_file=str(central_out / "mosquitto.log")))
+    central = start_generated(central_out, central_port)
+    brokers, bridges = [], {}
+    for s, tree in enumerate(trees):
+        site, out = tree.site.site, work / f"school-{s}"
+        users = {acc: password_of(acc) for acc, a in bc.build_accounts(tree).items()
+                 if "device" in a.roles or "teacher" in a.roles}
+        username, password = bc.load_bridge_credentials(central_out / "credentials" / f"{bc.bridge_user(site)}.yaml",
+                                                        site)
+        bridges[username] = password
+        port = free_port()
+        bc.generate(tree, out, users=users,
+                    opts=bc.ListenerOptions(port=port, bind="127.0.0.1", run_as=run_as,
+                                            log_file=str(out / "mosquitto.log")),
+                    bridge=bc.BridgeOptions(f"mqtts://127.0.0.1:{central.port}", username, password, str(tls["ca"])))
+        brokers.append((s, start_generated(out, port)))
+    secret = work / "collector-password"
+    secret.write_text(password_of(bc.DEFAULT_SERVER_USER) + "\n")
+    secret.chmod(0o600)
+    return central, brokers, tls["ca"], secret, bridges
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -217,7 +295,8 @@ def measure_presses(schools: list, presses: int) -> list[float]:
     pairs = []
     for index, broker in schools:
         site = site_of(index)
-        teacher = mqtt_client(broker, client_id=f"teacher-{site}")
+        teacher_name = teacher_of(site, "r0")
+        teacher = mqtt_client(broker, teacher_name, username=teacher_name, password=password_of(teacher_name))
         subscribed = threading.Event()
         teacher.on_subscribe = lambda *a, ev=subscribed: ev.set()
 
@@ -229,21 +308,22 @@ def measure_presses(schools: list, presses: int) -> list[float]:
                 got.set()
 
         teacher.on_message = on_message
-        teacher.subscribe(f"{PREFIX}/{site}/+/+/alert", qos=1)
+        teacher.subscribe(f"{PREFIX}/{site}/r0/+/alert", qos=1)  # the room teacher's ACL
         if not subscribed.wait(10):
             raise SystemExit(f"trust: the teacher client of {site} did not subscribe")
-        device = mqtt_client(broker, client_id=f"press-{site}")
+        device = mqtt_client(broker, press_device(site), username=press_device(site),
+                             password=password_of(press_device(site)))
         pairs.append((site, teacher, device))
     try:
         for n in range(presses):
             site, _, device = pairs[n % len(pairs)]
             alert_id = str(uuid.uuid4())
             payload = protocol.encode({"id": alert_id, "state": "raised", "site": site, "room": "r0",
-                                       "device": f"{site}-press", "seat": "Table 1", "ts": protocol.now_ts(),
+                                       "device": press_device(site), "seat": "Seat 1", "ts": protocol.now_ts(),
                                        "by": None})
             got.clear()
             sent[alert_id] = time.perf_counter()
-            device.publish(protocol.topic(PREFIX, site, "r0", f"{site}-press", "alert"), payload, qos=1)
+            device.publish(protocol.topic(PREFIX, site, "r0", press_device(site), "alert"), payload, qos=1)
             got.wait(5)
             time.sleep(0.02)
     finally:
@@ -253,9 +333,14 @@ def measure_presses(schools: list, presses: int) -> list[float]:
     return latencies
 
 
-def burst(school_brokers: list, total: int, work: Path) -> tuple[int, list]:
+def burst(school_brokers: list, total: int, work: Path, ca: Path | None = None,
+          passwords: dict | None = None) -> tuple[int, list]:
     """One mosquitto_pub command per school sending its share of *total* blocked events (QoS 1,
-    up to 1,000 in flight as the outbox allows), with its input file written: (events, [(argv, path)])."""
+    up to 1,000 in flight as the outbox allows) as the school's press device, with its input
+    file written: (events, [(argv, path)]).  With *ca*, the brokers are the central one (TLS),
+    and each school's share goes as its bridge account (the only account there that may; its
+    password in *passwords*)."""
+    passwords = passwords or {}
     from services import find_binary
 
     tool = find_binary("mosquitto_pub")
@@ -266,14 +351,16 @@ def burst(school_brokers: list, total: int, work: Path) -> tuple[int, list]:
     now = protocol.now_ts()
     for index, broker in school_brokers:
         site = site_of(index)
-        device = f"s{index:03d}-pi-0000"
+        device = press_device(site)
+        account = f"bridge-{site}" if ca else device
         lines = [protocol.encode({"id": str(uuid.uuid4()), "type": "blocked", "ts": now, "site": site, "room": "r0",
                                   "device": device, "domain": f"site{i % 997}.example.com", "profile": "ks2",
                                   "user": f"pupil{i % 300}", "count": 1}) for i in range(per)]
         path = work / f"burst-{site}.txt"
         path.write_bytes(b"\n".join(lines) + b"\n")
         procs.append(([tool, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-V", "5", "-M", "1000",
-                       "-i", f"burst-{site}", "-t", protocol.topic(PREFIX, site, "r0", device, "event"), "-l"], path))
+                       "-u", account, "-P", passwords.get(account) or password_of(account), *(["--cafile", str(ca)] if ca else []),
+                       "-t", protocol.topic(PREFIX, site, "r0", device, "event"), "-l"], path))
     return per * len(school_brokers), procs
 
 
@@ -297,7 +384,7 @@ def main() -> None:
     from ingest import raw_pg, rows_for
 
     from server.store import Store
-    from services import Mosquitto, Postgres, spawn, terminate
+    from services import Postgres, spawn, terminate
 
     work = Path(tempfile.mkdtemp(prefix="bench-trust-"))
     total_devices = args.schools * args.devices
@@ -309,20 +396,15 @@ def main() -> None:
     try:
         pg = Postgres().start()
         cleanup.append(pg.cleanup)
-        central = Mosquitto(work / "central", persistence=False,
-                            extra_config="max_queued_messages 0\nmax_connections -1\n").start()
+        central, schools, ca, secret, bridge_passwords = build_brokers(work, args.schools, args.devices, args.workers)
         cleanup.append(central.stop)
-        schools = []
-        for s in range(args.schools):
-            broker = Mosquitto(work / f"school-{s}", persistence=False,
-                               extra_config=bridge_config(site_of(s), central.port)).start()
-            cleanup.append(broker.stop)
-            schools.append((s, broker))
+        cleanup += [b.stop for _, b in schools]
         dsn = pg.new_database("trust")
         Store.open(dsn).close()
         port = free_port()
         cli = str(Path(sys.executable).parent / "classroom-server")
-        serve = spawn([cli, "serve", "--db", dsn, "--broker", f"mqtt://127.0.0.1:{central.port}", "--port", str(port),
+        serve = spawn([cli, "serve", "--db", dsn, "--broker", f"mqtts://127.0.0.1:{central.port}", "--ca-file", str(ca),
+                       "--mqtt-password-file", str(secret), "--port", str(port),
                        "--ingest-workers", str(args.workers), "--ingest-id", "trust",
                        "--reports-dir", str(work / "reports")], log_path=work / "serve.log", cwd=str(ROOT))
         wait_for(lambda: metric(port, "ingest_workers_connected") == args.workers, 60, "serve's ingest workers")
@@ -378,7 +460,7 @@ def main() -> None:
         cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         rows_before = store.count("events")
         total, commands = burst([(s, central) for s, _ in schools] if args.burst_direct else schools, args.burst,
-                                work)
+                                work, ca if args.burst_direct else None, bridge_passwords)
         start = time.perf_counter()
         pubs = [subprocess.Popen(argv, stdin=open(path, "rb")) for argv, path in commands]
         poll(lambda: (metric(port, "ingest_events_stored_total") or 0) - events_before >= total, 600,

@@ -512,12 +512,16 @@ def render_bridge(tree: ConfigTree, bridge: BridgeOptions) -> tuple[str, list[st
 
 
 def build_central_accounts(trees: list[ConfigTree], server_user: str = DEFAULT_SERVER_USER,
-                           ingest_workers: int = 1) -> dict[str, Account]:
+                           ingest_workers: int = 1, devices: set[str] | frozenset[str] = frozenset()
+                           ) -> dict[str, Account]:
     """The trust's central broker: one bridge account per school (read and write only under
     its own ``{prefix}/{site}/#``), the collector's ingest workers (every school's topics),
     and each school's staff with the same rules as on their school's broker, for trust
     staff and escalation contacts who connect to the central broker.  Devices log in to
-    their school's broker, so they have no account here."""
+    their school's broker; only those named in *devices* (ones whose password the central
+    broker can know: enrolled with the collector, or given in ``--users``) also get an
+    account here, with the same rules as at school, for when they are off-site and report
+    to the central broker (site.yaml ``offsite.broker_url``)."""
     sites = [tree.site.site for tree in trees]
     for site in sites:
         if sites.count(site) > 1:
@@ -526,7 +530,7 @@ def build_central_accounts(trees: list[ConfigTree], server_user: str = DEFAULT_S
     bridges = {bridge_user(site) for site in sites}
     for tree in trees:
         for name, acc in build_accounts(tree, server_user, ingest_workers).items():
-            if "device" in acc.roles:
+            if "device" in acc.roles and name not in devices:
                 continue
             if name in bridges:
                 raise UserError(f"{tree.site.site}: staff username {name!r} is a school bridge account's name")
@@ -545,15 +549,20 @@ def build_central_accounts(trees: list[ConfigTree], server_user: str = DEFAULT_S
 def generate_central(trees: list[ConfigTree], out: str | Path, *, users: dict[str, str] | None = None,
                      users_path: str = "users file", server_user: str = DEFAULT_SERVER_USER,
                      opts: ListenerOptions | None = None, passwd_tool: str | None = "auto",
-                     ingest_workers: int = 1) -> Result:
-    """``broker-config --central``: the trust's central broker files in *out*."""
+                     ingest_workers: int = 1, enrolled: dict[str, str] | None = None) -> Result:
+    """``broker-config --central``: the trust's central broker files in *out*.  Devices get
+    an account only with a password the central broker can know: their enrolment hash in
+    *enrolled* (``--db``, the trust's collector) or their password in *users*."""
     out = Path(out)
     opts = opts or ListenerOptions()
-    accounts = build_central_accounts(trees, server_user, ingest_workers)
+    in_trees = {d.id for tree in trees for room in tree.rooms.values() for d in room.devices}
+    devices = in_trees & (set(enrolled or {}) | set(users or {}))
+    accounts = build_central_accounts(trees, server_user, ingest_workers, devices)
     header = [f"central broker of the trust: sites {', '.join(t.site.site for t in trees)}"]
     conf = "\n".join(listener_lines(out, opts, header)) + "\n"
+    enrolled = {d: h for d, h in (enrolled or {}).items() if d in devices and d not in (users or {})}
     generated, hashed, hashed_by = write_accounts(out, accounts, users or {}, users_path, server_user,
-                                                  ingest_workers, passwd_tool, header[0])
+                                                  ingest_workers, passwd_tool, header[0], enrolled)
     Path(opts.persistence_dir or out / "data").mkdir(parents=True, exist_ok=True)
     atomic_write(out / "mosquitto.conf", conf, 0o644)
     warnings = [] if opts.certfile else ["no --certfile/--keyfile: the central broker listens in plain text; "
@@ -650,7 +659,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="where to write mosquitto.conf, passwd, acl")
     p.add_argument("--users", metavar="FILE", help="YAML username: password; others are generated")
     p.add_argument("--db", metavar="URL", help="the collector's store (as serve --db): enrolled devices keep "
-                   "their enrolment password, and timetabled staff may read their rooms")
+                   "their enrolment password, and timetabled staff may read their rooms; with "
+                   "--central, enrolled devices get an account there too (for off-site)")
     p.add_argument("--server-user", default=DEFAULT_SERVER_USER, help="broker username of classroom-server")
     p.add_argument("--ingest-workers", type=int, default=1, metavar="N",
                    help="as `serve --ingest-workers N`: accounts USER-1..USER-(N-1) for the extra workers")
@@ -698,13 +708,18 @@ def cmd_broker_config(args) -> int:
         raise UserError(f"--ingest-workers: {args.ingest_workers} is not between 1 and 64")
     if args.central:
         result = generate_central(trees, args.out, users=users, users_path=args.users or "users file",
-                                  server_user=args.server_user, opts=opts, ingest_workers=args.ingest_workers)
+                                  server_user=args.server_user, opts=opts, ingest_workers=args.ingest_workers,
+                                  enrolled=enrolled_hashes(args.db) if args.db else None)
         for warning in result.warnings:
             print(f"classroom-server: warning: {warning}", file=sys.stderr)
         out = Path(args.out)
         bridges = [name for name, acc in result.accounts.items() if "bridge" in acc.roles]
+        devices = [name for name, acc in result.accounts.items() if "device" in acc.roles]
+        servers = [name for name, acc in result.accounts.items() if "server" in acc.roles]
+        staff = len(result.accounts) - len(bridges) - len(devices) - len(servers)
         print(f"{out}: wrote the central broker's mosquitto.conf, passwd ({result.hashed_by}), acl for "
-              f"{len(bridges)} school bridge(s), the collector and {len(result.accounts) - len(bridges) - 1} staff")
+              f"{len(bridges)} school bridge(s), the collector, {staff} staff and {len(devices)} device(s) "
+              "that may report here from off-site")
         for name in bridges:
             print(f"copy {out / 'credentials' / (name + '.yaml')} to that school for its --bridge-credentials")
         return 0
@@ -748,7 +763,7 @@ def check_trust_flags(args) -> None:
     """The --central / --bridge-* combinations, each wrong one a one-line error."""
     if args.central:
         for flag, value in (("--bridge-to", args.bridge_to), ("--bridge-credentials", args.bridge_credentials),
-                            ("--bridge-ca-file", args.bridge_ca_file), ("--db", args.db)):
+                            ("--bridge-ca-file", args.bridge_ca_file)):
             if value:
                 raise UserError(f"{flag}: not used with --central (it belongs to a school's broker-config)")
         return

@@ -69,6 +69,14 @@ def test_central_accounts_confine_each_bridge_to_its_school(tmp_path):
     assert accounts[f"bridge-{A}"].rules == [("readwrite", f"{PREFIX}/{A}/#")]
     assert accounts[f"bridge-{B}"].rules == [("readwrite", f"{PREFIX}/{B}/#")]
     assert not any("device" in acc.roles for acc in accounts.values())  # devices use their school's broker
+    # ... unless the central broker can know the password (enrolled, or --users): then the
+    # device's own rules there too, for when it reports from off-site.
+    device = DEVICE[B][1]
+    with_device = build_central_accounts(trees, devices={device})
+    assert [n for n, acc in with_device.items() if "device" in acc.roles] == [device]
+    assert (with_device[device].rules
+            == [("write", f"{PREFIX}/{B}/5b/{device}/{kind}") for kind in ("status", "alert", "event", "heartbeat")]
+            + [("read", f"{PREFIX}/{B}/5b/{device}/cmd"), ("read", f"{PREFIX}/{B}/5b/{device}/reply/+")])
     for name in ("classroom-server", "classroom-server-1"):
         assert ("read", f"{PREFIX}/#") in accounts[name].rules
     # Staff keep their school's rules: m.khan teaches 5b in both schools, s.patel is the DSL.
@@ -93,7 +101,7 @@ def test_the_same_site_twice_for_central_is_refused(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--central", "--bridge-to", "mqtts://c:8883"], "--bridge-to: not used with --central"),
-    (["--central", "--db", "sqlite:////nope.db"], "--db: not used with --central"),
+    (["--central", "--db", "sqlite:////nope.db"], "--db: /nope.db: no such database"),
     (["--bridge-to", "http://central:8883", "--bridge-credentials", "X"], "--bridge-to: 'http://central:8883' is not"),
     (["--bridge-to", "mqtts://central:88a3", "--bridge-credentials", "X"],
      "--bridge-to: 'mqtts://central:88a3' has a bad port"),
@@ -309,3 +317,53 @@ def test_a_bridge_refuses_a_central_broker_whose_certificate_names_another_host(
     finally:
         school.stop()
         central.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_an_enrolled_device_off_site_reports_to_the_central_broker_as_itself_and_no_one_else(tmp_path):
+    # Issue 17 item 4: off the school network a device "reaches the trust's broker if it is
+    # public-facing".  broker-config --central --db gives every device that enrolled with
+    # the trust's collector its own account there (its enrolment hash, the same password as
+    # at school) with the rules it has at school.
+    from server.devices import mosquitto_hash
+    from server.store import Store
+    from services import ServiceError
+    from trust_fixtures import connect
+
+    device, other = DEVICE[B][1], "hb-5b-pi-02"
+    db = f"sqlite:///{tmp_path / 'central.db'}"
+    store = Store.open(db)
+    store.set_device_credentials(device, "unused-here", "test", site=B, room="5b",
+                                 mqtt_hash=mosquitto_hash("the-devices-own-pw"))
+    store.close()
+    trust = build_trust(tmp_path, central_args=("--db", db))
+    try:
+        collector = trust.to_central("classroom-server-1")
+        at_central = subscribe(collector, f"{PREFIX}/#")
+        away = connect(trust.central, device, "the-devices-own-pw", ca=trust.tls["ca"])
+        trust.clients.append(away)
+        cmds = subscribe(away, cmd_topic(B), f"{PREFIX}/{B}/5b/{other}/cmd")
+
+        # As another device of its school, and as a device of another school: dropped.
+        as_other = (f"{PREFIX}/{B}/5b/{other}/event", event(B)[1].replace(device.encode(), other.encode()))
+        publish(away, *as_other)
+        forged = event(A)
+        publish(away, forged[0], forged[1])
+        publish(collector, f"{PREFIX}/{B}/5b/{other}/cmd", b'{"cmd":"lock","id":"for-the-other-device"}')
+        # Positive controls, after: its own event reaches the collector, its own command reaches it.
+        own = event(B)
+        publish(away, own[0], own[1])
+        at_central.wait_for(own[2])
+        publish(collector, cmd_topic(B), b'{"cmd":"lock","id":"for-this-device"}')
+        cmds.wait_for("for-this-device")
+        assert not at_central.has(forged[2]) and not any(t.endswith(f"/{other}/event") for t in at_central.topics())
+        assert not cmds.has("for-the-other-device")
+
+        # A device that never enrolled has no account on the central broker.
+        with pytest.raises(ServiceError, match="Not authorized|Bad user name or password"):
+            connect(trust.central, DEVICE[A][1], "the-devices-own-pw", ca=trust.tls["ca"], timeout=10)
+        acl = (trust.central_out / "acl").read_text()
+        assert f"user {device}\n" in acl and f"user {DEVICE[A][1]}\n" not in acl
+    finally:
+        trust.close()

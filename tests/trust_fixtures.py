@@ -280,8 +280,10 @@ def start_generated(out: Path, port: int, attempts: int = 3) -> Mosquitto:
     raise AssertionError("unreachable")
 
 
-def build_trust(tmp_path: Path, ingest_workers: int = 2) -> Trust:
-    """Generate and start the three brokers; every school's bridge up before returning."""
+def build_trust(tmp_path: Path, ingest_workers: int = 2, central_args: tuple[str, ...] = ()) -> Trust:
+    """Generate and start the three brokers; every school's bridge up before returning.
+    *central_args* go to the central broker's broker-config (``--db URL``: enrolled devices
+    get an account there too)."""
     configs = {A: make_school_a(tmp_path), B: make_school_b(tmp_path)}
     tls = make_ca(tmp_path / "tls")
     run_as = ["--run-as", "root"] if os.geteuid() == 0 else []
@@ -290,7 +292,7 @@ def build_trust(tmp_path: Path, ingest_workers: int = 2) -> Trust:
     run_cli("broker-config", "--central", "--config", str(configs[A]), "--config", str(configs[B]),
             "--out", str(central_out), "--bind", "127.0.0.1", "--port", str(central_port),
             "--certfile", str(tls["cert"]), "--keyfile", str(tls["key"]), "--ingest-workers", str(ingest_workers),
-            "--log-file", str(central_out / "mosquitto.log"), *run_as)
+            "--log-file", str(central_out / "mosquitto.log"), *run_as, *central_args)
     central = start_generated(central_out, central_port)
     central_port = central.port
     schools, school_out, school_pw = {}, {}, {}

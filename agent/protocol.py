@@ -58,6 +58,16 @@ TEXT_MAX = 120       # a teacher's one-line message, or the words on an "Eyes on
 LOCK_MINUTES_MAX = 60  # a timed lock ("Eyes on me") unlocks itself within the hour
 MESSAGE_SECONDS = (5, 600)  # how long a message stays on the pupils' screens
 MAX_PAYLOAD = 64 * 1024
+# A backlog of events goes in batches (docs/protocol.md, "Batches"): after a reconnection
+# the agent sends runs of its stored events as one message ``{"batch": [event, ...]}`` on
+# its own event topic, oldest first, at most BATCH_MAX events and MAX_PAYLOAD bytes.  Why:
+# every MQTT message costs each broker on the way and the collector the same whether it
+# carries 300 bytes or 30 KB; a trust's bursts are backlogs (every device of a school
+# after its link or the collector comes back), and bench/trust.py stores them 3-4x faster
+# as batches of 100 (about 14,000 events/s one per message, 48,000 in batches, over 50
+# bridges on 2 cores).  Live events still go one per message, at once.
+BATCH_MAX = 100
+BATCH_KEY = "batch"
 # A command the broker has held longer than this is dropped (MQTT 5 message expiry, set by
 # the collector): "Eyes on me", a message or an allow is meant for now, and must not land
 # hours later when a school's bridge link or a device comes back.  Staff see what each
@@ -372,6 +382,37 @@ def validate_event(data: dict, where: Topic | None = None) -> dict:
             if not isinstance(item, dict) or not isinstance(item.get("domain"), str):
                 raise ProtocolError(f"domains[{i}]: must be an object with a domain")
     return data
+
+
+def is_batch(data: dict) -> bool:
+    """An event-topic payload carrying several events (``{"batch": [...]}``), not one event."""
+    return BATCH_KEY in data
+
+
+def encode_batch(payloads: list[bytes]) -> bytes:
+    """One batch message from already-encoded events (as stored in the outbox), unchanged."""
+    return b'{"' + BATCH_KEY.encode() + b'":[' + b",".join(payloads) + b"]}"
+
+
+def batch_events(data: dict, where: Topic | None = None) -> tuple[list[dict], list[str]]:
+    """The events of a batch payload, each validated as an event of *where*:
+    (the valid ones in order, a one-line reason for each one that is not).  A bad event
+    costs only itself; a batch that is not a batch at all raises ProtocolError."""
+    extra = sorted(set(data) - {BATCH_KEY})
+    if extra:
+        raise ProtocolError(f"{extra[0]}: a batch has no other key than {BATCH_KEY!r}")
+    items = data[BATCH_KEY]
+    if not isinstance(items, list) or not 1 <= len(items) <= BATCH_MAX:
+        raise ProtocolError(f"{BATCH_KEY}: must be a list of 1 to {BATCH_MAX} events")
+    good, bad = [], []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, dict):
+                raise ProtocolError(f"must be a JSON object, not {type(item).__name__}")
+            good.append(validate_event(item, where))
+        except ProtocolError as exc:
+            bad.append(f"{BATCH_KEY}[{i}]: {exc}")
+    return good, bad
 
 
 def validate_heartbeat(data: dict, where: Topic | None = None) -> dict:

@@ -18,8 +18,12 @@ here), each school's TLS bridge of its own topics to it with its queue.  Then:
    that same broker (the path that never leaves the building); p99 of press -> teacher.
 3. **Ingest**: a burst of ``--burst`` blocked events sent into the school brokers (one
    ``mosquitto_pub`` per school, as one of its devices), over the bridges and the shared subscription into
-   PostgreSQL; events/s from the first send to the last stored, against a raw ``COPY`` of the
-   same rows (bench/ingest.py's loader) = ``pg_ratio``.
+   PostgreSQL; events/s from the first send to the last stored.  Twice: one event per
+   message (live events), then the same number as the agent sends a backlog, ``--batch``
+   (100) to a message (agent/protocol.py, "batches"): a trust's bursts are backlogs, every
+   device of a school at once after its link, its broker or the collector comes back.  The
+   second, against a raw ``COPY`` of the same rows (bench/ingest.py's loader), is ``pg_ratio``;
+   the first's ratio is printed before the last line.
 4. **Memory**: the resident memory of every broker and of ``serve`` with its workers, per
    1,000 devices (the simulated devices themselves are not counted).
 5. **A year**: bench/year.py on the same PostgreSQL (``--year-events`` blocked attempts): the
@@ -334,12 +338,13 @@ def measure_presses(schools: list, presses: int) -> list[float]:
 
 
 def burst(school_brokers: list, total: int, work: Path, ca: Path | None = None,
-          passwords: dict | None = None) -> tuple[int, list]:
+          passwords: dict | None = None, batch: int = 1) -> tuple[int, list]:
     """One mosquitto_pub command per school sending its share of *total* blocked events (QoS 1,
     up to 1,000 in flight as the outbox allows) as the school's press device, with its input
-    file written: (events, [(argv, path)]).  With *ca*, the brokers are the central one (TLS),
-    and each school's share goes as its bridge account (the only account there that may; its
-    password in *passwords*)."""
+    file written: (events, [(argv, path)]).  *batch* > 1: the events go as the agent sends a
+    backlog, *batch* to a message (agent/protocol.py, encode_batch).  With *ca*, the brokers
+    are the central one (TLS), and each school's share goes as its bridge account (the only
+    account there that may; its password in *passwords*)."""
     passwords = passwords or {}
     from services import find_binary
 
@@ -356,6 +361,8 @@ def burst(school_brokers: list, total: int, work: Path, ca: Path | None = None,
         lines = [protocol.encode({"id": str(uuid.uuid4()), "type": "blocked", "ts": now, "site": site, "room": "r0",
                                   "device": device, "domain": f"site{i % 997}.example.com", "profile": "ks2",
                                   "user": f"pupil{i % 300}", "count": 1}) for i in range(per)]
+        if batch > 1:
+            lines = [protocol.encode_batch(lines[i:i + batch]) for i in range(0, len(lines), batch)]
         path = work / f"burst-{site}.txt"
         path.write_bytes(b"\n".join(lines) + b"\n")
         procs.append(([tool, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-V", "5", "-M", "1000",
@@ -374,6 +381,8 @@ def main() -> None:
     parser.add_argument("--presses", type=int, default=400)
     parser.add_argument("--press-schools", type=int, default=10, help="schools the presses are spread over")
     parser.add_argument("--burst", type=int, default=100_000, help="events in the ingest burst")
+    parser.add_argument("--batch", type=int, default=protocol.BATCH_MAX,
+                        help="events per message in the backlog burst (site.yaml broker.batch_events)")
     parser.add_argument("--burst-direct", action="store_true",
                         help="send the burst straight to the central broker (no bridges): what the bridges cost")
     parser.add_argument("--year-events", type=int, default=5_000_000, help="blocked attempts in bench/year.py's year")
@@ -450,35 +459,44 @@ def main() -> None:
         print(f"trust: {rss:,.0f} MB resident in {args.schools + 1} brokers and serve ({args.workers} ingest "
               "workers)", flush=True)
 
-        # 3. The ingest burst over the bridges.
-        # Counted by serve's own /metrics (every worker's, summed), not COUNT(*) on the table,
-        # which would compete with the workers for the two cores.
-        events_before = metric(port, "ingest_events_stored_total") or 0
+        # 3. The ingest bursts over the bridges: live events (one per message), then backlogs
+        # (every school's events at once, as the agent sends a backlog: batches).
         pg_pids = [p for p in children(pg.proc.pid)] + [pg.proc.pid]
         groups = {"school brokers": [b.proc.pid for _, b in schools], "central broker": [central.proc.pid],
                   "serve and its workers": [serve.pid] + children(serve.pid), "postgresql": pg_pids}
-        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        rows_before = store.count("events")
-        total, commands = burst([(s, central) for s, _ in schools] if args.burst_direct else schools, args.burst,
-                                work, ca if args.burst_direct else None, bridge_passwords)
-        start = time.perf_counter()
-        pubs = [subprocess.Popen(argv, stdin=open(path, "rb")) for argv, path in commands]
-        poll(lambda: (metric(port, "ingest_events_stored_total") or 0) - events_before >= total, 600,
-             "the burst to be stored", every=0.05)
-        elapsed = time.perf_counter() - start
-        for p in pubs:
-            p.wait(30)
-        eps = total / elapsed
-        # Where the two cores went during the burst (the publishers had the rest).
-        used = {name: cpu_used(cpu_before[name], pids) for name, pids in groups.items()}
-        print("trust: CPU during the burst: " + ", ".join(f"{name} {100 * s / elapsed:.0f}%"
-                                                          for name, s in used.items()), flush=True)
-        if store.count("events") - rows_before != total:
-            raise SystemExit(f"trust: {store.count('events') - rows_before} rows stored for {total} events")
+        targets = [(s, central) for s, _ in schools] if args.burst_direct else schools
+
+        def ingest_burst(batch: int) -> tuple[int, float]:
+            # Counted by serve's own /metrics (every worker's, summed), not COUNT(*) on the table,
+            # which would compete with the workers for the two cores.
+            events_before = metric(port, "ingest_events_stored_total") or 0
+            cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+            rows_before = store.count("events")
+            total, commands = burst(targets, args.burst, work, ca if args.burst_direct else None, bridge_passwords,
+                                    batch)
+            start = time.perf_counter()
+            pubs = [subprocess.Popen(argv, stdin=open(path, "rb")) for argv, path in commands]
+            poll(lambda: (metric(port, "ingest_events_stored_total") or 0) - events_before >= total, 600,
+                 "the burst to be stored", every=0.05)
+            elapsed = time.perf_counter() - start
+            for p in pubs:
+                p.wait(30)
+            # Where the two cores went during the burst (the publishers had the rest).
+            used = {name: cpu_used(cpu_before[name], pids) for name, pids in groups.items()}
+            how = f"in batches of {batch}" if batch > 1 else "one per message"
+            print(f"trust: CPU during the burst ({how}): " + ", ".join(f"{name} {100 * s / elapsed:.0f}%"
+                                                                        for name, s in used.items()), flush=True)
+            if store.count("events") - rows_before != total:
+                raise SystemExit(f"trust: {store.count('events') - rows_before} rows stored for {total} events")
+            return total, total / elapsed
+
+        total, single_eps = ingest_burst(1)
+        total, eps = ingest_burst(args.batch)
         raw = raw_pg(rows_for(total, 8), pg.new_database("raw"))
         via = "straight to the central broker" if args.burst_direct else f"over {args.schools} bridges"
-        print(f"trust: ingest {eps:,.0f} events/s {via} and {args.workers} workers "
-              f"({total:,} events), raw COPY {raw:,.0f} rows/s", flush=True)
+        print(f"trust: ingest {via} and {args.workers} workers ({total:,} events each): {single_eps:,.0f} events/s "
+              f"one per message (ratio {single_eps / raw:.3f}), {eps:,.0f} events/s as backlogs in batches of "
+              f"{args.batch}; raw COPY {raw:,.0f} rows/s", flush=True)
         store.close()
 
         stop.set()

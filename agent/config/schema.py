@@ -222,6 +222,11 @@ class Broker(Model):
                                            description="Give up one connection attempt after this long.")
     keepalive_seconds: int = Field(default=30, ge=5, le=600,
                                    description="MQTT keepalive: a silent link is found dead within about twice this.")
+    batch_events: int = Field(
+        default=100, ge=1, le=100,
+        description="A device sends its backlog of events (after an outage) in batches of up to this many per "
+                    "message; live events always go one at a time. 1: never batch (docs/protocol.md, \"Batches\": "
+                    "upgrade the collector before the devices, as a collector that does not read batches drops them).")
 
 
 class Collector(Model):

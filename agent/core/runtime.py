@@ -492,6 +492,7 @@ class Runtime:
                          agent_version=__version__, later=self.defer,
                          keepalive=broker.keepalive_seconds if broker else 30,
                          reconnect_max=broker.reconnect_max_seconds if broker else 2.0,
+                         batch_max=broker.batch_events if broker else protocol.BATCH_MAX,
                          connect_timeout=broker.connect_timeout_seconds if broker else 2.0,
                          republish=lambda: [("alert", last)] if (last := report.last_transition) else [],
                          degraded=self.degraded_text, location=lambda: self.network_location,

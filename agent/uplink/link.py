@@ -18,7 +18,8 @@ were committed, and after every (re)connection the backlog goes first:
    *before* those re-sends, so it publishes nothing: it subscribes to the device's
    ``cmd`` and ``reply/+`` topics.
 2. SUBACK (paho handles it after its re-sends are queued): the drain publishes every
-   outbox row paho is not carrying, oldest first; then the latest alert transition
+   outbox row paho is not carrying, oldest first (a run of events as batches,
+   ``{"batch": [...]}``, agent/protocol.py: the same order in fewer messages); then the latest alert transition
    again, retained, if the backlog does not hold it (a broker that lost it, or a
    receiver that joins later, gets the truth: ``republish``); then the retained
    ``online`` status; and only then does ``send()`` publish directly again.  Until then
@@ -66,6 +67,15 @@ log = logging.getLogger(__name__)
 # How long bookkeeping waits after a send (see the module docstring).  A PUBACK on a
 # school LAN takes a millisecond or two; an SD card's fsync takes 10-20 ms on its own.
 SETTLE_SECONDS = 0.05
+# A batch's events and the ``{"batch":[...]}`` around them fit the contract's size limit.
+BATCH_BYTES = protocol.MAX_PAYLOAD - 64
+
+
+def _ids(row: int | list[int]) -> list[int]:
+    """The outbox rows one message carries: one, or a batch's."""
+    return row if isinstance(row, list) else [row]
+
+
 # Reconnecting: the first retry waits RECONNECT_MIN (jittered), each next one twice as
 # long, up to the cap (jittered between half and all of reconnect_max).
 RECONNECT_MIN = (0.05, 0.2)
@@ -127,7 +137,7 @@ class Link:
                  republish: Callable[[], list[tuple[str, dict]]] | None = None,
                  degraded: Callable[[], str | None] | None = None,
                  location: Callable[[], str] | None = None,
-                 on_ready: Callable[[bool], None] | None = None):
+                 on_ready: Callable[[bool], None] | None = None, batch_max: int = protocol.BATCH_MAX):
         self.host, self.port, self.tls = protocol.parse_broker_url(broker_url, "broker_url")
         self.prefix, self.site, self.room, self.device = prefix, site, room, device
         self.outbox = outbox
@@ -141,6 +151,7 @@ class Link:
         self._degraded = degraded or (lambda: None)
         self._location = location or (lambda: "school")
         self._on_ready = on_ready
+        self.batch_max = batch_max  # site.yaml broker.batch_events: 1 sends the backlog one event at a time
         self._thread: threading.Thread | None = None
         # Set once the backlog and the online status are out: send() publishes directly again.
         self.connected = threading.Event()
@@ -156,7 +167,7 @@ class Link:
         # paho's writer holds _write_lock, so it never takes _send_lock either.
         self._send_lock = threading.Lock()
         self._map_lock = threading.Lock()
-        self._inflight: dict[int, int] = {}   # paho mid -> outbox row id
+        self._inflight: dict[int, int | list[int]] = {}  # paho mid -> outbox row id (ids: a batch)
         self._rows_inflight: set[int] = set()
         self._early: dict[int, Any] = {}      # PUBACKs that beat the mapping of their mid
         self._untracked: set[int] = set()     # mids of status messages (not in the outbox)
@@ -306,7 +317,8 @@ class Link:
         if acked:
             self.outbox.delete_many(acked)
 
-    def _publish_locked(self, row: int, topic: str, raw: bytes, qos: int, retain: bool) -> None:
+    def _publish_locked(self, row: int | list[int], topic: str, raw: bytes, qos: int, retain: bool) -> None:
+        """Publish one outbox row, or (a list of ids) a batch of event rows as one message."""
         info = self.client.publish(topic, raw, qos=qos, retain=retain)
         if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
             return  # paho dropped it (not connected); the row stays for the next resend
@@ -318,7 +330,7 @@ class Link:
             early = self._early.pop(info.mid, None)
             if early is None:
                 self._inflight[info.mid] = row
-                self._rows_inflight.add(row)
+                self._rows_inflight.update(_ids(row))
         if early is not None:
             self._acked(row, early)
 
@@ -336,17 +348,43 @@ class Link:
             return self._resend_locked()[0]
 
     def _resend_locked(self) -> tuple[int, set[bytes]]:
-        n = 0
+        """The backlog, oldest first.  Runs of consecutive events go as batches (agent/protocol.py,
+        ``BATCH_MAX`` and ``MAX_PAYLOAD`` at most): the order is the same, in fewer messages."""
+        n = messages = 0
         with self._map_lock:
             skip = self._rows_inflight | set(self._acked_rows)
         pending = self.outbox.pending()
+        run: list = []  # consecutive event rows of one topic, not yet published
+        size = 0
+
+        def flush() -> None:
+            nonlocal run, size, n, messages
+            if len(run) == 1:
+                self._publish_locked(run[0].id, run[0].topic, run[0].payload, run[0].qos, run[0].retain)
+            elif run:
+                self._publish_locked([item.id for item in run], run[0].topic,
+                                     protocol.encode_batch([item.payload for item in run]), run[0].qos, False)
+            n += len(run)
+            messages += bool(run)
+            run, size = [], 0
+
         for item in pending:
             if item.id in skip:
                 continue
+            if self.batch_max > 1 and item.kind == "event" and item.qos == 1 and not item.retain:
+                if run and (item.topic != run[0].topic or len(run) >= self.batch_max
+                            or size + len(item.payload) + 1 > BATCH_BYTES):
+                    flush()
+                run.append(item)
+                size += len(item.payload) + 1
+                continue
+            flush()
             self._publish_locked(item.id, item.topic, item.payload, item.qos, item.retain)
             n += 1
+            messages += 1
+        flush()
         if n:
-            log.info("resent %d stored message(s)", n)
+            log.info("resent %d stored message(s)%s", n, f" in {messages}" if messages != n else "")
         return n, {item.payload for item in pending}
 
     def _drain(self) -> None:
@@ -426,20 +464,22 @@ class Link:
                 # The PUBACK beat send() to the map (or a status one beat _publish_untracked).
                 self._early[mid] = reason_code
                 return
-            self._rows_inflight.discard(row)
+            self._rows_inflight.difference_update(_ids(row))
         self._acked(row, reason_code)
 
-    def _acked(self, row: int, reason_code) -> None:
+    def _acked(self, row: int | list[int], reason_code) -> None:
+        rows = _ids(row)
         if getattr(reason_code, "is_failure", False):
-            self.refused += 1
-            log.warning("broker refused message %d (%s); it stays in the outbox", row, reason_code)
+            self.refused += len(rows)
+            log.warning("broker refused message %s (%s); it stays in the outbox",
+                        row if len(rows) == 1 else f"of rows {rows[0]}-{rows[-1]}", reason_code)
             return
-        self.acked += 1
+        self.acked += len(rows)
         if self._later is None:
-            self.outbox.delete(row)
+            self.outbox.delete_many(rows)
             return
         with self._map_lock:
-            self._acked_rows.append(row)
+            self._acked_rows.extend(rows)
         self._settle_soon()
 
     def _on_message(self, client, userdata, msg) -> None:

@@ -23,6 +23,11 @@ grows with the load (SQLite's writer thread commits while the next bursts are re
 acknowledges a batch's messages only once it is committed: a crash loses nothing (DESIGN
 rule 5) and the event id makes redelivery harmless.
 
+A device's backlog may come as batches, ``{"batch": [event, ...]}`` on its event topic
+(agent/protocol.py); each event of a batch is validated, bounded and stored as if it had
+come alone, and a malformed one costs only itself.  The batch message is acknowledged
+once all of its events are committed, like any other.
+
 Malformed messages (bad JSON, wrong types, unknown kinds, a payload naming another
 device than its topic, oversized, a non-alert ts more than a day ahead of the collector's
 clock: bounds.py) are counted in ``Metrics``, logged as one line and dropped; they are
@@ -40,8 +45,8 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from agent.protocol import (DEFAULT_PREFIX, WATCH, ProtocolError, decode, parse_broker_url, parse_staff_topic,
-                            parse_topic, validate)
+from agent.protocol import (DEFAULT_PREFIX, WATCH, ProtocolError, batch_events, decode, encode, is_batch,
+                            parse_broker_url, parse_staff_topic, parse_topic, validate)
 
 from ..store import Store
 from .bounds import TooFarAhead, bound_ts
@@ -59,6 +64,9 @@ LISTENED_KINDS = ("status", "alert", "watch")
 # device's answer to a teacher's command and its lock changing.  Not blocked events and
 # the rest of the hot path.
 LISTENED_EVENTS = frozenset({"cmd_result", "lock", "unlock"})
+# Messages validated in one go by the network thread: 200 batch messages are at most
+# 20,000 events (protocol.BATCH_MAX each), one transaction of a sane size.
+PREPARE_CHUNK = 200
 
 
 class Ingest:
@@ -151,8 +159,11 @@ class Ingest:
         if self.first_arrival is None:
             self.first_arrival = time.perf_counter()
         self._arrived += len(messages)  # before the hand-over: queue_depth never goes below 0
-        for start in range(0, len(messages), self.batch_size):
-            self._parsed.append(self._prepare(messages[start:start + self.batch_size], self._session))
+        # In chunks: a chunk of batch messages (up to protocol.BATCH_MAX events each) is
+        # still a transaction of a sane size; the committer joins small ones up again.
+        step = min(self.batch_size, PREPARE_CHUNK)
+        for start in range(0, len(messages), step):
+            self._parsed.append(self._prepare(messages[start:start + step], self._session))
         self._wake.set()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
@@ -176,7 +187,7 @@ class Ingest:
                 burst_items, mids, n, session = parsed.popleft()
                 items += burst_items
                 acks.append((session, mids, n))
-                count += n
+                count += max(n, len(burst_items))  # messages, or the events of batches in them
             if inflight is not None and (_settled(inflight[0]) or count >= self.batch_size
                                          or (self._stopping and not parsed)):
                 self._finish(*inflight)  # waits only when the next batch is full (or at stop)
@@ -211,7 +222,12 @@ class Ingest:
                     where = _parse_where(topic, self.prefix)
                     if len(topics) < 100000:
                         topics[topic] = where
-                data = validate(where.kind, decode(payload), where)
+                data = decode(payload)
+                if where.kind == "event" and is_batch(data):
+                    # A device's backlog, several events in one message (agent/protocol.py).
+                    malformed += self._prepare_batch(where, data, topic, now, items)
+                    continue
+                data = validate(where.kind, data, where)
                 if b"\\u0000" in payload:
                     # Valid JSON, but PostgreSQL text cannot hold NUL: refused on every backend alike.
                     raise ProtocolError("payload contains a NUL character (\\u0000)")
@@ -240,6 +256,26 @@ class Ingest:
         if ignored:
             self.metrics.inc("ingest_ignored_total", ignored)
         return items, mids, len(messages), session
+
+    def _prepare_batch(self, where, data: dict, topic: str, now: datetime, items: list) -> int:
+        """The events of one batch message into *items*, each as if it had come alone (its
+        own JSON stored as its raw payload); returns how many were malformed.  A bad event
+        costs only itself; a message that is not a batch raises ProtocolError."""
+        events, bad = batch_events(data, where)
+        for one in events:
+            raw = encode(one)  # before bound_ts rewrites its ts: stored as the device sent it
+            try:
+                if b"\\u0000" in raw:
+                    raise ProtocolError("payload contains a NUL character (\\u0000)")
+                bound_ts("event", one, now)
+            except (ProtocolError, TooFarAhead) as exc:
+                bad.append(f"event {one.get('id')}: {exc}")
+                continue
+            items.append((where, one, raw))
+        for why in bad:
+            if self._log_limit.allow():
+                log.warning("ingest: dropped malformed event in a batch on %.200s: %s", topic, why[:300])
+        return len(bad)
 
     def _submit(self, items):
         if not items:

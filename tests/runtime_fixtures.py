@@ -48,6 +48,14 @@ def bootstrap(tmp_path: Path, broker=None, **overrides) -> AgentBootstrap:
     return AgentBootstrap(**fields)
 
 
+def unbatched(kind: str, payload: dict) -> list[tuple[str, dict]]:
+    """One message as the collector reads it: a backlog's batch (docs/protocol.md, "Batches")
+    is its events, in order; anything else is itself."""
+    if kind == "event" and isinstance(payload.get("batch"), list):
+        return [("event", one) for one in payload["batch"]]
+    return [(kind, payload)]
+
+
 class Subscriber:
     def __init__(self, broker, topic: str = "classroom/v1/#", *, persistent: bool = False):
         self.messages: list[tuple[str, bytes, bool]] = []
@@ -84,7 +92,7 @@ class Subscriber:
         for topic, payload, _ in items:
             if kind is None or topic.endswith("/" + kind):
                 try:
-                    out.append(json.loads(payload))
+                    out += [p for _, p in unbatched(topic.rsplit("/", 1)[1], json.loads(payload))]
                 except ValueError:
                     pass
         return out

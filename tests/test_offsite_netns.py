@@ -31,7 +31,7 @@ from agent.config.schema import AgentBootstrap
 from agent.core.control import request
 from filter_fixtures import STUB_RECORDS, world_readable_dir
 from notify_fixtures import smtp_server, wait_for_mail, write_notify_file  # noqa: F401
-from runtime_fixtures import REPO
+from runtime_fixtures import REPO, unbatched
 from server_fixtures import sqlite_store  # noqa: F401
 from services import dig, require_binary, wait_until
 
@@ -89,7 +89,7 @@ def _messages(out: Path) -> list[tuple[str, dict]]:
     found = []
     for line in out.read_text().splitlines():
         topic, payload = line.split(" ", 1)
-        found.append((topic.rsplit("/", 1)[1], json.loads(payload)))
+        found += unbatched(topic.rsplit("/", 1)[1], json.loads(payload))
     return found
 
 

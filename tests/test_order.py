@@ -35,7 +35,7 @@ from agent.core.runtime import Runtime
 from agent.desktop.headless import HeadlessScreen
 from agent.report.screen import Screen
 from broker_fixtures import PREFIX, SITE, secure_broker  # noqa: F401
-from runtime_fixtures import REPO
+from runtime_fixtures import REPO, unbatched
 from server.alerts.client import AlertsClient
 from server.alerts.view import TerminalView
 from services import require_binary, terminate, wait_until
@@ -78,13 +78,6 @@ def commit_order_violations(messages: list[tuple[str, dict]]) -> list[str]:
             problems.append(f"{kind} {payload.get('state') or payload.get('type')} ts {payload['ts']} after {last}")
         last = max(last, payload["ts"])
     return problems
-
-
-def unbatched(kind: str, payload: dict) -> list[tuple[str, dict]]:
-    """One message as the collector reads it: a backlog batch is its events, in order."""
-    if kind == "event" and "batch" in payload:
-        return [("event", one) for one in payload["batch"]]
-    return [(kind, payload)]
 
 
 def first_index(messages, predicate) -> int:

@@ -64,7 +64,7 @@ MAX_PAYLOAD = 64 * 1024
 # every MQTT message costs each broker on the way and the collector the same whether it
 # carries 300 bytes or 30 KB; a trust's bursts are backlogs (every device of a school
 # after its link or the collector comes back), and bench/trust.py stores them 3-4x faster
-# as batches of 100 (about 14,000 events/s one per message, 48,000 in batches, over 50
+# as batches of 100 (11,600-13,900 events/s one per message, 42,600-50,400 in batches, over 50
 # bridges on 2 cores).  Live events still go one per message, at once.
 BATCH_MAX = 100
 BATCH_KEY = "batch"

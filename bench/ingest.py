@@ -10,7 +10,10 @@ committed.  The baseline, on the same machine in the same run, loads the very sa
 rows with a raw loader: ``executemany`` in one transaction (SQLite) and ``COPY``
 (PostgreSQL).  Prints a few lines and, last,
 
-    ingest sqlite_eps=... sqlite_ratio=... pg_eps=... pg_ratio=...
+    ingest sqlite_eps=... sqlite_ratio=... pg_eps=... pg_ratio=... sqlite_batch_ratio=... pg_batch_ratio=...
+
+(the ``_batch`` ratios: the same events again, sent as a device sends its backlog, ``--batch``
+to a message; docs/protocol.md, "Batches").
 
 Targets (DESIGN.md): sqlite_eps >= 20000, sqlite_ratio >= 0.2.  Usage:
 ``python bench/ingest.py [--events N] [--pg-events N] [--publishers P] [--workers W]``.
@@ -61,8 +64,10 @@ def make_events(n: int, seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def start_publishers(broker, n: int, publishers: int, directory: str) -> list[subprocess.Popen]:
-    """One mosquitto_pub process per simulated device, QoS 1, one message per line.
+def start_publishers(broker, n: int, publishers: int, directory: str, batch: int = 1) -> list[subprocess.Popen]:
+    """One mosquitto_pub process per simulated device, QoS 1, one message per line; with
+    *batch* > 1 each line is a batch of that many events, as the agent sends a backlog
+    (agent/protocol.py, encode_batch).
 
     mosquitto_pub (C) rather than paho: a Python publisher tops out near 5k msg/s per
     process and would measure itself, not the collector."""
@@ -73,7 +78,10 @@ def start_publishers(broker, n: int, publishers: int, directory: str) -> list[su
     for seed in range(1, publishers + 1):
         messages = make_events(n // publishers, seed)
         path = Path(directory) / f"pub-{seed}.txt"
-        path.write_bytes(b"\n".join(payload for _, payload in messages) + b"\n")
+        lines = [payload for _, payload in messages]
+        if batch > 1:
+            lines = [protocol.encode_batch(lines[i:i + batch]) for i in range(0, len(lines), batch)]
+        path.write_bytes(b"\n".join(lines) + b"\n")
         procs.append((messages[0][0], path))
     return [subprocess.Popen([tool, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-V", "5", "-M", "1000",
                               "-i", f"bench-pub-{i}", "-t", where, "-l"], stdin=open(path, "rb"))
@@ -87,14 +95,14 @@ def ingest_worker(url: str, host: str, port: int, index: int, processed, first, 
     if ingest.subscribed.wait(10):
         ready.release()
     while not stop.is_set():
-        processed.value = ingest.processed
+        processed.value = int(ingest.metrics.get("ingest_events_stored_total"))  # events, not messages (batches)
         first.value = ingest.first_arrival or 0.0
         time.sleep(0.001)
     ingest.stop()
     store.close()
 
 
-def run_ingest(url: str, broker, n: int, publishers: int, workers: int) -> float:
+def run_ingest(url: str, broker, n: int, publishers: int, workers: int, batch: int = 1) -> float:
     """Events/s from the first message any worker receives to the last one committed."""
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Semaphore(0), ctx.Event()
@@ -109,7 +117,7 @@ def run_ingest(url: str, broker, n: int, publishers: int, workers: int) -> float
             raise SystemExit("bench: an ingest worker did not subscribe")
     per = n // publishers
     pub_dir = tempfile.mkdtemp(prefix="bench-pub-")
-    publishers_procs = start_publishers(broker, n, publishers, pub_dir)
+    publishers_procs = start_publishers(broker, n, publishers, pub_dir, batch)
     total = per * publishers
     deadline = time.monotonic() + 120
     while sum(v.value for v in processed) < total and time.monotonic() < deadline:
@@ -179,6 +187,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events for the SQLite run")
     parser.add_argument("--pg-events", type=int, default=100_000, help="events for the PostgreSQL run")
     parser.add_argument("--publishers", type=int, default=8, help="publisher processes (one device each)")
+    parser.add_argument("--batch", type=int, default=protocol.BATCH_MAX,
+                        help="events per message in the second, backlog run (site.yaml broker.batch_events)")
     parser.add_argument("--workers", type=int, default=2,
                         help="ingest worker processes on the MQTT 5 shared subscription, as "
                              "`classroom-server serve --ingest-workers N` runs them (default 2: one per core)")
@@ -205,9 +215,17 @@ def main() -> None:
         pg_eps = run_ingest(pg.new_database("bench"), broker, args.pg_events, args.publishers, args.workers)
         pg_raw = raw_pg(rows_for(args.pg_events, args.publishers), pg.new_database("raw"))
         print(f"postgresql: ingest {pg_eps:,.0f} events/s, raw COPY {pg_raw:,.0f} rows/s ({args.pg_events} events)")
+        # The same events as a device's backlog goes: batches (docs/protocol.md, "Batches").
+        sqlite_batch = run_ingest(f"sqlite:///{work}/batch.db", broker, args.events, args.publishers, args.workers,
+                                  args.batch)
+        pg_batch = run_ingest(pg.new_database("batch"), broker, args.pg_events, args.publishers, args.workers,
+                              args.batch)
+        print(f"as backlogs in batches of {args.batch}: sqlite {sqlite_batch:,.0f} events/s, "
+              f"postgresql {pg_batch:,.0f} events/s")
         print(f"total bench time {time.monotonic() - started:.1f}s on {os.cpu_count()} cores")
         print(f"ingest sqlite_eps={sqlite_eps:.0f} sqlite_ratio={sqlite_eps / sqlite_raw:.3f} "
-              f"pg_eps={pg_eps:.0f} pg_ratio={pg_eps / pg_raw:.3f}")
+              f"pg_eps={pg_eps:.0f} pg_ratio={pg_eps / pg_raw:.3f} "
+              f"sqlite_batch_ratio={sqlite_batch / sqlite_raw:.3f} pg_batch_ratio={pg_batch / pg_raw:.3f}")
     finally:
         broker.stop()
         pg.cleanup()

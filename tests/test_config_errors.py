@@ -240,3 +240,15 @@ def test_overlapping_terms(tree):
     (tree / "site.yaml").write_text(text)
     line = line_of(tree / "site.yaml", "Spring 2027")
     assert errors_of(tree) == [f"cfg/site.yaml:{line}: terms[1]: overlaps terms[0] (Autumn 2026)"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "broker.batch_events: Input should be greater than or equal to 1"),
+    ("101", "broker.batch_events: Input should be less than or equal to 100"),
+    ("lots", "broker.batch_events: 'lots': input should be a valid integer, unable to parse string as an integer"),
+])
+def test_batch_events_out_of_range_names_the_line(tree, value, message):
+    site = tree / "site.yaml"
+    text = site.read_text().replace("  prefix: classroom/v1\n", f"  prefix: classroom/v1\n  batch_events: {value}\n")
+    site.write_text(text)
+    assert errors_of(tree) == [f"cfg/site.yaml:{line_of(site, 'batch_events')}: {message}"]

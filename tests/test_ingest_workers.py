@@ -296,3 +296,39 @@ def test_trust_bench_runs_and_prints_its_summary_line():
     last = r.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"trust devices=10 alert_p99_ms=[\d.]+ ingest_eps=\d+ pg_ratio=[\d.]+ report_year_s=[\d.]+ "
                         r"purge_year_s=[\d.]+ rss_mb_per_1k_devices=[\d.]+", last), last
+
+
+def test_restart_delay_backs_off_for_a_worker_that_keeps_dying_and_resets_after_a_stable_run():
+    from server.ingest.pool import MAX_RESTART_DELAY, STABLE_SECONDS, restart_delay
+
+    delays, previous = [], 0.0
+    for _ in range(9):
+        previous = restart_delay(0.5, previous)
+        delays.append(previous)
+    assert delays == [1, 2, 4, 8, 16, 32, MAX_RESTART_DELAY, MAX_RESTART_DELAY, MAX_RESTART_DELAY]
+    assert restart_delay(STABLE_SECONDS, MAX_RESTART_DELAY) == 0  # it had been running: at once
+    assert restart_delay(0.5, 0.0) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_cannot_open_the_database_is_restarted_ever_more_slowly(caplog, tmp_path):
+    # The database down (nothing listens on the port): each start of the worker dies at once.
+    import logging
+    import re
+
+    from server.ingest.metrics import Metrics
+    from server.ingest.pool import WorkerPool
+
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/nope?connect_timeout=2"
+    metrics = Metrics()
+    pool = WorkerPool(down, "mqtt://127.0.0.1:1", 2, lambda i: {"client_id": f"worker-{i}"}, metrics)
+    with caplog.at_level(logging.WARNING, logger="server.ingest"):
+        pool.start()
+        try:
+            wait_until(lambda: metrics.get("ingest_worker_restarts_total") >= 2
+                       and len(re.findall(r"died \(exit \d+\)", caplog.text)) >= 3, 45,
+                       message=lambda: caplog.text[-2000:])
+        finally:
+            pool.stop()
+    waits = [float(w) for w in re.findall(r"starting it again with its client id in (\d+) s", caplog.text)]
+    assert waits[:3] == [1, 2, 4]

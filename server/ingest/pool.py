@@ -6,8 +6,14 @@ same shared subscription.  ``WorkerPool`` starts them, and starts a worker again
 same MQTT client id, when it dies (a crash, the OOM killer, a SIGKILL): the broker has kept
 that id's session, with the messages the dead worker had not acknowledged (committed or not)
 and those the shared subscription gave it while it was down, so nothing is lost and the
-event ids drop what was already stored.  A worker that keeps dying is started again at most
-once every ``RESTART_DELAY`` seconds.
+event ids drop what was already stored.
+
+A worker that had run for ``STABLE_SECONDS`` is started again at once.  One that keeps
+dying soon after its start (the database down when it opens the store, a broken install)
+waits ``RESTART_DELAY`` seconds, then twice as long each time, up to ``MAX_RESTART_DELAY``:
+a Python process start costs about half a second of CPU, so restarting every second while
+PostgreSQL is down would keep a core busy and fill the log for nothing.  Each restart says
+how long it waited.
 
 Each worker counts into a shared block the serve process adds up on /metrics (metrics.py).
 """
@@ -24,6 +30,16 @@ from .metrics import Metrics
 log = logging.getLogger("server.ingest")
 
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 60.0
+STABLE_SECONDS = 30.0
+
+
+def restart_delay(ran_s: float, previous: float) -> float:
+    """Seconds to wait before starting again a worker that died after running *ran_s*
+    seconds, when its previous wait was *previous* (0 at first)."""
+    if ran_s >= STABLE_SECONDS:
+        return 0.0
+    return min(MAX_RESTART_DELAY, max(RESTART_DELAY, previous * 2))
 
 
 def run_worker(db: str, broker: str, options: dict, shared) -> None:
@@ -91,25 +107,33 @@ class WorkerPool:
     def _watch(self) -> None:
         from multiprocessing.connection import wait
 
-        last_start: dict[int, float] = {}
+        started = {i: time.monotonic() for i in self.procs}
+        delays = {i: 0.0 for i in self.procs}
+        due: dict[int, float] = {}  # dead workers -> when to start them again
         while not self._stop.is_set():
-            by_sentinel = {p.sentinel: i for i, p in self.procs.items()}
-            for sentinel in wait(list(by_sentinel), timeout=1.0):
+            now = time.monotonic()
+            for i, when in sorted(due.items()):
+                if when <= now:
+                    del due[i]
+                    started[i] = now
+                    self.metrics.inc("ingest_worker_restarts_total")
+                    self._spawn(i)
+            alive = {p.sentinel: i for i, p in self.procs.items() if i not in due}
+            timeout = min([1.0, *(when - now for when in due.values())])
+            for sentinel in wait(list(alive), timeout=max(0.0, timeout)):
                 if self._stop.is_set():
                     return
-                i = by_sentinel[sentinel]
+                i = alive[sentinel]
                 proc = self.procs[i]
                 proc.join(0)
                 # A dead worker's gauges say nothing now; its counters stay (monotonic).
                 Metrics(shared=self.blocks[i]).set_gauges(0, False)
-                log.warning("ingest: worker %s (pid %s) died (exit %s); starting it again with its client id",
-                            proc.name, proc.pid, proc.exitcode)
-                wait_s = RESTART_DELAY - (time.monotonic() - last_start.get(i, 0.0))
-                if wait_s > 0 and self._stop.wait(wait_s):
-                    return
-                last_start[i] = time.monotonic()
-                self.metrics.inc("ingest_worker_restarts_total")
-                self._spawn(i)
+                ran = time.monotonic() - started[i]
+                delays[i] = restart_delay(ran, delays[i])
+                log.warning("ingest: worker %s (pid %s) died (exit %s) after %.0f s; starting it again with its "
+                            "client id %s", proc.name, proc.pid, proc.exitcode, ran,
+                            f"in {delays[i]:.0f} s" if delays[i] else "now")
+                due[i] = time.monotonic() + delays[i]
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

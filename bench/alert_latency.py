@@ -47,7 +47,6 @@ import secrets
 import selectors
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -56,56 +55,13 @@ import time
 from pathlib import Path
 
 from common import ROOT, free_port, percentile, wait_for  # noqa: E402 - also puts the repo on sys.path
+from rawmqtt import mqtt_connect, mqtt_publish, mqtt_subscribe  # noqa: E402
 
 PREFIX = "classroom/v1"
 SITE = "penny-acres"
 DEVICE = "5b-pi-01"      # the measured agent (config/rooms/5b.yaml: button pin 17)
 ROOM = "5b"
 TEACHER = "m.khan"
-
-
-# --------------------------------------------------------------------------- raw MQTT 3.1.1
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
-def mqtt_connect(client_id: str, keepalive: int, will: tuple[str, bytes] | None = None,
-                 username: str | None = None, password: str | None = None) -> bytes:
-    flags = 0x02
-    payload = _str(client_id)
-    if will:
-        flags |= 0x04 | 0x08 | 0x20  # will, will QoS 1, will retain
-        payload += _str(will[0]) + _str(will[1])
-    if username is not None:
-        flags |= 0x80
-        payload += _str(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _str(password)
-    body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
-    return b"\x10" + _varint(len(body)) + body
-
-
-def mqtt_publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False, mid: int = 1) -> bytes:
-    body = _str(topic) + (struct.pack("!H", mid) if qos else b"") + payload
-    return bytes([0x30 | (qos << 1) | int(retain)]) + _varint(len(body)) + body
-
-
-def mqtt_subscribe(topic: str, qos: int = 1, mid: int = 1) -> bytes:
-    body = struct.pack("!H", mid) + _str(topic) + bytes([qos])
-    return b"\x82" + _varint(len(body)) + body
 
 
 def _now_ts() -> str:

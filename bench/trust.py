@@ -49,7 +49,6 @@ import os
 import selectors
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, free_port, percentile, wait_for  # noqa: E402 - also puts the repo and tests/ on sys.path
+from rawmqtt import mqtt_connect, mqtt_publish  # noqa: E402
 
 from agent import protocol  # noqa: E402
 
@@ -78,37 +78,6 @@ def device_places(schools: int, devices: int, first: int = 0) -> list[tuple[int,
             for s in range(first, first + schools) for d in range(devices)]
 
 
-# --------------------------------------------------------------------------- a minimal MQTT client
-
-def _remaining(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
-def connect_packet(client_id: str, keepalive: int, password: str) -> bytes:
-    """CONNECT, clean session, as the account *client_id* (the broker makes the username the
-    client id: use_username_as_clientid)."""
-    flags = 0x02 | 0x80 | 0x40  # clean session, username, password
-    body = (_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _string(client_id)
-            + _string(client_id) + _string(password))
-    return b"\x10" + _remaining(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes) -> bytes:
-    """QoS 0 PUBLISH (a heartbeat's QoS, agent.protocol.QOS)."""
-    body = _string(topic) + payload
-    return b"\x30" + _remaining(len(body)) + body
-
-
 def device_process(places: list, ports: dict, interval: float, connected, stop) -> None:
     """Hold one MQTT connection per device of *places* and send each one's heartbeat every
     *interval* seconds, spread evenly; whatever the brokers send (CONNACK) is read and dropped."""
@@ -120,7 +89,7 @@ def device_process(places: list, ports: dict, interval: float, connected, stop) 
     socks = []
     for school, site, room, device in places:
         sock = socket.create_connection(("127.0.0.1", ports[school]), timeout=30)
-        sock.sendall(connect_packet(device, keepalive=int(interval * 3), password=password_of(device)))
+        sock.sendall(mqtt_connect(device, int(interval * 3), username=device, password=password_of(device)))
         sock.setblocking(False)
         sel.register(sock, selectors.EVENT_READ)
         socks.append((sock, protocol.topic(PREFIX, site, room, device, "heartbeat")))
@@ -144,7 +113,7 @@ def device_process(places: list, ports: dict, interval: float, connected, stop) 
         payload = protocol.encode({"ts": protocol.now_ts(), "cpu": 3.5, "mem": 41.0, "temp": 48.2,
                                    "uptime": time.monotonic() - start})
         try:
-            sock.send(publish_packet(topic, payload))
+            sock.send(mqtt_publish(topic, payload))  # QoS 0, a heartbeat's
         except (BlockingIOError, ConnectionError):
             pass
         i += 1

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from agent.protocol import encode, now_ts
+from broker_fixtures import Recorder
 from services import Mosquitto, ServiceError, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,33 +128,20 @@ def cmd_topic(site: str) -> str:
     return f"{PREFIX}/{site}/{room}/{device}/cmd"
 
 
-class Inbox:
-    """(topic, payload) pairs a client received, with a Condition to wait on."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, client, userdata, msg) -> None:
-        with self.cond:
-            self.messages.append((msg.topic, bytes(msg.payload)))
-            self.cond.notify_all()
+class Inbox(Recorder):
+    """What a client received (broker_fixtures.Recorder), looked for by a piece of payload."""
 
     def has(self, needle: str | bytes) -> bool:
-        needle = needle.encode() if isinstance(needle, str) else needle
         with self.cond:
-            return any(needle in payload for _topic, payload in self.messages)
-
-    def topics(self) -> list[str]:
-        with self.cond:
-            return [topic for topic, _payload in self.messages]
+            return self._has(needle)
 
     def wait_for(self, needle: str | bytes, timeout: float = 30.0) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.has_locked(needle), timeout):
-                raise TimeoutError(f"{needle!r} never arrived; got topics {[t for t, _ in self.messages]}")
+        try:
+            self.wait(lambda inbox: inbox._has(needle), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{needle!r} never arrived; got topics {self.topics()}") from None
 
-    def has_locked(self, needle) -> bool:
+    def _has(self, needle: str | bytes) -> bool:
         needle = needle.encode() if isinstance(needle, str) else needle
         return any(needle in payload for _topic, payload in self.messages)
 

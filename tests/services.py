@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -785,7 +786,8 @@ class NetNS:
     Attributes: name, addresses (list of addresses assigned inside it).
     Methods: run(argv, check=True, **kw) -> CompletedProcess (text mode, output captured),
     popen(argv, **kw) -> Popen (killed at delete), link(other) -> (my_addr, other_addr),
-    delete()."""
+    interface(address) -> the name of the link holding it, mosquitto(address, port, directory)
+    (an anonymous broker listening there, started and answering), delete()."""
 
     def __init__(self) -> None:
         self.ip = require_binary("ip")
@@ -830,6 +832,25 @@ class NetNS:
         self.addresses.append(mine)
         other.addresses.append(theirs)
         return mine, theirs
+
+    def interface(self, address: str) -> str:
+        """The interface (a veth end) that has *address* here: what a test takes down for a partition."""
+        for line in self.run([self.ip, "-o", "-4", "addr", "show"]).stdout.splitlines():
+            if f" {address}/" in line:
+                return line.split()[1]
+        raise ServiceError(f"no interface with {address} in {self.name}")
+
+    def mosquitto(self, address: str, port: int, directory: Path) -> Path:
+        """An anonymous mosquitto on *address*:*port* in this namespace (killed at delete),
+        answering before this returns; its config and log go in *directory*, which it returns."""
+        directory.mkdir(parents=True, exist_ok=True)
+        conf = directory / "mosquitto.conf"
+        conf.write_text(f"listener {port} {address}\nallow_anonymous true\npersistence false\n"
+                        + ("user root\n" if os.geteuid() == 0 else ""))
+        self.popen([require_binary("mosquitto"), "-c", str(conf)], log_path=directory / "mosquitto.log")
+        probe = [sys.executable, "-c", f"import socket; socket.create_connection(({address!r}, {port}), 1)"]
+        wait_until(lambda: self.run(probe, check=False).returncode == 0, 10, interval=0.1)
+        return directory
 
     def delete(self) -> None:
         for p in self._procs:

@@ -64,21 +64,9 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def _iface(ns, address: str) -> str:
-    for line in ns.run(["ip", "-o", "-4", "addr", "show"]).stdout.splitlines():
-        if f" {address}/" in line:
-            return line.split()[1]
-    raise AssertionError(f"no interface with {address} in {ns.name}")
-
-
 def _broker(ns, address: str, directory: Path):
-    directory.mkdir()
-    conf = directory / "mosquitto.conf"
-    conf.write_text(f"listener 1883 {address}\nallow_anonymous true\npersistence false\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
-    ns.popen([require_binary("mosquitto"), "-c", str(conf)], log_path=directory / "mosquitto.log")
-    probe = [sys.executable, "-c", f"import socket; socket.create_connection(({address!r}, 1883), 1)"]
-    wait_until(lambda: ns.run(probe, check=False).returncode == 0, 10, interval=0.1)
+    """A broker in *ns* and a mosquitto_sub recording everything on it: the file it writes."""
+    ns.mosquitto(address, 1883, directory)
     out = directory / "observed.txt"
     ns.popen([require_binary("mosquitto_sub"), "-h", address, "-p", "1883", "-q", "1", "-V", "mqttv5",
               "-t", f"{PREFIX}/#", "-F", "%t %p"], stdout=open(out, "wb"))
@@ -169,7 +157,7 @@ def _run(device, agent, log, sock, school_addr, home_addr, dev_school, dev_home,
     assert home_addr not in table()                                     # not in use: not let through
 
     # The school network goes (the laptop goes home).  A blocked attempt is queued meanwhile.
-    device.run(["ip", "link", "set", _iface(device, dev_school), "down"])
+    device.run(["ip", "link", "set", device.interface(dev_school), "down"])
     assert ask("tiktok.com") == ("NXDOMAIN", [])
     wait_until(lambda: status()["location"] == "offsite", 60, message=why)
     wait_until(lambda: ask("bbc.co.uk") == ("NOERROR", ["192.0.2.110"]), 10, message=why)  # the home resolver
@@ -211,7 +199,7 @@ def _run(device, agent, log, sock, school_addr, home_addr, dev_school, dev_home,
     assert "away from school" in mail["Subject"]
 
     # Back at school: the school resolver and broker again, and the move reported there.
-    device.run(["ip", "link", "set", _iface(device, dev_school), "up"])
+    device.run(["ip", "link", "set", device.interface(dev_school), "up"])
     wait_until(lambda: status()["location"] == "school", 60, message=why)
     wait_until(lambda: ask("bbc.co.uk") == ("NOERROR", ["192.0.2.10"]), 10, message=why)
     assert ask("tiktok.com") == ("NXDOMAIN", [])

@@ -90,14 +90,6 @@ def first_index(messages, predicate) -> int:
 # --------------------------------------------------------------------------- the partition
 
 
-def _iface(ns, address: str) -> str:
-    out = ns.run(["ip", "-o", "-4", "addr", "show"]).stdout
-    for line in out.splitlines():
-        if f" {address}/" in line:
-            return line.split()[1]
-    raise AssertionError(f"no interface with {address} in {ns.name}")
-
-
 class Observer:
     """mosquitto_sub inside the broker's namespace: every message, with its retain flag."""
 
@@ -128,12 +120,7 @@ def test_order_holds_across_a_network_partition(tmp_path, netns):
     device_ns, broker_ns = netns(), netns()
     device_addr, broker_addr = device_ns.link(broker_ns)
     port = 18830
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} {broker_addr}\nallow_anonymous true\npersistence false\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
-    broker_ns.popen([require_binary("mosquitto"), "-c", str(conf)], log_path=tmp_path / "mosquitto.log")
-    probe = [sys.executable, "-c", f"import socket; socket.create_connection(({broker_addr!r}, {port}), 1)"]
-    wait_until(lambda: broker_ns.run(probe, check=False).returncode == 0, 10, interval=0.1)
+    broker_ns.mosquitto(broker_addr, port, tmp_path)
     observer = Observer(broker_ns, broker_addr, port, tmp_path / "observed.txt")
 
     # The example tree, with a keepalive and an escalation that fit in the partition.
@@ -161,7 +148,7 @@ def test_order_holds_across_a_network_partition(tmp_path, netns):
 
     wait_until(lambda: status()["connected"], 20, message=lambda: log.read_text()[-2000:])
     wait_until(lambda: any(k == "status" and p["state"] == "online" for k, p in observer.messages()), 10)
-    veth = _iface(device_ns, device_addr)
+    veth = device_ns.interface(device_addr)
 
     # The partition: the press goes out into a link that is gone, the client does not know yet.
     started = time.monotonic()

@@ -54,7 +54,7 @@ import logging
 import random
 import socket
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -74,6 +74,14 @@ BATCH_BYTES = protocol.MAX_PAYLOAD - 64
 def _ids(row: int | list[int]) -> list[int]:
     """The outbox rows one message carries: one, or a batch's."""
     return row if isinstance(row, list) else [row]
+
+
+def _carrying(run: list) -> tuple:
+    """The message for a run of event rows: the row itself if alone, else their batch."""
+    if len(run) == 1:
+        item = run[0]
+        return item.id, item.topic, item.payload, item.qos, item.retain
+    return [item.id for item in run], run[0].topic, protocol.encode_batch([item.payload for item in run]), 1, False
 
 
 # Reconnecting: the first retry waits RECONNECT_MIN (jittered), each next one twice as
@@ -348,44 +356,37 @@ class Link:
             return self._resend_locked()[0]
 
     def _resend_locked(self) -> tuple[int, set[bytes]]:
-        """The backlog, oldest first.  Runs of consecutive events go as batches (agent/protocol.py,
-        ``BATCH_MAX`` and ``MAX_PAYLOAD`` at most): the order is the same, in fewer messages."""
         n = messages = 0
         with self._map_lock:
             skip = self._rows_inflight | set(self._acked_rows)
         pending = self.outbox.pending()
-        run: list = []  # consecutive event rows of one topic, not yet published
-        size = 0
-
-        def flush() -> None:
-            nonlocal run, size, n, messages
-            if len(run) == 1:
-                self._publish_locked(run[0].id, run[0].topic, run[0].payload, run[0].qos, run[0].retain)
-            elif run:
-                self._publish_locked([item.id for item in run], run[0].topic,
-                                     protocol.encode_batch([item.payload for item in run]), run[0].qos, False)
-            n += len(run)
-            messages += bool(run)
-            run, size = [], 0
-
-        for item in pending:
-            if item.id in skip:
-                continue
-            if self.batch_max > 1 and item.kind == "event" and item.qos == 1 and not item.retain:
-                if run and (item.topic != run[0].topic or len(run) >= self.batch_max
-                            or size + len(item.payload) + 1 > BATCH_BYTES):
-                    flush()
-                run.append(item)
-                size += len(item.payload) + 1
-                continue
-            flush()
-            self._publish_locked(item.id, item.topic, item.payload, item.qos, item.retain)
-            n += 1
+        for rows, topic, raw, qos, retain in self._backlog([item for item in pending if item.id not in skip]):
+            self._publish_locked(rows, topic, raw, qos, retain)
+            n += len(_ids(rows))
             messages += 1
-        flush()
         if n:
             log.info("resent %d stored message(s)%s", n, f" in {messages}" if messages != n else "")
         return n, {item.payload for item in pending}
+
+    def _backlog(self, items: list) -> Iterator[tuple]:
+        """The messages that carry *items* (outbox rows, oldest first) in the same order:
+        ``(row or [rows], topic, payload, qos, retain)``.  A run of consecutive events of one
+        topic goes as batches (agent/protocol.py: ``batch_max`` events, ``BATCH_BYTES``)."""
+        run: list = []
+        size = 0
+        for item in items:
+            batchable = self.batch_max > 1 and item.kind == "event" and item.qos == 1 and not item.retain
+            if run and (not batchable or item.topic != run[0].topic or len(run) >= self.batch_max
+                        or size + len(item.payload) + 1 > BATCH_BYTES):
+                yield _carrying(run)
+                run, size = [], 0
+            if batchable:
+                run.append(item)
+                size += len(item.payload) + 1
+            else:
+                yield item.id, item.topic, item.payload, item.qos, item.retain
+        if run:
+            yield _carrying(run)
 
     def _drain(self) -> None:
         """After a (re)connection: the backlog, the latest alert transition, ``online``; then live."""

@@ -228,9 +228,7 @@ class Ingest:
                     malformed += self._prepare_batch(where, data, topic, now, items)
                     continue
                 data = validate(where.kind, data, where)
-                if b"\\u0000" in payload:
-                    # Valid JSON, but PostgreSQL text cannot hold NUL: refused on every backend alike.
-                    raise ProtocolError("payload contains a NUL character (\\u0000)")
+                _refuse_nul(payload)
                 # The collector's clock and the store's one time format (bounds.py).
                 note = bound_ts(where.kind, data, now) if where.kind in INGEST_KINDS else None
                 if note is not None and self._log_limit.allow():
@@ -265,8 +263,7 @@ class Ingest:
         for one in events:
             raw = encode(one)  # before bound_ts rewrites its ts: stored as the device sent it
             try:
-                if b"\\u0000" in raw:
-                    raise ProtocolError("payload contains a NUL character (\\u0000)")
+                _refuse_nul(raw)
                 bound_ts("event", one, now)
             except (ProtocolError, TooFarAhead) as exc:
                 bad.append(f"event {one.get('id')}: {exc}")
@@ -427,6 +424,12 @@ def _parse_where(topic: str, prefix: str):
         if f"/{WATCH}/" not in topic:
             raise
         return parse_staff_topic(topic, prefix)
+
+
+def _refuse_nul(raw: bytes) -> None:
+    """Valid JSON, but PostgreSQL text cannot hold NUL: refused on every backend alike."""
+    if b"\\u0000" in raw:
+        raise ProtocolError("payload contains a NUL character (\\u0000)")
 
 
 def _settled(future) -> bool:

@@ -264,15 +264,24 @@ def test_a_worker_taken_away_for_good_is_drained_by_running_its_id_once_with_ses
         assert stays.subscribed.wait(10)
         assert sqlite_store.count("events") == 0  # all kept for the stopped worker
         drain = Ingest(sqlite_store, url, client_id="srv-2", session_expiry=0).start()
+
+        def progress() -> str:
+            # Enough to tell a lost message (received < sent) from a slow store (queue_depth).
+            counts = {name: {"received": w.metrics.get("ingest_received_total"),
+                             "stored": w.metrics.get("ingest_events_stored_total"),
+                             "queue_depth": w.queue_depth} for name, w in (("stays", stays), ("drain", drain))}
+            return (f"{sqlite_store.count('events')} events stored; {counts}; broker log:\n"
+                    + broker.log_path.read_text()[-3000:])
+
         try:
-            wait_until(lambda: sqlite_store.count("events") == len(burst), 15)
+            wait_until(lambda: sqlite_store.count("events") == len(burst), 60, message=progress)
             assert drain.flush(10) and drain.metrics.get("ingest_events_stored_total") == len(burst)
         finally:
             drain.stop()
         # Its session ended with it: everything now goes to the worker that stays.
         more = make_burst(200)
         publish(broker, more)
-        wait_until(lambda: sqlite_store.count("events") == len(burst) + len(more), 15)
+        wait_until(lambda: sqlite_store.count("events") == len(burst) + len(more), 60, message=progress)
         assert stays.flush(10) and stays.metrics.get("ingest_events_stored_total") == len(more)
         assert_stored_exactly_once(sqlite_store, burst + more)
     finally:

@@ -243,8 +243,8 @@ def test_overlapping_terms(tree):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("0", "broker.batch_events: Input should be greater than or equal to 1"),
-    ("101", "broker.batch_events: Input should be less than or equal to 100"),
+    ("0", "broker.batch_events: 0 is too small: the least allowed is 1"),
+    ("101", "broker.batch_events: 101 is too large: the most allowed is 100"),
     ("lots", "broker.batch_events: 'lots': input should be a valid integer, unable to parse string as an integer"),
 ])
 def test_batch_events_out_of_range_names_the_line(tree, value, message):
@@ -252,3 +252,11 @@ def test_batch_events_out_of_range_names_the_line(tree, value, message):
     text = site.read_text().replace("  prefix: classroom/v1\n", f"  prefix: classroom/v1\n  batch_events: {value}\n")
     site.write_text(text)
     assert errors_of(tree) == [f"cfg/site.yaml:{line_of(site, 'batch_events')}: {message}"]
+
+
+def test_a_number_out_of_range_names_the_value_and_the_limit(tree):
+    site = tree / "site.yaml"
+    text = site.read_text().replace("  prefix: classroom/v1\n", "  prefix: classroom/v1\n  reconnect_max_seconds: 0.1\n")
+    site.write_text(text)
+    assert errors_of(tree) == [f"cfg/site.yaml:{line_of(site, 'reconnect_max_seconds')}: "
+                               "broker.reconnect_max_seconds: 0.1 is too small: the least allowed is 0.5"]

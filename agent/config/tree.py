@@ -168,7 +168,18 @@ def _message(error: dict) -> str:
                   "dict_type", "model_type", "date_from_datetime_parsing", "date_parsing", "date_type",
                   "int_from_float", "float_parsing"):
         msg = f"{error.get('input')!r}: {msg[0].lower()}{msg[1:]}"
+    elif kind in _LIMITS:
+        # pydantic says "Input should be greater than or equal to 1": name the value and the
+        # limit in a technician's words instead.
+        word, key = _LIMITS[kind]
+        msg = f"{error.get('input')!r} is {word} {(error.get('ctx') or {}).get(key)}"
     return msg
+
+
+_LIMITS = {"greater_than_equal": ("too small: the least allowed is", "ge"),
+           "less_than_equal": ("too large: the most allowed is", "le"),
+           "greater_than": ("too small: it must be more than", "gt"),
+           "less_than": ("too large: it must be less than", "lt")}
 
 
 def validate_source(model: type[BaseModel], source: Source) -> tuple[BaseModel | None, list[SourceError]]:

@@ -126,11 +126,9 @@ def _bootstrap(path: str):
 
 def cmd_run(args) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT (systemd runs exactly this)."""
-    import signal
-    import threading
-
     from .core.heap import freeze_startup
     from .core.runtime import Runtime, default_components
+    from .signals import StopSignals
 
     _setup_logging(args.verbose)
     bootstrap = _bootstrap(args.config)
@@ -143,9 +141,7 @@ def cmd_run(args) -> int:
         overrides["screen_backend"] = args.screen
     if overrides:
         bootstrap = bootstrap.model_copy(update=overrides)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignals()  # agent/signals.py: why not an Event set from a handler
     # A simulated device (demo, bench) runs only the report path: no dnsmasq, browser
     # policies, locks or process guard touching the machine it runs on.
     if args.simulate:

@@ -35,12 +35,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -103,11 +101,11 @@ def devices_main(args) -> int:
     from agent.core.runtime import Runtime
     from agent.desktop.headless import HeadlessScreen
     from agent.report.screen import Screen
+    from agent.signals import StopSignals
 
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {args.worker} %(name)s %(message)s")
     tmp, state_root = Path(args.tmp), Path(args.state)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = StopSignals()
     runtimes = []
     for device in json.loads((tmp / f"devices-{args.worker}.json").read_text()):
         state = state_root / device

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +76,7 @@ def device_main(args) -> int:
     from agent.desktop.headless import HeadlessLock, HeadlessScreen, NoIdle
     from agent.policy.lock import LockComponent
     from agent.report.screen import Screen
+    from agent.signals import StopSignals
 
     tmp = Path(args.tmp)
     state = tmp / "state" / args.device
@@ -84,8 +84,7 @@ def device_main(args) -> int:
                           collector_url="http://127.0.0.1:9", credentials=str(tmp / "no-credentials.yaml"),
                           state_dir=str(state), control_socket=str(state / "control.sock"),
                           config_dir=str(tmp / "config"), screen_backend="headless")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = StopSignals()
     runtime = Runtime(boot, screen=Screen(HeadlessScreen()), pin_factory=MockFactory(), control=False,
                       components=[LockComponent(backend=HeadlessLock(), idle=NoIdle())]).start()
     freeze_startup()  # as `classroom-agent run` does after start-up

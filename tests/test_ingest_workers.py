@@ -341,3 +341,38 @@ def test_a_worker_that_cannot_open_the_database_is_restarted_ever_more_slowly(ca
             pool.stop()
     waits = [float(w) for w in re.findall(r"starting it again with its client id in (\d+) s", caplog.text)]
     assert waits[:3] == [1, 2, 4]
+
+
+def _will_not_stop(db: str, broker: str, options: dict, shared) -> None:
+    """A worker process that ignores SIGTERM (as one hung in a signal handler did)."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(options["ready"]).write_text("ignoring SIGTERM")
+    time.sleep(120)
+
+
+@pytest.mark.timeout(60)
+def test_stop_kills_a_worker_that_does_not_stop_on_sigterm(caplog, tmp_path):
+    # A worker left running after serve would keep its client id's session and its share of
+    # the messages (a hung one was found doing just that).
+    import logging
+
+    from server.ingest.metrics import Metrics
+    from server.ingest.pool import WorkerPool
+
+    class Stubborn(WorkerPool):
+        target = staticmethod(_will_not_stop)
+
+    ready = tmp_path / "ready"
+    pool = Stubborn("sqlite:///unused", "mqtt://127.0.0.1:1", 2, lambda i: {"ready": str(ready)}, Metrics())
+    with caplog.at_level(logging.ERROR, logger="server.ingest"):
+        pool.start()
+        proc = pool.procs[1]
+        try:
+            wait_until(ready.exists, 30, message="the worker never started")
+        finally:
+            pool.stop(timeout=1)
+    assert not proc.is_alive() and proc.exitcode == -signal.SIGKILL
+    assert f"worker ingest-1 (pid {proc.pid}) did not stop within 1s of SIGTERM; killing it" in caplog.text

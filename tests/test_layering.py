@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # What the collector (and the teacher's client) may import from the agent: the wire and
 # config contract and the shared CLI/file helpers.  docs/architecture.md lists the same.
-CONTRACT = ("agent", "agent.protocol", "agent.errors", "agent.files", "agent.config")
+CONTRACT = ("agent", "agent.protocol", "agent.errors", "agent.files", "agent.signals", "agent.config")
 # What the desktop backends may not reach: whoever uses them.
 ABOVE_DESKTOP = ("agent.core", "agent.report", "agent.uplink", "agent.policy", "agent.filter", "agent.cli")
 

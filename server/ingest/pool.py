@@ -48,6 +48,8 @@ def run_worker(db: str, broker: str, options: dict, shared) -> None:
     import ctypes
     import signal
 
+    from agent.signals import StopSignals
+
     from ..store import Store
     from .worker import Ingest
 
@@ -56,9 +58,7 @@ def run_worker(db: str, broker: str, options: dict, shared) -> None:
     except OSError:
         pass
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = StopSignals()  # agent/signals.py: why not an Event set from a handler
     store = Store.open(db)  # the serve process opened it first: errors were said there
     metrics = Metrics(shared=shared)
     ingest = Ingest(store, broker, metrics=metrics, **options).start()
@@ -76,6 +76,8 @@ class WorkerPool:
 
     ``options_for(i)`` gives worker *i*'s ``Ingest`` keyword arguments (its client id and
     broker account); the same ones every time it is started."""
+
+    target = staticmethod(run_worker)  # what each worker process runs (a test swaps it)
 
     def __init__(self, db: str, broker: str, count: int, options_for, metrics: Metrics) -> None:
         self.db, self.broker = db, broker
@@ -99,7 +101,7 @@ class WorkerPool:
         return {i: p.pid for i, p in self.procs.items()}
 
     def _spawn(self, i: int) -> None:
-        proc = self.ctx.Process(target=run_worker, args=(self.db, self.broker, self.options_for(i), self.blocks[i]),
+        proc = self.ctx.Process(target=self.target, args=(self.db, self.broker, self.options_for(i), self.blocks[i]),
                                 name=f"ingest-{i}", daemon=True)
         proc.start()
         self.procs[i] = proc
@@ -143,3 +145,10 @@ class WorkerPool:
             proc.terminate()
         for proc in self.procs.values():
             proc.join(timeout)
+            if proc.is_alive():
+                # A worker left running would keep its client id's session and its share of
+                # the messages after serve has gone: never leave one behind.
+                log.error("ingest: worker %s (pid %s) did not stop within %ss of SIGTERM; killing it",
+                          proc.name, proc.pid, timeout)
+                proc.kill()
+                proc.join(timeout)

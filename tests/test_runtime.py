@@ -288,3 +288,20 @@ def test_cli_bad_input_is_one_line(tmp_path):
     from agent.desktop.pin import verify_pin
 
     assert out.returncode == 0 and verify_pin("246801", out.stdout.strip())
+
+
+@pytest.mark.timeout(30)
+def test_the_retained_status_names_each_config_version_as_it_is_applied(agent, mosquitto):
+    # A collector that connects later goes by the retained status, not by events it missed.
+    rt, _, _ = agent()
+    wait_until(lambda: rt.link is not None and rt.link.is_connected, 10)
+    first = Subscriber(mosquitto, PREFIX + "/status")
+    assert first.wait_for("status")["config_version"] == rt.tree.version
+    first.close()
+    newer = rt.tree.for_device("1a-pi-01")
+    newer["version"] = "v-next"
+    assert rt.apply_config(newer) and rt.tree.version == "v-next"
+    late = Subscriber(mosquitto, PREFIX + "/status")
+    wait_until(lambda: [p for p in late.payloads("status") if p.get("config_version") == "v-next"], 10,
+               message=lambda: f"the retained status still says {late.payloads('status')}")
+    late.close()

@@ -322,6 +322,11 @@ class Runtime:
         if tree.version != previous:
             log.info("config %s applied (was %s)", tree.version, previous)
             self.emit_event("config_applied", version=tree.version, previous=previous)
+            if self.link is not None:
+                # The retained status names the running version: a collector (or a worker)
+                # that connects later reads it from there, and an event it missed while
+                # it was away does not tell it (it waited for the next reconnect before).
+                self.link.publish_status()
         return True
 
     def _reject(self, version: str | None, errors: list[str]) -> bool:

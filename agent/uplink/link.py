@@ -300,7 +300,8 @@ class Link:
         return row
 
     def publish_status(self) -> None:
-        """Publish the retained ``online`` status again (its ``degraded`` field changed)."""
+        """Publish the retained ``online`` status again (its ``degraded`` field or the
+        config version it names changed)."""
         with self._send_lock:
             if self._ready and self.is_connected:
                 self._publish_untracked(self.topic("status"), protocol.encode(self._status("online")),

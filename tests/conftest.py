@@ -62,3 +62,43 @@ def nothing_written_machine_wide():
     after = _files_in(dirs)
     changed = sorted(p for p in after if before.get(p) != after[p])
     assert not changed, f"the tests left files in the machine's own folders: {', '.join(changed)}"
+
+
+# ---------------------------------------------------------------------------
+# No process the suite started outlives it as an orphan.  An ingest worker once hung on
+# SIGTERM and went on running after its test, reconnecting with its client id to whatever
+# broker a later test started on the same port (agent/signals.py tells the story).
+# ---------------------------------------------------------------------------
+def _orphaned_workers() -> dict[int, str]:
+    """Python multiprocessing children of this interpreter whose parent has gone."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == 1 and "multiprocessing.spawn" in cmdline and cmdline.startswith(sys.executable):
+            found[int(proc.name)] = cmdline[:200]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphaned_workers():
+    import os
+    import signal
+    import time
+
+    before = set(_orphaned_workers())
+    yield
+    deadline = time.monotonic() + 15  # a worker whose serve just stopped is still on its way out
+    while (left := {p: c for p, c in _orphaned_workers().items() if p not in before}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)  # not for the next run to meet
+        except ProcessLookupError:
+            pass
+    assert not left, f"the tests left orphaned worker processes running: {left}"

@@ -129,6 +129,7 @@ def test_teacher_clients_and_dashboard_tabs_are_live_receivers(collector, smtp_s
     teacher.connect(collector.broker.host, collector.broker.port, keepalive=30)
     teacher.loop_start()
     stop_tab = threading.Event()
+    streams: list = []  # the tab's open event stream, to close under it at the end
     tab = None
     try:
         teacher.publish(watch, protocol.encode({"state": "watching", "ts": protocol.now_ts(),
@@ -146,9 +147,15 @@ def test_teacher_clients_and_dashboard_tabs_are_live_receivers(collector, smtp_s
             while not stop_tab.is_set():
                 with httpx.stream("GET", f"{collector.url}/rooms/1a/events", timeout=30,
                                   headers={"Authorization": f"Bearer {token}"}) as r:
-                    for _ in r.iter_lines():
+                    streams.append(r)
+                    try:
+                        for _ in r.iter_lines():
+                            if stop_tab.is_set():
+                                return
+                    except httpx.RemoteProtocolError:
                         if stop_tab.is_set():
-                            return
+                            return  # its connection ended under it (the test's end)
+                        raise
 
         tab = threading.Thread(target=read_tab, daemon=True)
         tab.start()
@@ -189,7 +196,12 @@ def test_teacher_clients_and_dashboard_tabs_are_live_receivers(collector, smtp_s
         notifier.stop()
         weekend.stop()
         if tab is not None:
+            # The tab waits in a read until the next event or keep-alive (about 10 s): end
+            # its connection, as closing the tab would.
+            for r in streams:
+                r.extensions["network_stream"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
             tab.join(timeout=30)
+            assert not tab.is_alive()
 
 
 def test_collector_killed_mid_retry_resumes_and_sends_each_message_once(mosquitto, smtp_server, webhooks, tmp_path):

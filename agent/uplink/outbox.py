@@ -178,7 +178,9 @@ class Outbox:
 
     # ------------------------------------------------------------------ opening
     def _open_db(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        # timeout: sqlite3's 5 s default only delayed the "in use by another agent" line (the
+        # exclusive lock below means no other connection ever shares this file).
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=1.0)
         try:
             # One agent owns its outbox: an exclusive lock, taken once, instead of six lock
             # calls per commit; and a second agent on the same state directory fails here.

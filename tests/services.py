@@ -22,6 +22,7 @@ import glob
 import itertools
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -33,7 +34,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 
@@ -87,15 +88,31 @@ def require_root(why: str = "network namespaces / nftables") -> None:
         skip_or_fail(f"this test needs root ({why})")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that is free right now (bind to port 0).
+def _below_ephemeral() -> tuple[int, int]:
+    """Ports the kernel never hands out as a connection's local port."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10000, low - 1) if low > 11000 else (0, 0)
 
-    The port is also checked free for UDP (dnsmasq listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free right now, also free for UDP (dnsmasq listens on both).
+
+    Picked at random below the kernel's ephemeral range, not with bind(0): a port kept for a
+    later start (a receiver that comes back, a broker restarted) is then never taken in the
+    meantime by some connection's local port -- nor by a client retrying that very port,
+    which Linux can connect to itself (a failed run: "Address already in use" when the test's
+    webhook receiver came back) -- and ports are not handed out again soon, so nothing left
+    over from one test reaches the next one's service."""
+    low, high = _below_ephemeral()
+    for _ in range(200):
+        port = random.randint(low, high) if high else 0
         try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, port))
+                port = s.getsockname()[1]
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 u.bind((host, port))
         except OSError:

@@ -2,6 +2,7 @@
 
 import queue
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,18 @@ def test_netns_link_dns_and_nft(netns, dnsmasq_factory):
     assert resolver.is_running
     host_rules = subprocess.run([nft, "list", "ruleset"], capture_output=True, text=True).stdout
     assert "cs_smoke" not in host_rules
+
+
+def test_free_ports_are_below_the_ephemeral_range_so_no_connection_takes_one_meanwhile():
+    import socket as _socket
+
+    from services import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert all(1024 < p < low for p in ports), ports
+    assert len(set(ports)) >= 18  # spread out: not the same few again and again
+    for port in ports:
+        for kind in (_socket.SOCK_STREAM, _socket.SOCK_DGRAM):
+            with _socket.socket(_socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))

@@ -133,6 +133,39 @@ def test_follower_reads_appends_and_survives_rotation(tmp_path, monkeypatch, wat
     assert path.stat().st_mtime_ns == mtime  # ...without touching dnsmasq's log to do it
 
 
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_lines_written_to_the_old_log_before_dnsmasq_reopens_it_are_read(tmp_path, monkeypatch, watch):
+    """Between the rename and dnsmasq acting on SIGUSR2, dnsmasq still writes to the renamed
+    file: those lines count as much as any (a blocked attempt there was once lost)."""
+    if watch == "poll":
+        monkeypatch.setattr(querylog.QueryLogFollower, "_watch", lambda self: None)
+    path = tmp_path / "queries.log"
+    path.write_text("")
+    got: list = []
+    rotated = threading.Event()
+    f = querylog.QueryLogFollower(path, got.extend, poll_seconds=0.01, idle_seconds=60, max_bytes=100,
+                                  on_rotate=rotated.set)  # dnsmasq slow to reopen: no new file yet
+    f.start()
+    try:
+        with path.open("a") as fh:  # dnsmasq's open file: it follows the rename
+            fh.write("Nov 24 09:00:01 dnsmasq[1]: config one.com is NXDOMAIN\n"
+                     "Nov 24 09:00:01 dnsmasq[1]: config two.com is NXDOMAIN\n")
+            fh.flush()
+            wait_until(rotated.is_set, 5)
+            assert not path.exists() and (tmp_path / "queries.log.1").exists()
+            fh.write("Nov 24 09:00:02 dnsmasq[1]: config before-reopen.com is NXDOMAIN\n")
+            fh.flush()
+            wait_until(lambda: [r.name for r in got] == ["one.com", "two.com", "before-reopen.com"], 5)
+            fh.write("Nov 24 09:00:02 dnsmasq[1]: config last-in-old.com is NXDOMAIN\n")
+        # dnsmasq reopens: the new file, and nothing more in the old one.
+        path.write_text("Nov 24 09:00:03 dnsmasq[1]: config in-new.com is NXDOMAIN\n")
+        wait_until(lambda: [r.name for r in got][-2:] == ["last-in-old.com", "in-new.com"], 5,
+                   message=lambda: str([r.name for r in got]))
+    finally:
+        f.stop()
+    assert [r.name for r in got] == ["one.com", "two.com", "before-reopen.com", "last-in-old.com", "in-new.com"]
+
+
 # ------------------------------------------------------------------ overrides
 
 LIMITS = dict(default_minutes=60, max_minutes=240)

@@ -11,6 +11,9 @@ Only two kinds matter to the agent: ``query[...]`` (a domain was looked up: evid
 and ``config NAME is NXDOMAIN`` (the allowlist refused it: a blocked attempt).  The
 follower is a tail thread that survives rotation: when the file grows past
 ``max_bytes`` it renames it to ``.1`` and asks dnsmasq (SIGUSR2) to reopen its log.
+Until dnsmasq has reopened it (the new file appears) dnsmasq still writes to the old one,
+so the follower reads the old one until then, and to its end once more, before it turns
+to the new one: no line of a rotation is lost.
 At the end of the file it sleeps on inotify (inotify_simple) on the log's directory
 (the file itself is renamed on rotation) and on an eventfd that stop() writes, with a
 long timeout as a safety net: polling ten times a second was most of an idle agent's
@@ -181,8 +184,15 @@ class QueryLogFollower:
                 st = os.stat(self.path)
             except OSError:
                 st = None
-            if st is None or st.st_ino != inode:
-                # Whatever dnsmasq wrote to the old file before it reopened the new one.
+            if st is None:
+                # Renamed, not reopened yet: dnsmasq goes on writing to the old file until it
+                # acts on SIGUSR2, which creates the new one.  Keep reading the old one until
+                # then (a blocked attempt in that moment was lost when it was closed here).
+                self._idle()
+                continue
+            if st.st_ino != inode:
+                # dnsmasq has reopened (the new file exists): nothing more comes to the old
+                # one.  Whatever it wrote there last, then the new file from its start.
                 self._deliver((partial + fh.read()).split("\n"))
                 fh.close()
                 fh, inode, partial = None, None, ""

@@ -89,13 +89,20 @@ def _orphaned_workers() -> dict[int, str]:
 def no_orphaned_workers():
     import os
     import signal
-    import time
+
+    from services import wait_until
 
     before = set(_orphaned_workers())
     yield
-    deadline = time.monotonic() + 15  # a worker whose serve just stopped is still on its way out
-    while (left := {p: c for p, c in _orphaned_workers().items() if p not in before}) and time.monotonic() < deadline:
-        time.sleep(0.2)
+
+    def new_orphans() -> dict[int, str]:
+        return {p: c for p, c in _orphaned_workers().items() if p not in before}
+
+    try:
+        wait_until(lambda: not new_orphans(), 15)  # a worker whose serve just stopped is on its way out
+    except TimeoutError:
+        pass
+    left = new_orphans()
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)  # not for the next run to meet

@@ -65,6 +65,8 @@ def test_wait_times_out_other_signals_do_not_stop_it_and_close_puts_everything_b
     from agent.signals import StopSignals
 
     before_term, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    before_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before_fd)
     usr1 = []
     previous_usr1 = signal.signal(signal.SIGUSR1, lambda *_: usr1.append(1))
     stop = StopSignals()
@@ -79,7 +81,7 @@ def test_wait_times_out_other_signals_do_not_stop_it_and_close_puts_everything_b
         stop.close()
         signal.signal(signal.SIGUSR1, previous_usr1)
     assert signal.getsignal(signal.SIGTERM) is before_term and signal.getsignal(signal.SIGINT) is before_int
-    assert signal.set_wakeup_fd(-1) == -1  # no wakeup fd left behind
+    assert signal.set_wakeup_fd(before_fd) == before_fd  # the wakeup fd there was before, not ours
 
 
 def test_programs_started_while_it_waits_still_stop_on_sigterm():

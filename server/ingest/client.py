@@ -75,8 +75,8 @@ class Connection:
     def __init__(self, host: str, port: int, client_id: str, *, on_messages: Callable[[list], None],
                  on_connect: Callable, on_disconnect: Callable, on_subscribe: Callable, username: str | None = None,
                  password: str | None = None, tls: bool = False, ca_file: str | None = None, keepalive: int = 30,
-                 session_expiry: int = 0, receive_maximum: int = 20000, reconnect_delay: tuple[float, float] = RECONNECT_DELAY,
-                 name: str = "ingest-mqtt") -> None:
+                 session_expiry: int = 0, receive_maximum: int = 20000,
+                 reconnect_delay: tuple[float, float] = RECONNECT_DELAY, name: str = "ingest-mqtt") -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.name = name
         self.session_expiry = session_expiry

@@ -44,10 +44,6 @@ class StopSignals:
         self._signals = signals
         self._previous = {sig: signal.signal(sig, _noop) for sig in signals}
 
-    @property
-    def is_set(self) -> bool:
-        return self.received is not None
-
     def wait(self, timeout: float | None = None) -> bool:
         """True once a stop signal came; False after *timeout* seconds (None: no limit)."""
         deadline = None if timeout is None else time.monotonic() + timeout

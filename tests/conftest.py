@@ -71,17 +71,13 @@ def nothing_written_machine_wide():
 # ---------------------------------------------------------------------------
 def _orphaned_workers() -> dict[int, str]:
     """Python multiprocessing children of this interpreter whose parent has gone."""
+    import psutil
+
     found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == 1 and "multiprocessing.spawn" in cmdline and cmdline.startswith(sys.executable):
-            found[int(proc.name)] = cmdline[:200]
+    for proc in psutil.process_iter(["ppid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["ppid"] == 1 and "multiprocessing.spawn" in cmdline and cmdline.startswith(sys.executable):
+            found[proc.pid] = cmdline[:200]
     return found
 
 

@@ -518,3 +518,28 @@ def test_ingest_reconnects_after_the_broker_restarts(mosquitto, sqlite_store):
     finally:
         ingest.stop()
     assert not ingest.connected.is_set()
+
+
+def test_a_worker_tries_the_broker_again_at_most_5_s_apart_and_connects_once_it_is_back(mosquitto_factory):
+    # docs/server.md: 0.5, 1, 2, 4, then every 5 s, so the collector is back within about 5 s
+    # of its broker (it once waited up to 30).  The waits are recorded, not slept.
+    from server.ingest.client import RECONNECT_DELAY
+
+    broker = mosquitto_factory(start=False)  # its port, nothing listening yet
+    waits: list[float] = []
+    worker = Ingest(None, f"mqtt://127.0.0.1:{broker.port}", client_id="back-soon")
+    sleep = worker.connection._sleep
+
+    def record(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 6:
+            broker.start()  # the broker comes back during the sixth wait
+        sleep(0)
+
+    worker.connection._sleep = record
+    worker.start()
+    try:
+        assert worker.subscribed.wait(20), f"never reconnected; waited {waits}"
+    finally:
+        worker.stop()
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0] and RECONNECT_DELAY == (0.5, 5.0)
